@@ -1,0 +1,31 @@
+"""Entry point of the ``trio-micro`` command.
+
+Only argv, files and the terminal are touched here; everything else is
+imported from the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``trio-micro`` command."""
+    parser = argparse.ArgumentParser(
+        prog="trio-micro",
+        description="High-concurrency microservices on Trio.",
+    )
+    parser.add_argument("--version", action="version", version=f"trio-micro {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    parser.parse_args(argv)
+    parser.print_help(sys.stdout)
+    return 0
