@@ -2,4 +2,33 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._buffers import BufferPool, BufferPoolStatistics
+from ._channels import open_broadcast, open_fan_out, open_merge, receive_batch
+from ._ratelimit import (
+    KeyedRateLimiter,
+    KeyedRateLimiterStatistics,
+    RateLimiter,
+    RateLimiterStatistics,
+)
+from ._singleflight import SingleFlight, SingleFlightStatistics
+from ._tasks import TaskGroup, TaskGroupStatistics, amap, open_task_group, run_all
+
+__all__: list[str] = [
+    "BufferPool",
+    "BufferPoolStatistics",
+    "KeyedRateLimiter",
+    "KeyedRateLimiterStatistics",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "SingleFlight",
+    "SingleFlightStatistics",
+    "TaskGroup",
+    "TaskGroupStatistics",
+    "amap",
+    "open_broadcast",
+    "open_fan_out",
+    "open_merge",
+    "open_task_group",
+    "receive_batch",
+    "run_all",
+]
