@@ -1,5 +1,30 @@
-"""Observability: logging setup, task monitor, memory monitor."""
+"""Observability: logging setup, task monitor, memory monitor.
+
+* :func:`configure_logging`: structlog as JSON lines (machines) or console (people).
+* :class:`TaskMonitor` / :func:`open_task_monitor`: live-task counts, leak and long-lived
+  task warnings, steps that block the event loop; :func:`format_task_tree` dumps the tasks.
+* :func:`memory_snapshot` / :func:`open_memory_monitor`: RSS, tracemalloc and gc counters,
+  logged periodically; :func:`tune_gc` adjusts the collector.
+
+Log events defined here: ``observe.tasks.leak_suspected``, ``observe.tasks.leak_cleared``,
+``observe.tasks.long_lived``, ``observe.loop.blocked``, ``observe.memory.snapshot``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._log import configure_logging
+from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
+from ._tasks import TaskMonitor, TaskMonitorStatistics, format_task_tree, open_task_monitor
+
+__all__ = [
+    "GcSettings",
+    "MemorySnapshot",
+    "TaskMonitor",
+    "TaskMonitorStatistics",
+    "configure_logging",
+    "format_task_tree",
+    "memory_snapshot",
+    "open_memory_monitor",
+    "open_task_monitor",
+    "tune_gc",
+]
