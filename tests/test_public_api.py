@@ -21,12 +21,17 @@ PACKAGES = [
     ),
 ]
 
+# Private modules whose ``__all__`` is internal API shared between subpackages.
+INTERNAL_MODULES = {"trio_micro._validate"}
+
 
 def _defined_public_names(package: types.ModuleType) -> set[str]:
     """Public classes and functions defined in the package's private modules."""
     names: set[str] = set()
     for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith("_") or info.ispkg:
+            continue
+        if f"{package.__name__}.{info.name}" in INTERNAL_MODULES:
             continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         for name, value in vars(module).items():

@@ -37,6 +37,8 @@ import msgspec
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from .._validate import check_optional_bool
+
 __all__ = ["configure_logging"]
 
 _FORMATS: Final = ("json", "console")
@@ -98,8 +100,7 @@ def configure_logging(
     if format not in _FORMATS:
         raise ValueError(f"format must be 'json' or 'console', got {format!r}")
     min_level = _parse_level(level)
-    if colors is not None and not isinstance(colors, bool):
-        raise TypeError(f"colors must be a bool or None, got {colors!r}")
+    check_optional_bool("colors", colors)
 
     opened: IO[bytes] | None = None
     if file is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import os
 import sys
 import tracemalloc
@@ -23,6 +22,7 @@ from typing import Final, final
 import structlog
 import trio
 
+from .._validate import check_bool, check_int, check_optional_int, check_seconds
 from ._tasks import _short_path
 
 __all__ = [
@@ -171,14 +171,8 @@ async def open_memory_monitor(*, interval: float, top_allocations: int = 0) -> A
         TypeError: An argument has the wrong type.
         ValueError: ``interval`` is not positive or ``top_allocations`` is negative.
     """
-    if isinstance(interval, bool) or not isinstance(interval, int | float):
-        raise TypeError(f"interval must be a number of seconds, got {interval!r}")
-    if not interval > 0 or math.isinf(interval):
-        raise ValueError(f"interval must be a finite number of seconds > 0, got {interval!r}")
-    if isinstance(top_allocations, bool) or not isinstance(top_allocations, int):
-        raise TypeError(f"top_allocations must be an int, got {top_allocations!r}")
-    if top_allocations < 0:
-        raise ValueError(f"top_allocations must be >= 0, got {top_allocations!r}")
+    check_seconds("interval", interval, finite=True)
+    check_int("top_allocations", top_allocations, minimum=0)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
@@ -265,13 +259,8 @@ def tune_gc(*, threshold0: int | None = None, freeze: bool = False) -> GcSetting
         ValueError: ``threshold0`` is not positive (use :func:`gc.disable` to turn the
             collector off).
     """
-    if threshold0 is not None:
-        if isinstance(threshold0, bool) or not isinstance(threshold0, int):
-            raise TypeError(f"threshold0 must be an int or None, got {threshold0!r}")
-        if threshold0 <= 0:
-            raise ValueError(f"threshold0 must be > 0, got {threshold0!r}")
-    if not isinstance(freeze, bool):
-        raise TypeError(f"freeze must be a bool, got {freeze!r}")
+    check_optional_int("threshold0", threshold0, minimum=1)
+    check_bool("freeze", freeze)
 
     previous = GcSettings(threshold=tuple(gc.get_threshold()), frozen=gc.get_freeze_count())
     if threshold0 is not None:

@@ -57,6 +57,8 @@ from typing import Final, final
 import structlog
 import trio
 
+from .._validate import check_callable, check_int, check_seconds
+
 __all__ = [
     "TaskMonitor",
     "TaskMonitorStatistics",
@@ -137,22 +139,21 @@ class TaskMonitor(trio.abc.Instrument):
         max_task_age: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        _check_int("leak_threshold", leak_threshold, minimum=1)
+        check_int("leak_threshold", leak_threshold, minimum=1)
         if leak_rearm is None:
             leak_rearm = leak_threshold * 9 // 10
         else:
-            _check_int("leak_rearm", leak_rearm, minimum=0)
+            check_int("leak_rearm", leak_rearm, minimum=0)
             if leak_rearm >= leak_threshold:
                 raise ValueError(
                     f"leak_rearm must be below leak_threshold ({leak_threshold!r}), "
                     f"got {leak_rearm!r}"
                 )
         if block_threshold is not None:
-            _check_seconds("block_threshold", block_threshold)
+            check_seconds("block_threshold", block_threshold)
         if max_task_age is not None:
-            _check_seconds("max_task_age", max_task_age)
-        if not callable(clock):
-            raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
+            check_seconds("max_task_age", max_task_age)
+        check_callable("clock", clock, expected="a callable returning seconds")
 
         self._leak_threshold = leak_threshold
         self._leak_rearm = leak_rearm
@@ -312,20 +313,6 @@ def _trio_now() -> float | None:
         return None
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-
-
-def _check_seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not value > 0 or math.isnan(value):
-        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-
-
 @asynccontextmanager
 async def open_task_monitor(
     *,
@@ -368,7 +355,7 @@ async def open_task_monitor(
         TypeError: An argument has the wrong type.
         ValueError: A threshold or ``check_interval`` is not positive.
     """
-    _check_seconds("check_interval", check_interval)
+    check_seconds("check_interval", check_interval)
     monitor = TaskMonitor(
         leak_threshold=leak_threshold,
         leak_rearm=leak_rearm,

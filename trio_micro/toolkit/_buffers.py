@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import final
 
+from .._validate import check_int
+
 __all__ = ["BufferPool", "BufferPoolStatistics"]
 
 _KiB = 1024
@@ -45,21 +47,13 @@ def _check_size_classes(size_classes: object) -> tuple[int, ...]:
     classes = tuple(size_classes)
     if not classes:
         raise ValueError(f"size_classes must not be empty, got {size_classes!r}")
-    for size in classes:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"each size class must be an int, got {size!r}")
-        if size < 1 or size & (size - 1):
-            raise ValueError(f"each size class must be a power of two >= 1, got {size!r}")
+    for index, size in enumerate(classes):
+        name = f"size_classes[{index}]"
+        if check_int(name, size, minimum=1) & (size - 1):  # more than one bit set
+            raise ValueError(f"{name} must be a power of two, got {size!r}")
     if any(a >= b for a, b in itertools.pairwise(classes)):
         raise ValueError(f"size_classes must be strictly increasing, got {size_classes!r}")
     return classes
-
-
-def _check_size(size: object) -> None:
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be an int, got {size!r}")
-    if size < 0:
-        raise ValueError(f"size must be >= 0, got {size!r}")
 
 
 @final
@@ -137,11 +131,7 @@ class BufferPool:
         max_retained_bytes: int = _DEFAULT_MAX_RETAINED_BYTES,
     ) -> None:
         self._classes = _check_size_classes(size_classes)
-        if isinstance(max_retained_bytes, bool) or not isinstance(max_retained_bytes, int):
-            raise TypeError(f"max_retained_bytes must be an int, got {max_retained_bytes!r}")
-        if max_retained_bytes < 0:
-            raise ValueError(f"max_retained_bytes must be >= 0, got {max_retained_bytes!r}")
-        self._max_retained = max_retained_bytes
+        self._max_retained = check_int("max_retained_bytes", max_retained_bytes, minimum=0)
         self._class_index = {size: i for i, size in enumerate(self._classes)}
         # Per class: id(buf) -> buf, used as a LIFO stack; see the module docstring.
         self._free: list[dict[int, bytearray]] = [{} for _ in self._classes]
@@ -179,7 +169,7 @@ class BufferPool:
             ValueError: If ``size`` < 0.
         """
         if type(size) is not int or size < 0:
-            _check_size(size)  # raises, or accepts an int subclass
+            check_int("size", size, minimum=0)  # raises, or accepts an int subclass
         classes = self._classes
         index = bisect.bisect_left(classes, size)
         if index == len(classes):

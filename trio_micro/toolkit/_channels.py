@@ -45,6 +45,8 @@ from typing import Any, Final, TypeVar
 
 import trio
 
+from .._validate import check_callable, check_int
+
 __all__ = [
     "open_broadcast",
     "open_fan_out",
@@ -65,21 +67,9 @@ _FAN_OUT_BUFFER: Final = 256
 # --- argument checks -----------------------------------------------------------------
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
-
-
 def _check_buffer(value: object) -> int:
     # trio accepts math.inf; we do not: buffers are bounded by design.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"buffer must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"buffer must be >= 0, got {value!r}")
-    return value
+    return check_int("buffer", value, minimum=0)
 
 
 def _check_channel(name: str, value: object) -> trio.abc.ReceiveChannel[Any]:
@@ -206,9 +196,10 @@ def open_fan_out(
             f"source must be a trio receive channel, an iterable or an async iterable, "
             f"got {source!r}"
         )
-    if not callable(fn):
-        raise TypeError(f"fn must be an async callable, got {fn!r}")
-    return _fan_out(source, kind, fn, _check_count("workers", workers), _check_buffer(buffer))
+    check_callable("fn", fn, expected="an async callable")
+    return _fan_out(
+        source, kind, fn, check_int("workers", workers, minimum=1), _check_buffer(buffer)
+    )
 
 
 @asynccontextmanager
@@ -552,7 +543,7 @@ def open_broadcast(
     closes the input and all outputs.
     """
     source = _check_channel("receive_channel", receive_channel)
-    count = _check_count("consumers", consumers)
+    count = check_int("consumers", consumers, minimum=1)
     size = _check_buffer(buffer)
     return _broadcast(source, count, size)
 
@@ -670,7 +661,7 @@ async def receive_batch(channel: trio.MemoryReceiveChannel[T], max_items: int) -
     """
     if not isinstance(channel, trio.MemoryReceiveChannel):
         raise TypeError(f"channel must be a trio.MemoryReceiveChannel, got {channel!r}")
-    limit = _check_count("max_items", max_items)
+    limit = check_int("max_items", max_items, minimum=1)
     batch = [await channel.receive()]
     receive_nowait = channel.receive_nowait
     try:

@@ -43,6 +43,8 @@ from typing import Generic, TypeVar, final
 
 import trio
 
+from .._validate import check_int, check_number
+
 __all__ = [
     "KeyedRateLimiter",
     "KeyedRateLimiterStatistics",
@@ -58,27 +60,11 @@ _SWEEP_PER_CALL = 2
 
 
 def _check_rate(rate: object) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float):
-        raise TypeError(f"rate must be an int or float (tokens per second), got {rate!r}")
-    value = float(rate)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"rate must be a finite number > 0 (tokens per second), got {rate!r}")
-    return value
-
-
-def _check_burst(burst: object) -> int:
-    if isinstance(burst, bool) or not isinstance(burst, int):
-        raise TypeError(f"burst must be an int, got {burst!r}")
-    if burst < 1:
-        raise ValueError(f"burst must be >= 1, got {burst!r}")
-    return burst
+    return check_number("rate", rate, unit="tokens per second")
 
 
 def _check_n(n: object, burst: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int number of tokens, got {n!r}")
-    if n <= 0:
-        raise ValueError(f"n must be >= 1, got {n!r}")
+    n = check_int("n", n, minimum=1)
     if n > burst:
         # Could never be admitted: the bucket never holds more than `burst` tokens.
         raise ValueError(f"n must be <= burst ({burst}), got {n!r}")
@@ -135,7 +121,7 @@ class RateLimiter:
 
     def __init__(self, rate: float, burst: int = 1) -> None:
         self._rate = _check_rate(rate)
-        self._burst = _check_burst(burst)
+        self._burst = check_int("burst", burst, minimum=1)
         # tat = anchor + count / rate. -inf: full since forever, so no clock is needed
         # at construction and the first call finds a full bucket.
         self._anchor = -math.inf
@@ -365,12 +351,8 @@ class KeyedRateLimiter(Generic[KeyT]):
 
     def __init__(self, rate: float, burst: int = 1, *, max_keys: int = 10_000) -> None:
         self._rate = _check_rate(rate)
-        self._burst = _check_burst(burst)
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
-            raise TypeError(f"max_keys must be an int, got {max_keys!r}")
-        if max_keys < 1:
-            raise ValueError(f"max_keys must be >= 1, got {max_keys!r}")
-        self._max_keys = max_keys
+        self._burst = check_int("burst", burst, minimum=1)
+        self._max_keys = check_int("max_keys", max_keys, minimum=1)
         # Least recently used first.
         self._buckets: OrderedDict[KeyT, RateLimiter] = OrderedDict()
         self._admitted = 0

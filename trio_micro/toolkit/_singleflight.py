@@ -31,6 +31,8 @@ from typing import Generic, TypeVar, TypeVarTuple, final
 
 import trio
 
+from .._validate import check_callable
+
 __all__ = ["SingleFlight", "SingleFlightStatistics"]
 
 KeyT = TypeVar("KeyT", bound=Hashable)
@@ -136,8 +138,7 @@ class SingleFlight(Generic[KeyT, ValueT]):
                 unhashable.
             Exception: Whatever ``fn`` raised, in the leader and in every follower.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be an async function, got {fn!r}")
+        check_callable("fn", fn, expected="an async function")
         await trio.lowlevel.checkpoint()
         self._calls += 1
         while True:

@@ -56,6 +56,8 @@ from typing import Any, Generic, Literal, TypeVar, TypeVarTuple, Unpack, final, 
 
 import trio
 
+from .._validate import check_callable, check_int, check_optional_int
+
 __all__ = [
     "TaskGroup",
     "TaskGroupStatistics",
@@ -69,20 +71,6 @@ R = TypeVar("R")
 PosArgsT = TypeVarTuple("PosArgsT")
 
 _EMPTY: Any = object()  # marks "no result yet"; never a job's return value
-
-
-def _check_limit(limit: object, expected: str = "an int") -> int:
-    # bool is an int subclass, but `limit=True` is always a mistake.
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be {expected}, got {limit!r}")
-    if limit <= 0:
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
-    return limit
-
-
-def _check_callable(fn: object, what: str = "fn") -> None:
-    if not callable(fn):
-        raise TypeError(f"{what} must be an async callable, got {fn!r}")
 
 
 # --------------------------------------------------------------------------- TaskGroup
@@ -265,7 +253,7 @@ class TaskGroup:
     def _check_open(self, fn: object) -> None:
         if self._closed:
             raise RuntimeError("Nursery is closed to new arrivals")
-        _check_callable(fn)
+        check_callable("fn", fn, expected="an async callable")
 
     def _spawn(
         self, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...], name: object
@@ -338,8 +326,7 @@ def open_task_group(*, limit: int | None = None) -> AbstractAsyncContextManager[
         TypeError: ``limit`` is not an int or ``None``.
         ValueError: ``limit`` is less than 1.
     """
-    if limit is not None:
-        _check_limit(limit, "an int or None")
+    check_optional_int("limit", limit, minimum=1)
     return _task_group(limit)
 
 
@@ -445,7 +432,7 @@ async def run_all(
         ValueError: ``limit`` is less than 1.
         ExceptionGroup: A job raised (only when ``return_exceptions`` is false).
     """
-    _check_limit(limit)
+    check_int("limit", limit, minimum=1)
     try:
         iterator = iter(fns)
     except TypeError:
@@ -454,7 +441,7 @@ async def run_all(
         ) from None
     jobs = list(iterator)
     for index, fn in enumerate(jobs):
-        _check_callable(fn, f"fns[{index}]")
+        check_callable(f"fns[{index}]", fn, expected="an async callable")
     await trio.lowlevel.checkpoint_if_cancelled()
     results: list[Any] = [None] * len(jobs)
     if not jobs:
@@ -644,8 +631,8 @@ def amap(
             not an int.
         ValueError: ``limit`` is less than 1.
     """
-    _check_callable(fn)
-    _check_limit(limit)
+    check_callable("fn", fn, expected="an async callable")
+    check_int("limit", limit, minimum=1)
     iterator: Iterator[T] | None = None
     aiterator: AsyncIterator[T] | None = None
     if isinstance(items, AsyncIterable):

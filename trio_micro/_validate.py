@@ -1,0 +1,94 @@
+"""Argument checks shared by the public API.
+
+Each ``check_*`` function takes the parameter's name and the value a caller passed,
+returns the value (narrowed to its type) when it is acceptable, and otherwise raises
+``TypeError`` (wrong type) or ``ValueError`` (right type, bad value) with a message
+that names the parameter and shows the value with ``!r``. ``bool`` is never accepted
+where a number is expected: it is an ``int`` subclass, but ``limit=True`` is always a
+mistake. Checks specific to one module (``n <= burst``, power-of-two sizes, ...) stay
+in that module, built on these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+__all__ = [
+    "check_bool",
+    "check_callable",
+    "check_int",
+    "check_number",
+    "check_optional_bool",
+    "check_optional_int",
+    "check_seconds",
+]
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) and ``>= minimum`` (when given)."""
+    return _check_int(name, value, minimum, "an int")
+
+
+def check_optional_int(name: str, value: object, *, minimum: int | None = None) -> int | None:
+    """Like :func:`check_int`, but ``None`` is accepted and returned as is."""
+    if value is None:
+        return None
+    return _check_int(name, value, minimum, "an int or None")
+
+
+def _check_int(name: str, value: object, minimum: int | None, expected: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_number(
+    name: str, value: object, *, finite: bool = True, unit: str | None = None
+) -> float:
+    """Return ``value`` as a float if it is an int or float (not a bool) and > 0.
+
+    NaN is always rejected, infinity unless ``finite`` is false. ``unit`` (e.g.
+    ``"tokens per second"``) is shown in parentheses in the messages.
+    """
+    suffix = f" ({unit})" if unit else ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be an int or float{suffix}, got {value!r}")
+    # `not value > 0` is also true for NaN.
+    if not value > 0 or (finite and math.isinf(value)):
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{name} must be {kind} > 0{suffix}, got {value!r}")
+    return float(value)
+
+
+def check_seconds(name: str, value: object, *, finite: bool = False) -> float:
+    """Return ``value`` as a float if it is a duration in seconds: > 0, not NaN.
+
+    Infinity is accepted ("never") unless ``finite`` is true.
+    """
+    return check_number(name, value, finite=finite, unit="seconds")
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_optional_bool(name: str, value: object) -> bool | None:
+    """Return ``value`` if it is a bool or ``None``."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise TypeError(f"{name} must be a bool or None, got {value!r}")
+
+
+def check_callable(
+    name: str, value: object, *, expected: str = "a callable"
+) -> Callable[..., object]:
+    """Return ``value`` if it is callable; ``expected`` describes it in the message."""
+    if not callable(value):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    return value
