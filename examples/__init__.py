@@ -1,0 +1,1 @@
+"""Complete example services built on trio_micro."""
