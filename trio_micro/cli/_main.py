@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
+from ._logs import add_logs_parser, run_logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,12 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="High-concurrency microservices on Trio.",
     )
     parser.add_argument("--version", action="version", version=f"trio-micro {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_logs_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "logs":
+        return run_logs(args)
     parser.print_help(sys.stdout)
     return 0

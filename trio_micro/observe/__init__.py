@@ -5,6 +5,8 @@
   task warnings, steps that block the event loop; :func:`format_task_tree` dumps the tasks.
 * :func:`memory_snapshot` / :func:`open_memory_monitor`: RSS, tracemalloc and gc counters,
   logged periodically; :func:`tune_gc` adjusts the collector.
+* :class:`CallRecord`, :data:`RPC_CALL_COMPLETE`, :data:`RPC_CALL_FAILED`: the schema of
+  the RPC access log (one record per call), shared by its writer and ``trio-micro logs``.
 
 Log events defined here: ``observe.tasks.leak_suspected``, ``observe.tasks.leak_cleared``,
 ``observe.tasks.long_lived``, ``observe.loop.blocked``, ``observe.memory.snapshot``.
@@ -14,9 +16,27 @@ from __future__ import annotations
 
 from ._log import configure_logging
 from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
+from ._schema import (
+    CACHE_HIT,
+    CACHE_MISS,
+    CALL_EVENTS,
+    CALL_RECORD_FIELDS,
+    CODE_OK,
+    RPC_CALL_COMPLETE,
+    RPC_CALL_FAILED,
+    CallRecord,
+)
 from ._tasks import TaskMonitor, TaskMonitorStatistics, format_task_tree, open_task_monitor
 
 __all__ = [
+    "CACHE_HIT",
+    "CACHE_MISS",
+    "CALL_EVENTS",
+    "CALL_RECORD_FIELDS",
+    "CODE_OK",
+    "RPC_CALL_COMPLETE",
+    "RPC_CALL_FAILED",
+    "CallRecord",
     "GcSettings",
     "MemorySnapshot",
     "TaskMonitor",

@@ -1,0 +1,226 @@
+"""``trio-micro logs summary`` against ``jq`` on a 1,000,000-line access log (issue #6).
+
+Generates a realistic RPC access log with the fields of DESIGN §7 (five services, a dozen
+methods, three replicas each, heavy-tailed latencies, about 2% errors, traces that fan out
+across services) into a temp dir, deterministic and reused when present. Then, in one run:
+
+* wall time of ``trio-micro logs summary --json`` and of a ``jq -n 'reduce inputs ...'``
+  computing only the per-method count and mean of ``duration_ms`` (median of 3 runs each,
+  interleaved);
+* peak RSS of ``summary`` on the 1M-line file and on a 10 MB file, from
+  ``resource.getrusage(RUSAGE_CHILDREN)`` of a fresh child each.
+
+::
+
+    .venv/bin/python benchmarks/logs_bench.py            # full size (about 290 MB of log)
+    .venv/bin/python benchmarks/logs_bench.py --lines 100000 --runs 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+# service -> (methods, base latency ms, cache?)
+SERVICES: dict[str, tuple[tuple[str, ...], float, bool]] = {
+    "gateway": (("HandleRequest", "Health"), 4.0, False),
+    "users": (("GetUser", "UpdateUser", "ListUsers"), 0.8, True),
+    "orders": (("ListOrders", "CreateOrder", "GetOrder"), 2.5, False),
+    "inventory": (("CheckStock", "Reserve"), 1.5, True),
+    "auth": (("Verify", "Refresh"), 0.4, True),
+}
+ERRORS = (
+    ("NOT_FOUND", "user {0} not found"),
+    ("DEADLINE_EXCEEDED", "deadline of {0} ms exceeded"),
+    ("UNAVAILABLE", "no healthy endpoint for the service (tried {0})"),
+    ("INTERNAL", "unexpected error: database is locked (attempt {0})"),
+    ("INVALID_ARGUMENT", "user_id: expected int >= 1, got {0}"),
+)
+JQ_PROGRAM = (
+    'reduce inputs as $r ({}; .[$r.service + "/" + $r.method] |= '
+    "{n: ((.n // 0) + 1), s: ((.s // 0) + $r.duration_ms)}) "
+    "| map_values({count: .n, mean: (.s / .n)})"
+)
+HERE = Path(__file__).resolve().parent
+CLI = [sys.executable, "-c", "import sys; from trio_micro.cli import main; sys.exit(main())"]
+
+
+def generate(path: Path, lines: int, *, seed: int = 20261126) -> None:
+    """Write ``lines`` access-log records to ``path`` (deterministic for a seed)."""
+    rng = random.Random(seed)
+    peers = {
+        name: [f"10.0.{i}.{j + 10}:50051" for j in range(3)] for i, name in enumerate(SERVICES)
+    }
+    start = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+    step_us = 3_600_000_000 / lines  # one hour of traffic
+    t_us = 0.0
+    written = 0
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        buf: list[str] = []
+        while written < lines:
+            trace_id = f"{rng.getrandbits(128):032x}"
+            root_span = f"{rng.getrandbits(64):016x}"
+            # A request: gateway -> auth + users + (orders -> inventory) sometimes.
+            calls = [("auth", root_span), ("users", root_span)]
+            if rng.random() < 0.5:
+                calls.append(("orders", root_span))
+                calls.append(("inventory", None))
+            total = 0.0
+            orders_span = None
+            for service, parent in [*calls, ("gateway", "")]:
+                methods, base, has_cache = SERVICES[service]
+                method = methods[min(int(rng.paretovariate(1.2)) - 1, len(methods) - 1)]
+                span = root_span if service == "gateway" else f"{rng.getrandbits(64):016x}"
+                if service == "orders":
+                    orders_span = span
+                if parent is None:
+                    parent = orders_span
+                # Heavy tail: Pareto-scaled lognormal, milliseconds.
+                duration = base * rng.lognormvariate(0, 0.6) * rng.paretovariate(3.0)
+                if service == "gateway":
+                    duration += total
+                total += duration
+                t_us += step_us
+                ts = (start + timedelta(microseconds=t_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                peer = rng.choice(peers[service])
+                cache = ""
+                if has_cache:
+                    hit = rng.random() < 0.8
+                    cache = ',"cache":"hit"' if hit else ',"cache":"miss"'
+                    if hit:
+                        duration *= 0.2
+                parent_field = f',"parent_span_id":"{parent}"' if parent else ""
+                if rng.random() < 0.02:
+                    code, template = rng.choice(ERRORS)
+                    message = template.format(rng.randrange(1, 1000))
+                    buf.append(
+                        f'{{"timestamp":"{ts}","level":"warning","logger":"rpc",'
+                        f'"event":"rpc.call.failed","service":"{service}","method":"{method}",'
+                        f'"peer":"{peer}","code":"{code}","duration_ms":{duration:.3f},'
+                        f'"trace_id":"{trace_id}","span_id":"{span}"{parent_field}{cache},'
+                        f'"message":"{message}"}}\n'
+                    )
+                else:
+                    buf.append(
+                        f'{{"timestamp":"{ts}","level":"info","logger":"rpc",'
+                        f'"event":"rpc.call.complete","service":"{service}","method":"{method}",'
+                        f'"peer":"{peer}","code":"OK","duration_ms":{duration:.3f},'
+                        f'"trace_id":"{trace_id}","span_id":"{span}"{parent_field}{cache}}}\n'
+                    )
+                written += 1
+                if written == lines:
+                    break
+            if len(buf) >= 10_000:
+                out.writelines(buf)
+                buf.clear()
+        out.writelines(buf)
+    tmp.replace(path)
+
+
+def ensure_log(directory: Path, lines: int) -> Path:
+    path = directory / f"access-{lines}.jsonl"
+    if not path.exists():
+        print(f"generating {path} ({lines:,} lines) ...", flush=True)
+        generate(path, lines)
+    return path
+
+
+def head_bytes(src: Path, dst: Path, size: int) -> Path:
+    """Copy the first ``size`` bytes of ``src`` to ``dst``, cut at a line end."""
+    if not dst.exists():
+        with src.open("rb") as f:
+            data = f.read(size)
+        dst.write_bytes(data[: data.rfind(b"\n") + 1])
+    return dst
+
+
+def run_timed(cmd: list[str]) -> tuple[float, int]:
+    """Run ``cmd`` in a child; return (wall seconds, peak RSS of the child in KiB)."""
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    # A fresh interpreter per measurement, so RUSAGE_CHILDREN's maxrss is this run's.
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+        "dt = time.perf_counter() - t; "
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    if out[2] != "0":
+        raise SystemExit(f"command failed with exit code {out[2]}: {cmd}")
+    return float(out[0]), int(out[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "trio-micro-logs")
+    parser.add_argument("--no-jq", action="store_true", help="skip jq (slow)")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    big = ensure_log(args.dir, args.lines)
+    small = head_bytes(big, args.dir / f"access-{args.lines}-10MB.jsonl", 10_000_000)
+    big_mb, small_mb = big.stat().st_size / 1e6, small.stat().st_size / 1e6
+    jq = shutil.which("jq")
+    if jq is None and not args.no_jq:
+        raise SystemExit("jq not found: apt-get update && apt-get install -y jq (or --no-jq)")
+
+    summary_cmd = [*CLI, "logs", "summary", "--json", str(big)]
+    jq_cmd = [jq or "jq", "-n", "-c", JQ_PROGRAM, str(big)]
+    times: dict[str, list[float]] = {"summary": [], "jq": []}
+    rss: dict[str, list[int]] = {"summary": [], "jq": []}
+    for run in range(args.runs):
+        contenders = [("summary", summary_cmd)]
+        if not args.no_jq:
+            contenders.append(("jq", jq_cmd))
+        if run % 2:
+            contenders.reverse()
+        for name, cmd in contenders:
+            dt, kib = run_timed(cmd)
+            times[name].append(dt)
+            rss[name].append(kib)
+            print(f"  run {run + 1} {name}: {dt:.2f} s, peak RSS {kib / 1024:.1f} MiB", flush=True)
+    small_rss = [run_timed([*CLI, "logs", "summary", "--json", str(small)])[1] for _ in range(3)]
+
+    print()
+    print(
+        f"Log: {args.lines:,} lines, {big_mb:.0f} MB ({big}); Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print()
+    print("| tool | median wall s | runs | peak RSS MiB | speed-up vs jq |")
+    print("|---|---|---|---|---|")
+    jq_median = statistics.median(times["jq"]) if times["jq"] else float("nan")
+    for name, label in (
+        ("summary", "trio-micro logs summary --json (full summary)"),
+        ("jq", "jq -n 'reduce inputs ...' (count + mean per method only)"),
+    ):
+        if not times[name]:
+            continue
+        median = statistics.median(times[name])
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(
+            f"| {label} | {median:.2f} | {runs} | {max(rss[name]) / 1024:.1f} | "
+            f"{jq_median / median:.1f}x |"
+        )
+    print()
+    print("| input to summary | size MB | peak RSS MiB (max of runs) |")
+    print("|---|---|---|")
+    print(f"| {args.lines:,}-line log | {big_mb:.0f} | {max(rss['summary']) / 1024:.1f} |")
+    print(f"| first 10 MB of it | {small_mb:.0f} | {max(small_rss) / 1024:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

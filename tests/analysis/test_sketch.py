@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_micro.analysis import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
+
+durations = st.floats(min_value=0, max_value=1e7, allow_nan=False)
+quantiles = st.sampled_from([0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0])
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    return sorted(values)[math.floor(q * (len(values) - 1))]
+
+
+def within_bound(estimate: float, exact: float) -> bool:
+    if exact < MIN_TRACKED:
+        return estimate < MIN_TRACKED
+    return abs(estimate - exact) <= RELATIVE_ERROR * exact * (1 + 1e-9)
+
+
+@given(st.lists(durations, min_size=1), quantiles)
+def test_quantile_is_within_relative_error_of_exact_quantile(values: list[float], q: float) -> None:
+    assert within_bound(LatencySketch(values).quantile(q), exact_quantile(values, q))
+
+
+@given(st.lists(durations), st.lists(durations))
+def test_merged_sketches_equal_one_sketch_of_all_values(a: list[float], b: list[float]) -> None:
+    merged = LatencySketch(a)
+    merged.merge(LatencySketch(b))
+    assert merged == LatencySketch(a + b)
+
+
+@given(st.lists(durations, min_size=1), st.lists(durations), quantiles)
+def test_merged_quantiles_are_within_bound_of_exact(
+    a: list[float], b: list[float], q: float
+) -> None:
+    merged = LatencySketch(a)
+    merged.merge(LatencySketch(b))
+    assert within_bound(merged.quantile(q), exact_quantile(a + b, q))
+
+
+@given(st.lists(durations), st.lists(durations), st.lists(durations))
+def test_merge_is_associative(a: list[float], b: list[float], c: list[float]) -> None:
+    left = LatencySketch(a)
+    left.merge(LatencySketch(b))
+    left.merge(LatencySketch(c))
+    bc = LatencySketch(b)
+    bc.merge(LatencySketch(c))
+    right = LatencySketch(a)
+    right.merge(bc)
+    assert left == right
+
+
+@given(st.lists(durations), st.lists(durations))
+def test_merge_is_commutative(a: list[float], b: list[float]) -> None:
+    ab = LatencySketch(a)
+    ab.merge(LatencySketch(b))
+    ba = LatencySketch(b)
+    ba.merge(LatencySketch(a))
+    assert ab == ba
+
+
+def test_count_min_max_and_mean_are_exact() -> None:
+    sketch = LatencySketch([1.0, 2.0, 9.0])
+    assert (sketch.count, sketch.min, sketch.max, sketch.mean) == (3, 1.0, 9.0, 4.0)
+
+
+def test_memory_is_bounded_by_buckets_not_values() -> None:
+    sketch = LatencySketch(1 + (i % 1000) / 1000 for i in range(100_000))
+    assert len(sketch.bucket_counts()) <= 40  # values span one doubling: ~35 buckets
+
+
+def test_negative_value_is_rejected() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        LatencySketch().add(-1.0)
+
+
+def test_quantile_of_empty_sketch_raises() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        LatencySketch().quantile(0.5)
+
+
+def test_quantile_outside_unit_interval_raises() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        LatencySketch([1.0]).quantile(1.5)
+
+
+def test_buckets_cover_all_values_in_order() -> None:
+    sketch = LatencySketch([0.0, 0.5, 0.5, 100.0])
+    rows = list(sketch.buckets())
+    assert sum(n for _, _, n in rows) == 4
+    assert [low for low, _, _ in rows] == sorted(low for low, _, _ in rows)
+    assert all(low <= 100.0 for low, _, _ in rows)
+
+
+def test_copy_is_independent() -> None:
+    sketch = LatencySketch([1.0])
+    copy = sketch.copy()
+    copy.add(2.0)
+    assert sketch.count == 1

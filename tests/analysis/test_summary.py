@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_micro.analysis import (
+    RELATIVE_ERROR,
+    LogSummary,
+    RecordFilter,
+    SummaryBuilder,
+    merge_summaries,
+    summarize,
+)
+from trio_micro.observe import CallRecord
+
+from ._records import T0, line, record
+
+CODES = ["OK", "OK", "OK", "NOT_FOUND", "UNAVAILABLE"]
+
+records_strategy = st.lists(
+    st.builds(
+        record,
+        at=st.floats(min_value=0, max_value=7200, allow_nan=False),
+        service=st.sampled_from(["users", "orders"]),
+        method=st.sampled_from(["Get", "List"]),
+        peer=st.sampled_from(["a:1", "b:1", None]),
+        code=st.sampled_from(CODES),
+        duration_ms=st.floats(min_value=0, max_value=1e5, allow_nan=False),
+        cache=st.sampled_from([None, "hit", "miss"]),
+        message=st.sampled_from([None, "boom"]),
+    ),
+    max_size=60,
+)
+
+
+def comparable(summary: LogSummary) -> dict[str, object]:
+    data = summary.to_dict()
+    # Float sums may differ in the last bits between one pass and a merge.
+    for m in data["methods"]:
+        m["mean_ms"] = round(m["mean_ms"], 6)
+        for p in m["peers"]:
+            p["mean_ms"] = round(p["mean_ms"], 6)
+    if data["latency_ms"]["mean_ms"] is not None:
+        data["latency_ms"]["mean_ms"] = round(data["latency_ms"]["mean_ms"], 6)
+    for b in data["timeline"]["buckets"]:
+        b["mean_ms"] = round(b["mean_ms"], 6)
+    return data
+
+
+@given(records_strategy, st.integers(min_value=0, max_value=60))
+def test_merged_partial_summaries_equal_one_pass(records: list[CallRecord], cut: int) -> None:
+    opts = {"slowest": 3, "error_samples": 2, "max_time_buckets": 8}
+    whole = summarize(records, **opts)  # type: ignore[arg-type]
+    parts = merge_summaries(
+        [summarize(records[:cut], **opts), summarize(records[cut:], **opts)]  # type: ignore[arg-type]
+    )
+    assert comparable(parts) == comparable(whole)
+
+
+@given(records_strategy, records_strategy)
+def test_merge_of_summaries_is_commutative(a: list[CallRecord], b: list[CallRecord]) -> None:
+    sa, sb = summarize(a, max_time_buckets=8), summarize(b, max_time_buckets=8)
+    assert comparable(merge_summaries([sa, sb])) == comparable(merge_summaries([sb, sa]))
+
+
+def test_counts_calls_and_errors_by_code_per_method() -> None:
+    summary = summarize(
+        [record(), record(code="NOT_FOUND"), record(code="NOT_FOUND"), record(method="List")]
+    )
+    (get, lst) = summary.methods()
+    assert (get.method, get.calls, get.errors, dict(get.codes)) == (
+        "GetUser",
+        3,
+        2,
+        {"NOT_FOUND": 2, "OK": 1},
+    )
+    assert (lst.method, lst.calls, lst.errors) == ("List", 1, 0)
+
+
+def test_percentiles_are_within_relative_error() -> None:
+    durations = [float(i) for i in range(1, 1001)]
+    (m,) = summarize(record(duration_ms=d) for d in durations).methods()
+    for q, value in ((0.5, m.p50_ms), (0.9, m.p90_ms), (0.99, m.p99_ms)):
+        exact = durations[math.floor(q * 999)]
+        assert abs(value - exact) <= RELATIVE_ERROR * exact
+    assert m.max_ms == 1000.0
+
+
+def test_throughput_is_calls_per_second_between_first_and_last() -> None:
+    (m,) = summarize([record(at=0), record(at=5), record(at=10)]).methods()
+    assert m.throughput == pytest.approx(0.3)
+
+
+def test_throughput_of_a_single_instant_is_none() -> None:
+    (m,) = summarize([record(at=1)]).methods()
+    assert m.throughput is None
+
+
+def test_cache_hit_ratio_counts_hits_among_logged_cache_values() -> None:
+    (m,) = summarize(
+        [record(cache="hit"), record(cache="hit"), record(cache="miss"), record()]
+    ).methods()
+    assert m.cache_hit_ratio == pytest.approx(2 / 3)
+
+
+def test_cache_hit_ratio_is_none_without_cache_field() -> None:
+    (m,) = summarize([record()]).methods()
+    assert m.cache_hit_ratio is None
+
+
+def test_peers_split_the_calls_of_a_method() -> None:
+    (m,) = summarize([record(peer="a"), record(peer="a"), record(peer="b")]).methods()
+    assert [(p.peer, p.calls) for p in m.peers] == [("a", 2), ("b", 1)]
+    assert [p.share for p in m.peers] == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_slowest_keeps_the_top_n_slowest_first() -> None:
+    summary = summarize((record(duration_ms=d) for d in [5, 1, 9, 3, 7]), slowest=3)
+    assert [c.duration_ms for c in summary.slowest] == [9, 7, 5]
+
+
+def test_recent_errors_keep_the_newest_with_messages() -> None:
+    recs = [record(at=i, code="INTERNAL", message=f"m{i}") for i in range(5)]
+    summary = summarize(recs, error_samples=2)
+    assert [e.message for e in summary.recent_errors] == ["m4", "m3"]
+
+
+def test_timeline_stays_within_max_buckets() -> None:
+    summary = summarize((record(at=i * 0.37) for i in range(5000)), max_time_buckets=50)
+    assert len(summary.timeline) <= 50
+    assert sum(b.calls for b in summary.timeline) == 5000
+
+
+def test_timeline_counts_errors_per_bucket() -> None:
+    summary = summarize([record(at=0), record(at=0, code="INTERNAL")], max_time_buckets=4)
+    assert [(b.calls, b.errors) for b in summary.timeline] == [(2, 1)]
+
+
+def test_filter_since_until_keeps_half_open_range() -> None:
+    flt = RecordFilter(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=3))
+    summary = summarize((record(at=i) for i in range(5)), filter=flt)
+    assert (summary.calls, summary.input.filtered_out) == (2, 3)
+
+
+def test_filter_by_service_method_and_code() -> None:
+    recs = [
+        record(service="users", method="Get"),
+        record(service="users", method="Get", code="NOT_FOUND"),
+        record(service="orders", method="Get", code="NOT_FOUND"),
+        record(service="users", method="List", code="NOT_FOUND"),
+    ]
+    flt = RecordFilter(
+        services=frozenset({"users"}), methods=frozenset({"Get"}), codes=frozenset({"NOT_FOUND"})
+    )
+    assert summarize(recs, filter=flt).calls == 1
+
+
+def test_filter_method_accepts_service_slash_method() -> None:
+    recs = [record(service="users", method="Get"), record(service="orders", method="Get")]
+    summary = summarize(recs, filter=RecordFilter(methods=frozenset({"orders/Get"})))
+    assert [m.service for m in summary.methods()] == ["orders"]
+
+
+def test_filter_rejects_naive_datetimes() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        RecordFilter(since=T0.replace(tzinfo=None))
+
+
+def test_empty_input_gives_an_empty_summary() -> None:
+    summary = summarize([])
+    assert (summary.calls, summary.methods(), summary.first) == (0, [], None)
+    assert summary.to_dict()["latency_ms"]["p50_ms"] is None
+
+
+def test_merge_summaries_needs_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        merge_summaries([])
+
+
+def test_json_lines_chunk_gives_same_summary_as_records() -> None:
+    recs = [record(at=i, duration_ms=i + 0.5) for i in range(100)]
+    builder = SummaryBuilder()
+    builder.add_json_lines(b"".join(line(r) for r in recs))
+    assert comparable(builder.build()) == comparable(summarize(recs))
+
+
+def test_to_dict_is_json_ready_with_iso_utc_times() -> None:
+    data = summarize([record(at=1.5)]).to_dict()
+    assert data["first"] == "2026-11-26T10:00:01.500000Z"
+    assert data["methods"][0]["calls"] == 1
