@@ -1,0 +1,91 @@
+"""Stubs are typed: mypy knows what a call takes and returns."""
+
+from __future__ import annotations
+
+import pytest
+
+mypy_api = pytest.importorskip("mypy.api")
+
+PRELUDE = """
+from __future__ import annotations
+from collections.abc import AsyncIterator
+import msgspec
+from trio_micro import rpc
+
+class GetUserRequest(msgspec.Struct):
+    user_id: int
+
+class User(msgspec.Struct):
+    user_id: int
+    name: str
+
+class UserService(rpc.Service, name="users"):
+    @rpc.unary
+    async def get_user(self, req: GetUserRequest) -> User:
+        return User(req.user_id, "ada")
+
+    @rpc.unary(idempotent=True)
+    async def ping(self, req: GetUserRequest) -> GetUserRequest:
+        return req
+
+    @rpc.server_stream
+    async def list_users(self, req: GetUserRequest) -> AsyncIterator[User]:
+        yield User(1, "ada")
+"""
+
+
+GOOD = """
+async def good(channel: rpc.Channel) -> str:
+    users = channel.stub(UserService)
+    user = await users.get_user(GetUserRequest(user_id=1))
+    again: GetUserRequest = await users.ping(GetUserRequest(user_id=2))
+    names = [u.name async for u in users.list_users(GetUserRequest(user_id=again.user_id))]
+    return user.name + "".join(names)
+"""
+
+WRONG_REQUEST = """
+async def wrong_request(channel: rpc.Channel) -> None:
+    await channel.stub(UserService).get_user(User(1, "x"))  # line: wrong_request
+"""
+
+WRONG_RESULT = """
+async def wrong_result(channel: rpc.Channel) -> int:
+    user = await channel.stub(UserService).get_user(GetUserRequest(user_id=1))
+    return user.name  # line: wrong_result
+"""
+
+
+@pytest.fixture(scope="module")
+def mypy_output() -> dict[str, list[str]]:
+    """Type-check one module (one slow mypy run) and file its errors under the marked lines."""
+    source = PRELUDE + GOOD + WRONG_REQUEST + WRONG_RESULT
+    stdout, stderr, _ = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir=/dev/null", "-c", source]
+    )
+    lines = source.splitlines()
+    by_mark: dict[str, list[str]] = {"good": [], "wrong_request": [], "wrong_result": []}
+    for message in (stdout + stderr).splitlines():
+        parts = message.split(":", 2)
+        if len(parts) < 3 or not parts[1].isdigit():
+            continue
+        line = lines[int(parts[1]) - 1]
+        mark = line.rpartition("# line: ")[2] if "# line: " in line else "good"
+        by_mark[mark].append(parts[2])
+    return by_mark
+
+
+def test_stub_calls_type_check(mypy_output: dict[str, list[str]]) -> None:
+    assert mypy_output["good"] == []
+
+
+def test_wrong_request_type_fails_type_check(mypy_output: dict[str, list[str]]) -> None:
+    assert any(
+        'incompatible type "User"; expected "GetUserRequest"' in error
+        for error in mypy_output["wrong_request"]
+    ), mypy_output
+
+
+def test_wrong_result_use_fails_type_check(mypy_output: dict[str, list[str]]) -> None:
+    assert any("Incompatible return value" in error for error in mypy_output["wrong_result"]), (
+        mypy_output
+    )

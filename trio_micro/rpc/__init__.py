@@ -1,0 +1,74 @@
+"""RPC over trio: typed services, multiplexed connections, deadlines that cross the wire.
+
+::
+
+    class UserService(rpc.Service, name="users"):
+        @rpc.unary
+        async def get_user(self, req: GetUserRequest) -> User: ...
+
+    async with rpc.open_server([UserService()], host="127.0.0.1", port=0) as server:
+        async with rpc.open_channel(f"127.0.0.1:{server.address[1]}") as channel:
+            users = channel.stub(UserService)
+            user = await users.get_user(GetUserRequest(user_id=1))
+
+``docs/rpc.md`` is the user guide; ``docs/protocol.md`` the wire format, implemented by the
+sans-io :mod:`trio_micro.protocol` that this package drives.
+"""
+
+from __future__ import annotations
+
+from trio_micro.protocol import Status
+
+from ._channel import (
+    Balancer,
+    Channel,
+    ChannelStatistics,
+    ResponseStream,
+    RoundRobin,
+    Subchannel,
+    open_channel,
+)
+from ._context import ClientCall, ServerCall, current_call
+from ._errors import RpcError
+from ._interceptors import ClientInterceptor, ServerInterceptor
+from ._reflection import (
+    ListServicesRequest,
+    ListServicesResponse,
+    MethodDescription,
+    ReflectionService,
+    ServiceDescription,
+)
+from ._server import Server, ServerStatistics, open_server, serve
+from ._service import MethodInfo, Service, server_stream, unary
+from ._transport import Endpoint
+
+__all__ = [
+    "Balancer",
+    "Channel",
+    "ChannelStatistics",
+    "ClientCall",
+    "ClientInterceptor",
+    "Endpoint",
+    "ListServicesRequest",
+    "ListServicesResponse",
+    "MethodDescription",
+    "MethodInfo",
+    "ReflectionService",
+    "ResponseStream",
+    "RoundRobin",
+    "RpcError",
+    "Server",
+    "ServerCall",
+    "ServerInterceptor",
+    "ServerStatistics",
+    "Service",
+    "ServiceDescription",
+    "Status",
+    "Subchannel",
+    "current_call",
+    "open_channel",
+    "open_server",
+    "serve",
+    "server_stream",
+    "unary",
+]
