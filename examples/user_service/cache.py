@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -64,7 +64,7 @@ class TTLCache(Generic[K, V]):
         self.ttl = float(ttl)
         self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
         self._loading: dict[K, object] = {}
-        self._flights: SingleFlight[K, V] = SingleFlight()
+        self._flights: SingleFlight[K, tuple[V, bool]] = SingleFlight()
         self._hits = self._misses = self._loads = self._evictions = self._expirations = 0
 
     async def get_or_load(self, key: K, loader: Callable[[K], Awaitable[V]]) -> tuple[V, bool]:
@@ -74,20 +74,33 @@ class TTLCache(Generic[K, V]):
         a hit does not wait. Cancellation: a cancelled caller stops waiting; if it was
         the one loading, another waiter takes over the load (see ``SingleFlight``).
         """
+        value, hit = self._lookup(key)
+        if not hit:
+            value, hit = await self._flights.call(key, self._load, key, loader)
+        if hit:
+            self._hits += 1
+        else:
+            self._misses += 1
+        return value, hit
+
+    def _lookup(self, key: K) -> tuple[Any, bool]:
         entry = self._entries.get(key)
-        if entry is not None:
-            value, expires_at = entry
-            if trio.current_time() < expires_at:
-                self._hits += 1
-                self._entries.move_to_end(key)
-                return value, True
+        if entry is None:
+            return None, False
+        value, expires_at = entry
+        if trio.current_time() >= expires_at:
             del self._entries[key]
             self._expirations += 1
-        self._misses += 1
-        value = await self._flights.call(key, self._load, key, loader)
-        return value, False
+            return None, False
+        self._entries.move_to_end(key)
+        return value, True
 
-    async def _load(self, key: K, loader: Callable[[K], Awaitable[V]]) -> V:
+    async def _load(self, key: K, loader: Callable[[K], Awaitable[V]]) -> tuple[V, bool]:
+        # SingleFlight.call checkpoints before it looks for a flight, so the flight that
+        # was running when our caller missed may have filled the cache meanwhile.
+        cached, hit = self._lookup(key)
+        if hit:
+            return cached, True
         token = self._loading[key] = object()
         self._loads += 1
         try:
@@ -98,7 +111,7 @@ class TTLCache(Generic[K, V]):
                 del self._loading[key]
         if still_valid:
             self._store(key, value)
-        return value
+        return value, False
 
     def _store(self, key: K, value: V) -> None:
         self._entries[key] = (value, trio.current_time() + self.ttl)
