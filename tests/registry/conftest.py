@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from trio_micro.registry import EtcdRegistry, MemoryRegistry, Registry
+from trio_micro.registry import (
+    EtcdRegistry,
+    MemoryRegistry,
+    Registry,
+    open_registry_client,
+    open_registry_server,
+)
 
 from ._etcd_server import EtcdServer
 
@@ -45,7 +51,7 @@ def key_prefix() -> str:
     return f"/trio_micro_test/{uuid.uuid4().hex}"
 
 
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=["memory", "etcd", "server"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The name of the backend a contract test runs against."""
     name: str = request.param
@@ -56,7 +62,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def clock(backend: str) -> trio.testing.MockClock | None:
-    """An autojump clock for the memory backend; real time for etcd, whose TTLs are real.
+    """An autojump clock for the memory backend; real time for etcd, whose TTLs are real,
+    and for the registry server, which talks over real sockets.
 
     pytest-trio runs a test with the clock among its arguments, so contract tests take this
     fixture by name even when they don't use it.
@@ -70,6 +77,14 @@ async def registry(
 ) -> AsyncIterator[Registry]:
     if backend == "memory":
         yield MemoryRegistry()
+        return
+    if backend == "server":
+        async with (
+            open_registry_server(host="127.0.0.1", port=0) as server,
+            open_registry_client(server.target) as client,
+        ):
+            await client.resolve("warm-up")  # connect before the test (and its captured logs)
+            yield client
         return
     server: EtcdServer = request.getfixturevalue("etcd_server")
     async with EtcdRegistry(server.url, prefix=key_prefix) as etcd:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ._logs import add_logs_parser, run_logs
+from ._registry import add_registry_parser, run_registry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trio-micro {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_logs_parser(commands)
+    add_registry_parser(commands)
     return parser
 
 
@@ -32,5 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "logs":
         return run_logs(args)
+    if args.command == "registry":
+        return run_registry(args)
     parser.print_help(sys.stdout)
     return 0

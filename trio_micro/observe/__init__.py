@@ -7,6 +7,9 @@
   logged periodically; :func:`tune_gc` adjusts the collector.
 * :class:`CallRecord`, :data:`RPC_CALL_COMPLETE`, :data:`RPC_CALL_FAILED`: the schema of
   the RPC access log (one record per call), shared by its writer and ``trio-micro logs``.
+* :class:`TraceContext`, :func:`parse_traceparent` / :func:`format_traceparent`,
+  :func:`current_span`, :func:`start_span` / :func:`use_span`: W3C trace context, the span
+  current in a task, and its ids bound for structlog.
 
 Log events defined here: ``observe.tasks.leak_suspected``, ``observe.tasks.leak_cleared``,
 ``observe.tasks.long_lived``, ``observe.loop.blocked``, ``observe.memory.snapshot``.
@@ -27,6 +30,21 @@ from ._schema import (
     CallRecord,
 )
 from ._tasks import TaskMonitor, TaskMonitorStatistics, format_task_tree, open_task_monitor
+from ._trace import (
+    TRACEPARENT,
+    TraceContext,
+    bind_span,
+    child_of_traceparent,
+    current_span,
+    format_traceparent,
+    new_span_id,
+    new_trace,
+    new_trace_id,
+    new_traceparent,
+    parse_traceparent,
+    start_span,
+    use_span,
+)
 
 __all__ = [
     "CACHE_HIT",
@@ -36,15 +54,28 @@ __all__ = [
     "CODE_OK",
     "RPC_CALL_COMPLETE",
     "RPC_CALL_FAILED",
+    "TRACEPARENT",
     "CallRecord",
     "GcSettings",
     "MemorySnapshot",
     "TaskMonitor",
     "TaskMonitorStatistics",
+    "TraceContext",
+    "bind_span",
+    "child_of_traceparent",
     "configure_logging",
+    "current_span",
     "format_task_tree",
+    "format_traceparent",
     "memory_snapshot",
+    "new_span_id",
+    "new_trace",
+    "new_trace_id",
+    "new_traceparent",
     "open_memory_monitor",
     "open_task_monitor",
+    "parse_traceparent",
+    "start_span",
     "tune_gc",
+    "use_span",
 ]

@@ -5,6 +5,13 @@
 * :class:`MemoryRegistry`: in-process, for tests and single-process applications.
 * :class:`EtcdRegistry` / :func:`open_etcd_registry`: etcd v3 through its JSON gateway,
   for many machines.
+* :func:`open_registry_server` / :func:`serve_registry` (:class:`RegistryServer`,
+  :class:`RegistryService`): a registry as a service on trio_micro's RPC, the default for
+  one machine; :func:`open_registry_client` (:class:`RegistryClient`) talks to it.
+
+Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
+``rpc.open_channel("users", registry=reg)`` follows a service live. Importing this package
+registers the ``etcd://`` and ``registry://`` target schemes of ``rpc.open_channel``.
 * :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, and the
   :class:`RegistryError` tree.
 
@@ -17,8 +24,11 @@ Log events defined here: ``registry.endpoint.registered``, ``registry.endpoint.d
 
 from __future__ import annotations
 
+from . import _schemes  # noqa: F401  (registers the etcd:// and registry:// schemes)
+from ._client import RegistryClient, open_registry_client
 from ._etcd import EtcdRegistry, open_etcd_registry
 from ._memory import MemoryRegistry
+from ._server import RegistryServer, RegistryService, open_registry_server, serve_registry
 from ._types import (
     DuplicateRegistrationError,
     Endpoint,
@@ -38,8 +48,14 @@ __all__ = [
     "Registration",
     "Registry",
     "RegistryBackendError",
+    "RegistryClient",
     "RegistryError",
+    "RegistryServer",
+    "RegistryService",
     "RegistryUnavailableError",
     "open_etcd_registry",
+    "open_registry_client",
+    "open_registry_server",
     "parse_address",
+    "serve_registry",
 ]

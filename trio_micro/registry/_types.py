@@ -292,9 +292,11 @@ class Registration:
 class Registry(Protocol):
     """Service discovery: register replicas, resolve and watch a service's endpoints.
 
-    Backends: :class:`~trio_micro.registry.MemoryRegistry` (in-process) and
+    Backends: :class:`~trio_micro.registry.MemoryRegistry` (in-process),
+    :class:`~trio_micro.registry.RegistryClient` (the registry server) and
     :class:`~trio_micro.registry.EtcdRegistry` (etcd v3); all pass the same contract tests
-    (``tests/registry/test_contract.py``).
+    (``tests/registry/test_contract.py``). Every registry is also an
+    :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so channels can follow its services.
     """
 
     def register(

@@ -19,18 +19,12 @@ from __future__ import annotations
 
 from trio_micro.protocol import Status
 
-from ._channel import (
-    Balancer,
-    Channel,
-    ChannelStatistics,
-    ResponseStream,
-    RoundRobin,
-    Subchannel,
-    open_channel,
-)
+from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
+from ._channel import Channel, ChannelStatistics, ResponseStream, open_channel
 from ._context import ClientCall, ServerCall, current_call
 from ._errors import RpcError
 from ._interceptors import ClientInterceptor, ServerInterceptor
+from ._observability import AccessLogInterceptor
 from ._reflection import (
     ListServicesRequest,
     ListServicesResponse,
@@ -38,11 +32,14 @@ from ._reflection import (
     ReflectionService,
     ServiceDescription,
 )
+from ._resolver import ResolvedEndpoint, Resolver, register_resolver
+from ._retry import RetryPolicy
 from ._server import Server, ServerStatistics, open_server, serve
 from ._service import MethodInfo, Service, server_stream, unary
 from ._transport import Endpoint
 
 __all__ = [
+    "AccessLogInterceptor",
     "Balancer",
     "Channel",
     "ChannelStatistics",
@@ -53,8 +50,13 @@ __all__ = [
     "ListServicesResponse",
     "MethodDescription",
     "MethodInfo",
+    "OutlierEjection",
+    "PowerOfTwoChoices",
     "ReflectionService",
+    "ResolvedEndpoint",
+    "Resolver",
     "ResponseStream",
+    "RetryPolicy",
     "RoundRobin",
     "RpcError",
     "Server",
@@ -68,6 +70,7 @@ __all__ = [
     "current_call",
     "open_channel",
     "open_server",
+    "register_resolver",
     "serve",
     "server_stream",
     "unary",

@@ -2,19 +2,32 @@
 
 Theory of operation
 -------------------
-A channel keeps ``pool_size`` connection *slots* per endpoint. Each slot is one task that
-connects, runs the connection until it ends, and connects again -- at once after a
-connection that worked for a while, otherwise after an exponential backoff with jitter
-(gRPC's: 1 s, x1.6 per attempt, +-20 %, at most 120 s). Ready connections sit in one list;
-a call takes one through the :class:`Balancer` (round robin by default) without awaiting
-anything, so the channel adds a list index to the cost of a call. When no connection is
-ready a call waits while some slot is still connecting, and fails fast with ``UNAVAILABLE``
-(naming the addresses and why) once every slot has failed its last attempt -- like gRPC
-without ``wait_for_ready``.
+A channel keeps a set of *endpoints* -- fixed, or followed live through a
+:class:`~trio_micro.rpc.Resolver` (any registry) -- and ``pool_size`` connection *slots*
+per endpoint. Each slot is one task that connects, runs the connection until it ends, and
+connects again -- at once after a connection that worked for a while, otherwise after an
+exponential backoff with jitter (gRPC's: 1 s, x1.6 per attempt, +-20 %, at most 120 s).
+With a resolver, one more task watches the service: a new endpoint gets its slots started,
+a removed one is *drained* (no new calls; its connections close once their calls are done,
+at most ``_DRAIN_TIMEOUT`` later).
 
-A call refused by a server's GOAWAY (never processed) is retried on another connection,
-transparently: that is always safe. Retrying calls that *were* processed is issue #4's
-retry policy (for ``idempotent`` methods).
+Ready connections sit in one list; a call takes one through the :class:`Balancer`
+(:class:`PowerOfTwoChoices` by default) without awaiting anything, so the channel adds a
+list index and a counter or two to the cost of a call. When no connection is ready a call
+waits while some slot is still connecting, and fails fast with ``UNAVAILABLE`` (naming the
+addresses and why) once every slot has failed its last attempt -- like gRPC without
+``wait_for_ready``. A service that has no endpoints yet is waited for, up to the call's
+deadline or ``discovery_timeout``, whichever comes first; then ``UNAVAILABLE`` names it.
+
+Outlier ejection (:class:`OutlierEjection`): each endpoint counts connection failures and
+``UNAVAILABLE`` call results in a row; at the limit its connections leave the ready list
+for the ejection time, restored by a short task that sleeps until then. When every
+non-ejected connection is gone the ejected ones are used rather than failing.
+
+Retries (:mod:`._retry`): calls refused by a server's GOAWAY (never processed) are retried
+at once on another connection, for any method. Idempotent unary calls failing with
+``UNAVAILABLE`` are retried with jittered backoff under the deadline and the retry
+budget, preferring another endpoint.
 
 Deadlines: each call sends the time left in the caller's effective deadline
 (:func:`trio.current_effective_deadline`), rounded *up* to the millisecond so the server's
@@ -22,7 +35,9 @@ deadline never fires before the caller's. Cancellation: see :mod:`._client`.
 
 Log events: ``rpc.channel.connect_failed``, ``rpc.channel.connected``,
 ``rpc.channel.connection_lost``, ``rpc.channel.protocol_error``,
-``rpc.channel.keepalive_timeout``, ``rpc.channel.goaway``.
+``rpc.channel.keepalive_timeout``, ``rpc.channel.goaway``, ``rpc.channel.endpoint_ejected``,
+``rpc.channel.endpoint_restored``, ``rpc.channel.bad_address``,
+``rpc.channel.resolver_failed``.
 """
 
 from __future__ import annotations
@@ -31,9 +46,9 @@ import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
+from typing import Any, Final, Generic, TypeVar, cast, final
 
 import msgspec
 import structlog
@@ -43,20 +58,20 @@ from trio_micro._validate import check_int, check_seconds
 from trio_micro.protocol import Settings, Status
 from trio_micro.protocol._frames import DEFAULT_MAX_FRAME_SIZE
 
+from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
 from ._client import ClientConnection, RefusedError, _Call, connect
 from ._context import ClientCall
 from ._errors import RpcError
 from ._interceptors import ClientInterceptor
+from ._resolver import ResolvedEndpoint, Resolver, split_target
+from ._retry import RetryBudget, RetryPolicy
 from ._service import MethodInfo, Service
 from ._transport import Endpoint
 
 __all__ = [
-    "Balancer",
     "Channel",
     "ChannelStatistics",
     "ResponseStream",
-    "RoundRobin",
-    "Subchannel",
     "open_channel",
 ]
 
@@ -66,57 +81,19 @@ S = TypeVar("S", bound=Service)
 T = TypeVar("T")
 
 _encode: Final = msgspec.msgpack.Encoder().encode
-# How often a call refused by GOAWAY (never processed) is retried on another connection.
+# How many attempts a call refused by GOAWAY (never processed) gets, on other connections.
 _MAX_REFUSED_RETRIES: Final = 5
 # gRPC's connection backoff (doc/connection-backoff.md).
 _BACKOFF_INITIAL: Final = 1.0
 _BACKOFF_MULTIPLIER: Final = 1.6
 _BACKOFF_JITTER: Final = 0.2
 _BACKOFF_MAX: Final = 120.0
-
-
-@runtime_checkable
-class Subchannel(Protocol):
-    """What a :class:`Balancer` sees of a ready connection."""
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """The server it is connected to."""
-        ...
-
-    @property
-    def outstanding(self) -> int:
-        """Calls in flight on it."""
-        ...
-
-
-@runtime_checkable
-class Balancer(Protocol):
-    """Chooses the connection for each call (the hook for issue #4's balancers).
-
-    ``pick`` is called synchronously on every call with at least two ready connections and
-    must be cheap.
-    """
-
-    def pick(self, ready: Sequence[Subchannel]) -> int:
-        """Return the index in ``ready`` of the connection to use."""
-        ...
-
-
-@final
-class RoundRobin:
-    """The default :class:`Balancer`: each ready connection in turn."""
-
-    __slots__ = ("_next",)
-
-    def __init__(self) -> None:
-        self._next = 0
-
-    def pick(self, ready: Sequence[Subchannel]) -> int:
-        """Return the next index, wrapping around."""
-        index = self._next % len(ready)
-        self._next = index + 1
-        return index
+# How long the connections of a removed endpoint may take to finish their calls.
+_DRAIN_TIMEOUT: Final = 30.0
+# How long before the caller's deadline a call waiting for endpoints gives up.
+_DEADLINE_MARGIN: Final = 0.001
+_DEFAULT_RETRY: Final = RetryPolicy()
+_DEFAULT_EJECTION: Final = OutlierEjection()
 
 
 @final
@@ -125,16 +102,22 @@ class ChannelStatistics:
     """A snapshot of :meth:`Channel.statistics`.
 
     Attributes:
-        endpoints: The addresses the channel connects to.
+        endpoints: The addresses the channel connects to (sorted).
         slots: Connection slots (``pool_size`` per endpoint).
-        ready: Connections ready for calls.
-        outstanding: Calls in flight over all connections.
+        ready: Connections ready for calls (ejected endpoints' excluded).
+        outstanding: Calls in flight over the ready connections.
+        ejected: The addresses currently ejected (sorted).
+        retries: Calls retried after ``UNAVAILABLE`` so far.
+        retries_throttled: Retries the retry budget refused so far.
     """
 
     endpoints: tuple[str, ...]
     slots: int
     ready: int
     outstanding: int
+    ejected: tuple[str, ...] = ()
+    retries: int = 0
+    retries_throttled: int = 0
 
 
 class _Backoff:
@@ -153,15 +136,47 @@ class _Backoff:
 
 
 @final
-class _Slot:
-    __slots__ = ("connection", "endpoint", "error", "failed", "scope")
+class _EndpointState:
+    """One endpoint: its slots, its metadata, and its outlier-ejection record."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    __slots__ = (
+        "ejected_until",
+        "ejections",
+        "endpoint",
+        "failures",
+        "metadata",
+        "removed",
+        "slots",
+    )
+
+    def __init__(self, endpoint: Endpoint, metadata: Mapping[str, str], pool_size: int) -> None:
         self.endpoint = endpoint
+        self.metadata = dict(metadata)
+        self.slots = [_Slot(self) for _ in range(pool_size)]
+        self.failures = 0  # connection failures or UNAVAILABLE results in a row
+        self.ejections = 0
+        self.ejected_until: float | None = None
+        self.removed = False
+
+    def gone(self) -> bool:
+        # A method, not the attribute: mypy would keep it narrowed across awaits.
+        return self.removed
+
+
+@final
+class _Slot:
+    __slots__ = ("connection", "error", "failed", "scope", "state")
+
+    def __init__(self, state: _EndpointState) -> None:
+        self.state = state
         self.connection: ClientConnection | None = None
         self.failed = False  # the last attempt failed; now backing off
         self.error: RpcError | None = None
         self.scope = trio.CancelScope()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.state.endpoint
 
 
 @final
@@ -201,7 +216,8 @@ def _timeout_ms() -> int | None:
 
 @final
 class Channel:
-    """Calls to one service address (or several), over a pool of multiplexed connections.
+    """Calls to one service -- fixed addresses, or a service name resolved live -- over a
+    pool of multiplexed connections.
 
     Made by :func:`open_channel`; use :meth:`stub` to make calls.
     """
@@ -213,26 +229,57 @@ class Channel:
         options: _Options,
         interceptors: tuple[ClientInterceptor, ...],
         balancer: Balancer,
+        *,
+        retry: RetryPolicy | None = _DEFAULT_RETRY,
+        ejection: OutlierEjection | None = _DEFAULT_EJECTION,
+        service: str | None = None,
+        discovery_timeout: float = 10.0,
     ) -> None:
-        self.endpoints = tuple(endpoints)
+        self._pool_size = pool_size
         self._options = options
         self._interceptors = interceptors
         self._balancer = balancer
-        self._slots = [_Slot(endpoint) for endpoint in endpoints for _ in range(pool_size)]
+        self._retry = retry
+        self._budget = RetryBudget(retry) if retry is not None else None
+        self._rng = random.Random()
+        self._ejection = ejection
+        self._service = service
+        self._discovery_timeout = discovery_timeout
+        self._states: dict[Endpoint, _EndpointState] = {}
+        self._initial = list(endpoints)
+        self._resolved = service is None  # a resolver has given its first set
+        self._resolver_error: str | None = None
         self._ready: list[ClientConnection] = []
         self._changed = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
         self._closed = False
 
     def __repr__(self) -> str:
+        if self._service is not None:
+            return f"<rpc.Channel service={self._service!r}>"
         return f"<rpc.Channel {', '.join(map(str, self.endpoints))}>"
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints the channel currently connects to (in the order they came)."""
+        if self._nursery is None:
+            return tuple(self._initial)
+        return tuple(self._states)
 
     def statistics(self) -> ChannelStatistics:
         """Return a snapshot of the pool (synchronous)."""
+        states = self._states.values()
+        budget = self._budget
         return ChannelStatistics(
-            endpoints=tuple(map(str, self.endpoints)),
-            slots=len(self._slots),
+            endpoints=tuple(sorted(map(str, self._states))),
+            slots=sum(len(state.slots) for state in states),
             ready=len(self._ready),
             outstanding=sum(conn.outstanding for conn in self._ready),
+            ejected=tuple(
+                sorted(str(state.endpoint) for state in states if state.ejected_until is not None)
+            ),
+            retries=budget.retries if budget is not None else 0,
+            retries_throttled=budget.throttled if budget is not None else 0,
         )
 
     def stub(self, service: type[S], *, metadata: Mapping[str, str] | None = None) -> S:
@@ -263,20 +310,99 @@ class Channel:
             setattr(proxy, attr, method)
         return cast(S, proxy)
 
-    # ------------------------------------------------------------------ connections
+    # ------------------------------------------------------------------ endpoints
 
-    def _start(self, nursery: trio.Nursery) -> None:
-        for slot in self._slots:
-            nursery.start_soon(self._maintain, slot)
+    def _start(self, nursery: trio.Nursery, resolver: Resolver | None) -> None:
+        self._nursery = nursery
+        for endpoint in self._initial:
+            if endpoint not in self._states:
+                self._add(endpoint, {})
+        if resolver is not None:
+            assert self._service is not None
+            nursery.start_soon(self._watch, resolver, self._service)
 
     def _close(self) -> None:
         self._closed = True
         error = RpcError(Status.CANCELLED, "the channel was closed")
-        for slot in self._slots:
-            if slot.connection is not None:
-                slot.connection.close(error)
-            slot.scope.cancel()
+        for state in self._states.values():
+            for slot in state.slots:
+                if slot.connection is not None:
+                    slot.connection.close(error)
+                slot.scope.cancel()
         self._changed.unpark_all()
+
+    def _add(self, endpoint: Endpoint, metadata: Mapping[str, str]) -> None:
+        assert self._nursery is not None
+        state = _EndpointState(endpoint, metadata, self._pool_size)
+        self._states[endpoint] = state
+        for slot in state.slots:
+            self._nursery.start_soon(self._maintain, slot)
+
+    def _remove(self, state: _EndpointState) -> None:
+        """Drain an endpoint: no new calls; close its connections when their calls end."""
+        state.removed = True
+        del self._states[state.endpoint]
+        refused = RefusedError(f"{state.endpoint} was removed from service {self._service!r}")
+        for slot in state.slots:
+            conn = slot.connection
+            if conn is None or conn.outstanding == 0:
+                slot.scope.cancel()
+                continue
+            # The reader ends the connection after the last answer (see _client._dispatch);
+            # the deadline bounds a server that never answers.
+            conn._mark_unusable(refused)
+            slot.scope.deadline = trio.current_time() + _DRAIN_TIMEOUT
+
+    def _update(self, items: Sequence[ResolvedEndpoint]) -> None:
+        wanted: dict[Endpoint, Mapping[str, str]] = {}
+        for item in items:
+            try:
+                wanted[Endpoint.parse(item.address)] = item.metadata
+            except (TypeError, ValueError) as exc:
+                log.warning(
+                    "rpc.channel.bad_address",
+                    service=self._service,
+                    address=repr(item.address),
+                    error=str(exc),
+                )
+        for endpoint, state in list(self._states.items()):
+            if endpoint not in wanted:
+                self._remove(state)
+        for endpoint, metadata in wanted.items():
+            known = self._states.get(endpoint)
+            if known is None:
+                self._add(endpoint, metadata)
+            else:
+                known.metadata = dict(metadata)
+        self._resolved = True
+        self._changed.unpark_all()
+
+    async def _watch(self, resolver: Resolver, service: str) -> None:
+        backoff = _Backoff()
+        while True:
+            try:
+                async with aclosing(resolver.watch(service)) as updates:
+                    async for items in updates:
+                        self._resolver_error = None
+                        backoff.reset()
+                        self._update(items)
+                error = "the watch ended"
+            except (TypeError, ValueError):
+                raise  # a bad service name: the channel can't work
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            delay = backoff.next_delay()
+            log.warning(
+                "rpc.channel.resolver_failed",
+                service=service,
+                error=error,
+                retry_in=round(delay, 3),
+            )
+            self._resolver_error = error
+            self._changed.unpark_all()
+            await trio.sleep(delay)
+
+    # ------------------------------------------------------------------ connections
 
     def _unusable(self, conn: ClientConnection) -> None:
         with suppress(ValueError):
@@ -285,9 +411,10 @@ class Channel:
 
     async def _maintain(self, slot: _Slot) -> None:
         options = self._options
+        state = slot.state
         backoff = _Backoff()
         with slot.scope:
-            while True:
+            while not state.gone():
                 try:
                     conn = await connect(
                         slot.endpoint,
@@ -309,6 +436,7 @@ class Channel:
                     )
                     slot.failed = True
                     slot.error = exc
+                    self._failure(state)
                     self._changed.unpark_all()
                     await trio.sleep(delay)
                     slot.failed = False
@@ -317,7 +445,9 @@ class Channel:
                 slot.connection = conn
                 slot.failed = False
                 slot.error = None
-                self._ready.append(conn)
+                state.failures = 0
+                if state.ejected_until is None and not state.removed:
+                    self._ready.append(conn)
                 self._changed.unpark_all()
                 started = trio.current_time()
                 try:
@@ -325,6 +455,8 @@ class Channel:
                 finally:
                     slot.connection = None
                     self._unusable(conn)
+                if state.gone():
+                    return
                 if trio.current_time() - started >= _BACKOFF_INITIAL:
                     backoff.reset()
                     continue
@@ -338,54 +470,184 @@ class Channel:
                 await trio.sleep(backoff.next_delay())
                 slot.failed = False
 
-    async def _pick(self) -> ClientConnection:
+    # ------------------------------------------------------------------ outlier ejection
+
+    def _failure(self, state: _EndpointState | None) -> None:
+        """Count a connection failure or an ``UNAVAILABLE`` result; eject at the limit."""
+        policy = self._ejection
+        if policy is None or state is None or state.removed:
+            return
+        state.failures += 1
+        if state.failures < policy.consecutive_failures or state.ejected_until is not None:
+            return
+        states = self._states.values()
+        ejected = sum(1 for other in states if other.ejected_until is not None)
+        if not policy.may_eject(ejected, len(states)):
+            return  # stays counted: ejected at its next failure once that is allowed
+        state.failures = 0
+        state.ejections += 1
+        duration = policy.ejection_time(state.ejections)
+        until = trio.current_time() + duration
+        state.ejected_until = until
+        for slot in state.slots:
+            if slot.connection is not None:
+                with suppress(ValueError):
+                    self._ready.remove(slot.connection)
+        log.warning(
+            "rpc.channel.endpoint_ejected",
+            peer=str(state.endpoint),
+            service=self._service,
+            duration=duration,
+            times=state.ejections,
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._end_ejection, state, until)
+
+    async def _end_ejection(self, state: _EndpointState, until: float) -> None:
+        await trio.sleep_until(until)
+        if state.ejected_until != until or state.removed:
+            return
+        state.ejected_until = None
+        for slot in state.slots:
+            conn = slot.connection
+            if conn is not None and conn.usable and conn not in self._ready:
+                self._ready.append(conn)
+        log.info("rpc.channel.endpoint_restored", peer=str(state.endpoint), service=self._service)
+        self._changed.unpark_all()
+
+    def _ejected_ready(self) -> list[ClientConnection]:
+        return [
+            slot.connection
+            for state in self._states.values()
+            if state.ejected_until is not None
+            for slot in state.slots
+            if slot.connection is not None and slot.connection.usable
+        ]
+
+    # ------------------------------------------------------------------ picking
+
+    def _unavailable(self) -> RpcError | None:
+        """Why a call can't be made now, or ``None`` if it should wait."""
+        slots = [slot for state in self._states.values() for slot in state.slots]
+        if slots and all(slot.failed for slot in slots):
+            reasons = "; ".join(sorted({slot.error.message for slot in slots if slot.error}))
+            if self._service is not None:
+                reasons = f"service {self._service!r}: {reasons}"
+            return RpcError(Status.UNAVAILABLE, reasons)
+        if not slots and self._resolved and self._resolver_error is not None:
+            return RpcError(
+                Status.UNAVAILABLE,
+                f"can't resolve service {self._service!r}: {self._resolver_error}",
+            )
+        return None
+
+    async def _pick(self, avoid: Endpoint | None = None) -> ClientConnection:
+        wait_until: float | None = None
         while True:
             ready = self._ready
+            if avoid is not None and len(ready) > 1:
+                ready = [conn for conn in ready if conn.endpoint != avoid] or ready
+            if not ready:
+                ready = self._ejected_ready()  # better an ejected endpoint than none
             if ready:
                 if len(ready) == 1:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     return ready[0]
+                await trio.lowlevel.checkpoint_if_cancelled()
                 return ready[self._balancer.pick(ready)]
             if self._closed:
                 raise RpcError(Status.CANCELLED, "the channel was closed")
-            if all(slot.failed for slot in self._slots):
-                reasons = sorted({slot.error.message for slot in self._slots if slot.error})
-                raise RpcError(Status.UNAVAILABLE, "; ".join(reasons))
-            await self._changed.park()
+            error = self._unavailable()
+            if error is not None:
+                raise error
+            if self._states:
+                await self._changed.park()  # some slot is still connecting
+                continue
+            # No endpoints (yet): wait for some, at most until the deadline.
+            if wait_until is None:
+                # Give up just before the caller's deadline: a cancel scope nested in the
+                # caller's with the same deadline would not catch the cancellation (the
+                # outermost cancelled scope does), and the caller should learn *why*.
+                wait_until = min(
+                    trio.current_effective_deadline() - _DEADLINE_MARGIN,
+                    trio.current_time() + self._discovery_timeout,
+                )
+            with trio.move_on_at(wait_until) as scope:
+                await self._changed.park()
+            if scope.cancelled_caught:
+                why = f" ({self._resolver_error})" if self._resolver_error else ""
+                raise RpcError(
+                    Status.UNAVAILABLE, f"no endpoints for service {self._service!r}{why}"
+                )
 
     # ------------------------------------------------------------------ calls
 
     async def _unary(
-        self, method: str, payload: bytes, metadata: dict[str, str] | None, call: ClientCall | None
+        self,
+        method: str,
+        payload: bytes,
+        metadata: dict[str, str] | None,
+        call: ClientCall | None,
+        idempotent: bool,
     ) -> bytes:
-        refused: RefusedError | None = None
-        for _ in range(_MAX_REFUSED_RETRIES):
+        budget = self._budget
+        if budget is not None:
+            budget.deposit()
+        attempt = 1
+        avoid: Endpoint | None = None
+        while True:
             ready = self._ready
-            if len(ready) == 1:
+            if len(ready) == 1 and avoid is None:
                 conn = ready[0]
                 await trio.lowlevel.checkpoint_if_cancelled()
             else:
-                conn = await self._pick()
+                conn = await self._pick(avoid)
             if call is not None:
                 call.peer = conn.peer
             try:
-                return await conn.unary(method, payload, _timeout_ms(), metadata)
+                data = await conn.unary(method, payload, _timeout_ms(), metadata)
             except RefusedError as exc:
-                refused = exc
-        assert refused is not None
-        raise RpcError(Status.UNAVAILABLE, refused.message)
+                if attempt >= _MAX_REFUSED_RETRIES:
+                    raise RpcError(Status.UNAVAILABLE, exc.message) from None
+            except RpcError as exc:
+                state = self._states.get(conn.endpoint)
+                if exc.code is not Status.UNAVAILABLE:
+                    if state is not None:
+                        state.failures = 0  # it answered: reachable
+                    raise
+                self._failure(state)
+                policy = self._retry
+                if not idempotent or policy is None or attempt >= policy.max_attempts:
+                    raise
+                delay = policy.backoff(attempt, self._rng)
+                if trio.current_time() + delay >= trio.current_effective_deadline():
+                    raise
+                assert budget is not None
+                if not budget.withdraw():
+                    raise
+                await trio.sleep(delay)
+            else:
+                state = self._states.get(conn.endpoint)
+                if state is not None and state.failures:
+                    state.failures = 0
+                return data
+            attempt += 1
+            avoid = conn.endpoint
 
     async def _open_stream(
         self, method: str, payload: bytes, metadata: dict[str, str] | None, call: ClientCall | None
     ) -> tuple[ClientConnection, int, _Call]:
         refused: RefusedError | None = None
+        avoid: Endpoint | None = None
         for _ in range(_MAX_REFUSED_RETRIES):
-            conn = await self._pick()
+            conn = await self._pick(avoid)
             if call is not None:
                 call.peer = conn.peer
             try:
                 stream_id, record = await conn.open_stream(method, payload, _timeout_ms(), metadata)
             except RefusedError as exc:
                 refused = exc
+                avoid = conn.endpoint
                 continue
             return conn, stream_id, record
         assert refused is not None
@@ -399,6 +661,7 @@ class Channel:
         wire_name = info.wire_name
         interceptors = self._interceptors
         unary = self._unary
+        idempotent = info.idempotent
 
         async def call(request: Any) -> Any:
             if type(request) is not request_type and not isinstance(request, request_type):
@@ -411,12 +674,16 @@ class Channel:
                 box: list[bytes] = []
 
                 async def innermost() -> None:
-                    box.append(await unary(wire_name, payload, details.metadata or None, details))
+                    box.append(
+                        await unary(
+                            wire_name, payload, details.metadata or None, details, idempotent
+                        )
+                    )
 
                 await _intercepted(interceptors, details, innermost)
                 data = box[0]
             else:
-                data = await unary(wire_name, payload, metadata, None)
+                data = await unary(wire_name, payload, metadata, None, idempotent)
             try:
                 return decode(data)
             except msgspec.DecodeError as exc:
@@ -634,18 +901,22 @@ def _endpoints(target: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoi
 async def open_channel(
     target: str | Endpoint | Sequence[str | Endpoint],
     *,
+    registry: Resolver | None = None,
     pool_size: int = 1,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     interceptors: Sequence[ClientInterceptor] = (),
     balancer: Balancer | None = None,
+    retry: RetryPolicy | None = _DEFAULT_RETRY,
+    outlier_ejection: OutlierEjection | None = _DEFAULT_EJECTION,
+    discovery_timeout: float = 10.0,
     handshake_timeout: float = 20.0,
     keepalive_interval: float = math.inf,
     keepalive_timeout: float = 20.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     initial_stream_credit: int = 64,
 ) -> AsyncIterator[Channel]:
-    """Open a channel to a server (or several replicas of one) for the body of ``async with``.
+    """Open a channel to a server, several replicas of one, or a service found in a registry.
 
     ::
 
@@ -653,14 +924,28 @@ async def open_channel(
             users = channel.stub(UserService)
             user = await users.get_user(GetUserRequest(user_id=1))
 
+        async with rpc.open_channel("users", registry=reg) as channel:  # any Registry
+            ...
+
+        async with rpc.open_channel("etcd://127.0.0.1:2379/users") as channel:
+            ...  # needs `import trio_micro.registry` somewhere (it registers the schemes)
+
     Connections are opened in the background (the ``async with`` does not wait for them);
     the first calls wait while they connect, and fail with ``UNAVAILABLE`` if every
-    connection attempt failed. Leaving the block closes the connections; calls still
-    pending in other tasks fail with ``RpcError(CANCELLED)``. No task outlives the block.
+    connection attempt failed. With a registry the channel watches the service and adds
+    and drains endpoints as they come and go; calls made while the service has no
+    endpoints wait for one, at most until their deadline or ``discovery_timeout``, then
+    fail with ``UNAVAILABLE`` naming the service. Leaving the block closes the
+    connections; calls still pending in other tasks fail with ``RpcError(CANCELLED)``. No
+    task outlives the block.
 
     Args:
         target: ``"host:port"``, an :class:`Endpoint`, or a list of them (calls are
-            balanced over all).
+            balanced over all); a service name with ``registry=``; or
+            ``"<scheme>://<authority>/<service>"`` for a scheme registered with
+            :func:`register_resolver` (``etcd://``, ``registry://``).
+        registry: A :class:`Resolver` (any ``trio_micro.registry.Registry``) to look the
+            service ``target`` up in. The channel does not close it.
         pool_size: Connections per address. One multiplexed connection carries any number
             of concurrent calls, and in a single-threaded trio program it batches best;
             more help when one connection's socket is the bottleneck.
@@ -668,7 +953,10 @@ async def open_channel(
         server_hostname: The name to verify the certificate against (default: the host).
         interceptors: :class:`ClientInterceptor` objects wrapped around every call, the
             first outermost.
-        balancer: Chooses the connection per call; default :class:`RoundRobin`.
+        balancer: Chooses the connection per call; default :class:`PowerOfTwoChoices`.
+        retry: How idempotent calls are retried on ``UNAVAILABLE``; ``None``: never.
+        outlier_ejection: When failing endpoints are set aside; ``None``: never.
+        discovery_timeout: Longest a call waits for a service to have endpoints (seconds).
         handshake_timeout: Seconds to connect, TLS-handshake and exchange HELLOs.
         keepalive_interval: Seconds without receiving anything after which the client PINGs
             the server (default ``math.inf``: off). Keep it above the server's
@@ -679,10 +967,24 @@ async def open_channel(
         initial_stream_credit: Items a server-stream may send ahead of the consumer.
 
     Raises:
-        TypeError / ValueError: A bad argument.
-        BaseExceptionGroup: Wraps what the body raised (a nursery runs inside).
+        TypeError / ValueError: A bad argument, or an unknown target scheme.
+        BaseExceptionGroup: Wraps what the body raised (a nursery runs inside), and a
+            ``TypeError`` / ``ValueError`` from the registry's ``watch`` (a service name
+            it refuses).
     """
-    endpoints = _endpoints(target)
+    service: str | None = None
+    opener = None
+    endpoints: list[Endpoint] = []
+    if registry is not None:
+        if not isinstance(registry, Resolver):
+            raise TypeError(f"registry must be an rpc.Resolver (e.g. a Registry), got {registry!r}")
+        if not isinstance(target, str) or "://" in target or not target:
+            raise ValueError(f"with registry=, target must be a service name, got {target!r}")
+        service = target
+    elif isinstance(target, str) and (split := split_target(target)) is not None:
+        opener, authority, service = split
+    else:
+        endpoints = _endpoints(target)
     check_int("pool_size", pool_size, minimum=1)
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext or None, got {ssl_context!r}")
@@ -694,6 +996,12 @@ async def open_channel(
         )
     if balancer is not None and not isinstance(balancer, Balancer):
         raise TypeError(f"balancer must be an rpc.Balancer, got {balancer!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be an rpc.RetryPolicy or None, got {retry!r}")
+    if outlier_ejection is not None and not isinstance(outlier_ejection, OutlierEjection):
+        raise TypeError(
+            f"outlier_ejection must be an rpc.OutlierEjection or None, got {outlier_ejection!r}"
+        )
     settings = Settings(
         max_frame_size=check_int("max_frame_size", max_frame_size),
         initial_stream_credit=check_int("initial_stream_credit", initial_stream_credit, minimum=1),
@@ -706,11 +1014,25 @@ async def open_channel(
         check_seconds("keepalive_interval", keepalive_interval),
         check_seconds("keepalive_timeout", keepalive_timeout, finite=True),
     )
-    channel = Channel(endpoints, pool_size, options, tuple(interceptors), balancer or RoundRobin())
-    async with trio.open_nursery() as nursery:
-        channel._start(nursery)
-        try:
-            yield channel
-        finally:
-            channel._close()
-            nursery.cancel_scope.cancel()
+    channel = Channel(
+        endpoints,
+        pool_size,
+        options,
+        tuple(interceptors),
+        balancer or PowerOfTwoChoices(),
+        retry=retry,
+        ejection=outlier_ejection,
+        service=service,
+        discovery_timeout=check_seconds("discovery_timeout", discovery_timeout),
+    )
+    async with AsyncExitStack() as stack:
+        resolver = registry
+        if opener is not None:
+            resolver = await stack.enter_async_context(opener(authority))
+        async with trio.open_nursery() as nursery:
+            channel._start(nursery, resolver)
+            try:
+                yield channel
+            finally:
+                channel._close()
+                nursery.cancel_scope.cancel()

@@ -62,6 +62,7 @@ from trio_micro.protocol import (
 )
 
 from ._errors import RpcError
+from ._observability import with_traceparent
 from ._transport import RECEIVE_SIZE, Endpoint, Writer, peer_name
 
 __all__: list[str] = []
@@ -337,7 +338,7 @@ class ClientConnection:
                 payload,
                 call_type=call_type,
                 timeout_ms=timeout_ms,
-                metadata=metadata,
+                metadata=with_traceparent(metadata, proto),
             )
         except LocalProtocolError as exc:
             raise local_error(exc) from None
@@ -483,7 +484,15 @@ async def connect(
                 Status.UNAVAILABLE, f"can't connect to {where}: handshake timed out"
             ) from exc
         if isinstance(exc, OSError | trio.BrokenResourceError | RemoteProtocolError):
-            reason = exc.message if isinstance(exc, RemoteProtocolError) else str(exc) or repr(exc)
+            # trio's BrokenResourceError carries no message: the reason is its cause, e.g.
+            # the ssl.SSLCertVerificationError of a server the client doesn't trust.
+            cause = exc.__cause__
+            if isinstance(exc, RemoteProtocolError):
+                reason = exc.message
+            elif isinstance(cause, ssl.SSLError):
+                reason = f"TLS failed: {cause}"
+            else:
+                reason = str(exc) or repr(cause or exc)
             raise RpcError(Status.UNAVAILABLE, f"can't connect to {where}: {reason}") from exc
         raise
     conn = ClientConnection(

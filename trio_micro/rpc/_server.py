@@ -72,6 +72,7 @@ from ._context import ServerCall
 from ._context import _current as _current_call
 from ._errors import RpcError
 from ._interceptors import ServerInterceptor
+from ._observability import enter_server_span
 from ._reflection import ReflectionService
 from ._service import MethodInfo, Service, invalid_argument
 from ._transport import RECEIVE_SIZE, Writer, peer_name
@@ -91,6 +92,10 @@ _FLUSH_TIMEOUT: Final = 1.0
 # PINGs arriving faster than min_ping_interval tolerated before GOAWAY(ENHANCE_YOUR_CALM);
 # gRPC's default.
 _MAX_PING_STRIKES: Final = 2
+# CANCELs that arrive in the same read as their REQUEST tolerated on one connection before
+# GOAWAY(ENHANCE_YOUR_CALM): the "rapid reset" flood (CVE-2023-44487) costs the client
+# nothing and the server a task per call. A real caller cancels after waiting a while.
+_MAX_PREMATURE_CANCELS: Final = 1000
 _encode: Final = msgspec.msgpack.Encoder().encode
 # Requests dispatched from one read before the reader yields to the calls it started.
 _DISPATCH_BATCH: Final = 16
@@ -106,11 +111,14 @@ class ServerStatistics:
     Attributes:
         connections: Open client connections (including ones still in the handshake).
         active_calls: Calls whose handler is running.
+        queued_bytes: Bytes queued for sending, over all connections. Each connection's
+            queue is bounded (about 1 MiB plus one frame) whether or not clients read.
         shutting_down: :meth:`Server.shutdown` has started.
     """
 
     connections: int
     active_calls: int
+    queued_bytes: int
     shutting_down: bool
 
 
@@ -198,6 +206,7 @@ class Server:
         return ServerStatistics(
             connections=len(self._connections),
             active_calls=sum(len(conn.calls) for conn in self._connections),
+            queued_bytes=sum(conn.writer.pending for conn in self._connections),
             shutting_down=self._shutting_down,
         )
 
@@ -343,6 +352,8 @@ class _ServerConnection:
         self._idle_since = self.last_receive
         self._last_ping = -math.inf
         self._ping_strikes = 0
+        self._premature_cancels = 0
+        self._read_floor = 0  # the highest stream id before the current read
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -372,7 +383,8 @@ class _ServerConnection:
                     handshake_timeout=options.handshake_timeout,
                 )
                 self._write_goaway(ErrorCode.HANDSHAKE_TIMEOUT, "handshake timeout")
-                await self._flush_and_close()
+                if self.proto.goaway_sent is not None:  # else: stuck in TLS, no writer yet
+                    await self._flush_and_close()
                 return
             if events is None:
                 await self._flush_and_close()
@@ -411,6 +423,7 @@ class _ServerConnection:
             self._closing = True
             return None
         self.last_receive = trio.current_time()
+        self._read_floor = self.proto.next_stream_id - 1
         try:
             return self.proto.receive_data(data)
         except RemoteProtocolError as exc:
@@ -431,6 +444,10 @@ class _ServerConnection:
                 for event in events:
                     kind = type(event)
                     if kind is Request:
+                        if self.writer.congested:
+                            # The client doesn't read its answers: start no more calls
+                            # until it does (and, below, read no more requests).
+                            await self.writer.wait_uncongested()
                         self._on_request(event)  # type: ignore[arg-type]
                         started += 1
                         if started % _DISPATCH_BATCH == 0:
@@ -443,6 +460,8 @@ class _ServerConnection:
                         if call is not None:
                             call._cancel_requested = True
                             call._scope.cancel()
+                            if event.id > self._read_floor and not self._on_premature_cancel():  # type: ignore[union-attr]
+                                return
                     elif kind is Credit:
                         task = self._credit_waiters.pop(event.id, None)  # type: ignore[union-attr]
                         if task is not None:
@@ -457,6 +476,8 @@ class _ServerConnection:
                     # Pong: liveness is already recorded by last_receive.
                 if self._closing:
                     return
+                if self.writer.congested:
+                    await self.writer.wait_uncongested()
                 received = await self._receive()
                 if received is None:
                     return
@@ -470,6 +491,7 @@ class _ServerConnection:
                 log.warning(
                     "rpc.connection.enhance_your_calm",
                     peer=self.peer,
+                    reason="ping flood",
                     min_ping_interval=self.options.min_ping_interval,
                 )
                 self._write_goaway(ErrorCode.ENHANCE_YOUR_CALM, "too many pings")
@@ -477,6 +499,19 @@ class _ServerConnection:
         self._last_ping = now
         self.writer.write(self.proto.send_pong(ping.opaque))
         return True
+
+    def _on_premature_cancel(self) -> bool:
+        self._premature_cancels += 1
+        if self._premature_cancels <= _MAX_PREMATURE_CANCELS:
+            return True
+        log.warning(
+            "rpc.connection.enhance_your_calm",
+            peer=self.peer,
+            reason="cancel flood: CANCELs in the same read as their REQUEST",
+            premature_cancels=self._premature_cancels,
+        )
+        self._write_goaway(ErrorCode.ENHANCE_YOUR_CALM, "too many cancelled calls")
+        return False
 
     def _write_goaway(self, code: ErrorCode, message: str) -> None:
         # LocalProtocolError: before initiate(), e.g. a TLS handshake that timed out.
@@ -642,6 +677,7 @@ class _ServerConnection:
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
     ) -> None:
         _current_call.set(call)
+        enter_server_span(call)
         proto = self.proto
         sid = call.stream_id
         try:
@@ -660,6 +696,8 @@ class _ServerConnection:
                 except RpcError as exc:
                     self._send_error(call, exc)
                 else:
+                    if self.writer.congested:  # bound the queue; see _transport
+                        await self.writer.wait_uncongested()
                     try:
                         data = proto.send_response(sid, response)
                     except LocalProtocolError as exc:
@@ -704,6 +742,7 @@ class _ServerConnection:
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
     ) -> None:
         _current_call.set(call)
+        enter_server_span(call)
         proto = self.proto
         sid = call.stream_id
         try:
@@ -769,14 +808,14 @@ class _ServerConnection:
                         ),
                         "bad item",
                     )
+                if writer.congested:  # checked right before queuing: see _transport
+                    await writer.wait_uncongested()
                 try:
                     writer.write(proto.send_item(sid, _encode(item)))
                 except LocalProtocolError as exc:
                     raise RpcError(
                         Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
                     ) from None
-                if writer.congested:
-                    await writer.wait_uncongested()
         finally:
             try:
                 await agen.aclose()

@@ -11,11 +11,13 @@ its frame, and the writer sends them all with a single ``send_all(b"".join(chunk
 load that is one system call for dozens of frames; when idle, one per frame with no added
 latency (no timers, no Nagle-style waiting).
 
-The queue is bounded by its users, not by the writer: unary frames by the peer's
-``max_concurrent_streams``, stream ITEMs by credit. Producers that can run ahead (the items
-of a server-stream) also check :attr:`Writer.congested` and wait in
-:meth:`Writer.wait_uncongested` while more than ``HIGH_WATER`` bytes are queued, so a slow
-socket holds back the generator rather than growing the queue.
+The queue is bounded by its users, not by the writer: every producer of large frames (a
+RESPONSE, a stream ITEM) checks :attr:`Writer.congested` *before* queuing and waits in
+:meth:`Writer.wait_uncongested` while more than ``HIGH_WATER`` bytes are queued, and the
+server's reader stops reading and starting calls meanwhile. The check and the append happen
+without a checkpoint in between, so the queue never holds more than ``HIGH_WATER`` plus one
+frame and the small control frames of one read: a peer that stops reading holds back the
+handlers instead of growing the queue.
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ class Writer:
         self._finishing = False
         self._drain = trio.lowlevel.ParkingLot()
         self.done = trio.Event()
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued or being sent."""
+        return self._pending
 
     @property
     def congested(self) -> bool:

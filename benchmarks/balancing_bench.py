@@ -1,0 +1,144 @@
+"""Balancing overhead and discovery latency (issue #4), in one process on 127.0.0.1.
+
+::
+
+    .venv/bin/python benchmarks/balancing_bench.py            # 3 runs
+    .venv/bin/python benchmarks/balancing_bench.py --quick    # a smoke run
+
+* **Overhead**: unary calls/s with 64 in flight through a channel to 1 endpoint (the
+  balancer is skipped: one ready connection) and to 3 endpoints with round robin and with
+  power-of-two-choices, retries and ejection on (the defaults). Servers and client share
+  the process and its one core, so the figures compare the channel's paths with each other,
+  not with other frameworks (``rpc_bench.py`` does that).
+* **Discovery latency**: from the moment ``register()`` has returned to the first call
+  answered by the new replica, with calls running back to back, for ``MemoryRegistry`` and
+  the registry server (``registry.open_registry_client``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import msgspec
+import trio
+
+from trio_micro import rpc
+from trio_micro.registry import (
+    MemoryRegistry,
+    Registry,
+    open_registry_client,
+    open_registry_server,
+)
+
+
+class Empty(msgspec.Struct):
+    pass
+
+
+class Name(msgspec.Struct):
+    name: str
+
+
+class Replica(rpc.Service, name="bench.replica"):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    @rpc.unary(idempotent=True)
+    async def whoami(self, req: Empty) -> Name:
+        self.calls += 1
+        return Name(self.name)
+
+
+async def throughput(
+    replicas: int, balancer: Callable[[], rpc.Balancer], calls: int, in_flight: int = 64
+) -> float:
+    async with AsyncExitStack() as stack:
+        targets = []
+        for i in range(replicas):
+            server = await stack.enter_async_context(
+                rpc.open_server([Replica(str(i))], host="127.0.0.1", port=0)
+            )
+            targets.append(f"127.0.0.1:{server.address[1]}")
+        channel = await stack.enter_async_context(rpc.open_channel(targets, balancer=balancer()))
+        stub = channel.stub(Replica)
+        while channel.statistics().ready < replicas:  # noqa: ASYNC110 - no event for it
+            await trio.sleep(0.001)
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                await stub.whoami(Empty())
+
+        async with trio.open_nursery() as nursery:  # warm-up
+            for _ in range(in_flight):
+                nursery.start_soon(worker, 20)
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(in_flight):
+                nursery.start_soon(worker, calls // in_flight)
+        return (calls // in_flight * in_flight) / (time.perf_counter() - start)
+
+
+async def discovery_latency(registry: Registry, samples: int) -> list[float]:
+    latencies = []
+    async with rpc.open_channel("bench", registry=registry) as channel:
+        stub = channel.stub(Replica)
+        first = Replica("first")
+        async with (
+            rpc.open_server([first], host="127.0.0.1", port=0) as server,
+            registry.register("bench", f"127.0.0.1:{server.address[1]}"),
+        ):
+            await stub.whoami(Empty())
+            for i in range(samples):
+                new = Replica(f"new{i}")
+                async with (
+                    rpc.open_server([new], host="127.0.0.1", port=0) as other,
+                    registry.register("bench", f"127.0.0.1:{other.address[1]}"),
+                ):
+                    start = time.perf_counter()
+                    while new.calls == 0:
+                        await stub.whoami(Empty())
+                    latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+async def main(runs: int, calls: int, samples: int) -> None:
+    cases: list[tuple[str, int, Callable[[], rpc.Balancer]]] = [
+        ("1 endpoint", 1, rpc.PowerOfTwoChoices),
+        ("3 endpoints, round robin", 3, rpc.RoundRobin),
+        ("3 endpoints, power of two choices", 3, rpc.PowerOfTwoChoices),
+    ]
+    results: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    for _ in range(runs):
+        for name, replicas, balancer in cases:
+            results[name].append(await throughput(replicas, balancer, calls))
+    print("| channel | calls/s (64 in flight) |")
+    print("|---|---|")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):,.0f} |")
+    print()
+    print("| registry | discovery latency p50 | max |")
+    print("|---|---|---|")
+    memory = await discovery_latency(MemoryRegistry(), samples)
+    async with (
+        open_registry_server() as server,
+        open_registry_client(server.target) as client,
+    ):
+        remote = await discovery_latency(client, samples)
+    for name, values in [("MemoryRegistry", memory), ("registry server", remote)]:
+        p50 = statistics.median(values) * 1000
+        print(f"| {name} | {p50:.2f} ms | {max(values) * 1000:.2f} ms |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    args = parser.parse_args()
+    if args.quick:
+        trio.run(main, 1, 2_000, 3)
+    else:
+        trio.run(main, 3, 30_000, 20)

@@ -1,0 +1,153 @@
+"""Choosing a connection per call, and keeping failing endpoints out of the choice.
+
+* :class:`Balancer` is the protocol; :class:`PowerOfTwoChoices` (the default) and
+  :class:`RoundRobin` implement it. ``pick`` is called synchronously on every call that
+  has at least two ready connections, so it must be cheap and must not await.
+* :class:`OutlierEjection` holds the rules by which a channel stops using an endpoint
+  that keeps failing: after ``consecutive_failures`` connection failures or
+  ``UNAVAILABLE`` results in a row it is ejected for ``base_ejection_time`` x the number
+  of times it was ejected (at most ``max_ejection_time``), and never more than
+  ``max_ejected_fraction`` of the endpoints are ejected at once. The channel applies them
+  (see :mod:`._channel`); this module only does the arithmetic, so it needs no clock.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, final, runtime_checkable
+
+from trio_micro._validate import check_int, check_seconds
+
+from ._transport import Endpoint
+
+__all__ = [
+    "Balancer",
+    "OutlierEjection",
+    "PowerOfTwoChoices",
+    "RoundRobin",
+    "Subchannel",
+]
+
+
+@runtime_checkable
+class Subchannel(Protocol):
+    """What a :class:`Balancer` sees of a ready connection."""
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server it is connected to."""
+        ...
+
+    @property
+    def outstanding(self) -> int:
+        """Calls in flight on it."""
+        ...
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    """Chooses the connection for each call.
+
+    ``pick`` is called synchronously on every call with at least two ready connections and
+    must be cheap. The list holds only connections that may take calls (ejected endpoints
+    are left out), in no particular order; it changes between calls.
+    """
+
+    def pick(self, ready: Sequence[Subchannel]) -> int:
+        """Return the index in ``ready`` of the connection to use."""
+        ...
+
+
+@final
+class RoundRobin:
+    """A :class:`Balancer` that takes each ready connection in turn (the article's)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, ready: Sequence[Subchannel]) -> int:
+        """Return the next index, wrapping around."""
+        index = self._next % len(ready)
+        self._next = index + 1
+        return index
+
+
+@final
+class PowerOfTwoChoices:
+    """The default :class:`Balancer`: of two connections drawn at random, the less loaded.
+
+    Load is :attr:`Subchannel.outstanding` (calls in flight), so a slow or stalled replica,
+    which accumulates calls, gets fewer new ones -- unlike round robin, which keeps sending
+    it its share. Two random choices instead of the global minimum avoid the herd effect of
+    every caller rushing to the same idle replica (Mitzenmacher, "The Power of Two Choices
+    in Randomized Load Balancing"). Ties go to the first draw.
+
+    Args:
+        seed: Seeds the private random generator (for reproducible tests); ``None``
+            seeds it from the OS.
+    """
+
+    __slots__ = ("_random",)
+
+    def __init__(self, *, seed: int | None = None) -> None:
+        self._random = random.Random(seed)
+
+    def pick(self, ready: Sequence[Subchannel]) -> int:
+        """Return the index of the less loaded of two distinct random connections."""
+        count = len(ready)
+        if count < 2:
+            return 0
+        first = int(self._random.random() * count)
+        second = int(self._random.random() * (count - 1))
+        if second >= first:  # draw from the other count - 1 connections
+            second += 1
+        if ready[second].outstanding < ready[first].outstanding:
+            return second
+        return first
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class OutlierEjection:
+    """When a channel stops sending calls to an endpoint, and for how long.
+
+    Args:
+        consecutive_failures: Connection failures or ``UNAVAILABLE`` call results in a
+            row (no success in between) that eject an endpoint.
+        base_ejection_time: Seconds of the first ejection; the n-th lasts n times this.
+        max_ejection_time: Upper bound on one ejection (seconds).
+        max_ejected_fraction: At most this fraction of the endpoints is ejected at once
+            (rounded down), so a failing cluster keeps being tried instead of being
+            emptied.
+
+    Raises:
+        TypeError / ValueError: A bad value.
+    """
+
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejected_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_int("consecutive_failures", self.consecutive_failures, minimum=1)
+        check_seconds("base_ejection_time", self.base_ejection_time, finite=True)
+        check_seconds("max_ejection_time", self.max_ejection_time, finite=True)
+        fraction = self.max_ejected_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise TypeError(f"max_ejected_fraction must be a float, got {fraction!r}")
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"max_ejected_fraction must be in [0, 1], got {fraction!r}")
+
+    def ejection_time(self, times_ejected: int) -> float:
+        """Seconds the ``times_ejected``-th ejection (1 for the first) lasts."""
+        return min(self.base_ejection_time * times_ejected, self.max_ejection_time)
+
+    def may_eject(self, ejected: int, endpoints: int) -> bool:
+        """Whether one more endpoint may be ejected while ``ejected`` of ``endpoints`` are."""
+        return ejected + 1 <= math.floor(endpoints * self.max_ejected_fraction)
