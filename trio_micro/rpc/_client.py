@@ -343,8 +343,12 @@ class ClientConnection:
         except LocalProtocolError as exc:
             raise local_error(exc) from None
         call = _Call(items)
-        self._calls[stream_id] = call
-        self.writer.write(data)
+        calls = self._calls
+        calls[stream_id] = call
+        if len(calls) == 1:  # alone: send now, skip the writer's round
+            self.writer.write_eager(data)
+        else:  # others may send in this batch too: one send_all for all
+            self.writer.write(data)
         return stream_id, call
 
     async def unary(

@@ -703,7 +703,10 @@ class _ServerConnection:
                     except LocalProtocolError as exc:
                         self._send_error(call, _too_large(exc))
                     else:
-                        self.writer.write(data)
+                        if len(self.calls) == 1:  # alone: send now, skip the writer's round
+                            self.writer.write_eager(data)
+                        else:  # others may answer in this batch too: one send_all for all
+                            self.writer.write(data)
                 return
             self._send_error(call, self._cancelled_status(call))
         finally:

@@ -22,6 +22,7 @@ handlers instead of growing the queue.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Final, final
 
@@ -117,10 +118,21 @@ class Writer:
     queued before has been sent, and raises whatever ``send_all`` raises.
     """
 
-    __slots__ = ("_chunks", "_drain", "_finishing", "_pending", "_stream", "_task", "done")
+    __slots__ = (
+        "_chunks",
+        "_drain",
+        "_finishing",
+        "_pending",
+        "_socket",
+        "_stream",
+        "_task",
+        "done",
+    )
 
     def __init__(self, stream: trio.abc.SendStream) -> None:
         self._stream = stream
+        # Plain TCP only: the socket that write_eager may write to directly.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._chunks: list[bytes] = []
         self._pending = 0  # bytes queued or being sent
         self._task: trio.lowlevel.Task | None = None  # set while parked
@@ -148,6 +160,32 @@ class Writer:
         if task is not None:
             self._task = None
             trio.lowlevel.reschedule(task)
+
+    def write_eager(self, data: bytes) -> None:
+        """Like :meth:`write`, but send ``data`` at once when the writer is idle.
+
+        For a lone frame (a single call in flight) this saves the writer task's scheduling
+        round: when nothing is queued and the writer task is parked (so no ``send_all`` is
+        running), the bytes go to the socket with one non-blocking system call, right here
+        (synchronous: no checkpoint). Whatever the socket does not take -- a full buffer, an
+        error -- is queued for the writer task as :meth:`write` would, so ordering, errors
+        and the queue limits stay the writer's business. Under load, use :meth:`write`:
+        frames queued together leave in one ``send_all``.
+        """
+        sock = self._socket
+        if sock is None or self._task is None or self._chunks or self._finishing or not data:
+            self.write(data)
+            return
+        fd = sock.fileno()
+        if fd < 0:
+            self.write(data)
+            return
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # EAGAIN, or a broken socket: the writer's send_all says which
+            sent = 0
+        if sent < len(data):
+            self.write(data[sent:])
 
     def finish(self) -> None:
         """Send what is queued, then end :meth:`run`; later writes are ignored."""
