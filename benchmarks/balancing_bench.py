@@ -11,25 +11,31 @@
   the process and its one core, so the figures compare the channel's paths with each other,
   not with other frameworks (``rpc_bench.py`` does that).
 * **Discovery latency**: from the moment ``register()`` has returned to the first call
-  answered by the new replica, with calls running back to back, for ``MemoryRegistry`` and
-  the registry server (``registry.open_registry_client``).
+  answered by the new replica, with calls running back to back, for ``MemoryRegistry``,
+  the registry server (``registry.open_registry_client``) and a real etcd (started on
+  free ports with a temporary data dir, when the ``etcd`` binary is installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import msgspec
 import trio
 
-from trio_micro import rpc
+from trio_micro import observe, rpc
 from trio_micro.registry import (
     MemoryRegistry,
     Registry,
+    open_etcd_registry,
     open_registry_client,
     open_registry_server,
 )
@@ -107,6 +113,7 @@ async def discovery_latency(registry: Registry, samples: int) -> list[float]:
 
 
 async def main(runs: int, calls: int, samples: int) -> None:
+    observe.configure_logging(format="console", level="warning", file=sys.stderr)
     cases: list[tuple[str, int, Callable[[], rpc.Balancer]]] = [
         ("1 endpoint", 1, rpc.PowerOfTwoChoices),
         ("3 endpoints, round robin", 3, rpc.RoundRobin),
@@ -121,17 +128,45 @@ async def main(runs: int, calls: int, samples: int) -> None:
     for name, values in results.items():
         print(f"| {name} | {statistics.median(values):,.0f} |")
     print()
-    print("| registry | discovery latency p50 | max |")
-    print("|---|---|---|")
-    memory = await discovery_latency(MemoryRegistry(), samples)
+    print("| registry | discovery latency p50 | p99 | samples |")
+    print("|---|---|---|---|")
+    rows = [("MemoryRegistry", await discovery_latency(MemoryRegistry(), samples))]
     async with (
         open_registry_server() as server,
         open_registry_client(server.target) as client,
     ):
-        remote = await discovery_latency(client, samples)
-    for name, values in [("MemoryRegistry", memory), ("registry server", remote)]:
+        rows.append(("registry server", await discovery_latency(client, samples)))
+    if shutil.which("etcd") is None:
+        print("| etcd | n/a (etcd not installed) | |")
+    else:
+        rows.append(("etcd", await _etcd_latency(samples)))
+    for name, values in rows:
         p50 = statistics.median(values) * 1000
-        print(f"| {name} | {p50:.2f} ms | {max(values) * 1000:.2f} ms |")
+        p99 = _percentile(values, 0.99) * 1000
+        print(f"| {name} | {p50:.2f} ms | {p99:.2f} ms | {len(values)} |")
+
+
+_REPO = str(Path(__file__).resolve().parent.parent)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _etcd_latency(samples: int) -> list[float]:
+    # The tests' etcd helper: free ports on 127.0.0.1, a temporary data dir, stopped after.
+    sys.path.insert(0, _REPO)
+    from tests.registry._etcd_server import EtcdServer
+
+    with tempfile.TemporaryDirectory(prefix="bench-etcd-") as workdir:
+        etcd = EtcdServer(Path(workdir))
+        await trio.to_thread.run_sync(etcd.start)
+        try:
+            async with open_etcd_registry(etcd.url) as registry:
+                return await discovery_latency(registry, samples)
+        finally:
+            etcd.stop()
 
 
 if __name__ == "__main__":
@@ -141,4 +176,4 @@ if __name__ == "__main__":
     if args.quick:
         trio.run(main, 1, 2_000, 3)
     else:
-        trio.run(main, 3, 30_000, 20)
+        trio.run(main, 3, 30_000, 100)
