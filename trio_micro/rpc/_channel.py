@@ -180,31 +180,14 @@ class _Slot:
 
 
 @final
+@dataclass(frozen=True, slots=True)
 class _Options:
-    __slots__ = (
-        "handshake_timeout",
-        "keepalive_interval",
-        "keepalive_timeout",
-        "server_hostname",
-        "settings",
-        "ssl_context",
-    )
-
-    def __init__(
-        self,
-        settings: Settings,
-        ssl_context: ssl.SSLContext | None,
-        server_hostname: str | None,
-        handshake_timeout: float,
-        keepalive_interval: float,
-        keepalive_timeout: float,
-    ) -> None:
-        self.settings = settings
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname
-        self.handshake_timeout = handshake_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
+    settings: Settings
+    ssl_context: ssl.SSLContext | None
+    server_hostname: str | None
+    handshake_timeout: float
+    keepalive_interval: float
+    keepalive_timeout: float
 
 
 def _timeout_ms() -> int | None:

@@ -123,44 +123,18 @@ class ServerStatistics:
 
 
 @final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Options:
-    __slots__ = (
-        "grace_period",
-        "handshake_timeout",
-        "idle_timeout",
-        "interceptors",
-        "keepalive_interval",
-        "keepalive_timeout",
-        "max_connections",
-        "min_ping_interval",
-        "settings",
-        "ssl_context",
-    )
-
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        ssl_context: ssl.SSLContext | None,
-        interceptors: tuple[ServerInterceptor, ...],
-        max_connections: int | None,
-        handshake_timeout: float,
-        keepalive_interval: float,
-        keepalive_timeout: float,
-        idle_timeout: float,
-        min_ping_interval: float,
-        grace_period: float,
-    ) -> None:
-        self.settings = settings
-        self.ssl_context = ssl_context
-        self.interceptors = interceptors
-        self.max_connections = max_connections
-        self.handshake_timeout = handshake_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
-        self.idle_timeout = idle_timeout
-        self.min_ping_interval = min_ping_interval
-        self.grace_period = grace_period
+    settings: Settings
+    ssl_context: ssl.SSLContext | None
+    interceptors: tuple[ServerInterceptor, ...]
+    max_connections: int | None
+    handshake_timeout: float
+    keepalive_interval: float
+    keepalive_timeout: float
+    idle_timeout: float
+    min_ping_interval: float
+    grace_period: float
 
 
 @final
