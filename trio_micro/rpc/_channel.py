@@ -65,7 +65,7 @@ from ._errors import RpcError
 from ._interceptors import ClientInterceptor
 from ._resolver import ResolvedEndpoint, Resolver, split_target
 from ._retry import RetryBudget, RetryPolicy
-from ._service import MethodInfo, Service
+from ._service import MethodInfo, MethodKind, Service
 from ._transport import Endpoint
 
 __all__ = [
@@ -292,6 +292,57 @@ class Channel:
             )
             setattr(proxy, attr, method)
         return cast(S, proxy)
+
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        idempotent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Make an untyped unary call by name: ``await channel.call("users/get_user", {...})``.
+
+        For tools that know a method only at run time (``trio-micro call``, load
+        generators, gateways): the request is any msgpack-encodable value -- a dict with
+        the request struct's field names -- and the response comes back as plain dicts,
+        lists and scalars. The server validates the request as for a typed stub (bad
+        fields: ``INVALID_ARGUMENT`` naming the field). Deadlines, cancellation,
+        interceptors, balancing and retries work as for stub calls. A checkpoint.
+
+        Args:
+            method: ``"<service>/<method>"``, as listed by the reflection service.
+            request: The request, e.g. ``{"user_id": 1}``.
+            idempotent: Retry on ``UNAVAILABLE`` as for an idempotent method.
+            metadata: Sent with the call (string pairs).
+
+        Raises:
+            RpcError: The server's status, or ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` /
+                ``CANCELLED`` as for stub calls.
+            TypeError: ``request`` cannot be encoded, or bad metadata.
+            ValueError: ``method`` is not ``"<service>/<method>"``.
+        """
+        info = _untyped(method, "unary", idempotent)
+        return await self._unary_method(info, _check_metadata(metadata))(request)
+
+    def call_stream(
+        self,
+        method: str,
+        request: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ResponseStream[Any]:
+        """Open an untyped server-stream call by name; items come back as plain values.
+
+        The counterpart of :meth:`call` for ``@rpc.server_stream`` methods; the result is a
+        :class:`ResponseStream` like a stub's (nothing is sent until it is iterated).
+
+        Raises:
+            TypeError: ``request`` cannot be encoded, or bad metadata.
+            ValueError: ``method`` is not ``"<service>/<method>"``.
+        """
+        info = _untyped(method, "server_stream", False)
+        return ResponseStream(self, info, _encodable(request), _check_metadata(metadata))
 
     # ------------------------------------------------------------------ endpoints
 
@@ -860,6 +911,23 @@ def _bad_request(info: MethodInfo, request: object) -> TypeError:
     return TypeError(
         f"{info.wire_name} takes a {info.request_type.__name__} request, got {request!r}"
     )
+
+
+def _untyped(method: str, kind: MethodKind, idempotent: bool) -> MethodInfo:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str like 'users/get_user', got {method!r}")
+    service, sep, name = method.rpartition("/")
+    if not sep or not service or not name:
+        raise ValueError(f"method must look like '<service>/<method>', got {method!r}")
+    return MethodInfo(service, name, kind, idempotent, object, object)
+
+
+def _encodable(request: Any) -> Any:
+    try:
+        _encode(request)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"cannot encode the request {request!r}: {exc}") from None
+    return request
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:

@@ -109,7 +109,8 @@ class MethodInfo:
         kind: ``"unary"`` or ``"server_stream"``.
         call_type: The matching :class:`~trio_micro.protocol.CallType`.
         idempotent: As given to :func:`unary`.
-        request_type: The request ``msgspec.Struct`` type.
+        request_type: The request ``msgspec.Struct`` type (``object`` for the untyped
+            calls of :meth:`Channel.call <trio_micro.rpc.Channel.call>`).
         response_type: The response type (the item type of a server-stream).
     """
 
@@ -132,8 +133,8 @@ class MethodInfo:
         name: str,
         kind: MethodKind,
         idempotent: bool,
-        request_type: type[msgspec.Struct],
-        response_type: type[msgspec.Struct],
+        request_type: type[Any],
+        response_type: type[Any],
     ) -> None:
         self.service = service
         self.name = name
