@@ -135,9 +135,12 @@ async def one_record(logs: list[EventDict]) -> EventDict:
 # --------------------------------------------------------------------------- access log
 
 
-async def test_access_log_ok(logs: list[EventDict], logged_stub: TestService) -> None:
+async def test_access_log_ok(
+    logs: list[EventDict], logged_server: rpc.Server, logged_stub: TestService
+) -> None:
     await logged_stub.get_user(GetUserRequest(user_id=1))
     [record] = call_records(logs)
+    assert record["server"] == address(logged_server)  # the replica that served it
     assert record["event"] == observe.RPC_CALL_COMPLETE
     assert record["log_level"] == "info"
     assert record["service"] == "grpc.testing.TestService"

@@ -6,7 +6,8 @@ otherwise. With :func:`~trio_micro.observe.configure_logging` in ``json`` format
 is one line such as::
 
     {"timestamp":"2026-11-26T10:00:00.123456Z","level":"info","event":"rpc.call.complete",
-     "service":"users","method":"GetUser","peer":"10.0.0.7:50051","code":"OK",
+     "service":"users","method":"GetUser","peer":"10.0.0.9:41234",
+     "server":"10.0.0.7:50051","code":"OK",
      "duration_ms":1.25,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
      "span_id":"00f067aa0ba902b7","parent_span_id":"a2fb4a1d1a96d312","cache":"hit"}
 
@@ -64,7 +65,9 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         method: The method called, e.g. ``"GetUser"``.
         code: The gRPC status name of the outcome, ``"OK"``, ``"NOT_FOUND"``, ...
         duration_ms: Wall time of the call in milliseconds (not negative).
-        peer: The replica (``host:port``) that served the call.
+        peer: The client's address (``host:port``) as the server saw it.
+        server: The replica (``host:port``) that served the call: the server's address
+            as the client reached it.
         trace_id: W3C trace id (32 hex digits) shared by every call of one request.
         span_id: This call's span (16 hex digits).
         parent_span_id: The span of the call that made this one; absent at the root.
@@ -78,6 +81,7 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     service: str
     method: str
     peer: str | None = None
+    server: str | None = None
     code: str
     duration_ms: Annotated[float, msgspec.Meta(ge=0)]
     trace_id: str | None = None

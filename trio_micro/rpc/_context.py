@@ -28,6 +28,8 @@ class ServerCall:
         method: The method name, e.g. ``"get_user"``.
         kind: ``"unary"`` or ``"server_stream"``.
         peer: The client's address as ``"host:port"``.
+        server: This server's address as the client reached it (``"host:port"``): which
+            replica served the call.
         metadata: The request's metadata (str to str). Interceptors may change it before
             calling ``proceed``; the handler sees the result.
         deadline: When the call must be done, in :func:`trio.current_time` terms
@@ -44,6 +46,7 @@ class ServerCall:
         "metadata",
         "method",
         "peer",
+        "server",
         "service",
         "stream_id",
     )
@@ -58,6 +61,7 @@ class ServerCall:
         deadline: float,
         stream_id: int,
         scope: trio.CancelScope,
+        server: str = "",
     ) -> None:
         self.service = service
         self.method = method
@@ -66,6 +70,7 @@ class ServerCall:
         self.metadata = metadata
         self.deadline = deadline
         self.stream_id = stream_id
+        self.server = server
         self._scope = scope
         self._cancel_requested = False
 

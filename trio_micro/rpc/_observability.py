@@ -119,10 +119,11 @@ class AccessLogInterceptor:
     ``rpc.call.failed`` for any other outcome (level warning; error for ``INTERNAL``,
     ``UNKNOWN`` and ``DATA_LOSS``). Each record has the fields of
     :class:`trio_micro.observe.CallRecord`: ``service``, ``method``, ``peer`` (the client's
-    address), ``code`` (the status name, e.g. ``"NOT_FOUND"``), ``duration_ms`` (a float,
-    from before the request was decoded to after the response, or the last item, was
-    queued), ``trace_id``, ``span_id``, ``parent_span_id`` (absent at a root), ``message``
-    for failures -- plus whatever the handler bound with
+    address), ``server`` (this replica's address), ``code`` (the status name, e.g.
+    ``"NOT_FOUND"``), ``duration_ms`` (a float, from before the request was decoded to
+    after the response, or the last item, was queued), ``trace_id``, ``span_id``,
+    ``parent_span_id`` (absent at a root), ``message`` for failures -- plus whatever the
+    handler bound with
     :func:`structlog.contextvars.bind_contextvars`, such as ``cache="hit"`` (when the
     structlog configuration merges contextvars, as :func:`trio_micro.observe.configure_logging`
     does).
@@ -176,6 +177,7 @@ def _fields(call: ServerCall, start: float, code: str) -> dict[str, Any]:
         "service": call.service,
         "method": call.method,
         "peer": call.peer,
+        "server": call.server,
         "code": code,
         "duration_ms": round((time.perf_counter() - start) * 1000, 3),
     }

@@ -306,6 +306,7 @@ class _ServerConnection:
         options = server._options
         self.options = options
         self.peer = peer_name(stream)
+        self.local = peer_name(stream, local=True)
         self.stream: trio.abc.Stream = (
             stream
             if options.ssl_context is None
@@ -589,6 +590,7 @@ class _ServerConnection:
             deadline,
             frame.id,
             scope,
+            self.local,
         )
         self.calls[frame.id] = call
         assert self._nursery is not None

@@ -93,13 +93,14 @@ class Endpoint:
         return hash((self.host, self.port))
 
 
-def peer_name(stream: trio.abc.Stream) -> str:
-    """``"host:port"`` of the other end of a socket stream (through any SSLStream)."""
+def peer_name(stream: trio.abc.Stream, *, local: bool = False) -> str:
+    """``"host:port"`` of the other end of a socket stream (through any SSLStream), or of
+    this end with ``local=True``."""
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         try:
-            address = stream.socket.getpeername()
+            address = stream.socket.getsockname() if local else stream.socket.getpeername()
         except OSError:
             return "?"
         if stream.socket.family == socket.AF_INET6:
