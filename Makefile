@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/concurrency_demo.py
+	$(BIN)/trio-micro demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -469,7 +469,12 @@ def trio_micro_server(args: argparse.Namespace) -> None:
         from trio_micro import observe
 
         # What a production service would do: loggers keep their configuration.
-        observe.configure_logging(format="json", file=args.log_file, cache_logger_on_first_use=True)
+        observe.configure_logging(
+            format="json",
+            file=args.log_file,
+            cache_logger_on_first_use=True,
+            **({"flush_interval": args.log_flush_interval} if args.log_flush_interval else {}),
+        )
         options[keyword] = [interceptor()]
     service = _bench_service()
 
@@ -526,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("contender", choices=sorted(SERVERS))
     parser.add_argument("--cpu", type=int, default=None, help="pin to this core")
     parser.add_argument("--log-file", default=None, help="server: access log to this file")
+    parser.add_argument(
+        "--log-flush-interval",
+        type=float,
+        default=None,
+        help="server: buffer the access log, flushed this often (seconds)",
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--calls", type=int, default=20_000)

@@ -7,13 +7,18 @@ across services) into a temp dir, deterministic and reused when present. Then, i
 * wall time of ``trio-micro logs summary --json`` and of a ``jq -n 'reduce inputs ...'``
   computing only the per-method count and mean of ``duration_ms`` (median of 3 runs each,
   interleaved);
-* peak RSS of ``summary`` on the 1M-line file and on a 10 MB file, from
-  ``resource.getrusage(RUSAGE_CHILDREN)`` of a fresh child each.
+* peak RSS of ``summary`` on a 10 MB log and on a ~1 GB log (the 1M-line log repeated,
+  written to the temp dir and deleted afterwards), from
+  ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a fresh child each: the largest
+  RSS of any one process (the command or one of its workers).
+
+The load average is printed before and after: other work on the machine makes the
+numbers noisy (both tools slow down, but not equally).
 
 ::
 
-    .venv/bin/python benchmarks/logs_bench.py            # full size (about 290 MB of log)
-    .venv/bin/python benchmarks/logs_bench.py --lines 100000 --runs 1   # smoke run
+    .venv/bin/python benchmarks/logs_bench.py            # full size (about 336 MB of log)
+    .venv/bin/python benchmarks/logs_bench.py --lines 100000 --runs 1 --no-big  # smoke run
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ CLI = [sys.executable, "-c", "import sys; from trio_micro.cli import main; sys.e
 def generate(path: Path, lines: int, *, seed: int = 20261126) -> None:
     """Write ``lines`` access-log records to ``path`` (deterministic for a seed)."""
     rng = random.Random(seed)
-    peers = {
+    replicas = {
         name: [f"10.0.{i}.{j + 10}:50051" for j in range(3)] for i, name in enumerate(SERVICES)
     }
     start = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
@@ -91,13 +96,26 @@ def generate(path: Path, lines: int, *, seed: int = 20261126) -> None:
                 total += duration
                 t_us += step_us
                 ts = (start + timedelta(microseconds=t_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                peer = rng.choice(peers[service])
+                server = rng.choice(replicas[service])
+                # The client: a gateway replica (an outside host for the gateway itself).
+                client = "192.168.7" if service == "gateway" else "10.0.0"
+                peer = f"{client}.{rng.randrange(10, 13)}:{rng.randrange(32768, 61000)}"
                 cache = ""
                 if has_cache:
                     hit = rng.random() < 0.8
                     cache = ',"cache":"hit"' if hit else ',"cache":"miss"'
                     if hit:
                         duration *= 0.2
+                    elif service == "users" and written + 1 < lines:
+                        # A cache miss queries the database: one users.db.query record.
+                        buf.append(
+                            f'{{"timestamp":"{ts}","level":"debug","logger":"users.db",'
+                            f'"event":"users.db.query","server":"{server}",'
+                            f'"query":"SELECT id, name, email FROM users WHERE id = ?",'
+                            f'"duration_ms":{duration * 0.6:.3f},"trace_id":"{trace_id}",'
+                            f'"span_id":"{span}"}}\n'
+                        )
+                        written += 1
                 parent_field = f',"parent_span_id":"{parent}"' if parent else ""
                 if rng.random() < 0.02:
                     code, template = rng.choice(ERRORS)
@@ -105,7 +123,8 @@ def generate(path: Path, lines: int, *, seed: int = 20261126) -> None:
                     buf.append(
                         f'{{"timestamp":"{ts}","level":"warning","logger":"rpc",'
                         f'"event":"rpc.call.failed","service":"{service}","method":"{method}",'
-                        f'"peer":"{peer}","code":"{code}","duration_ms":{duration:.3f},'
+                        f'"peer":"{peer}","server":"{server}","code":"{code}",'
+                        f'"duration_ms":{duration:.3f},'
                         f'"trace_id":"{trace_id}","span_id":"{span}"{parent_field}{cache},'
                         f'"message":"{message}"}}\n'
                     )
@@ -113,7 +132,8 @@ def generate(path: Path, lines: int, *, seed: int = 20261126) -> None:
                     buf.append(
                         f'{{"timestamp":"{ts}","level":"info","logger":"rpc",'
                         f'"event":"rpc.call.complete","service":"{service}","method":"{method}",'
-                        f'"peer":"{peer}","code":"OK","duration_ms":{duration:.3f},'
+                        f'"peer":"{peer}","server":"{server}","code":"OK",'
+                        f'"duration_ms":{duration:.3f},'
                         f'"trace_id":"{trace_id}","span_id":"{span}"{parent_field}{cache}}}\n'
                     )
                 written += 1
@@ -167,7 +187,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "trio-micro-logs")
     parser.add_argument("--no-jq", action="store_true", help="skip jq (slow)")
+    parser.add_argument("--no-big", action="store_true", help="skip the ~1 GB memory run")
     args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     args.dir.mkdir(parents=True, exist_ok=True)
 
     big = ensure_log(args.dir, args.lines)
@@ -193,6 +215,24 @@ def main() -> None:
             rss[name].append(kib)
             print(f"  run {run + 1} {name}: {dt:.2f} s, peak RSS {kib / 1024:.1f} MiB", flush=True)
     small_rss = [run_timed([*CLI, "logs", "summary", "--json", str(small)])[1] for _ in range(3)]
+    big_rss: list[int] = []
+    gb_mb = 0.0
+    if not args.no_big:
+        gb = args.dir / "access-1GB.jsonl"
+        repeats = max(1, round(1e9 / big.stat().st_size))
+        try:
+            with gb.open("wb") as out:
+                for _ in range(repeats):
+                    with big.open("rb") as f:
+                        shutil.copyfileobj(f, out, 16 * 1024 * 1024)
+            gb_mb = gb.stat().st_size / 1e6
+            big_rss = [run_timed([*CLI, "logs", "summary", "--json", str(gb)])[1]]
+            big_rss.append(
+                run_timed([*CLI, "logs", "summary", "--json", "--jobs", "1", str(gb)])[1]
+            )
+        finally:
+            gb.unlink(missing_ok=True)
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     print()
     print(
@@ -200,8 +240,10 @@ def main() -> None:
         f"{os.cpu_count()} CPUs"
     )
     print()
-    print("| tool | median wall s | runs | peak RSS MiB | speed-up vs jq |")
-    print("|---|---|---|---|---|")
+    print(f"load average after: {load_after}")
+    print()
+    print("| tool | median wall s | runs | lines/s | peak RSS MiB | speed-up vs jq |")
+    print("|---|---|---|---|---|---|")
     jq_median = statistics.median(times["jq"]) if times["jq"] else float("nan")
     for name, label in (
         ("summary", "trio-micro logs summary --json (full summary)"),
@@ -212,14 +254,17 @@ def main() -> None:
         median = statistics.median(times[name])
         runs = ", ".join(f"{t:.2f}" for t in times[name])
         print(
-            f"| {label} | {median:.2f} | {runs} | {max(rss[name]) / 1024:.1f} | "
-            f"{jq_median / median:.1f}x |"
+            f"| {label} | {median:.2f} | {runs} | {args.lines / median:,.0f} | "
+            f"{max(rss[name]) / 1024:.1f} | {jq_median / median:.1f}x |"
         )
     print()
     print("| input to summary | size MB | peak RSS MiB (max of runs) |")
     print("|---|---|---|")
     print(f"| {args.lines:,}-line log | {big_mb:.0f} | {max(rss['summary']) / 1024:.1f} |")
     print(f"| first 10 MB of it | {small_mb:.0f} | {max(small_rss) / 1024:.1f} |")
+    if big_rss:
+        print(f"| it repeated, ~1 GB (2 workers) | {gb_mb:.0f} | {big_rss[0] / 1024:.1f} |")
+        print(f"| it repeated, ~1 GB (--jobs 1) | {gb_mb:.0f} | {big_rss[1] / 1024:.1f} |")
 
 
 if __name__ == "__main__":

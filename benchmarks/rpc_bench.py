@@ -18,8 +18,9 @@ Contenders (``--only`` names):
   inline, writes batched on both sides: the practical ceiling.
 * ``trio_micro``: ``trio_micro.rpc``, one connection.
 * ``trio_micro_log``: the same with the access-log interceptor writing JSON lines to a file
-  (``observe.configure_logging(format="json", file=...)``); ``n/a (not implemented)`` until
-  the interceptor exists.
+  (``observe.configure_logging(format="json", file=...)``, each record flushed).
+* ``trio_micro_log_buffered``: the same with ``flush_interval=0.5``: records buffered and
+  flushed by a thread every half second (and at exit).
 
 Workloads: throughput with 64 calls in flight on one connection; sequential latency (one
 call at a time, p50/p99); throughput with 256 in flight and the server's peak RSS. Every
@@ -55,12 +56,20 @@ from pathlib import Path
 
 WORKER = Path(__file__).resolve().parent / "_rpc_worker.py"
 
-# key -> (display name, worker contender, access log?)
-CONTENDERS: dict[str, tuple[str, str, bool]] = {
-    "grpcio": ("grpcio-aio", "grpcio", False),
-    "raw": ("raw trio echo", "raw", False),
-    "trio_micro": ("trio_micro", "trio_micro", False),
-    "trio_micro_log": ("trio_micro + access log", "trio_micro", True),
+# key -> (display name, worker contender, access log: None, FLUSH_EACH or BUFFERED)
+FLUSH_EACH, BUFFERED = "flush each record", "buffered"
+# configure_logging(flush_interval=...) of the buffered access log, seconds.
+FLUSH_INTERVAL = 0.5
+CONTENDERS: dict[str, tuple[str, str, str | None]] = {
+    "grpcio": ("grpcio-aio", "grpcio", None),
+    "raw": ("raw trio echo", "raw", None),
+    "trio_micro": ("trio_micro", "trio_micro", None),
+    "trio_micro_log": ("trio_micro + access log", "trio_micro", FLUSH_EACH),
+    "trio_micro_log_buffered": (
+        f"trio_micro + access log, flush_interval={FLUSH_INTERVAL}",
+        "trio_micro",
+        BUFFERED,
+    ),
 }
 BASELINE, CEILING, SUBJECT, SUBJECT_LOGGED = "grpcio", "raw", "trio_micro", "trio_micro_log"
 
@@ -175,7 +184,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def _server(
-    contender: str, cpu: int | None, log_file: Path | None, stderr_path: Path
+    contender: str, cpu: int | None, log_file: Path | None, buffered: bool, stderr_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start a server; yield it with its first stdout line; always stop it."""
     command = [sys.executable, str(WORKER), "server", contender]
@@ -183,6 +192,8 @@ def _server(
         command += ["--cpu", str(cpu)]
     if log_file is not None:
         command += ["--log-file", str(log_file)]
+        if buffered:
+            command += ["--log-flush-interval", str(FLUSH_INTERVAL)]
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0
@@ -202,7 +213,7 @@ def measure(key: str, workload: Workload, cpus: tuple[int, int] | None, scratch:
         log_file.unlink(missing_ok=True)
     server_err = scratch / "server.stderr"
     sample = Sample()
-    with _server(contender, server_cpu, log_file, server_err) as (proc, line):
+    with _server(contender, server_cpu, log_file, logged == BUFFERED, server_err) as (proc, line):
         if line.startswith("NA "):
             sample.not_available = line[3:]
             return sample
@@ -515,8 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logged = [
         sample.log_lines
         for summaries in results.values()
-        if SUBJECT_LOGGED in summaries
-        for sample in summaries[SUBJECT_LOGGED].samples
+        for key in (SUBJECT_LOGGED, SUBJECT_LOGGED + "_buffered")
+        if key in summaries
+        for sample in summaries[key].samples
         if sample.log_lines is not None and not sample.error
     ]
     if logged and min(logged) == 0:

@@ -176,8 +176,18 @@ class UserDatabase:
 
         return await self._run(count, write=False)
 
-    async def seed(self, n: int, *, seed: int = 0) -> int:
-        """Replace the table's contents with ``n`` generated users (ids 1..n); return n."""
+    async def seed(self, n: int, *, seed: int = 0, replace: bool = True) -> int:
+        """Load ``n`` generated users (ids 1..n), in one transaction.
+
+        The users are the same for the same ``n`` and ``seed``. With ``replace`` (the
+        default) the table's previous contents are deleted first and ``n`` is returned.
+        Without it, only the ids in 1..n that are missing are inserted and existing rows
+        are left alone, so seeding twice changes nothing: the number of rows inserted is
+        returned. One query in a worker thread.
+
+        Raises:
+            ValueError: ``n`` is not an int >= 0.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         rng = random.Random(seed)
@@ -189,17 +199,21 @@ class UserDatabase:
             )
             for i in range(1, n + 1)
         ]
+        verb = "INSERT" if replace else "INSERT OR IGNORE"
 
         def load(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("DELETE FROM users")
-                conn.executemany("INSERT INTO users (user_id, name, email) VALUES (?, ?, ?)", rows)
+                if replace:
+                    conn.execute("DELETE FROM users")
+                before = conn.total_changes
+                conn.executemany(f"{verb} INTO users (user_id, name, email) VALUES (?, ?, ?)", rows)
+                inserted = conn.total_changes - before
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return n
+            return inserted
 
         return await self._run(load, write=True)
 

@@ -8,13 +8,25 @@ the article). Writes invalidate the cache. Requests are validated by their msgsp
 path before the handler runs); a missing user is ``NOT_FOUND``.
 
 Each call binds ``cache="hit"`` or ``cache="miss"`` to the structlog context, so the
-access log record of the call carries it.
+access log record of the call carries it. Each ``GetUser`` that queries the database (the
+one load of a coalesced group of misses, not the callers waiting on it) logs one
+``users.db.query`` record with the ``user_id``, so the queries of every replica can be
+counted from their logs.
+
+As a process: ``trio-micro serve examples.user_service:UserService -o db=PATH`` serves it
+through :meth:`UserService.open` (options ``db``, ``cache_size``, ``cache_ttl``,
+``threads``); ``python -m examples.user_service seed --db PATH --users N`` seeds the
+database.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from contextlib import asynccontextmanager, suppress
+from typing import Annotated, Final
 
 import msgspec
 import structlog
@@ -25,6 +37,7 @@ from .cache import TTLCache
 from .database import UserDatabase, UserRow
 
 __all__ = [
+    "DB_QUERY",
     "CreateUserRequest",
     "GetUserRequest",
     "ListUsersRequest",
@@ -32,6 +45,11 @@ __all__ = [
     "User",
     "UserService",
 ]
+
+#: Log event: ``GetUser`` queried the database for ``user_id`` (one per cache load).
+DB_QUERY: Final = "users.db.query"
+
+log = structlog.get_logger("users")
 
 UserId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
@@ -70,16 +88,95 @@ def _user(row: UserRow, source: str) -> User:
     return User(user_id=row.user_id, name=row.name, email=row.email, source=source)
 
 
+def _positive_int(name: str, value: object) -> int:
+    number = value
+    if isinstance(value, str):
+        with suppress(ValueError):
+            number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    number = value
+    if isinstance(value, str):
+        with suppress(ValueError):
+            number = float(value)
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not 0 < number < float("inf")
+    ):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(number)
+
+
 class UserService(rpc.Service, name="users"):
-    """The user service. Give it an open database and a cache."""
+    """The user service. Give it an open database and a cache, or use :meth:`open`."""
 
     def __init__(self, db: UserDatabase, cache: TTLCache[int, UserRow | None]) -> None:
         self.db = db
         self.cache = cache
 
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        *,
+        db: str | os.PathLike[str],
+        cache_size: str | int = 10_000,
+        cache_ttl: str | float = 30.0,
+        threads: str | int = 4,
+    ) -> AsyncIterator[UserService]:
+        """Open the database and a fresh cache; yield a service using them.
+
+        This is what ``trio-micro serve examples.user_service:UserService -o db=PATH``
+        calls, so the options may be strings, as they come from the command line. The
+        database file and its schema are created if missing (WAL mode, so several
+        replicas can share the file); the connections close on exit.
+
+        Args:
+            db: Path of the SQLite database file.
+            cache_size: Users the cache holds at most (LRU beyond that).
+            cache_ttl: Seconds a cached user (or a cached "no such user") is served.
+            threads: Worker threads (and connections) for database queries.
+
+        Raises:
+            TypeError: An unknown option (raised by the call, before entering).
+            ValueError: An option has a bad value, or the database can't be opened; the
+                message names the option and shows the value.
+        """
+        if not isinstance(db, str | os.PathLike) or not os.fspath(db):
+            raise ValueError(f"db must be the path of a SQLite database file, got {db!r}")
+        size = _positive_int("cache_size", cache_size)
+        ttl = _positive_seconds("cache_ttl", cache_ttl)
+        database = UserDatabase(db, threads=_positive_int("threads", threads))
+        try:
+            await database.__aenter__()
+        except (sqlite3.Error, OSError) as exc:
+            await database.aclose()
+            raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
+        try:
+            yield cls(database, TTLCache(max_size=size, ttl=ttl))
+        finally:
+            await database.aclose()
+
+    async def _query_user(self, user_id: int) -> UserRow | None:
+        # The cache's loader: runs once per coalesced group of misses.
+        start = time.perf_counter()
+        row = await self.db.get_user(user_id)
+        log.info(
+            DB_QUERY,
+            user_id=user_id,
+            found=row is not None,
+            duration_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+        return row
+
     @rpc.unary(idempotent=True)
     async def get_user(self, req: GetUserRequest) -> User:
-        row, hit = await self.cache.get_or_load(req.user_id, self.db.get_user)
+        row, hit = await self.cache.get_or_load(req.user_id, self._query_user)
         structlog.contextvars.bind_contextvars(cache="hit" if hit else "miss")
         if row is None:
             raise rpc.RpcError(rpc.Status.NOT_FOUND, f"no user with user_id={req.user_id}")

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import msgspec
 
-from trio_micro.analysis import LogSummary, SummaryBuilder, iter_call_records
+from trio_micro.analysis import LogSummary, RecordFilter, SummaryBuilder, iter_call_records
 
-from ._records import line, record
+from ._records import T0, line, record
 
 GOOD = line(record())
 
@@ -92,3 +94,69 @@ def test_iterable_of_str_lines_is_accepted() -> None:
 
 def test_iter_call_records_skips_bad_lines() -> None:
     assert len(list(iter_call_records([GOOD, b"garbage", GOOD]))) == 2
+
+
+DB_QUERY = (
+    b'{"timestamp":"2026-11-26T10:00:00.5Z","event":"users.db.query",'
+    b'"server":"10.0.0.1:50051","duration_ms":0.4}\n'
+)
+
+
+def test_db_queries_are_counted_per_server_as_other_events() -> None:
+    no_server = DB_QUERY.replace(b'"server":"10.0.0.1:50051",', b"")
+    summary = summary_of(GOOD + DB_QUERY + DB_QUERY + no_server + GOOD)
+    assert summary.calls == 2
+    assert summary.input.other_events == 3
+    assert dict(summary.db_queries) == {None: 1, "10.0.0.1:50051": 2}
+
+
+def test_db_queries_are_not_counted_under_a_method_filter() -> None:
+    builder = SummaryBuilder(filter=RecordFilter(methods=frozenset({"GetUser"})))
+    builder.add_json_lines(GOOD + DB_QUERY)
+    assert dict(builder.build().db_queries) == {}
+
+
+def test_db_queries_honour_a_time_filter() -> None:
+    builder = SummaryBuilder(filter=RecordFilter(since=T0 + timedelta(seconds=1)))
+    builder.add_json_lines(GOOD + DB_QUERY)
+    assert dict(builder.build().db_queries) == {}
+
+
+def test_new_values_after_the_first_chunk_are_decoded() -> None:
+    # The first chunk teaches the interning decoder its values; later ones bring new ones.
+    builder = SummaryBuilder()
+    builder.add_json_lines(GOOD)
+    builder.add_json_lines(line(record(service="orders", method="List", server="new:1")))
+    keys = set(builder.build().groups)
+    assert keys == {("users", "GetUser", "10.0.0.1:50051"), ("orders", "List", "new:1")}
+
+
+def test_timestamps_with_offsets_are_converted_to_utc() -> None:
+    other = GOOD.replace(b"2026-11-26T10:00:00Z", b"2026-11-26T12:00:01+02:00")
+    assert b"+02:00" in other
+    summary = summary_of(GOOD + other)
+    assert (summary.first, summary.last) == (T0, T0 + timedelta(seconds=1))
+
+
+def test_naive_or_invalid_timestamps_count_as_wrong_type() -> None:
+    naive = GOOD.replace(b"2026-11-26T10:00:00Z", b"2026-11-26T10:00:00")
+    invalid = GOOD.replace(b"2026-11-26T10:00:00Z", b"2026-13-45T10:00:00Z")
+    summary = summary_of(GOOD + naive + invalid)
+    assert (summary.calls, dict(summary.input.malformed)) == (1, {"wrong_type": 2})
+
+
+def test_call_record_without_service_counts_as_missing_field() -> None:
+    bad = GOOD.replace(b'"service":"users",', b"")
+    summary = summary_of(GOOD + bad)
+    assert (summary.calls, dict(summary.input.malformed)) == (1, {"missing_field": 1})
+
+
+def test_sampled_calls_keep_ids_and_messages_from_a_chunk() -> None:
+    recs = [record(at=i, duration_ms=i + 1.5, span_id=f"s{i}") for i in range(50)]
+    recs.append(record(at=60, code="INTERNAL", message="disk on fire", trace_id="tx"))
+    summary = summary_of(b"".join(line(r) for r in recs))
+    assert (summary.slowest[0].span_id, summary.slowest[0].peer) == ("s49", "10.0.0.9:41234")
+    assert (summary.recent_errors[0].message, summary.recent_errors[0].trace_id) == (
+        "disk on fire",
+        "tx",
+    )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import timedelta
 
@@ -27,7 +28,7 @@ records_strategy = st.lists(
         at=st.floats(min_value=0, max_value=7200, allow_nan=False),
         service=st.sampled_from(["users", "orders"]),
         method=st.sampled_from(["Get", "List"]),
-        peer=st.sampled_from(["a:1", "b:1", None]),
+        server=st.sampled_from(["a:1", "b:1", None]),
         code=st.sampled_from(CODES),
         duration_ms=st.floats(min_value=0, max_value=1e5, allow_nan=False),
         cache=st.sampled_from([None, "hit", "miss"]),
@@ -42,7 +43,7 @@ def comparable(summary: LogSummary) -> dict[str, object]:
     # Float sums may differ in the last bits between one pass and a merge.
     for m in data["methods"]:
         m["mean_ms"] = round(m["mean_ms"], 6)
-        for p in m["peers"]:
+        for p in m["replicas"]:
             p["mean_ms"] = round(p["mean_ms"], 6)
     if data["latency_ms"]["mean_ms"] is not None:
         data["latency_ms"]["mean_ms"] = round(data["latency_ms"]["mean_ms"], 6)
@@ -112,10 +113,16 @@ def test_cache_hit_ratio_is_none_without_cache_field() -> None:
     assert m.cache_hit_ratio is None
 
 
-def test_peers_split_the_calls_of_a_method() -> None:
-    (m,) = summarize([record(peer="a"), record(peer="a"), record(peer="b")]).methods()
-    assert [(p.peer, p.calls) for p in m.peers] == [("a", 2), ("b", 1)]
-    assert [p.share for p in m.peers] == pytest.approx([2 / 3, 1 / 3])
+def test_replicas_split_the_calls_of_a_method_by_server() -> None:
+    recs = [record(server="a", peer="x"), record(server="a", peer="y"), record(server="b")]
+    (m,) = summarize(recs).methods()
+    assert [(r.server, r.calls) for r in m.replicas] == [("a", 2), ("b", 1)]
+    assert [r.share for r in m.replicas] == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_calls_without_server_form_one_replica_row() -> None:
+    (m,) = summarize([record(server=None, peer="x"), record(server=None, peer="y")]).methods()
+    assert [(r.server, r.calls) for r in m.replicas] == [(None, 2)]
 
 
 def test_slowest_keeps_the_top_n_slowest_first() -> None:
@@ -192,3 +199,28 @@ def test_to_dict_is_json_ready_with_iso_utc_times() -> None:
     data = summarize([record(at=1.5)]).to_dict()
     assert data["first"] == "2026-11-26T10:00:01.500000Z"
     assert data["methods"][0]["calls"] == 1
+
+
+@given(records_strategy, st.lists(st.integers(min_value=0, max_value=60), max_size=3))
+def test_json_lines_in_chunks_equal_records_in_one_pass(
+    records: list[CallRecord], cuts: list[int]
+) -> None:
+    # Random order and mixed timestamp lengths exercise the unsorted and per-line paths;
+    # summaries of the chunks, merged, are the summary of all records.
+    opts = {"slowest": 3, "error_samples": 2, "max_time_buckets": 8}
+    bounds = [0, *sorted(cuts), len(records)]
+    parts = []
+    for start, end in itertools.pairwise(bounds):
+        builder = SummaryBuilder(**opts)  # type: ignore[arg-type]
+        builder.add_json_lines(b"".join(line(r) for r in records[start:end]))
+        parts.append(builder.build())
+    whole = summarize(records, **opts)  # type: ignore[arg-type]
+    assert comparable(merge_summaries(parts)) == comparable(whole)
+
+
+def test_sorted_chunk_gives_same_summary_as_records() -> None:
+    # Uniform "...ffffffZ" stamps in order: the bulk timestamp path.
+    recs = [record(at=i * 0.1 + 0.000001, duration_ms=(i * 7) % 13 + 0.1) for i in range(500)]
+    builder = SummaryBuilder(max_time_buckets=8)
+    builder.add_json_lines(b"".join(line(r) for r in recs))
+    assert comparable(builder.build()) == comparable(summarize(recs, max_time_buckets=8))

@@ -161,7 +161,7 @@ def test_trace_html_report_contains_waterfall(
 def test_parallel_byte_ranges_give_same_summary_as_one_process(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recs = [record(at=i * 0.01, duration_ms=1 + i % 97, peer=f"p{i % 3}") for i in range(3000)]
+    recs = [record(at=i * 0.01, duration_ms=1 + i % 97, server=f"s{i % 3}") for i in range(3000)]
     log = tmp_path / "big.jsonl"
     log.write_bytes(b"".join(line(r) for r in recs))
     monkeypatch.setattr(_logs, "CHUNK_SIZE", 4096)
@@ -172,7 +172,7 @@ def test_parallel_byte_ranges_give_same_summary_as_one_process(
         data["latency_ms"]["mean_ms"] = round(data["latency_ms"]["mean_ms"], 6)  # type: ignore[index]
         for m in data["methods"]:  # type: ignore[attr-defined]
             m["mean_ms"] = round(m["mean_ms"], 6)
-            for p in m["peers"]:
+            for p in m["replicas"]:
                 p["mean_ms"] = round(p["mean_ms"], 6)
         for b in data["timeline"]["buckets"]:  # type: ignore[index]
             b["mean_ms"] = round(b["mean_ms"], 6)
@@ -191,3 +191,16 @@ def test_ranges_start_at_line_starts(
     assert ranges[0][0] == 0
     assert ranges[-1][1] == len(data)
     assert all(data[start - 1 : start] == b"\n" for start, _ in ranges[1:])
+
+
+def test_plain_text_summary_shows_replicas_and_db_queries(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = (
+        b'{"timestamp":"2026-11-26T10:00:00Z","event":"users.db.query","server":"10.0.0.1:50051"}\n'
+    )
+    assert main(["logs", "summary", str(write_log(tmp_path / "a.jsonl", extra=db))]) == 0
+    out = capsys.readouterr().out
+    assert "replica" in out
+    assert "Database queries (users.db.query)" in out
+    assert "10.0.0.1:50051" in out

@@ -246,3 +246,17 @@ async def test_open_channel_checks_arguments(kwargs: dict[str, object], error: t
     with pytest.raises(error):
         async with rpc.open_channel("127.0.0.1:1", **kwargs):  # type: ignore[arg-type]
             pass  # pragma: no cover
+
+
+async def test_the_in_flight_count_returns_to_zero(channel: rpc.Channel) -> None:
+    # It decides whether a lone call's frame is written at once: a count that drifts up
+    # would quietly cost every later lone call a scheduling round.
+    stub = channel.stub(TestService)
+    async with trio.open_nursery() as nursery:
+        for user_id in range(10):
+            nursery.start_soon(stub.get_user, GetUserRequest(user_id))
+    with pytest.raises(rpc.RpcError):
+        await stub.crash(Empty())
+    with trio.move_on_after(0.01):
+        await stub.sleep(Empty())
+    assert channel._in_flight == 0

@@ -151,7 +151,7 @@ async def test_access_log_ok(
     assert record["duration_ms"] >= 0
     assert len(record["trace_id"]) == 32
     assert len(record["span_id"]) == 16
-    assert len(record["parent_span_id"]) == 16  # the caller's (unlogged) root
+    assert "parent_span_id" not in record  # called outside any span: the root
     assert "message" not in record
     assert set(record) - {"event", "log_level"} <= set(CALL_RECORD_FIELDS)
 
@@ -312,7 +312,8 @@ async def test_access_log_writes_to_a_given_logger(logged_server: rpc.Server) ->
             rpc.open_server([TestService()], host="127.0.0.1", interceptors=[interceptor]) as srv,
             rpc.open_channel(address(srv)) as channel,
         ):
-            await channel.stub(TestService).empty_call(Empty())
+            with observe.start_span():
+                await channel.stub(TestService).empty_call(Empty())
     # without merge_contextvars the trace fields are still there: the interceptor adds them
     [record] = call_records(logs)
     assert {"trace_id", "span_id", "parent_span_id"} <= set(record)
@@ -500,7 +501,8 @@ async def test_a_traceparent_that_would_not_fit_is_left_out(
         rpc.open_server([service], host="127.0.0.1", max_metadata_size=limit) as server,
         rpc.open_channel(address(server)) as channel,
     ):
-        info = await channel.stub(TestService, metadata=metadata).call_info(Empty())
+        with observe.start_span():
+            info = await channel.stub(TestService, metadata=metadata).call_info(Empty())
     assert info.metadata == metadata
 
 
@@ -509,5 +511,17 @@ async def test_a_traceparent_that_fits_is_added(service: TestService) -> None:
         rpc.open_server([service], host="127.0.0.1", max_metadata_size=67) as server,
         rpc.open_channel(address(server)) as channel,
     ):
-        info = await channel.stub(TestService, metadata={"k": ""}).call_info(Empty())
+        with observe.start_span():
+            info = await channel.stub(TestService, metadata={"k": ""}).call_info(Empty())
     assert set(info.metadata) == {"k", "traceparent"}
+
+
+async def test_calls_outside_a_span_send_no_traceparent_and_the_server_span_is_a_root(
+    logs: list[EventDict], logged_stub: TestService
+) -> None:
+    info = await logged_stub.call_info(Empty())
+    assert "traceparent" not in info.metadata
+    [record] = call_records(logs)
+    assert len(record["trace_id"]) == 32
+    assert len(record["span_id"]) == 16
+    assert "parent_span_id" not in record

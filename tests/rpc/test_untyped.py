@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_micro import rpc
+from trio_micro import observe, rpc
 
 from .services import TestService
 
@@ -60,12 +60,12 @@ async def test_call_unencodable_request(channel: rpc.Channel) -> None:
 
 
 async def test_call_carries_metadata_and_deadline(channel: rpc.Channel) -> None:
-    with trio.fail_after(30):
+    with trio.fail_after(30), observe.start_span() as span:
         info = await channel.call(
             "grpc.testing.TestService/call_info", {}, metadata={"who": "tool"}
         )
     assert info["metadata"]["who"] == "tool"
-    assert "traceparent" in info["metadata"]
+    assert observe.parse_traceparent(info["metadata"]["traceparent"]).span_id == span.span_id
     assert info["has_deadline"] is True
 
 

@@ -3,20 +3,21 @@
 Records in, results out; nothing here opens a file (``trio-micro logs`` does that).
 
 * :class:`SummaryBuilder` / :func:`summarize`: per ``service/method`` calls, errors by
-  code, p50/p90/p99/max latency, throughput, cache hit ratio, per-peer split, the slowest
-  calls, recent errors with messages, a time series, malformed-line counts -- in constant
-  memory. :func:`merge_summaries` combines summaries of parts exactly (parallelism).
+  code, p50/p90/p99/max latency, throughput, cache hit ratio, per-replica split, the slowest
+  calls, recent errors with messages, a time series, malformed-line counts, database
+  queries per server -- in constant memory. :func:`merge_summaries` combines summaries
+  of parts exactly (parallelism).
 * :class:`LatencySketch`: the mergeable quantile sketch behind every latency figure
   (relative error at most :data:`RELATIVE_ERROR`, 1%).
 * :func:`build_trace`: the call tree of one trace across services (a waterfall).
 * :func:`iter_call_records`: JSON lines to :class:`~trio_micro.observe.CallRecord`, bad
-  lines skipped.
+  lines and other events skipped.
 * :func:`render_html_report`: one self-contained HTML page with inline SVG plots.
 """
 
 from __future__ import annotations
 
-from ._decode import MALFORMED_KINDS, iter_call_records
+from ._decode import DB_QUERY_EVENT, MALFORMED_KINDS, iter_call_records
 from ._report import render_html_report
 from ._sketch import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
 from ._summary import (
@@ -25,8 +26,8 @@ from ._summary import (
     InputStats,
     LogSummary,
     MethodStats,
-    PeerStats,
     RecordFilter,
+    ReplicaStats,
     SlowCall,
     SummaryBuilder,
     merge_summaries,
@@ -37,6 +38,7 @@ from ._trace import Trace, TraceSpan, build_trace
 
 __all__ = [
     "BASE_WIDTH",
+    "DB_QUERY_EVENT",
     "MALFORMED_KINDS",
     "MIN_TRACKED",
     "RELATIVE_ERROR",
@@ -46,8 +48,8 @@ __all__ = [
     "LatencySketch",
     "LogSummary",
     "MethodStats",
-    "PeerStats",
     "RecordFilter",
+    "ReplicaStats",
     "SlowCall",
     "SummaryBuilder",
     "TimeBucket",

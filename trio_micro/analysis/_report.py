@@ -65,6 +65,7 @@ def render_html_report(
             _methods_table(summary),
             "<h2>Replicas</h2>",
             _replica_bars(summary),
+            *(["<h2>Database queries</h2>", _db_table(summary)] if summary.db_queries else []),
             "<h2>Slowest calls</h2>",
             _slowest_table(summary),
             "<h2>Errors</h2>",
@@ -258,7 +259,7 @@ def _error_chart(summary: LogSummary) -> str:
 
 
 def _replica_bars(summary: LogSummary) -> str:
-    rows = [(m, p) for m in summary.methods() for p in m.peers]
+    rows = [(m, p) for m in summary.methods() for p in m.replicas]
     row_h = 18
     height = _PAD_T + row_h * len(rows) + 10
     label_w = 300
@@ -270,7 +271,7 @@ def _replica_bars(summary: LogSummary) -> str:
         y = _PAD_T + i * row_h
         w = plot_w * p.calls / peak
         color = _COLORS[services.index(m.service) % len(_COLORS)]
-        label = f"{m.service}/{m.method} @ {p.peer or '-'}"
+        label = f"{m.service}/{m.method} @ {p.server or '-'}"
         out.append(
             f"<text x='{label_w - 6}' y='{y + 12}' text-anchor='end'>{escape(label)}</text>"
             f"<rect x='{label_w}' y='{y + 2}' width='{w:.1f}' height='{row_h - 5}' "
@@ -353,22 +354,34 @@ def _slowest_table(summary: LogSummary) -> str:
             f"{c.service}/{c.method}",
             _fmt_ms(c.duration_ms),
             c.code,
-            c.peer,
+            c.server or "-",
             c.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f"),
             c.trace_id,
         )
         for c in summary.slowest
     ]
-    return _table(("method", "duration", "code", "peer", "time (UTC)", "trace"), rows)
+    return _table(("method", "duration", "code", "replica", "time (UTC)", "trace"), rows)
 
 
 def _errors_table(summary: LogSummary) -> str:
     counts = _table(("service", "method", "code", "calls"), summary.error_counts(), left=3)
     rows = [
-        (e.timestamp.strftime("%H:%M:%S.%f"), f"{e.service}/{e.method}", e.code, e.message)
+        (
+            e.timestamp.strftime("%H:%M:%S.%f"),
+            f"{e.service}/{e.method}",
+            e.code,
+            e.server or "-",
+            e.message,
+        )
         for e in summary.recent_errors
     ]
-    return counts + "<p>Most recent</p>" + _table(("time", "method", "code", "message"), rows, 4)
+    headers = ("time", "method", "code", "replica", "message")
+    return counts + "<p>Most recent</p>" + _table(headers, rows, 5)
+
+
+def _db_table(summary: LogSummary) -> str:
+    rows = [(server or "-", f"{n:,}") for server, n in summary.db_queries.items()]
+    return _table(("replica", "queries"), rows)
 
 
 def _input_table(summary: LogSummary) -> str:

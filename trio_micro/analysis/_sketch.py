@@ -27,23 +27,28 @@ MIN_TRACKED: Final = 1e-6
 
 _GAMMA: Final = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 _INV_LOG_GAMMA: Final = 1 / math.log(_GAMMA)
-# Shifts indices of values >= MIN_TRACKED to >= 0, so that int() truncation is floor().
-_OFFSET: Final = 1 - math.floor(math.log(MIN_TRACKED) * _INV_LOG_GAMMA)
-_ZERO: Final = -1  # index of the zero bucket
+# The index of the zero bucket: just below the bucket of MIN_TRACKED, so that it sorts first.
+# Every index is computed as floor(log(x) * _INV_LOG_GAMMA), here and in the bulk path of
+# SummaryBuilder, so that both put a value into the same bucket.
+_ZERO: Final = math.floor(math.log(MIN_TRACKED) * _INV_LOG_GAMMA) - 1
+
+
+def bucket_index(value: float) -> int:
+    """Return the bucket of a non-negative ``value``."""
+    return math.floor(math.log(value) * _INV_LOG_GAMMA) if value >= MIN_TRACKED else _ZERO
 
 
 def _bucket_bounds(index: int) -> tuple[float, float]:
     """Return ``[low, high)`` of bucket ``index``."""
     if index == _ZERO:
         return 0.0, MIN_TRACKED
-    exponent = index - _OFFSET
-    return _GAMMA**exponent, _GAMMA ** (exponent + 1)
+    return _GAMMA**index, _GAMMA ** (index + 1)
 
 
 def _representative(index: int) -> float:
     if index == _ZERO:
         return 0.0
-    return 2 * _GAMMA ** (index - _OFFSET + 1) / (_GAMMA + 1)
+    return 2 * _GAMMA ** (index + 1) / (_GAMMA + 1)
 
 
 @final
@@ -82,7 +87,7 @@ class LatencySketch:
         """
         if not value >= 0:
             raise ValueError(f"value must be a non-negative number, got {value!r}")
-        index = _ZERO if value < MIN_TRACKED else int(math.log(value) * _INV_LOG_GAMMA + _OFFSET)
+        index = bucket_index(value)
         self._buckets[index] = self._buckets.get(index, 0) + 1
         self.count += 1
         self.total += value

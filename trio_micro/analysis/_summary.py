@@ -1,30 +1,45 @@
 """Streaming, mergeable summaries of RPC access logs.
 
 Theory of operation: :class:`SummaryBuilder` keeps one accumulator per
-``(service, method, peer)`` -- counts, error codes, cache hits, first and last timestamps
+``(service, method, server)`` -- counts, error codes, cache hits, first and last timestamps
 and a :class:`LatencySketch` -- plus two bounded heaps (the slowest calls, the most recent
 errors) and a bounded :class:`TimeBucket` series. Everything in it merges exactly: counts
 add, sketches add bucket counts, heaps keep the top of the union under a total order, time
 series coarsen to a common width. So summaries of parts of a log (files, byte ranges,
 processes) combine with :func:`merge_summaries` into the summary of the whole, and memory
-depends on the number of distinct ``(service, method, peer)`` and the limits, never on
-the number of records. Per-method figures are merged from the per-peer accumulators when
-asked for.
+depends on the number of distinct ``(service, method, server)`` and the limits, never on
+the number of records. Per-method figures are merged from the per-replica (``server``)
+accumulators when asked for.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, final
+from itertools import compress, islice
+from math import floor, log
+from operator import add, attrgetter, le
+from typing import Any, Final, Protocol, cast, final
 
 from ..observe._schema import CACHE_HIT, CACHE_MISS, CODE_OK, CallRecord
-from ._decode import _decode_each_line, _Tally, decode_chunk
-from ._sketch import _INV_LOG_GAMMA, _OFFSET, _ZERO, MIN_TRACKED, RELATIVE_ERROR, LatencySketch
-from ._timeseries import TimeBucket, _TimeSeries
+from ._decode import (
+    LineFinder,
+    _FullRow,
+    _Row,
+    _Tally,
+    decode_each_line,
+    decode_rows,
+    drop_incomplete,
+    parse_times,
+    split_calls,
+)
+from ._sketch import _INV_LOG_GAMMA, _ZERO, MIN_TRACKED, RELATIVE_ERROR, LatencySketch, bucket_index
+from ._timeseries import _TICKS_PER_SECOND, TimeBucket, _Cell, _TimeSeries
 
 __all__ = [
     "ErrorSample",
@@ -32,8 +47,8 @@ __all__ = [
     "InputStats",
     "LogSummary",
     "MethodStats",
-    "PeerStats",
     "RecordFilter",
+    "ReplicaStats",
     "SlowCall",
     "SummaryBuilder",
     "merge_summaries",
@@ -85,6 +100,25 @@ class RecordFilter:
             or self.codes
         )
 
+    def bounds(self) -> tuple[float, float]:
+        """``since`` and ``until`` as seconds since the epoch (``-inf``/``inf`` if unset)."""
+        return (
+            -math.inf if self.since is None else self.since.timestamp(),
+            math.inf if self.until is None else self.until.timestamp(),
+        )
+
+    def mask(self, records: Sequence[_Filterable], times: Sequence[float]) -> list[bool]:
+        """Return, for each record, whether it passes; ``times`` are its epoch seconds."""
+        since, until = self.bounds()
+        services, methods, codes = self.services, self.methods, self.codes
+        return [
+            since <= t < until
+            and (not services or r.service in services)
+            and (not codes or r.code in codes)
+            and (not methods or r.method in methods or f"{r.service}/{r.method}" in methods)
+            for r, t in zip(records, times, strict=True)
+        ]
+
     def matches(self, record: CallRecord) -> bool:
         """Return whether ``record`` passes every condition."""
         if self.since is not None and record.timestamp < self.since:
@@ -102,15 +136,28 @@ class RecordFilter:
         )
 
 
+class _Filterable(Protocol):
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def method(self) -> str | None: ...
+    @property
+    def code(self) -> str | None: ...
+
+
 @final
 @dataclass(frozen=True, slots=True, order=True)
 class SlowCall:
-    """One of the slowest calls (ordered by duration first)."""
+    """One of the slowest calls (ordered by duration first).
+
+    ``server`` is the replica that served the call, ``peer`` the client ("" if not logged).
+    """
 
     duration_ms: float
     timestamp: datetime
     service: str
     method: str
+    server: str
     peer: str
     code: str
     trace_id: str
@@ -125,6 +172,7 @@ class ErrorSample:
     timestamp: datetime
     service: str
     method: str
+    server: str
     peer: str
     code: str
     message: str
@@ -162,7 +210,7 @@ class InputStats:
 @final
 @dataclass(frozen=True, slots=True)
 class GroupStats:
-    """The mergeable accumulator of one ``(service, method, peer)``.
+    """The mergeable accumulator of one ``(service, method, server)``.
 
     Attributes:
         calls: Number of calls.
@@ -185,10 +233,13 @@ class GroupStats:
 
 @final
 @dataclass(frozen=True, slots=True)
-class PeerStats:
-    """Calls of one method served by one peer (replica)."""
+class ReplicaStats:
+    """Calls of one method served by one replica (the records' ``server``).
 
-    peer: str | None
+    ``server`` is ``None`` for calls logged without ``server``.
+    """
+
+    server: str | None
     calls: int
     share: float
     errors: int
@@ -223,7 +274,7 @@ class MethodStats:
     last: datetime
     throughput: float | None
     cache_hit_ratio: float | None
-    peers: tuple[PeerStats, ...]
+    replicas: tuple[ReplicaStats, ...]
 
     @property
     def error_rate(self) -> float:
@@ -243,13 +294,96 @@ class _Group:
         self.last = -math.inf
 
 
+class _CallRow(Protocol):
+    """What the builder counts of a call: a ``_Row`` or a :class:`CallRecord`."""
+
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def method(self) -> str | None: ...
+    @property
+    def server(self) -> str | None: ...
+    @property
+    def code(self) -> str | None: ...
+    @property
+    def duration_ms(self) -> float | None: ...
+    @property
+    def cache(self) -> str | None: ...
+
+
+class _Detailed(Protocol):
+    """What the builder shows of a sampled call (slowest, errors)."""
+
+    @property
+    def server(self) -> str | None: ...
+    @property
+    def peer(self) -> str | None: ...
+    @property
+    def trace_id(self) -> str | None: ...
+    @property
+    def span_id(self) -> str | None: ...
+    @property
+    def message(self) -> str | None: ...
+
+
+class _IncompleteRowError(Exception):
+    """A call row lacks a required field (found before anything was counted)."""
+
+
+# (service, method, server, cache): the key everything is counted by; folded into
+# (service, method, server) groups by _flush().
+_Key = tuple[str, str, str | None, str | None]
+_KEY: Final = attrgetter("service", "method", "server", "cache")
+_DURATION: Final = attrgetter("duration_ms")
+_CODE: Final = attrgetter("code")
+_SERVER: Final = attrgetter("server")
+_NO_DETAILS: Final = _FullRow()
+
+
 def _epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+# Counted pairs are one int: key_id * _STRIDE + (bucket index - _ZERO), which is faster to
+# hash and compare than a tuple. Bucket indices stay below _STRIDE for any finite float.
+_STRIDE: Final = 1 << 20
+
+
+class _KeyIds(dict[_Key, int]):
+    """Key -> ``key_id * _STRIDE - _ZERO``; a new key gets the next id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys_by_id: list[_Key] = []
+
+    def __missing__(self, key: _Key) -> int:
+        if key[0] is None or key[1] is None:
+            raise _IncompleteRowError
+        base = self[key] = len(self.keys_by_id) * _STRIDE - _ZERO
+        self.keys_by_id.append(key)
+        return base
+
+    def unpack(self, pair: int) -> tuple[_Key, int]:
+        """Return the key and the bucket index of a counted pair."""
+        key_id, offset = divmod(pair, _STRIDE)
+        return self.keys_by_id[key_id], offset + _ZERO
 
 
 @final
 class SummaryBuilder:
     """Accumulates call records into a :class:`LogSummary`, in constant memory.
+
+    Theory of operation: records arrive in batches (a decoded chunk of a log) and each
+    batch is reduced with C-level bulk operations, so that Python code runs per distinct
+    key, not per record: ``map``/``attrgetter`` pull out columns; one
+    :meth:`Counter.update <collections.Counter.update>` counts ``(key, latency bucket)``
+    pairs into a counter that lives as long as the builder (its size is bounded by the
+    keys times the buckets in use), folded into sketches only by :meth:`build`; durations
+    are sorted into one list per key by ``map(list.append, ...)`` for the sum, min and
+    max; failed calls are picked out with ``compress``. Logs are written in time order,
+    so a batch is usually sorted by time: then first/last per key come from two dict
+    builds and the time series takes whole runs of records per bucket (found by
+    bisection). An unsorted batch takes a per-record path with the same result.
 
     Args:
         filter: Which records to count (others count as ``filtered_out``).
@@ -262,12 +396,17 @@ class SummaryBuilder:
     """
 
     __slots__ = (
+        "_db_queries",
+        "_error_codes",
         "_errors",
         "_filtered",
         "_groups",
+        "_key_ids",
+        "_pairs",
         "_records",
         "_series",
         "_slow",
+        "_stats",
         "_tally",
         "error_samples",
         "filter",
@@ -292,129 +431,284 @@ class SummaryBuilder:
         self.max_time_buckets = max_time_buckets
         self._series = _TimeSeries(max_time_buckets)
         self._groups: dict[tuple[str, str, str | None], _Group] = {}
+        self._key_ids = _KeyIds()
+        self._pairs: Counter[int] = Counter()
+        self._error_codes: Counter[tuple[int, str]] = Counter()
+        # key base -> [total, min, max, first, last]
+        self._stats: dict[int, list[float]] = {}
         self._slow: list[SlowCall] = []
         self._errors: list[ErrorSample] = []
         self._tally = _Tally()
+        self._db_queries: dict[str | None, int] = {}
         self._records = 0
         self._filtered = 0
 
     def add_json_lines(self, data: bytes | Iterable[bytes | str]) -> None:
         """Decode and add JSON lines: a ``bytes`` chunk of whole lines, or single lines.
 
-        Lines that are other events or malformed are counted, never raised.
+        Lines that are other events or malformed are counted, never raised. Records of
+        ``users.db.query`` are also counted per ``server``, unless the filter names
+        services, methods or codes (which such records do not have).
         """
+        tally = self._tally
+        finder: LineFinder | None = None
         if isinstance(data, bytes | bytearray | memoryview):
-            self.add(decode_chunk(bytes(data), self._tally))
+            data = bytes(data)
+            rows = decode_rows(data, tally)
+            finder = LineFinder(data)
         else:
-            self.add(_decode_each_line(data, self._tally))
+            rows = decode_each_line(data, tally, full=True)
+        calls, db_rows = split_calls(rows, tally)
+        if db_rows:
+            self._count_db_queries(db_rows)
+        kept, stamps, time_of = parse_times(calls, tally)
+        if finder is None:  # decoded as _FullRow
+            self._add_calls(kept, stamps, time_of, lambda i: cast(_FullRow, kept[i]))
+        else:
+            find = finder.find
+            n = len(kept)
+            self._add_calls(kept, stamps, time_of, lambda i: find(kept[i], i / n) or _NO_DETAILS)
+
+    def _count_db_queries(self, rows: list[_Row]) -> None:
+        flt = self.filter
+        if flt.services or flt.methods or flt.codes:
+            return
+        db = self._db_queries
+        if flt.since is None and flt.until is None:
+            for server in map(_SERVER, rows):
+                db[server] = db.get(server, 0) + 1
+            return
+        since, until = flt.bounds()
+        rows, stamps, time_of = parse_times(rows, None)
+        for row, stamp in zip(rows, stamps, strict=True):
+            if since <= time_of(stamp) < until:
+                db[row.server] = db.get(row.server, 0) + 1
 
     def add(self, records: Iterable[CallRecord]) -> None:
-        """Add call records (the hot loop: keep per-record work small)."""
-        # Everything the loop touches is a local; the sketch update is inlined.
-        groups = self._groups
-        slow = self._slow
-        slow_limit = self.slowest
-        errors = self._errors
-        error_limit = self.error_samples
+        """Add call records."""
+        rows = list(records)
+        times = [r.timestamp.timestamp() for r in rows]
+        self._add_calls(rows, times, float, rows.__getitem__)
+
+    def _add_calls(
+        self,
+        rows: Sequence[_CallRow],
+        stamps: Sequence[Any],
+        time_of: Callable[[Any], float],
+        details: Callable[[int], _Detailed],
+    ) -> None:
+        """Add call rows whose timestamps are ``stamps`` (``time_of`` gives epoch seconds).
+
+        ``details(i)`` returns the sampled fields of ``rows[i]`` (asked in order).
+        """
+        times: list[Any] = list(stamps)
+        if self.filter.active:
+            if time_of is not float:
+                times = list(map(time_of, stamps))
+                time_of = float
+            positions = list(range(len(rows)))
+            rows, times, positions = drop_incomplete(rows, times, positions, self._tally)
+            keep = self.filter.mask(rows, times)
+            total = len(rows)
+            rows = list(compress(rows, keep))
+            times = list(compress(times, keep))
+            positions = list(compress(positions, keep))
+            self._filtered += total - len(rows)
+            by_index = details
+            details = lambda i: by_index(positions[i])  # noqa: E731
+        if not rows:
+            return
+        try:
+            self._add_batch(rows, times, time_of, details)
+        except _IncompleteRowError:
+            positions = list(range(len(rows)))
+            rows, times, positions = drop_incomplete(rows, times, positions, self._tally)
+            by_index = details
+            if rows:
+                self._add_batch(rows, times, time_of, lambda i: by_index(positions[i]))
+
+    def _add_batch(
+        self,
+        rows: Sequence[_CallRow],
+        times: list[Any],
+        time_of: Callable[[Any], float],
+        details: Callable[[int], _Detailed],
+    ) -> None:
+        # The hot path, see the class docstring. Nothing is changed before every check
+        # that can raise _IncompleteRowError has passed.
+        n = len(rows)
+        keys: list[_Key] = list(map(_KEY, rows))
+        bases = list(map(self._key_ids.__getitem__, keys))
+        durations: list[float] = list(map(_DURATION, rows))
+        codes: list[str] = list(map(_CODE, rows))
+        try:
+            smallest = min(durations)
+        except TypeError:  # a None among them
+            raise _IncompleteRowError from None
+        if codes.count(None):  # type: ignore[arg-type]
+            raise _IncompleteRowError
+        # parse_times returns strings only when they are in order.
+        in_order = time_of is not float or all(map(le, times, islice(times, 1, None)))
+        if not in_order and time_of is not float:
+            times = list(map(time_of, times))
+            time_of = float
+        if in_order:
+            lasts = dict(zip(bases, times, strict=True))
+            firsts = dict(zip(reversed(bases), reversed(times), strict=True))
+        else:
+            firsts, lasts = {}, {}
+            for base, t in zip(bases, times, strict=True):
+                if t < firsts.get(base, math.inf):
+                    firsts[base] = t
+                if t > lasts.get(base, -math.inf):
+                    lasts[base] = t
+        if smallest >= MIN_TRACKED:
+            indices = list(map(floor, map(_INV_LOG_GAMMA.__mul__, map(log, durations))))
+        else:
+            indices = list(map(bucket_index, durations))
+
+        # Per key: latency buckets, error codes, sum/min/max, first/last.
+        self._pairs.update(map(add, bases, indices))
+        ok = codes.count(CODE_OK)
+        failed: list[int] = []
+        if ok < n:
+            failed = list(compress(range(n), map(CODE_OK.__ne__, codes)))
+            self._error_codes.update(
+                zip(map(bases.__getitem__, failed), map(codes.__getitem__, failed), strict=True)
+            )
+        by_key: dict[int, list[float]] = {base: [] for base in lasts}
+        deque(map(list.append, map(by_key.__getitem__, bases), durations), maxlen=0)
+        stats = self._stats
+        for key, values in by_key.items():
+            acc = stats.get(key)
+            total, low, high = sum(values), min(values), max(values)
+            first, last = time_of(firsts[key]), time_of(lasts[key])
+            if acc is None:
+                stats[key] = [total, low, high, first, last]
+            else:
+                acc[0] += total
+                acc[1] = min(acc[1], low)
+                acc[2] = max(acc[2], high)
+                acc[3] = min(acc[3], first)
+                acc[4] = max(acc[4], last)
+
+        # Time series.
         series = self._series
-        cells = series.buckets
-        width = series.width
-        log = math.log
-        inv_log_gamma = _INV_LOG_GAMMA
-        offset = _OFFSET
-        min_tracked = MIN_TRACKED
-        ok = CODE_OK
-        heappush = heapq.heappush
-        heappushpop = heapq.heappushpop
-        flt = self.filter
-        matches = flt.matches if flt.active else None
-        count = filtered = 0
-        for r in records:
-            if matches is not None and not matches(r):
-                filtered += 1
-                continue
-            count += 1
-            key = (r.service, r.method, r.peer)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group()
-            d = r.duration_ms
-            ts = r.timestamp.timestamp()
-            index = int(log(d) * inv_log_gamma + offset) if d >= min_tracked else _ZERO
-            sketch = group.latency
-            b = sketch._buckets
-            b[index] = b.get(index, 0) + 1
-            sketch.count += 1
-            sketch.total += d
-            if d > sketch.max:
-                sketch.max = d
-            if d < sketch.min:
-                sketch.min = d
-            if ts > group.last:
-                group.last = ts
-            if ts < group.first:
-                group.first = ts
-            code = r.code
-            codes = group.codes
-            codes[code] = codes.get(code, 0) + 1
-            cache = r.cache
-            if cache is not None:
-                if cache == CACHE_HIT:
-                    group.hits += 1
-                elif cache == CACHE_MISS:
-                    group.misses += 1
-            cell = cells.get(int(ts / width))
-            if cell is None:
-                cell = series.cell(int(ts / width))
-                width = series.width
-                cells = series.buckets
-            cell.calls += 1
-            sketch = cell.latency
-            b = sketch._buckets
-            b[index] = b.get(index, 0) + 1
-            sketch.count += 1
-            sketch.total += d
-            if d > sketch.max:
-                sketch.max = d
-            if d < sketch.min:
-                sketch.min = d
-            if code != ok:
-                cell.errors += 1
-                if error_limit and (
-                    len(errors) < error_limit or r.timestamp >= errors[0].timestamp
-                ):
-                    sample = ErrorSample(
-                        r.timestamp,
-                        r.service,
-                        r.method,
-                        r.peer or "",
-                        code,
-                        r.message or "",
-                        d,
-                        r.trace_id or "",
-                        r.span_id or "",
-                    )
-                    if len(errors) < error_limit:
-                        heappush(errors, sample)
-                    else:
-                        heappushpop(errors, sample)
-            if slow_limit and (len(slow) < slow_limit or d >= slow[0].duration_ms):
-                call = SlowCall(
-                    d,
-                    r.timestamp,
-                    r.service,
-                    r.method,
-                    r.peer or "",
-                    code,
-                    r.trace_id or "",
-                    r.span_id or "",
+        per_s = _TICKS_PER_SECOND
+        if in_order:
+            series.cover(floor(time_of(times[0]) * per_s), floor(time_of(times[-1]) * per_s))
+            level = series.level
+            start = 0
+
+            def ticks_of(stamp: Any) -> float:
+                return time_of(stamp) * per_s
+
+            while start < n:
+                j = floor(ticks_of(times[start])) >> level
+                end = bisect_left(times, float((j + 1) << level), start, n, key=ticks_of)
+                segment = durations[start:end]
+                _add_to_cell(
+                    series.cell(j),
+                    Counter(indices[start:end]),
+                    end - start,
+                    end - start - codes[start:end].count(CODE_OK),
+                    sum(segment),
+                    min(segment),
+                    max(segment),
                 )
-                if len(slow) < slow_limit:
-                    heappush(slow, call)
-                else:
-                    heappushpop(slow, call)
-        self._records += count
-        self._filtered += filtered
+                start = end
+        else:
+            ticks = list(map(floor, map(per_s.__mul__, times)))
+            series.cover(min(ticks), max(ticks))
+            level = series.level
+            for tick, index, d, code in zip(ticks, indices, durations, codes, strict=True):
+                _add_to_cell(series.cell(tick >> level), {index: 1}, 1, code != CODE_OK, d, d, d)
+
+        # The slowest calls and the most recent errors.
+        slow, limit = self._slow, self.slowest
+        if limit:
+            floor_ms = slow[0].duration_ms if len(slow) >= limit else -math.inf
+            candidates: Iterable[int] = ()
+            if max(durations) >= floor_ms:
+                candidates = compress(range(n), map(floor_ms.__le__, durations))
+            for i in sorted(heapq.nlargest(limit, candidates, key=durations.__getitem__)):
+                more = details(i)
+                call = SlowCall(
+                    durations[i],
+                    _epoch(time_of(times[i])),
+                    keys[i][0],
+                    keys[i][1],
+                    keys[i][2] or "",
+                    more.peer or "",
+                    codes[i],
+                    more.trace_id or "",
+                    more.span_id or "",
+                )
+                _push_bounded(slow, call, limit)
+        errors, limit = self._errors, self.error_samples
+        if limit and failed:
+            floor_s = errors[0].timestamp.timestamp() if len(errors) >= limit else -math.inf
+            # In time order only the newest `limit` can be kept.
+            for i in failed[-limit:] if in_order else failed:
+                t = time_of(times[i])
+                if t < floor_s:
+                    continue
+                more = details(i)
+                sample = ErrorSample(
+                    _epoch(t),
+                    keys[i][0],
+                    keys[i][1],
+                    keys[i][2] or "",
+                    more.peer or "",
+                    codes[i],
+                    more.message or "",
+                    durations[i],
+                    more.trace_id or "",
+                    more.span_id or "",
+                )
+                _push_bounded(errors, sample, limit)
+        self._records += n
+
+    def _flush(self) -> None:
+        """Fold the per-key counters into the per-group accumulators."""
+        groups = self._groups
+
+        def group_of(key: _Key) -> _Group:
+            group = groups.get(key[:3])
+            if group is None:
+                group = groups[key[:3]] = _Group()
+            return group
+
+        unpack = self._key_ids.unpack
+        for pair, count in self._pairs.items():
+            key, index = unpack(pair)
+            group = group_of(key)
+            sketch = group.latency
+            sketch._buckets[index] = sketch._buckets.get(index, 0) + count
+            sketch.count += count
+            group.codes[CODE_OK] = group.codes.get(CODE_OK, 0) + count
+            if key[3] == CACHE_HIT:
+                group.hits += count
+            elif key[3] == CACHE_MISS:
+                group.misses += count
+        for (base, code), count in self._error_codes.items():
+            codes = group_of(unpack(base)[0]).codes
+            codes[CODE_OK] -= count
+            codes[code] = codes.get(code, 0) + count
+        for base, (total, low, high, first, last) in self._stats.items():
+            group = group_of(unpack(base)[0])
+            sketch = group.latency
+            sketch.total += total
+            sketch.min = min(sketch.min, low)
+            sketch.max = max(sketch.max, high)
+            group.first = min(group.first, first)
+            group.last = max(group.last, last)
+        for group in groups.values():
+            if not group.codes.get(CODE_OK, 1):
+                del group.codes[CODE_OK]
+        self._pairs.clear()
+        self._error_codes.clear()
+        self._stats.clear()
 
     def merge(self, summary: LogSummary) -> None:
         """Add everything counted in ``summary`` (a summary of other records).
@@ -422,6 +716,7 @@ class SummaryBuilder:
         The result is the same as if this builder had seen those records too; the
         limits of this builder apply.
         """
+        self._flush()
         groups = self._groups
         for key, stats in summary.groups.items():
             group = groups.get(key)
@@ -445,11 +740,14 @@ class SummaryBuilder:
             tally.malformed[kind] = tally.malformed.get(kind, 0) + n
         for kind, message in summary.input.malformed_examples.items():
             tally.examples.setdefault(kind, message)
+        for server, n in summary.db_queries.items():
+            self._db_queries[server] = self._db_queries.get(server, 0) + n
         self._records += summary.input.records
         self._filtered += summary.input.filtered_out
 
     def build(self) -> LogSummary:
         """Return the summary of everything added so far (the builder stays usable)."""
+        self._flush()
         groups = {
             key: GroupStats(
                 calls=group.latency.count,
@@ -479,7 +777,29 @@ class SummaryBuilder:
             recent_errors=tuple(sorted(self._errors, reverse=True)),
             timeline=self._series.rows(),
             bucket_width=self._series.width,
+            db_queries=dict(sorted(self._db_queries.items(), key=lambda item: item[0] or "")),
         )
+
+
+def _add_to_cell(
+    cell: _Cell,
+    buckets: Mapping[int, int],
+    calls: int,
+    errors: int,
+    total: float,
+    low: float,
+    high: float,
+) -> None:
+    cell.calls += calls
+    cell.errors += errors
+    sketch = cell.latency
+    into = sketch._buckets
+    for index, count in buckets.items():
+        into[index] = into.get(index, 0) + count
+    sketch.count += calls
+    sketch.total += total
+    sketch.min = min(sketch.min, low)
+    sketch.max = max(sketch.max, high)
 
 
 def _sort_key(key: tuple[str, str, str | None]) -> tuple[str, str, str]:
@@ -511,6 +831,7 @@ class LogSummary:
         recent_errors: The most recent failed calls, newest first.
         timeline: Calls, errors and latency over time, oldest first, without gaps filled.
         bucket_width: Width of the :attr:`timeline` buckets in seconds.
+        db_queries: ``users.db.query`` records by ``server`` (``None``: not logged).
     """
 
     filter: RecordFilter
@@ -523,6 +844,7 @@ class LogSummary:
     recent_errors: tuple[ErrorSample, ...]
     timeline: tuple[TimeBucket, ...]
     bucket_width: float
+    db_queries: Mapping[str | None, int] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
@@ -554,8 +876,8 @@ class LogSummary:
     def methods(self) -> list[MethodStats]:
         """Per ``service/method`` figures, sorted by service and method."""
         by_method: dict[tuple[str, str], list[tuple[str | None, GroupStats]]] = {}
-        for (service, method, peer), stats in self.groups.items():
-            by_method.setdefault((service, method), []).append((peer, stats))
+        for (service, method, server), stats in self.groups.items():
+            by_method.setdefault((service, method), []).append((server, stats))
         return [
             _method_stats(service, method, peers)
             for (service, method), peers in sorted(by_method.items())
@@ -564,7 +886,7 @@ class LogSummary:
     def error_counts(self) -> list[tuple[str, str, str, int]]:
         """``(service, method, code, calls)`` for every code other than ``"OK"``."""
         counts: dict[tuple[str, str, str], int] = {}
-        for (service, method, _peer), stats in self.groups.items():
+        for (service, method, _server), stats in self.groups.items():
             for code, n in stats.codes.items():
                 if code != CODE_OK:
                     key = (service, method, code)
@@ -607,9 +929,9 @@ class LogSummary:
                     "last": _iso(m.last),
                     "throughput_per_s": m.throughput,
                     "cache_hit_ratio": m.cache_hit_ratio,
-                    "peers": [
+                    "replicas": [
                         {
-                            "peer": p.peer,
+                            "server": p.server,
                             "calls": p.calls,
                             "share": p.share,
                             "errors": p.errors,
@@ -618,7 +940,7 @@ class LogSummary:
                             "p99_ms": p.p99_ms,
                             "max_ms": p.max_ms,
                         }
-                        for p in m.peers
+                        for p in m.replicas
                     ],
                 }
                 for m in self.methods()
@@ -629,6 +951,7 @@ class LogSummary:
                     "timestamp": _iso(c.timestamp),
                     "service": c.service,
                     "method": c.method,
+                    "server": c.server,
                     "peer": c.peer,
                     "code": c.code,
                     "trace_id": c.trace_id,
@@ -645,6 +968,7 @@ class LogSummary:
                     "timestamp": _iso(e.timestamp),
                     "service": e.service,
                     "method": e.method,
+                    "server": e.server,
                     "peer": e.peer,
                     "code": e.code,
                     "message": e.message,
@@ -653,6 +977,9 @@ class LogSummary:
                     "span_id": e.span_id,
                 }
                 for e in self.recent_errors
+            ],
+            "database_queries": [
+                {"server": server, "queries": n} for server, n in self.db_queries.items()
             ],
             "timeline": {
                 "bucket_width_s": self.bucket_width,
@@ -688,13 +1015,13 @@ def _percentiles(sketch: LatencySketch) -> dict[str, float | None]:
 
 
 def _method_stats(
-    service: str, method: str, peers: list[tuple[str | None, GroupStats]]
+    service: str, method: str, replicas: list[tuple[str | None, GroupStats]]
 ) -> MethodStats:
     latency = LatencySketch()
     codes: dict[str, int] = {}
     hits = misses = 0
     first, last = math.inf, -math.inf
-    for _peer, stats in peers:
+    for _server, stats in replicas:
         latency.merge(stats.latency)
         for code, n in stats.codes.items():
             codes[code] = codes.get(code, 0) + n
@@ -704,9 +1031,9 @@ def _method_stats(
         last = max(last, stats.last)
     calls = latency.count
     errors = calls - codes.get(CODE_OK, 0)
-    peer_rows = tuple(
-        PeerStats(
-            peer=peer,
+    replica_rows = tuple(
+        ReplicaStats(
+            server=server,
             calls=stats.calls,
             share=stats.calls / calls,
             errors=stats.calls - stats.codes.get(CODE_OK, 0),
@@ -715,7 +1042,7 @@ def _method_stats(
             p99_ms=stats.latency.quantile(0.99),
             max_ms=stats.latency.max,
         )
-        for peer, stats in peers
+        for server, stats in replicas
     )
     return MethodStats(
         service=service,
@@ -732,7 +1059,7 @@ def _method_stats(
         last=_epoch(last),
         throughput=calls / (last - first) if last > first else None,
         cache_hit_ratio=hits / (hits + misses) if hits + misses else None,
-        peers=peer_rows,
+        replicas=replica_rows,
     )
 
 

@@ -20,6 +20,7 @@ __all__ = ["BASE_WIDTH", "TimeBucket"]
 
 #: The finest bucket width in seconds (1 ms); widths are this times a power of two.
 BASE_WIDTH: Final = 0.001
+_TICKS_PER_SECOND: Final = 1000.0
 
 
 @final
@@ -52,39 +53,47 @@ class _Cell:
 
 
 class _TimeSeries:
-    """The mutable accumulator behind :class:`TimeBucket` rows."""
+    """The mutable accumulator behind :class:`TimeBucket` rows.
 
-    __slots__ = ("buckets", "hi", "level", "lo", "max_buckets", "width")
+    Buckets are keyed by ``tick >> level``, where ``tick = floor(seconds * 1000)`` is the
+    level-0 bucket, so that records and merged rows land in the same bucket whatever the
+    level was when they arrived.
+    """
+
+    __slots__ = ("buckets", "hi", "level", "lo", "max_buckets")
 
     def __init__(self, max_buckets: int) -> None:
         if max_buckets < 2:
             raise ValueError(f"max_buckets must be at least 2, got {max_buckets!r}")
         self.max_buckets = max_buckets
         self.level = 0
-        self.width = BASE_WIDTH
         self.buckets: dict[int, _Cell] = {}
         self.lo = 0
         self.hi = -1
 
-    def cell(self, index: int) -> _Cell:
-        """Return the bucket for ``index`` (computed with the current width), creating it.
+    @property
+    def width(self) -> float:
+        """The width of a bucket in seconds."""
+        return BASE_WIDTH * (1 << self.level)
 
-        Creating it may raise the level (and change :attr:`width` and :attr:`buckets`);
-        the cell returned is then the coarser one that holds ``index``.
-        """
-        cell = self.buckets.get(index)
-        if cell is not None:
-            return cell
-        if not self.buckets:
-            self.lo = self.hi = index
-        else:
-            self.lo = min(self.lo, index)
-            self.hi = max(self.hi, index)
-        cell = self.buckets[index] = _Cell()
-        level = self.level
+    def cover(self, lo_tick: int, hi_tick: int) -> None:
+        """Raise the level until ticks ``lo_tick`` to ``hi_tick`` fit (with the rest)."""
+        lo, hi = lo_tick >> self.level, hi_tick >> self.level
+        if self.hi >= self.lo:  # not empty
+            lo, hi = min(lo, self.lo), max(hi, self.hi)
+        self.lo, self.hi = lo, hi
         while self.hi - self.lo >= self.max_buckets:
             self._coarsen_to(self.level + 1)
-        return self.buckets[index >> (self.level - level)]
+
+    def cell(self, index: int) -> _Cell:
+        """Return bucket ``index`` at the current level, creating it.
+
+        Call :meth:`cover` for its ticks first, so that it is within the bound.
+        """
+        cell = self.buckets.get(index)
+        if cell is None:
+            cell = self.buckets[index] = _Cell()
+        return cell
 
     def _coarsen_to(self, level: int) -> None:
         shift = level - self.level
@@ -102,7 +111,6 @@ class _TimeSeries:
                 into.latency.merge(cell.latency)
         self.buckets = merged
         self.level = level
-        self.width = BASE_WIDTH * 2**level
         self.lo >>= shift
         self.hi >>= shift
 
@@ -111,9 +119,11 @@ class _TimeSeries:
         if not rows:
             return
         level = round(width / BASE_WIDTH).bit_length() - 1
+        firsts = [round(row.start / width) << level for row in rows]
         self._coarsen_to(level)
-        for row in rows:
-            cell = self.cell(round(row.start / width) >> (self.level - level))
+        self.cover(min(firsts), max(firsts))
+        for first, row in zip(firsts, rows, strict=True):
+            cell = self.cell(first >> self.level)
             cell.calls += row.calls
             cell.errors += row.errors
             cell.latency.merge(row.latency)

@@ -26,7 +26,8 @@ class TraceSpan:
     Attributes:
         service: Service that handled the call.
         method: Method called.
-        peer: Replica that served it, if logged.
+        server: Replica that served it, if logged.
+        peer: The client that made it, if logged.
         code: Status code.
         span_id: This span (``""`` when not logged).
         parent_span_id: The calling span (``None`` at a root).
@@ -39,6 +40,7 @@ class TraceSpan:
 
     service: str
     method: str
+    server: str | None
     peer: str | None
     code: str
     span_id: str
@@ -112,6 +114,7 @@ def build_trace(records: Iterable[CallRecord], trace_id: str) -> Trace:
         return TraceSpan(
             service=r.service,
             method=r.method,
+            server=r.server,
             peer=r.peer,
             code=r.code,
             span_id=r.span_id or "",

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import itertools
 import json
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from ..analysis import (
+    DB_QUERY_EVENT,
     RELATIVE_ERROR,
     LogSummary,
     RecordFilter,
@@ -106,6 +108,11 @@ def run_logs(args: argparse.Namespace) -> int:
     except _InputError as exc:
         print(f"trio-micro logs: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --- argument types ---------------------------------------------------------------------
@@ -268,7 +275,11 @@ def _summarize(args: argparse.Namespace) -> LogSummary:
             for p in files
             for start, end in _ranges(p, max(1, round(jobs * p.stat().st_size / total)))
         ]
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(units))) as pool:
+        # fork: the workers start with everything imported (a fresh interpreter would
+        # spend longer importing than summarising its share).
+        context = multiprocessing.get_context("fork")
+        workers = min(jobs, len(units))
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = [pool.submit(_summarize_range, *unit, options) for unit in units]
             file_summaries = [f.result() for f in futures]
         if None in inputs:
@@ -314,12 +325,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         ],
     )
     out.table(
-        "Replicas",
-        ("method", "peer", "calls", "share", "errors", "mean", "p50", "p99", "max"),
+        "Replicas (by the server that served the call)",
+        ("method", "replica", "calls", "share", "errors", "mean", "p50", "p99", "max"),
         [
             (
                 f"{m.service}/{m.method}",
-                p.peer or "-",
+                p.server or "-",
                 f"{p.calls:,}",
                 f"{p.share:.1%}",
                 f"{p.errors:,}",
@@ -329,10 +340,16 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                 _ms(p.max_ms),
             )
             for m in summary.methods()
-            for p in m.peers
+            for p in m.replicas
         ],
         left=2,
     )
+    if summary.db_queries:
+        out.table(
+            f"Database queries ({DB_QUERY_EVENT})",
+            ("replica", "queries"),
+            [(server or "-", f"{n:,}") for server, n in summary.db_queries.items()],
+        )
     out.input_footer(summary)
     return 0
 
@@ -347,13 +364,13 @@ def _cmd_slow(args: argparse.Namespace) -> int:
     out = _Output()
     out.table(
         f"{len(summary.slowest)} slowest calls",
-        ("duration", "method", "code", "peer", "time (UTC)", "trace_id", "span_id"),
+        ("duration", "method", "code", "replica", "time (UTC)", "trace_id", "span_id"),
         [
             (
                 _ms(c.duration_ms),
                 f"{c.service}/{c.method}",
                 c.code,
-                c.peer or "-",
+                c.server or "-",
                 c.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f"),
                 c.trace_id or "-",
                 c.span_id or "-",
@@ -391,13 +408,13 @@ def _cmd_errors(args: argparse.Namespace) -> int:
     )
     out.table(
         "Most recent errors",
-        ("time (UTC)", "method", "code", "peer", "message", "trace_id"),
+        ("time (UTC)", "method", "code", "replica", "message", "trace_id"),
         [
             (
                 e.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f"),
                 f"{e.service}/{e.method}",
                 e.code,
-                e.peer or "-",
+                e.server or "-",
                 e.message,
                 e.trace_id or "-",
             )
@@ -451,6 +468,7 @@ def _trace_dict(trace: Trace) -> dict[str, Any]:
                 "depth": depth,
                 "service": s.service,
                 "method": s.method,
+                "server": s.server,
                 "peer": s.peer,
                 "code": s.code,
                 "span_id": s.span_id,
@@ -580,6 +598,7 @@ class _Output:
             rows.append(
                 (
                     "  " * depth + f"{span.service}/{span.method}",
+                    span.server or "-",
                     span.code,
                     f"+{span.start_offset_ms:.3f}",
                     _ms(span.duration_ms),
@@ -587,4 +606,9 @@ class _Output:
                 )
             )
         self.line(f"trace {trace.trace_id}: {trace.span_count} spans, {_ms(trace.duration_ms)}")
-        self.table("", ("call", "code", "start ms", "duration", "timeline"), rows, align="llrrl")
+        self.table(
+            "",
+            ("call", "replica", "code", "start ms", "duration", "timeline"),
+            rows,
+            align="lllrrl",
+        )

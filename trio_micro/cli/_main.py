@@ -11,8 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
+from ._bench import add_bench_parser, run_bench
+from ._call import add_call_parsers, run_call, run_list
+from ._demo import add_demo_parser, run_demo
 from ._logs import add_logs_parser, run_logs
 from ._registry import add_registry_parser, run_registry
+from ._serve import add_serve_parser, run_serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_logs_parser(commands)
     add_registry_parser(commands)
+    add_serve_parser(commands)
+    add_call_parsers(commands)  # call, list
+    add_bench_parser(commands)
+    add_demo_parser(commands)
     return parser
 
 
@@ -36,5 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_logs(args)
     if args.command == "registry":
         return run_registry(args)
+    if args.command == "serve":
+        return run_serve(args)
+    if args.command == "call":
+        return run_call(args)
+    if args.command == "list":
+        return run_list(args)
+    if args.command == "bench":
+        return run_bench(args)
+    if args.command == "demo":
+        return run_demo(args)
     parser.print_help(sys.stdout)
     return 0

@@ -1,44 +1,77 @@
-"""``trio-micro registry``: run a registry server until interrupted."""
+"""``trio-micro registry``: run a registry server until SIGINT or SIGTERM.
+
+Prints one line to stdout once it listens, ``registry listening on HOST:PORT`` (with
+``--port 0``, the port the system chose). On SIGINT or SIGTERM it shuts down gracefully
+(watch streams end, calls in progress get ``--grace`` seconds), logs ``serve.stopped``
+and exits 0; a second signal cancels at once (exit 1), as for ``trio-micro serve``.
+"""
 
 from __future__ import annotations
 
 import argparse
+from contextlib import AsyncExitStack
 from typing import Any
-
-import trio
 
 from trio_micro.registry import open_registry_server
 
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= port < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {text!r}")
-    return port
+from ._serve import (
+    CommandError,
+    Stopper,
+    add_logging_arguments,
+    configure_command_logging,
+    port_type,
+    report,
+    run_command,
+    run_until_stopped,
+    seconds_type,
+)
 
 
 def add_registry_parser(subparsers: Any) -> None:
     """Add the ``registry`` command to the ``trio-micro`` subparsers."""
     parser = subparsers.add_parser(
-        "registry", help="run a registry server (service discovery for one machine)"
+        "registry",
+        help="run a registry server (service discovery for one machine)",
+        description="Run a registry server until SIGINT/SIGTERM. Prints "
+        "`registry listening on HOST:PORT` when ready.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=7000, help="TCP port (default: 7000)")
+    parser.add_argument(
+        "--port", type=port_type, default=7000, help="TCP port, 0 for any free one (default: 7000)"
+    )
+    add_logging_arguments(parser)
+    parser.add_argument(
+        "--grace",
+        type=seconds_type(zero_ok=True),
+        default=5.0,
+        help="seconds calls in progress may take to finish on shutdown (default: 5)",
+    )
 
 
 def run_registry(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C (or SIGINT); return the exit code."""
-
-    async def main() -> None:
-        async with open_registry_server(host=args.host, port=args.port) as server:
-            print(f"registry listening on {server.target}", flush=True)
-            await trio.sleep_forever()
-
+    """Serve until SIGINT or SIGTERM; return the exit status."""
     try:
-        trio.run(main)
-    except* KeyboardInterrupt:  # Ctrl-C is how it stops; it may come out of a nursery
-        pass
-    return 0
+        configure_command_logging(args.log_file, args.log_level)
+    except CommandError as exc:
+        return report("registry", exc)
+
+    async def serve(stopper: Stopper) -> None:
+        async with AsyncExitStack() as stack:
+            try:
+                registry = await stack.enter_async_context(
+                    open_registry_server(host=args.host, port=args.port, grace_period=args.grace)
+                )
+            except* OSError as group:
+                exc = group.exceptions[0]
+                reason = getattr(exc, "strerror", None) or exc
+                raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
+            stopper.fields.update(services=["registry"], address=registry.target)
+            stopper.serving()
+            print(f"registry listening on {registry.target}", flush=True)
+            await stopper.wait()
+            # Leaving the stack: watch streams end, then the graceful shutdown.
+
+    async def main() -> int:
+        return await run_until_stopped(serve)
+
+    return run_command("registry", main)

@@ -10,15 +10,23 @@
 * :class:`TraceContext`, :func:`parse_traceparent` / :func:`format_traceparent`,
   :func:`current_span`, :func:`start_span` / :func:`use_span`: W3C trace context, the span
   current in a task, and its ids bound for structlog.
+* :func:`register_stats_source`, :func:`register_task_monitor`,
+  :func:`register_process_metrics`: Prometheus metrics read from ``statistics()``
+  snapshots and the process (``rpc.MetricsInterceptor`` counts the calls).
+* :func:`serve_debug` / :func:`open_debug_server`: the localhost debug HTTP endpoint
+  (``/metrics``, ``/debug/tasks``, ``/debug/memory``, ``/debug/stats``).
 
 Log events defined here: ``observe.tasks.leak_suspected``, ``observe.tasks.leak_cleared``,
-``observe.tasks.long_lived``, ``observe.loop.blocked``, ``observe.memory.snapshot``.
+``observe.tasks.long_lived``, ``observe.loop.blocked``, ``observe.memory.snapshot``,
+``observe.metrics.source_failed``, ``observe.debug.started``, ``observe.debug.page_failed``.
 """
 
 from __future__ import annotations
 
+from ._debug import DebugServer, open_debug_server, serve_debug
 from ._log import configure_logging
 from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
+from ._metrics import register_process_metrics, register_stats_source, register_task_monitor
 from ._schema import (
     CACHE_HIT,
     CACHE_MISS,
@@ -56,6 +64,7 @@ __all__ = [
     "RPC_CALL_FAILED",
     "TRACEPARENT",
     "CallRecord",
+    "DebugServer",
     "GcSettings",
     "MemorySnapshot",
     "TaskMonitor",
@@ -72,9 +81,14 @@ __all__ = [
     "new_trace",
     "new_trace_id",
     "new_traceparent",
+    "open_debug_server",
     "open_memory_monitor",
     "open_task_monitor",
     "parse_traceparent",
+    "register_process_metrics",
+    "register_stats_source",
+    "register_task_monitor",
+    "serve_debug",
     "start_span",
     "tune_gc",
     "use_span",

@@ -24,6 +24,7 @@ from ._channel import Channel, ChannelStatistics, ResponseStream, open_channel
 from ._context import ClientCall, ServerCall, current_call
 from ._errors import RpcError
 from ._interceptors import ClientInterceptor, ServerInterceptor
+from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
 from ._observability import AccessLogInterceptor
 from ._reflection import (
     ListServicesRequest,
@@ -50,6 +51,7 @@ __all__ = [
     "ListServicesResponse",
     "MethodDescription",
     "MethodInfo",
+    "MetricsInterceptor",
     "OutlierEjection",
     "PowerOfTwoChoices",
     "ReflectionService",
@@ -70,7 +72,9 @@ __all__ = [
     "current_call",
     "open_channel",
     "open_server",
+    "register_channel_metrics",
     "register_resolver",
+    "register_server_metrics",
     "serve",
     "server_stream",
     "unary",

@@ -95,15 +95,16 @@ class PowerOfTwoChoices:
     __slots__ = ("_random",)
 
     def __init__(self, *, seed: int | None = None) -> None:
-        self._random = random.Random(seed)
+        self._random = random.Random(seed).random
 
     def pick(self, ready: Sequence[Subchannel]) -> int:
         """Return the index of the less loaded of two distinct random connections."""
         count = len(ready)
         if count < 2:
             return 0
-        first = int(self._random.random() * count)
-        second = int(self._random.random() * (count - 1))
+        draw = self._random
+        first = int(draw() * count)
+        second = int(draw() * (count - 1))
         if second >= first:  # draw from the other count - 1 connections
             second += 1
         if ready[second].outstanding < ready[first].outstanding:

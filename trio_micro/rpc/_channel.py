@@ -233,6 +233,7 @@ class Channel:
         self._resolved = service is None  # a resolver has given its first set
         self._resolver_error: str | None = None
         self._ready: list[ClientConnection] = []
+        self._in_flight = 0  # unary calls waiting for an answer (see _unary)
         self._changed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -631,15 +632,23 @@ class Channel:
         avoid: Endpoint | None = None
         while True:
             ready = self._ready
-            if len(ready) == 1 and avoid is None:
-                conn = ready[0]
+            if ready and avoid is None:  # _pick's common case, without its coroutine
+                conn = ready[0] if len(ready) == 1 else ready[self._balancer.pick(ready)]
                 await trio.lowlevel.checkpoint_if_cancelled()
             else:
                 conn = await self._pick(avoid)
             if call is not None:
                 call.peer = conn.peer
+            # Calls in flight over the whole channel: with several connections, each may
+            # see a lone call while its frames could still share a write with others'.
+            self._in_flight = in_flight = self._in_flight + 1
             try:
-                data = await conn.unary(method, payload, _timeout_ms(), metadata)
+                try:
+                    data = await conn.unary(
+                        method, payload, _timeout_ms(), metadata, in_flight == 1
+                    )
+                finally:
+                    self._in_flight -= 1
             except RefusedError as exc:
                 if attempt >= _MAX_REFUSED_RETRIES:
                     raise RpcError(Status.UNAVAILABLE, exc.message) from None

@@ -8,7 +8,11 @@ is **no task per call**: the caller's own task sends the REQUEST (a synchronous 
 the writer's queue) and then parks on a tiny :class:`_Call` record with
 :func:`trio.lowlevel.wait_task_rescheduled`. The reader, on the answer, stores the frame in
 the record and reschedules the caller. A call costs one dict entry and one park/reschedule
-pair; the replies of a burst of calls are dispatched from one read.
+pair; the replies of a burst of calls are dispatched from one read. A lone call's REQUEST
+goes straight to the socket (:meth:`~trio_micro.rpc._transport.Writer.write_eager`) when
+it is the only call in flight on its channel; once the reader has answered every call it
+yields before reading again, so a caller making one call at a time sends the next one
+first.
 
 Cancellation: if the caller's scope is cancelled while it is parked, the abort callback
 drops the record and queues a CANCEL frame (synchronously, so even a cancelled caller never
@@ -238,8 +242,14 @@ class ClientConnection:
         self._pending_events = []
         with self._read_scope:
             while True:
-                if events and not self._dispatch(events):
-                    return
+                if events:
+                    if not self._dispatch(events):
+                        return
+                    if not self._calls:
+                        # Answered everything: a caller making one call at a time sends
+                        # its next one before the next read, which would find nothing yet
+                        # and register for epoll -- two system calls off its way.
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                 try:
                     data = await receive(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -328,6 +338,7 @@ class ClientConnection:
         timeout_ms: int | None,
         metadata: dict[str, str] | None,
         items: collections.deque[bytes] | None,
+        lone: bool = True,
     ) -> tuple[int, _Call]:
         proto = self.proto
         stream_id = proto.next_stream_id
@@ -345,7 +356,7 @@ class ClientConnection:
         call = _Call(items)
         calls = self._calls
         calls[stream_id] = call
-        if len(calls) == 1:  # alone: send now, skip the writer's round
+        if lone and len(calls) == 1:  # alone: send now, skip the writer's round
             self.writer.write_eager(data)
         else:  # others may send in this batch too: one send_all for all
             self.writer.write(data)
@@ -357,8 +368,13 @@ class ClientConnection:
         payload: bytes,
         timeout_ms: int | None,
         metadata: dict[str, str] | None,
+        lone: bool = True,
     ) -> bytes:
         """Make a unary call; return the response payload.
+
+        ``lone=False`` says the caller knows of other calls in flight (on other connections
+        of its channel): queue the REQUEST for the writer, where those calls' frames to this
+        connection may join it, even when it is this connection's only call.
 
         Raises:
             RpcError: The server's ERROR, or a transport failure (``UNAVAILABLE``).
@@ -366,7 +382,9 @@ class ClientConnection:
         """
         if self._unusable is not None or self._slots or not self.proto.can_open_stream():
             await self._wait_slot()
-        stream_id, call = self._open(method, payload, CallType.UNARY, timeout_ms, metadata, None)
+        stream_id, call = self._open(
+            method, payload, CallType.UNARY, timeout_ms, metadata, None, lone
+        )
         call.task = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:

@@ -1,7 +1,7 @@
 """Trace propagation for every call, and the access log interceptor.
 
-Trace propagation (always on; it costs a few microseconds per call)
--------------------------------------------------------------------
+Trace propagation (always on; it costs about a microsecond per call)
+--------------------------------------------------------------------
 *Server*: before the interceptors run, :func:`enter_server_span` reads the request's
 ``traceparent`` (W3C trace context), makes a child span of it current in the call's task
 (:func:`trio_micro.observe.current_span`) and binds ``trace_id``, ``span_id`` and
@@ -12,9 +12,10 @@ logged at debug as ``rpc.trace.bad_traceparent``); it never fails the call.
 *Client*: when a request is sent, :func:`with_traceparent` adds ``traceparent`` to its
 metadata, naming the current span as the parent. Inside a handler that is the handler's
 call span, so the calls a handler makes join its trace automatically, the way deadlines
-propagate. Outside any span each call starts a new trace. A ``traceparent`` already in the
-metadata (from the stub or a client interceptor) is left alone, and none is added when it
-would push the metadata over the server's ``max_metadata_size``.
+propagate. Outside any span nothing is added and the server starts a new trace, whose root
+is the server's span. A ``traceparent`` already in the metadata (from the stub or a client
+interceptor) is left alone, and none is added when it would push the metadata over the
+server's ``max_metadata_size``.
 
 The client opens no span of its own: trio_micro logs one record per call, on the server, so
 a client span would never be recorded anywhere, and a server span whose parent is
@@ -43,7 +44,6 @@ from trio_micro.observe._trace import (
     child_of_traceparent,
     format_traceparent,
     new_trace,
-    new_traceparent,
 )
 from trio_micro.observe._trace import _current as _current_span
 from trio_micro.protocol import Connection, Status
@@ -92,23 +92,28 @@ def enter_server_span(call: ServerCall) -> None:
 def with_traceparent(metadata: dict[str, str] | None, proto: Connection) -> dict[str, str] | None:
     """Return the metadata to send: ``metadata`` plus a ``traceparent`` for the current span.
 
-    ``metadata`` itself is not changed. It is returned as is when it has a ``traceparent``
-    already, or when adding one would exceed the server's ``max_metadata_size`` (read from
-    ``proto``, the client's connection): tracing must not make a call fail.
+    ``metadata`` itself is not changed. It is returned as is when there is no current span
+    (the server then starts a new trace), when it has a ``traceparent`` already, or when
+    adding one would exceed the server's ``max_metadata_size`` (read from ``proto``, the
+    client's connection): tracing must not make a call fail.
     """
+    span = _current_span.get()
+    if span is None:
+        # A new trace either way: the server starts it. A traceparent naming a root made
+        # up here would cost 66 bytes a request and name a parent that is logged nowhere.
+        return metadata
     remote = proto.remote_settings
     limit = 0 if remote is None else remote.max_metadata_size
-    span = _current_span.get()
-    # No current span: a new trace, whose root stands for the caller (it is not logged).
-    value = format_traceparent(span) if span is not None else new_traceparent()
     if not metadata:
-        return {TRACEPARENT: value} if limit >= _TRACEPARENT_SIZE else metadata
+        if limit < _TRACEPARENT_SIZE:
+            return metadata
+        return {TRACEPARENT: format_traceparent(span)}
     if TRACEPARENT in metadata:
         return metadata
     size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
     if size + _TRACEPARENT_SIZE > limit:
         return metadata
-    return {**metadata, TRACEPARENT: value}
+    return {**metadata, TRACEPARENT: format_traceparent(span)}
 
 
 @final

@@ -8,18 +8,30 @@ Tasks::
           └─ connection (one per client) ── writer (the only task that writes the socket)
                                           ├─ timers (keepalive PINGs, idle timeout)
                                           ├─ the connection task itself reads frames
-                                          └─ call (one per call, in its own cancel scope)
+                                          └─ call workers (one per call in progress)
 
 The connection task reads the socket, feeds the sans-io :class:`~trio_micro.protocol.
-Connection`, and dispatches events: a REQUEST starts a call task, CANCEL cancels that call's
-scope, CREDIT wakes a stream producer waiting for credit, PING is answered in place. Call
-tasks append their answer to the :class:`~trio_micro.rpc._transport.Writer`'s queue without
-awaiting, so the answers of a burst of calls leave in one ``send_all``.
+Connection`, and dispatches events: a REQUEST hands the call to a worker, CANCEL cancels that
+call's scope, CREDIT wakes a stream producer waiting for credit, PING is answered in place.
+Call workers append their answer to the :class:`~trio_micro.rpc._transport.Writer`'s queue
+without awaiting, so the answers of a burst of calls leave in one ``send_all``.
 
-Each call runs under a cancel scope whose deadline is the client's ``timeout_ms``, so calls
-the handler makes inherit the remaining time. The scope is cancelled by the client's CANCEL,
-which is how cancellation crosses the wire. A cancelled call still gets its terminal frame
-(``CANCELLED`` or ``DEADLINE_EXCEEDED``), as the protocol requires.
+A call worker is a task that runs one call at a time and, when the call is done, parks for
+the next one instead of ending: starting a task and entering a new cancel scope for every
+call used to be half of the server's time per call. A connection has at most as many workers
+as it had calls at once (at most ``max_concurrent_streams``); when its last call ends, it
+keeps ``_KEEP_IDLE_WORKERS`` of them and ends the others. Each call still runs as if in a
+task of its own: in a fresh copy of the connection's context (what a handler binds or sets
+never reaches the next call) and under a cancel scope that no other call shares -- the
+worker's, whose deadline is the call's and is cleared when the call ends, and which is
+replaced after a call was cancelled.
+
+The scope's deadline is the client's ``timeout_ms``, so calls the handler makes inherit the
+remaining time. The scope is cancelled by the client's CANCEL, which is how cancellation
+crosses the wire. A cancelled call still gets its terminal frame (``CANCELLED`` or
+``DEADLINE_EXCEEDED``), as the protocol requires. For a unary call the RESPONSE is queued
+inside the interceptor chain (as a stream's items are), so when ``proceed`` returns the
+answer is on its way and an access log's record does not delay it.
 
 Graceful shutdown (:meth:`Server.shutdown`): the accept loops stop, every connection sends
 ``GOAWAY(NO_ERROR)`` and closes as soon as its last call ends; after ``grace_period`` the
@@ -36,10 +48,21 @@ Log events: ``rpc.server.started``, ``rpc.server.shutdown``, ``rpc.server.grace_
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import types
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Sequence,
+)
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -50,6 +73,7 @@ import trio
 
 from trio_micro._validate import check_int, check_optional_int, check_seconds
 from trio_micro.protocol import (
+    CallType,
     Cancel,
     Connection,
     ConnectionClosed,
@@ -99,8 +123,13 @@ _MAX_PREMATURE_CANCELS: Final = 1000
 _encode: Final = msgspec.msgpack.Encoder().encode
 # Requests dispatched from one read before the reader yields to the calls it started.
 _DISPATCH_BATCH: Final = 16
+# Idle call workers a connection keeps once it has no calls; the others end then.
+_KEEP_IDLE_WORKERS: Final = 16
 
 Handler = Callable[[Any], Any]
+# A method table entry: its info, the bound handler, and the name of its call tasks
+# (passed to start_soon, which otherwise formats a name from the function on every call).
+_Method = tuple[MethodInfo, Handler, str]
 
 
 @final
@@ -152,7 +181,7 @@ class Server:
     def __init__(
         self,
         services: dict[str, Service],
-        methods: dict[str, tuple[MethodInfo, Handler]],
+        methods: dict[str, _Method],
         options: _Options,
         listeners: list[trio.SocketListener],
     ) -> None:
@@ -319,6 +348,9 @@ class _ServerConnection:
         self._methods = server._methods
         self._interceptors = options.interceptors
         self._nursery: trio.Nursery | None = None
+        self._idle: list[_Worker] = []  # parked call workers, the most recent last
+        # Every call runs in a fresh copy of this (see _drive).
+        self._context = contextvars.copy_context()
         self._read_scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._draining = False
@@ -416,6 +448,7 @@ class _ServerConnection:
         started = 0
         with self._read_scope:
             while True:
+                started_before = started
                 for event in events:
                     kind = type(event)
                     if kind is Request:
@@ -451,6 +484,11 @@ class _ServerConnection:
                     # Pong: liveness is already recorded by last_receive.
                 if self._closing:
                     return
+                if started == started_before + 1 and len(self.calls) == 1:
+                    # A lone call (one at a time, latency-bound): let it run and answer
+                    # before the next read, which would find nothing yet and register
+                    # for epoll -- two system calls off the call's way.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 if self.writer.congested:
                     await self.writer.wait_uncongested()
                 received = await self._receive()
@@ -567,7 +605,7 @@ class _ServerConnection:
         if entry is None:
             self._reject(frame, Status.UNIMPLEMENTED, self._unimplemented_message(frame.method))
             return
-        info, handler = entry
+        info, handler, task_name = entry
         if info.call_type is not frame.call_type:
             self._reject(
                 frame,
@@ -576,11 +614,16 @@ class _ServerConnection:
                 f"{frame.call_type.name.lower()}",
             )
             return
-        if frame.timeout_ms is None:
+        idle = self._idle
+        worker = idle.pop() if idle else _Worker()
+        scope = worker.scope
+        timeout_ms = frame.timeout_ms
+        if timeout_ms is None:
             deadline = math.inf
         else:
-            deadline = trio.current_time() + frame.timeout_ms / 1000
-        scope = trio.CancelScope(deadline=deadline)
+            deadline = trio.current_time() + timeout_ms / 1000
+            scope.deadline = deadline
+        sid = frame.id
         call = ServerCall(
             info.service,
             info.name,
@@ -588,14 +631,68 @@ class _ServerConnection:
             self.peer,
             frame.metadata,
             deadline,
-            frame.id,
+            sid,
             scope,
             self.local,
         )
-        self.calls[frame.id] = call
-        assert self._nursery is not None
-        run = self._run_unary if info.kind == "unary" else self._run_stream
-        self._nursery.start_soon(run, call, info, handler, frame.payload)
+        self.calls[sid] = call
+        run = self._run_unary if info.call_type is CallType.UNARY else self._run_stream
+        worker.job = run(call, info, handler, frame.payload)
+        task = worker.task
+        if task is not None:
+            worker.task = None
+            task.name = task_name  # what it runs now, for task trees (/debug/tasks)
+            trio.lowlevel.reschedule(task)
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_worker, worker, name=task_name)
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        """A call task that, instead of ending with its call, parks to run the next one.
+
+        Starting a task and entering a cancel scope for every call cost about half of the
+        server's time per call. A worker runs calls one after another, each in a fresh
+        copy of the connection's context (so what a handler binds never leaks into the
+        next call) and under the worker's cancel scope, which the worker replaces only
+        after a call was cancelled (a deadline of a call is cleared when it ends).
+        """
+        context = self._context
+        while True:
+            scope = worker.scope
+            with scope:
+                while True:
+                    job = worker.job
+                    worker.job = None
+                    assert job is not None
+                    await _drive(job, context.copy())
+                    if scope.cancel_called:
+                        break
+                    if scope.deadline != math.inf:
+                        scope.deadline = math.inf
+                    await self._park(worker)
+                    if worker.job is None:  # told to end: see _no_calls_left
+                        return
+            worker.scope = trio.CancelScope()
+            await self._park(worker)
+            if worker.job is None:
+                return
+
+    async def _park(self, worker: _Worker) -> None:
+        """Wait for the next call, or to be told to end (``worker.job`` still ``None``).
+
+        Cancelled only when the connection closes.
+        """
+        idle = self._idle
+        idle.append(worker)
+        worker.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            worker.task = None
+            with suppress(ValueError):
+                idle.remove(worker)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _unimplemented_message(self, method: str) -> str:
         service, _, name = method.partition("/")
@@ -607,6 +704,13 @@ class _ServerConnection:
         self.writer.write(self.proto.send_error(frame.id, code, message))
 
     def _no_calls_left(self) -> None:
+        idle = self._idle
+        while len(idle) > _KEEP_IDLE_WORKERS:
+            worker = idle.pop(0)  # the longest parked
+            task = worker.task
+            assert task is not None
+            worker.task = None  # job None: end
+            trio.lowlevel.reschedule(task)
         if self._draining:
             self._read_scope.cancel()
         elif math.isfinite(self.options.idle_timeout):
@@ -652,47 +756,38 @@ class _ServerConnection:
     async def _run_unary(
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
     ) -> None:
+        # Runs in a worker, under call._scope (see _run_worker), in a context of its own.
         _current_call.set(call)
         enter_server_span(call)
-        proto = self.proto
-        sid = call.stream_id
         try:
-            with call._scope:
-                try:
-                    if self._interceptors:
-                        box: list[bytes] = []
-
-                        async def innermost() -> None:
-                            box.append(await self._invoke_unary(call, info, handler, payload))
-
-                        await self._intercepted(call, innermost)
-                        response = box[0]
-                    else:
-                        response = await self._invoke_unary(call, info, handler, payload)
-                except RpcError as exc:
-                    self._send_error(call, exc)
-                else:
-                    if self.writer.congested:  # bound the queue; see _transport
-                        await self.writer.wait_uncongested()
-                    try:
-                        data = proto.send_response(sid, response)
-                    except LocalProtocolError as exc:
-                        self._send_error(call, _too_large(exc))
-                    else:
-                        if len(self.calls) == 1:  # alone: send now, skip the writer's round
-                            self.writer.write_eager(data)
-                        else:  # others may answer in this batch too: one send_all for all
-                            self.writer.write(data)
-                return
-            self._send_error(call, self._cancelled_status(call))
+            if self._interceptors:
+                await self._intercepted(
+                    call, lambda: self._answer_unary(call, info, handler, payload)
+                )
+            else:
+                await self._answer_unary(call, info, handler, payload)
+        except RpcError as exc:
+            # After an answer was queued (an interceptor failing later), the stream is
+            # closed and _send_error sends nothing.
+            self._send_error(call, exc)
+        except trio.Cancelled:
+            if call._scope.cancel_called:  # else the whole connection is closing
+                self._send_error(call, self._cancelled_status(call))
+            raise
         finally:
-            del self.calls[sid]
-            if not self.calls:
+            calls = self.calls
+            del calls[call.stream_id]
+            if not calls:
                 self._no_calls_left()
 
-    async def _invoke_unary(
+    async def _answer_unary(
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
-    ) -> bytes:
+    ) -> None:
+        """Decode, run the handler, queue the RESPONSE; failures raise RpcError.
+
+        The innermost step of the interceptor chain, so the access log's record is written
+        after the answer has been queued (or, for a lone call, sent), not before.
+        """
         try:
             request = info.decode_request(payload)
         except msgspec.DecodeError as exc:
@@ -715,7 +810,17 @@ class _ServerConnection:
                 ),
                 "bad response",
             )
-        return _encode(result)
+        writer = self.writer
+        if writer.congested:  # bound the queue; see _transport
+            await writer.wait_uncongested()
+        try:
+            data = self.proto.send_response(call.stream_id, _encode(result))
+        except LocalProtocolError as exc:
+            raise _too_large(exc) from None
+        if len(self.calls) == 1:  # alone: send now, skip the writer's round
+            writer.write_eager(data)
+        else:  # others may answer in this batch too: one send_all for all
+            writer.write(data)
 
     async def _run_stream(
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
@@ -725,20 +830,20 @@ class _ServerConnection:
         proto = self.proto
         sid = call.stream_id
         try:
-            with call._scope:
-                try:
-                    if self._interceptors:
-                        await self._intercepted(
-                            call, lambda: self._invoke_stream(call, info, handler, payload)
-                        )
-                    else:
-                        await self._invoke_stream(call, info, handler, payload)
-                except RpcError as exc:
-                    self._send_error(call, exc)
-                else:
-                    self.writer.write(proto.send_end(sid))
-                return
-            self._send_error(call, self._cancelled_status(call))
+            if self._interceptors:
+                await self._intercepted(
+                    call, lambda: self._invoke_stream(call, info, handler, payload)
+                )
+            else:
+                await self._invoke_stream(call, info, handler, payload)
+        except RpcError as exc:
+            self._send_error(call, exc)
+        except trio.Cancelled:
+            if call._scope.cancel_called:  # else the whole connection is closing
+                self._send_error(call, self._cancelled_status(call))
+            raise
+        else:
+            self.writer.write(proto.send_end(sid))
         finally:
             self._credit_waiters.pop(sid, None)
             del self.calls[sid]
@@ -811,6 +916,42 @@ class _ServerConnection:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+@final
+class _Worker:
+    """A call worker: its cancel scope, the call it is to run, and its task while parked."""
+
+    __slots__ = ("job", "scope", "task")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.job: Coroutine[Any, Any, None] | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+
+@types.coroutine
+def _drive(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context
+) -> Generator[Any, Any, None]:
+    """Await ``coro`` with each of its steps run in ``context``: ``await coro`` in a
+    context of its own, as if it ran in a new task (``context.run`` per step is what trio
+    does for every task step)."""
+    run = context.run
+    try:
+        trap = run(coro.send, None)
+        while True:
+            try:
+                value = yield trap
+            except GeneratorExit:
+                run(coro.close)
+                raise
+            except BaseException as exc:
+                trap = run(coro.throw, exc)
+            else:
+                trap = run(coro.send, value)
+    except StopIteration:
+        return
+
+
 def _too_large(exc: LocalProtocolError) -> RpcError:
     return RpcError(Status.RESOURCE_EXHAUSTED, f"response too large: {exc.message}")
 
@@ -826,7 +967,7 @@ def _bind(
 
 def _build(
     services: Iterable[Service], reflection: bool
-) -> tuple[dict[str, Service], dict[str, tuple[MethodInfo, Handler]]]:
+) -> tuple[dict[str, Service], dict[str, _Method]]:
     if isinstance(services, Service) or not isinstance(services, Iterable):
         raise TypeError(f"services must be an iterable of rpc.Service instances, got {services!r}")
     by_name: dict[str, Service] = {}
@@ -844,10 +985,11 @@ def _build(
                 f"a service is named {reflector.__rpc_name__!r}; pass reflection=False"
             )
         by_name[reflector.__rpc_name__] = reflector
-    methods: dict[str, tuple[MethodInfo, Handler]] = {}
+    methods: dict[str, _Method] = {}
     for service in by_name.values():
         for attr, info in service.__rpc_methods__.items():
-            methods[info.wire_name] = (info, getattr(service, attr))
+            task_name = f"{__name__}.call:{info.wire_name}"
+            methods[info.wire_name] = (info, getattr(service, attr), task_name)
     return by_name, methods
 
 

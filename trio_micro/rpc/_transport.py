@@ -48,7 +48,7 @@ class Endpoint:
         TypeError / ValueError: Bad host or port.
     """
 
-    __slots__ = ("host", "port")
+    __slots__ = ("_hash", "host", "port")
 
     def __init__(self, host: str, port: int) -> None:
         if not isinstance(host, str) or not host:
@@ -59,6 +59,7 @@ class Endpoint:
             raise ValueError(f"port must be in [1, 65535], got {port!r}")
         self.host = host
         self.port = port
+        self._hash = hash((host, port))  # a channel looks endpoints up on every call
 
     @classmethod
     def parse(cls, target: str) -> Endpoint:
@@ -90,7 +91,7 @@ class Endpoint:
         return self.host == other.host and self.port == other.port
 
     def __hash__(self) -> int:
-        return hash((self.host, self.port))
+        return self._hash
 
 
 def peer_name(stream: trio.abc.Stream, *, local: bool = False) -> str:

@@ -1,0 +1,283 @@
+"""``trio-micro bench``: load one method with the same request, then report.
+
+It looks the method up through reflection (as ``trio-micro call`` does), opens one
+channel with a :class:`~trio_micro.cli._load.PeerCounter` (calls per replica), and runs
+:func:`~trio_micro.cli._load.run_load`: ``--calls`` calls, ``--concurrency`` in flight,
+at most ``--rate`` per second, each under a ``--timeout`` deadline. Progress goes to
+standard error; the report (or ``--json``) to standard output.
+
+Exit codes: 0 every call succeeded; 1 some call failed (the report says which codes), or
+the method could not be looked up; 2 bad input; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+
+from .. import rpc
+from ._call import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_target_arguments,
+    check_target,
+    coerce_request,
+    deadline_exceeded,
+    error,
+    find_method,
+    list_services,
+    parse_method,
+    parse_request,
+    print_status,
+    print_table,
+    run_command,
+    seconds,
+)
+from ._load import LoadResult, PeerCounter, progress, run_load
+
+__all__: list[str] = []  # internal to the cli package
+
+#: The latency quantiles reported, by label.
+QUANTILES: Final = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+
+EPILOG: Final = """\
+targets:
+  host:port                      one server
+  registry://host:port/SERVICE   the replicas of SERVICE in a registry server (balanced)
+  etcd://host:port/SERVICE       the replicas of SERVICE in etcd (balanced)
+
+exit codes:
+  0    every call succeeded
+  1    some call failed (see the errors in the report), or the method lookup failed
+  2    bad input: arguments, JSON, an unknown method or target
+  130  interrupted (Ctrl-C)
+"""
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected calls per second > 0, got {text!r}")
+    return value
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    """Add the ``bench`` command to the ``trio-micro`` subparsers."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="load a method: throughput, latency percentiles, errors, calls per server",
+        description="Call one method many times with the same request and report "
+        "throughput, latency percentiles (p50/p90/p99/max, within 1%), errors by status "
+        "code and calls per server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_target_arguments(parser, method=True)
+    parser.add_argument(
+        "-n", "--calls", type=_count(1), default=1000, help="calls to make (default 1000)"
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=_count(1),
+        default=10,
+        help="calls in flight at most (default 10)",
+    )
+    parser.add_argument(
+        "-r", "--rate", type=_rate, default=None, help="calls started per second at most"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=10.0,
+        help="deadline of each call, and of the method lookup, in seconds (default 10)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=_count(1),
+        default=1,
+        help="connections per server address (default 1)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the parsed ``bench`` command; return the exit code."""
+    return run_command("bench", bench_main, args)
+
+
+async def bench_main(args: argparse.Namespace) -> int:
+    """The ``bench`` command, in trio. Returns the exit code (see the module docs)."""
+    service, name = parse_method(args.method)
+    request = parse_request(args.request)
+    check_target(args.target)
+    metadata = dict(args.metadata) or None
+    counter = PeerCounter()
+    async with rpc.open_channel(
+        args.target, interceptors=[counter], pool_size=args.connections
+    ) as channel:
+        with trio.move_on_after(args.timeout) as scope:
+            try:
+                method = find_method(await list_services(channel), service, name)
+                request = coerce_request(request, method.description.request_schema)
+            except UsageError as exc:
+                error("bench", str(exc))
+                return EXIT_USAGE
+            except rpc.RpcError as exc:
+                print_status(exc)
+                return EXIT_FAILED
+        if scope.cancelled_caught:
+            print_status(deadline_exceeded(args.target, args.timeout))
+            return EXIT_FAILED
+        call = _caller(channel, method.wire_name, method.description, request, metadata, args)
+        # Count only the load, not the lookup.
+        counter.counts.clear()
+        counter.failures.clear()
+        if args.quiet:
+            result = await run_load(
+                call, total=args.calls, concurrency=args.concurrency, rate=args.rate
+            )
+        else:
+            with progress(args.calls, method.description.name) as on_progress:
+                result = await run_load(
+                    call,
+                    total=args.calls,
+                    concurrency=args.concurrency,
+                    rate=args.rate,
+                    on_progress=on_progress,
+                )
+    report = _report(args, method.wire_name, result, counter)
+    if args.json:
+        print(json.dumps(report, allow_nan=False))
+    else:
+        _print_report(report, result)
+    return EXIT_OK if result.failed == 0 else EXIT_FAILED
+
+
+def _caller(
+    channel: rpc.Channel,
+    wire_name: str,
+    description: rpc.MethodDescription,
+    request: Any,
+    metadata: dict[str, str] | None,
+    args: argparse.Namespace,
+) -> Callable[[int], Awaitable[None]]:
+    timeout: float = args.timeout
+    target: str = args.target
+    idempotent = description.idempotent
+
+    if description.kind == "server_stream":
+
+        async def invoke() -> None:
+            async with channel.call_stream(wire_name, request, metadata=metadata) as items:
+                async for _ in items:
+                    pass
+
+    else:
+
+        async def invoke() -> None:
+            await channel.call(wire_name, request, idempotent=idempotent, metadata=metadata)
+
+    if math.isinf(timeout):
+
+        async def unbounded(index: int) -> None:
+            await invoke()
+
+        return unbounded
+
+    async def bounded(index: int) -> None:
+        with trio.move_on_after(timeout) as scope:
+            await invoke()
+        if scope.cancelled_caught:
+            raise deadline_exceeded(target, timeout)
+
+    return bounded
+
+
+def _number(value: float, digits: int = 3) -> float | None:
+    return None if math.isnan(value) else round(value, digits)
+
+
+def _report(
+    args: argparse.Namespace, method: str, result: LoadResult, counter: PeerCounter
+) -> dict[str, Any]:
+    return {
+        "target": args.target,
+        "method": method,
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "calls": result.calls,
+        "ok": result.ok,
+        "failed": result.failed,
+        "elapsed_s": round(result.elapsed, 6),
+        "throughput": round(result.throughput(), 3),
+        "latency_ms": {label: _number(result.latency_ms(q)) for label, q in QUANTILES}
+        | {"mean": _number(result.latency.mean)},
+        "errors": dict(result.errors),
+        "first_errors": list(result.first_errors),
+        "peers": dict(sorted(counter.counts.items())),
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_report(report: dict[str, Any], result: LoadResult) -> None:
+    print(
+        f"{report['method']} at {report['target']}: {result.calls:,} calls in "
+        f"{result.elapsed:.3f} s, {result.throughput():,.1f} calls/s, "
+        f"{result.ok:,} ok, {result.failed:,} failed "
+        f"(concurrency {report['concurrency']}"
+        + (f", rate {report['rate']:g}/s)" if report["rate"] is not None else ")")
+    )
+    latency = report["latency_ms"]
+    print_table(
+        "latency of ok calls, ms",
+        ("p50", "p90", "p99", "max", "mean"),
+        [tuple(_ms(latency[k]) for k in ("p50", "p90", "p99", "max", "mean"))],
+    )
+    if result.errors:
+        print_table(
+            "errors",
+            ("code", "calls"),
+            [(code, f"{n:,}") for code, n in sorted(result.errors.items())],
+        )
+        for message in result.first_errors:
+            print(f"  e.g. {message}")
+    else:
+        print("errors: none")
+    peers = report["peers"]
+    if peers:
+        print_table(
+            "calls per server",
+            ("server", "calls", "share"),
+            [
+                (peer, f"{n:,}", f"{100 * n / max(1, result.calls):.1f}%")
+                for peer, n in peers.items()
+            ],
+        )

@@ -1,0 +1,534 @@
+"""``trio-micro call`` and ``trio-micro list``: one call by name, and what a server serves.
+
+Both ask the server's reflection service (``trio_micro.reflection/list_services``) what
+it serves. ``call`` uses that to pick a unary or a server-stream call, to retry only
+idempotent methods, and to turn base64 strings into bytes where the request type has a
+``bytes`` field (JSON has no bytes; replies show bytes as base64 the same way).
+
+Targets: ``host:port`` (one server), or ``registry://host:port/SERVICE`` /
+``etcd://host:port/SERVICE`` (the replicas of SERVICE found in a registry server or in
+etcd; the call goes to one of them).
+
+Exit codes: 0 success; 1 the call failed with a status code (printed as ``CODE: message``
+on standard error), including ``UNAVAILABLE`` (target unreachable) and
+``DEADLINE_EXCEEDED`` (``--timeout``); 2 bad input (arguments, JSON, an unknown method or
+target); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import math
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from .. import rpc
+from ..observe import configure_logging
+from ..rpc._resolver import split_target
+
+__all__: list[str] = []  # internal to the cli package
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+REFLECTION_METHOD: Final = "trio_micro.reflection/list_services"
+
+EXIT_CODES_HELP: Final = """\
+targets:
+  host:port                      one server
+  registry://host:port/SERVICE   the replicas of SERVICE in a registry server
+  etcd://host:port/SERVICE       the replicas of SERVICE in etcd
+
+exit codes:
+  0    success
+  1    a call failed with a status code (printed as CODE: message on stderr),
+       e.g. UNAVAILABLE (target unreachable) or DEADLINE_EXCEEDED (--timeout)
+  2    bad input: arguments, JSON, an unknown method or target
+  130  interrupted (Ctrl-C)
+"""
+
+
+class UsageError(Exception):
+    """Bad input on the command line; printed as one line, exit code 2."""
+
+
+# --- argument types ---------------------------------------------------------------------
+
+
+def seconds(text: str) -> float:
+    """An ``argparse`` type: a duration in seconds > 0 (``inf`` for none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def metadata_pair(text: str) -> tuple[str, str]:
+    """An ``argparse`` type: ``KEY=VALUE``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> None:
+    """Add TARGET (and METHOD JSON when ``method``) and the options they share."""
+    parser.add_argument("target", metavar="TARGET", help="host:port, registry://.. or etcd://..")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also log connections etc. (stderr)"
+    )
+    if method:
+        parser.add_argument(
+            "method",
+            metavar="SERVICE.METHOD",
+            help="e.g. users.get_user (or users/get_user)",
+        )
+        parser.add_argument(
+            "request",
+            metavar="JSON",
+            nargs="?",
+            default="{}",
+            help="the request as a JSON object (default {}; - reads standard input); "
+            "bytes fields take base64",
+        )
+        parser.add_argument(
+            "-m",
+            "--metadata",
+            type=metadata_pair,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="send this metadata pair (repeatable)",
+        )
+
+
+def add_call_parsers(subparsers: Any) -> None:
+    """Add the ``call`` and ``list`` commands to the ``trio-micro`` subparsers."""
+    call = subparsers.add_parser(
+        "call",
+        help="make one call and print the JSON reply",
+        description="Make one call by name and print the reply as JSON (a server-stream: "
+        "one JSON line per item). Bytes are shown as base64.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_target_arguments(call, method=True)
+    call.add_argument(
+        "--timeout",
+        type=seconds,
+        default=10.0,
+        help="give up after this many seconds, connecting included (default 10; inf: never)",
+    )
+    listing = subparsers.add_parser(
+        "list",
+        help="list the services and methods a server serves",
+        description="List services and methods (kind, idempotent, request fields) through "
+        "the server's reflection service.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_target_arguments(listing, method=False)
+    listing.add_argument("--json", action="store_true", help="print JSON for machines")
+    listing.add_argument(
+        "--timeout", type=seconds, default=10.0, help="give up after this many seconds"
+    )
+
+
+# --- input checks -----------------------------------------------------------------------
+
+
+def check_target(target: str) -> None:
+    """Raise :class:`UsageError` unless ``target`` is an address or a known scheme target."""
+    try:
+        if "://" in target:
+            import trio_micro.registry  # noqa: F401  # registers the etcd:// and registry:// schemes
+
+            split_target(target)
+        else:
+            rpc.Endpoint.parse(target)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad TARGET: {exc}") from None
+
+
+def parse_method(text: str) -> tuple[str, str]:
+    """Split ``SERVICE.METHOD`` or ``SERVICE/METHOD`` (service names may contain dots)."""
+    sep = "/" if "/" in text else "."
+    service, found, name = text.rpartition(sep)
+    if not found or not service or not name:
+        raise UsageError(f"expected SERVICE.METHOD (or SERVICE/METHOD), got {text!r}")
+    return service, name
+
+
+def parse_request(text: str) -> Any:
+    """Decode the JSON request (``-``: read standard input); it must be an object."""
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"the request is not valid JSON: {exc}: {_clip(text)!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"the request must be a JSON object like {{}}, got {_clip(text)!r}")
+    return value
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- reflection -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A method found through reflection."""
+
+    service: str
+    description: rpc.MethodDescription
+
+    @property
+    def wire_name(self) -> str:
+        return f"{self.service}/{self.description.name}"
+
+
+async def list_services(channel: rpc.Channel) -> rpc.ListServicesResponse:
+    """Ask the server behind ``channel`` what it serves. A checkpoint.
+
+    Raises:
+        UsageError: The server does not serve reflection.
+        rpc.RpcError: The call failed otherwise.
+    """
+    try:
+        reply = await channel.call(REFLECTION_METHOD, {}, idempotent=True)
+    except rpc.RpcError as exc:
+        if exc.code is rpc.Status.UNIMPLEMENTED:
+            raise UsageError(
+                "the target does not serve trio_micro.reflection (started with "
+                "reflection=False?), so its methods can't be looked up"
+            ) from None
+        raise
+    try:
+        return msgspec.convert(reply, rpc.ListServicesResponse)
+    except msgspec.ValidationError as exc:
+        raise rpc.RpcError(
+            rpc.Status.INTERNAL, f"bad reply from {REFLECTION_METHOD}: {exc}"
+        ) from None
+
+
+def find_method(services: rpc.ListServicesResponse, service: str, name: str) -> Method:
+    """Return the method ``service/name``, or raise :class:`UsageError` naming what exists."""
+    for described in services.services:
+        if described.name != service:
+            continue
+        for method in described.methods:
+            if method.name == name:
+                return Method(service, method)
+        known = ", ".join(m.name for m in described.methods) or "none"
+        raise UsageError(f"service {service!r} has no method {name!r} (it has: {known})")
+    known = ", ".join(s.name for s in services.services) or "none"
+    raise UsageError(f"the target serves no service {service!r} (it serves: {known})")
+
+
+# --- request coercion: base64 strings into bytes ----------------------------------------
+
+
+def _resolve(schema: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
+    seen = 0
+    while isinstance(schema, dict) and "$ref" in schema and seen < 32:
+        ref = schema["$ref"]
+        schema = defs.get(ref.rpartition("/")[2], {}) if isinstance(ref, str) else {}
+        seen += 1
+    return schema if isinstance(schema, dict) else {}
+
+
+def _is_bytes(schema: Mapping[str, Any]) -> bool:
+    return schema.get("type") == "string" and schema.get("contentEncoding") == "base64"
+
+
+def coerce_request(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Turn base64 strings into bytes wherever ``schema`` (a JSON schema) expects bytes.
+
+    Raises:
+        UsageError: A bytes field holds a string that is not base64.
+    """
+    defs = schema.get("$defs", {})
+    return _coerce(value, schema, defs if isinstance(defs, dict) else {}, "$")
+
+
+def _coerce(value: Any, schema: Any, defs: Mapping[str, Any], path: str) -> Any:
+    node = _resolve(schema, defs)
+    if isinstance(value, str):
+        options = [_resolve(s, defs) for s in node.get("anyOf", [node])]
+        plain = any(s.get("type") == "string" and not _is_bytes(s) for s in options)
+        if any(_is_bytes(s) for s in options) and not plain:
+            try:
+                return base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise UsageError(
+                    f"{path} is a bytes field: expected base64, got {_clip(value)!r}"
+                ) from None
+        return value
+    if isinstance(value, dict) and node.get("type") == "object":
+        properties = node.get("properties", {})
+        extra = node.get("additionalProperties", {})
+        return {
+            key: _coerce(item, properties.get(key, extra), defs, f"{path}.{key}")
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and node.get("type") == "array":
+        prefix = node.get("prefixItems", [])
+        items = node.get("items", {})
+        return [
+            _coerce(item, prefix[i] if i < len(prefix) else items, defs, f"{path}[{i}]")
+            for i, item in enumerate(value)
+        ]
+    return value
+
+
+def describe_fields(schema: Mapping[str, Any]) -> str:
+    """``"user_id: integer, payload?: bytes"`` for a request schema (``?``: optional)."""
+    defs = schema.get("$defs", {})
+    defs = defs if isinstance(defs, dict) else {}
+    node = _resolve(schema, defs)
+    properties = node.get("properties")
+    if not isinstance(properties, dict):
+        return _type_name(schema, defs)
+    required = set(node.get("required", []))
+    return ", ".join(
+        f"{name}{'' if name in required else '?'}: {_type_name(sub, defs)}"
+        for name, sub in properties.items()
+    )
+
+
+def _type_name(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> str:
+    if not isinstance(schema, dict) or depth > 8:
+        return "any"
+    if "$ref" in schema and isinstance(schema["$ref"], str):
+        return str(schema["$ref"].rpartition("/")[2])
+    if "anyOf" in schema:
+        return " | ".join(_type_name(s, defs, depth + 1) for s in schema["anyOf"])
+    if _is_bytes(schema):
+        return "bytes"
+    if "enum" in schema:
+        return " | ".join(json.dumps(v) for v in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"array[{_type_name(schema.get('items', {}), defs, depth + 1)}]"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"object[{_type_name(schema['additionalProperties'], defs, depth + 1)}]"
+    return kind if isinstance(kind, str) else "any"
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def _json_fallback(obj: Any) -> Any:
+    if isinstance(obj, msgspec.msgpack.Ext):
+        return {"ext_code": obj.code, "data": base64.b64encode(obj.data).decode()}
+    return repr(obj)
+
+
+_json_encoder: Final = msgspec.json.Encoder(enc_hook=_json_fallback)
+
+
+def to_json(value: Any) -> str:
+    """One-line JSON for a reply: bytes as base64, NaN as null, anything odd as text."""
+    return _json_encoder.encode(value).decode()
+
+
+def error(command: str, message: str) -> None:
+    """Print ``trio-micro COMMAND: error: message`` on standard error."""
+    print(f"trio-micro {command}: error: {message}", file=sys.stderr)
+
+
+def print_status(exc: rpc.RpcError) -> None:
+    """Print ``CODE: message`` and the details, one per line, on standard error."""
+    print(str(exc), file=sys.stderr)
+    for key, value in exc.details.items():
+        print(f"  {key}: {value}", file=sys.stderr)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table when standard output is a terminal, aligned plain text otherwise."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=title, title_justify="left")
+        for i, header in enumerate(headers):
+            # Names stay whole; only the last column (e.g. request fields) wraps.
+            table.add_column(header, no_wrap=i < len(headers) - 1)
+        for row in rows:
+            table.add_row(*(Text(cell) for cell in row))  # no markup in server text
+        Console().print(table)
+        return
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    print(title)
+    print(fmt(headers))
+    print(fmt(["-" * w for w in widths]))
+    for row in rows:
+        print(fmt(row))
+
+
+def deadline_exceeded(target: str, timeout: float) -> rpc.RpcError:
+    """The error for a command that ran out of ``--timeout``."""
+    return rpc.RpcError(
+        rpc.Status.DEADLINE_EXCEEDED, f"no answer from {target} within {timeout:g} s (--timeout)"
+    )
+
+
+def run_command(
+    command: str, core: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """``trio.run(core, args)``, turning the errors every command shares into exit codes.
+
+    Library logs go to standard error (warnings and worse; ``-v``: info too), so that
+    standard output holds only results.
+    """
+    configure_logging(
+        format="console", file=sys.stderr, level="info" if args.verbose else "warning"
+    )
+    code = EXIT_FAILED
+    try:
+        code = trio.run(core, args)
+    except* UsageError as group:
+        for exc in group.exceptions:
+            error(command, str(exc))
+        code = EXIT_USAGE
+    except* KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    return code
+
+
+# --- call -------------------------------------------------------------------------------
+
+
+def run_call(args: argparse.Namespace) -> int:
+    """Run the parsed ``call`` command; return the exit code."""
+    return run_command("call", call_main, args)
+
+
+async def call_main(args: argparse.Namespace) -> int:
+    """The ``call`` command, in trio: check the input, look the method up, call, print.
+
+    Returns the exit code; raises :class:`UsageError` for bad input found before
+    connecting. Output goes to standard output (the reply) and standard error (a status).
+    """
+    service, name = parse_method(args.method)
+    request = parse_request(args.request)
+    check_target(args.target)
+    metadata = dict(args.metadata) or None
+    code = EXIT_FAILED
+    with trio.move_on_after(args.timeout) as scope:
+        async with rpc.open_channel(args.target) as channel:
+            code = await _call(channel, service, name, request, metadata)
+    if scope.cancelled_caught:
+        print_status(deadline_exceeded(args.target, args.timeout))
+        return EXIT_FAILED
+    return code
+
+
+async def _call(
+    channel: rpc.Channel,
+    service: str,
+    name: str,
+    request: Any,
+    metadata: dict[str, str] | None,
+) -> int:
+    # Errors become exit codes here, inside the channel's nursery, so that they don't
+    # come out wrapped in an ExceptionGroup.
+    try:
+        method = find_method(await list_services(channel), service, name)
+        request = coerce_request(request, method.description.request_schema)
+        if method.description.kind == "server_stream":
+            async with channel.call_stream(method.wire_name, request, metadata=metadata) as items:
+                async for item in items:
+                    sys.stdout.write(to_json(item) + "\n")
+                    sys.stdout.flush()
+        else:
+            reply = await channel.call(
+                method.wire_name,
+                request,
+                idempotent=method.description.idempotent,
+                metadata=metadata,
+            )
+            print(to_json(reply), flush=True)
+    except UsageError as exc:
+        error("call", str(exc))
+        return EXIT_USAGE
+    except rpc.RpcError as exc:
+        print_status(exc)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Run the parsed ``list`` command; return the exit code."""
+    return run_command("list", list_main, args)
+
+
+async def list_main(args: argparse.Namespace) -> int:
+    """The ``list`` command, in trio. Returns the exit code (see the module docs)."""
+    check_target(args.target)
+    code = EXIT_FAILED
+    with trio.move_on_after(args.timeout) as scope:
+        async with rpc.open_channel(args.target) as channel:
+            try:
+                services = await list_services(channel)
+            except UsageError as exc:
+                error("list", str(exc))
+                code = EXIT_USAGE
+            except rpc.RpcError as exc:
+                print_status(exc)
+            else:
+                _print_services(services, as_json=args.json)
+                code = EXIT_OK
+    if scope.cancelled_caught:
+        print_status(deadline_exceeded(args.target, args.timeout))
+        return EXIT_FAILED
+    return code
+
+
+def _print_services(services: rpc.ListServicesResponse, *, as_json: bool) -> None:
+    if as_json:
+        print(msgspec.json.encode(services).decode())
+        return
+    rows = [
+        (
+            service.name,
+            method.name,
+            method.kind,
+            "yes" if method.idempotent else "no",
+            describe_fields(method.request_schema),
+        )
+        for service in sorted(services.services, key=lambda s: s.name)
+        for method in service.methods
+    ]
+    count = len(services.services)
+    print_table(
+        f"{count} service{'' if count == 1 else 's'}, {len(rows)} methods",
+        ("service", "method", "kind", "idempotent", "request"),
+        rows,
+    )

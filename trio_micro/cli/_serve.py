@@ -1,0 +1,577 @@
+"""``trio-micro serve MODULE:ATTR``: run a service as a process, until SIGINT or SIGTERM.
+
+Resolution of ``MODULE:ATTR``
+-----------------------------
+``MODULE`` is imported (the current directory is on ``sys.path`` under ``python -m``, as for
+any ``-m`` run) and ``ATTR`` (dotted names allowed) looked up in it. It must be an
+:class:`rpc.Service <trio_micro.rpc.Service>` subclass or instance:
+
+* a class with a classmethod ``open(cls, **options)`` returning an async context manager
+  that yields an instance: served as ``async with Cls.open(**options) as service`` (for
+  services that own resources, such as a database);
+* any other class: served as ``Cls(**options)``;
+* an instance: served as it is (``-o`` options are refused).
+
+The options are the ``-o KEY=VALUE`` pairs, all strings. ``TypeError`` or ``ValueError``
+from ``open()`` / the constructor (an unknown or bad option) is reported in one line.
+
+Lifecycle
+---------
+Listen (``rpc.open_server`` with reflection and, unless ``--no-access-log``, the access
+log), register every service with ``--registry`` if given, then print exactly one line
+to stdout, ``serving SERVICE[,SERVICE...] on HOST:PORT`` (the address clients use: the
+``--advertise`` address, else the bound one). On SIGINT or SIGTERM: deregister, then
+shut the server down gracefully (``GOAWAY``, in-flight calls get ``--grace`` seconds,
+then are cancelled), close the service, log ``serve.stopped`` and exit 0. A second
+signal during that drain cancels everything at once; the exit status is then 1, so
+scripts can tell that calls may have been cut off. A signal before the line was printed
+stops at once, with status 0 (nothing was being served).
+
+Exit status: 0 after a stop by signal, 1 when the service could not be started (import,
+options, bind, registry) or the drain was cut short, 2 for malformed arguments. Errors
+are one line on stderr: ``trio-micro serve: error: ...``.
+
+Log events: ``serve.started``, ``serve.stopping``, ``serve.forced``, ``serve.stopped``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import math
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+import structlog
+import trio
+
+from trio_micro import observe, rpc
+from trio_micro.registry import (
+    Registry,
+    RegistryError,
+    open_etcd_registry,
+    open_registry_client,
+    parse_address,
+)
+
+__all__: list[str] = []  # internal to the cli package
+
+log: Final = structlog.get_logger("serve")
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+_REGISTRY_SCHEMES: Final = ("registry", "etcd")
+
+
+class CommandError(Exception):
+    """Something the user can fix; printed as one line, exit status 1."""
+
+
+class UsageError(CommandError):
+    """A malformed argument; printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------- argument checks
+
+
+def port_type(text: str) -> int:
+    """argparse type: a TCP port in [0, 65535]."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {text!r}")
+    return port
+
+
+def seconds_type(*, zero_ok: bool) -> Callable[[str], float]:
+    """argparse type: a finite number of seconds, > 0 (or >= 0 with ``zero_ok``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value >= 0 if zero_ok else value > 0) or math.isinf(value):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(f"expected a number of seconds {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_key_value(text: str, *, what: str) -> tuple[str, str]:
+    """Split ``"KEY=VALUE"`` (the value may be empty or hold ``=``); not a checkpoint.
+
+    Raises:
+        UsageError: No ``=``, or an empty key or one with whitespace; ``what`` names the
+            option in the message.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key or key != key.strip() or any(c.isspace() for c in key):
+        raise UsageError(f"{what} must be KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _key_values(items: Sequence[str] | None, *, what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items or ():
+        key, value = parse_key_value(item, what=what)
+        if key in result:
+            raise UsageError(f"{what} {key!r} given twice ({result[key]!r} and {value!r})")
+        result[key] = value
+    return result
+
+
+def parse_registry_target(text: str) -> tuple[str, str]:
+    """Split a ``--registry`` target into ``(scheme, "host:port")``; not a checkpoint.
+
+    ``"host:port"`` and ``"registry://host:port"`` name a registry server (``trio-micro
+    registry``); ``"etcd://host:port"`` an etcd v3 JSON gateway.
+
+    Raises:
+        UsageError: An unknown scheme or a malformed address.
+    """
+    scheme, sep, authority = text.partition("://")
+    if not sep:
+        scheme, authority = "registry", text
+    if scheme not in _REGISTRY_SCHEMES:
+        raise UsageError(
+            f"--registry must be HOST:PORT, registry://HOST:PORT or etcd://HOST:PORT, got {text!r}"
+        )
+    try:
+        host, port = parse_address(authority)
+    except ValueError as exc:
+        raise UsageError(f"--registry: {exc}") from None
+    return scheme, _format_address(host, port)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _open_registry(scheme: str, authority: str) -> AbstractAsyncContextManager[Registry]:
+    if scheme == "etcd":
+        return open_etcd_registry(f"http://{authority}")
+    return open_registry_client(authority)
+
+
+def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
+    """Import ``MODULE:ATTR`` and return the service class or instance it names.
+
+    See the module docs for the rule. Not a checkpoint (imports block).
+
+    Raises:
+        UsageError: ``spec`` is not of the form ``MODULE:ATTR``.
+        CommandError: The module can't be imported, has no such attribute, or the
+            attribute is neither an ``rpc.Service`` subclass nor an instance of one.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not (
+        sep
+        and all(part.isidentifier() for part in module_name.split("."))
+        and all(part.isidentifier() for part in attr.split("."))
+    ):
+        raise UsageError(
+            f"expected MODULE:ATTR, such as 'examples.user_service:UserService', got {spec!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise CommandError(
+                f"cannot import {module_name!r}: no module named {missing!r} "
+                "(run from the directory that holds it, or set PYTHONPATH)"
+            ) from None
+        raise CommandError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module itself failed: say how, in one line
+        raise CommandError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    target: object = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CommandError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if isinstance(target, type):
+        if issubclass(target, rpc.Service) and target is not rpc.Service:
+            return target
+    elif isinstance(target, rpc.Service):
+        return target
+    raise CommandError(f"{spec!r} is not an rpc.Service subclass or instance: {target!r}")
+
+
+async def _enter_service(
+    stack: AsyncExitStack,
+    spec: str,
+    target: type[rpc.Service] | rpc.Service,
+    options: dict[str, str],
+) -> rpc.Service:
+    """Open the service as the module docs say; its context is entered on ``stack``."""
+    if isinstance(target, rpc.Service):
+        if options:
+            raise CommandError(f"{spec!r} is a service instance; -o/--option needs a service class")
+        return target
+    name = target.__qualname__
+    opener = getattr(target, "open", None)
+    if callable(opener):
+        try:
+            manager = opener(**options)
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"bad options for {name}.open(): {exc}") from None
+        if not isinstance(manager, AbstractAsyncContextManager) and not hasattr(
+            manager, "__aenter__"
+        ):
+            raise CommandError(
+                f"{name}.open() must return an async context manager, got {manager!r}"
+            )
+        try:
+            service: object = await stack.enter_async_context(manager)
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"bad options for {name}.open(): {exc}") from None
+        if not isinstance(service, rpc.Service):
+            raise CommandError(f"{name}.open() must yield an rpc.Service, got {service!r}")
+        return service
+    try:
+        return target(**options)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"bad options for {name}(): {exc}") from None
+
+
+# ---------------------------------------------------------------------- signals
+
+
+@final
+class Stopper:
+    """Turns SIGINT / SIGTERM into a graceful stop, and a second signal into cancellation.
+
+    Made by :func:`run_until_stopped`. The body calls :meth:`serving` once it serves,
+    then awaits :meth:`wait`; leaving the body is the graceful stop.
+
+    Attributes:
+        signal: Name of the first signal received (``"SIGTERM"``), or None.
+        forced: A second signal cancelled the graceful stop.
+        fields: Extra fields for the ``serve.stopped`` record (the body may add some).
+    """
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self._scope = scope
+        self._requested = trio.Event()
+        self._serving = False
+        self.signal: str | None = None
+        self.forced = False
+        self.fields: dict[str, Any] = {}
+
+    def serving(self) -> None:
+        """Mark the start of serving: a signal from now on drains instead of cancelling."""
+        self._serving = True
+
+    async def wait(self) -> None:
+        """Wait for the first signal. A checkpoint; cancellation just stops the wait."""
+        await self._requested.wait()
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        """Act on each signal received (see the class docs); runs until cancelled."""
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self._requested.is_set():
+                self.signal = name
+                self._requested.set()
+                if self._serving:
+                    log.info("serve.stopping", signal=name, **self.fields)
+                    continue
+                self._scope.cancel()  # nothing is served yet: nothing to drain
+            else:
+                self.forced = True
+                log.warning("serve.forced", signal=name, **self.fields)
+                self._scope.cancel()
+
+
+async def run_until_stopped(body: Callable[[Stopper], Awaitable[None]]) -> int:
+    """Run ``body(stopper)`` with SIGINT and SIGTERM handled by a :class:`Stopper`.
+
+    Logs ``serve.stopped`` when the body returns or the stopper cancelled it. Must run
+    in the main thread. Returns the exit status: 1 if a second signal cut the drain
+    short, else 0. Cancellation from outside cancels the body at once, like a second
+    signal, and propagates.
+
+    Raises:
+        BaseExceptionGroup: Wraps what ``body`` raised (a nursery runs inside).
+    """
+    started = time.monotonic()
+    with trio.open_signal_receiver(*_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            stopper = Stopper(nursery.cancel_scope)
+            nursery.start_soon(stopper.watch, signals)
+            await body(stopper)
+            nursery.cancel_scope.cancel()
+    log.info(
+        "serve.stopped",
+        signal=stopper.signal,
+        forced=stopper.forced,
+        uptime_s=round(time.monotonic() - started, 3),
+        **stopper.fields,
+    )
+    return 1 if stopper.forced else 0
+
+
+def configure_command_logging(log_file: str | None, level: str) -> None:
+    """JSON lines appended to ``log_file``, or the console renderer on stderr.
+
+    Raises:
+        CommandError: ``log_file`` can't be opened.
+    """
+    try:
+        if log_file is None:
+            observe.configure_logging(format="console", file=sys.stderr, level=level)
+        else:
+            observe.configure_logging(format="json", file=log_file, level=level)
+    except OSError as exc:
+        raise CommandError(f"cannot open the log file {log_file!r}: {exc.strerror}") from None
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-file`` and ``--log-level``."""
+    parser.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append JSON-lines logs to PATH (default: human-readable logs on stderr)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="lowest level logged (default: info)",
+    )
+
+
+def command_error(exc: BaseException) -> CommandError | None:
+    """The :class:`CommandError` that ``exc`` is or only holds (in groups), else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, CommandError) else None
+
+
+def report(command: str, exc: CommandError) -> int:
+    """Print ``exc`` as one line on stderr; return its exit status."""
+    print(f"trio-micro {command}: error: {exc}", file=sys.stderr, flush=True)
+    return 2 if isinstance(exc, UsageError) else 1
+
+
+# ---------------------------------------------------------------------- the command
+
+
+_EPILOG = """\
+MODULE:ATTR names an rpc.Service subclass (or instance). A class with a classmethod
+open(**options) returning an async context manager is served as
+`async with Cls.open(**options)`; any other class as Cls(**options). Options are the
+-o KEY=VALUE pairs, as strings.
+
+Prints one line when ready: `serving SERVICE[,SERVICE...] on HOST:PORT`.
+SIGINT/SIGTERM: deregister, drain calls for up to --grace seconds, exit 0; a second
+signal cancels at once (exit 1). Errors: exit 1 (2 for malformed arguments).
+
+example:
+  trio-micro serve examples.user_service:UserService -o db=data/users.db \\
+      --port 50051 --registry 127.0.0.1:7000 --log-file logs/users-1.jsonl
+"""
+
+
+def add_serve_parser(subparsers: Any) -> None:
+    """Add the ``serve`` command to the ``trio-micro`` subparsers."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run a service class as a process (until SIGINT/SIGTERM)",
+        description="Run an rpc.Service as a process, optionally registered in a registry.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("service", metavar="MODULE:ATTR", help="the service, e.g. pkg.mod:Cls")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option for the service's open() or constructor (repeatable)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=port_type, default=0, help="TCP port (default: 0, any free port)"
+    )
+    parser.add_argument(
+        "--registry",
+        metavar="TARGET",
+        help="register in a registry: HOST:PORT or registry://HOST:PORT (trio-micro "
+        "registry), or etcd://HOST:PORT",
+    )
+    parser.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="the address clients use, registered and printed (default: the bound address)",
+    )
+    parser.add_argument(
+        "--ttl",
+        type=seconds_type(zero_ok=False),
+        default=10.0,
+        help="registration TTL in seconds; renewed every TTL/3 (default: 10)",
+    )
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        metavar="KEY=VALUE",
+        help="registration metadata (repeatable)",
+    )
+    add_logging_arguments(parser)
+    parser.add_argument(
+        "--grace",
+        type=seconds_type(zero_ok=True),
+        default=10.0,
+        help="seconds in-flight calls may take to finish on shutdown (default: 10)",
+    )
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not log one record per call (rpc.AccessLogInterceptor)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ServeConfig:
+    spec: str
+    target: type[rpc.Service] | rpc.Service
+    options: dict[str, str]
+    host: str
+    port: int
+    registry: tuple[str, str] | None
+    advertise: str | None
+    ttl: float
+    metadata: dict[str, str]
+    grace: float
+    access_log: bool
+
+
+def _check_args(args: argparse.Namespace) -> _ServeConfig:
+    """Validate everything that needs no I/O; raise UsageError / CommandError."""
+    options = _key_values(args.option, what="-o/--option")
+    metadata = _key_values(args.metadata, what="--metadata")
+    registry = None if args.registry is None else parse_registry_target(args.registry)
+    advertise = None
+    if args.advertise is not None:
+        try:
+            advertise = _format_address(*parse_address(args.advertise))
+        except ValueError as exc:
+            raise UsageError(f"--advertise: {exc}") from None
+    elif registry is not None and _is_wildcard(args.host):
+        raise UsageError(
+            f"--host {args.host!r} listens on every interface; pass --advertise HOST:PORT "
+            "to say which address to register"
+        )
+    target = resolve_service(args.service)
+    return _ServeConfig(
+        spec=args.service,
+        target=target,
+        options=options,
+        host=args.host,
+        port=args.port,
+        registry=registry,
+        advertise=advertise,
+        ttl=args.ttl,
+        metadata=metadata,
+        grace=args.grace,
+        access_log=not args.no_access_log,
+    )
+
+
+def _is_wildcard(host: str) -> bool:
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
+    async with AsyncExitStack() as stack:
+        # Unwinds in reverse: deregister, close the registry client, shut the server
+        # down gracefully (open_server does it on a normal exit), close the service.
+        service = await _enter_service(stack, config.spec, config.target, config.options)
+        names = [service.__rpc_name__]
+        interceptors = [rpc.AccessLogInterceptor()] if config.access_log else []
+        try:
+            server = await stack.enter_async_context(
+                rpc.open_server(
+                    [service],
+                    host=config.host,
+                    port=config.port,
+                    interceptors=interceptors,
+                    reflection=True,
+                    grace_period=config.grace,
+                )
+            )
+        except* OSError as group:
+            exc = group.exceptions[0]
+            reason = getattr(exc, "strerror", None) or exc
+            raise CommandError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
+        address = config.advertise or _format_address(*server.address[:2])
+        stopper.fields.update(services=names, address=address)
+        where = None
+        if config.registry is not None:
+            scheme, authority = config.registry
+            where = f"{scheme}://{authority}"
+            try:
+                registry = await stack.enter_async_context(_open_registry(scheme, authority))
+                for name in names:
+                    await stack.enter_async_context(
+                        registry.register(name, address, ttl=config.ttl, metadata=config.metadata)
+                    )
+            except* RegistryError as group:
+                raise CommandError(f"cannot register with {where}: {group.exceptions[0]}") from None
+        stopper.serving()
+        log.info(
+            "serve.started",
+            services=names,
+            address=address,
+            listening=[_format_address(*a[:2]) for a in server.addresses],
+            registry=where,
+        )
+        print(f"serving {','.join(names)} on {address}", flush=True)
+        await stopper.wait()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``trio-micro serve`` with parsed arguments; return the exit status."""
+    try:
+        config = _check_args(args)
+        configure_command_logging(args.log_file, args.log_level)
+    except CommandError as exc:
+        return report("serve", exc)
+
+    async def main() -> int:
+        return await run_until_stopped(lambda stopper: _serve(config, stopper))
+
+    return run_command("serve", main)
+
+
+def run_command(command: str, main: Callable[[], Awaitable[int]]) -> int:
+    """``trio.run(main)``, with :class:`CommandError` reported in one line.
+
+    A SIGINT that arrives in the instant between the signal handling and the end of the
+    run is redelivered by trio as ``KeyboardInterrupt``; it counts as a forced stop.
+    """
+    try:
+        return trio.run(main)
+    except KeyboardInterrupt:
+        return 1
+    except BaseException as exc:
+        error = command_error(exc)
+        if error is None:
+            raise
+        return report(command, error)
