@@ -43,11 +43,9 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, final
 
-import hypercorn.trio
 import msgspec
 import structlog
 import trio
-from hypercorn.config import Config
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -166,6 +164,11 @@ async def _serve_bound(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     address: tuple[str, int] = tuple(sock.getsockname()[:2])
+    # hypercorn is imported here, not at module level: importing trio_micro.observe must
+    # not cost every process hypercorn's memory (the RPC server's RSS figure).
+    import hypercorn.trio
+    from hypercorn.config import Config
+
     config = Config()
     # Hypercorn takes the listening socket over by file descriptor: it makes its own socket
     # object for it before it reports that it started, and closes it when it stops.
