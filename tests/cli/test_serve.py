@@ -17,9 +17,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.user_service.database import UserDatabase
 from trio_micro import rpc
@@ -124,6 +126,8 @@ async def test_serve_registers_answers_and_deregisters_on_sigterm(tmp_path: Path
             f"db={db}",
             "--metadata",
             "zone=a",
+            "--debug-port",
+            "0",
         ]
         async with running(argv, tmp_path, prefix="serving ") as server:
             match = SERVING.match(server.line)
@@ -135,6 +139,23 @@ async def test_serve_registers_answers_and_deregisters_on_sigterm(tmp_path: Path
             async with rpc.open_channel(address) as channel:
                 user = await channel.call("users/get_user", {"user_id": 1})
             assert (user["user_id"], user["source"]) == (1, "database")
+
+            # --debug-port: /metrics counts the call (the endpoint starts before the
+            # ready line, so its log record is already written).
+            [url] = [r["url"] for r in server.records() if r["event"] == "serve.debug_endpoint"]
+            async with httpx.AsyncClient() as http:
+                response = await http.get(f"{url.rstrip('/')}/metrics")
+            assert response.status_code == 200
+            samples = [
+                sample
+                for family in text_string_to_metric_families(response.text)
+                for sample in family.samples
+                if sample.name == "trio_micro_rpc_server_calls_total"
+                and sample.labels.get("service") == "users"
+            ]
+            assert [(s.labels["method"], s.labels["code"], s.value) for s in samples] == [
+                ("get_user", "OK", 1.0)
+            ]
 
             assert await server.stop() == 0
         assert await registry.resolve("users") == []

@@ -436,6 +436,13 @@ def add_serve_parser(subparsers: Any) -> None:
         help="seconds in-flight calls may take to finish on shutdown (default: 10)",
     )
     parser.add_argument(
+        "--debug-port",
+        type=port_type,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics and /debug/* on 127.0.0.1:PORT (0: any free port); off by default",
+    )
+    parser.add_argument(
         "--no-access-log",
         action="store_true",
         help="do not log one record per call (rpc.AccessLogInterceptor)",
@@ -455,6 +462,7 @@ class _ServeConfig:
     metadata: dict[str, str]
     grace: float
     access_log: bool
+    debug_port: int | None = None
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -486,6 +494,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         metadata=metadata,
         grace=args.grace,
         access_log=not args.no_access_log,
+        debug_port=args.debug_port,
     )
 
 
@@ -504,7 +513,11 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
         # down gracefully (open_server does it on a normal exit), close the service.
         service = await _enter_service(stack, config.spec, config.target, config.options)
         names = [service.__rpc_name__]
-        interceptors = [rpc.AccessLogInterceptor()] if config.access_log else []
+        interceptors: list[rpc.ServerInterceptor] = (
+            [rpc.AccessLogInterceptor()] if config.access_log else []
+        )
+        if config.debug_port is not None:
+            interceptors.append(rpc.MetricsInterceptor())
         try:
             server = await stack.enter_async_context(
                 rpc.open_server(
@@ -521,6 +534,14 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
             reason = getattr(exc, "strerror", None) or exc
             raise CommandError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
         address = config.advertise or _format_address(*server.address[:2])
+        if config.debug_port is not None:
+            stack.callback(rpc.register_server_metrics(server))
+            observe.register_process_metrics()
+            debug = await stack.enter_async_context(
+                observe.open_debug_server(port=config.debug_port)
+            )
+            log.info("serve.debug_endpoint", url=debug.url)
+            print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
         stopper.fields.update(services=names, address=address)
         where = None
         if config.registry is not None:
