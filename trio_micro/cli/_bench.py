@@ -41,6 +41,7 @@ from ._call import (
     seconds,
 )
 from ._load import LoadResult, PeerCounter, progress, run_load
+from ._serve import count_type
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -59,19 +60,6 @@ exit codes:
   2    bad input: arguments, JSON, an unknown method or target
   130  interrupted (Ctrl-C)
 """
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _rate(text: str) -> float:
@@ -97,12 +85,12 @@ def add_bench_parser(subparsers: Any) -> None:
     )
     add_target_arguments(parser, method=True)
     parser.add_argument(
-        "-n", "--calls", type=_count(1), default=1000, help="calls to make (default 1000)"
+        "-n", "--calls", type=count_type(1), default=1000, help="calls to make (default 1000)"
     )
     parser.add_argument(
         "-c",
         "--concurrency",
-        type=_count(1),
+        type=count_type(1),
         default=10,
         help="calls in flight at most (default 10)",
     )
@@ -117,7 +105,7 @@ def add_bench_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--connections",
-        type=_count(1),
+        type=count_type(1),
         default=1,
         help="connections per server address (default 1)",
     )

@@ -60,7 +60,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +75,7 @@ from ..registry import open_registry_client
 from ._call import print_table
 from ._load import LoadResult, PeerCounter, progress, run_load
 from ._logs import add_logs_parser, run_logs
+from ._serve import count_type, seconds_type
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -164,29 +165,6 @@ def zipf_user_ids(
 # ---------------------------------------------------------------------- arguments
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 def add_demo_parser(subparsers: Any) -> None:
     """Add the ``demo`` command to the ``trio-micro`` subparsers."""
     parser = subparsers.add_parser(
@@ -200,20 +178,20 @@ def add_demo_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--users", type=_count(1), default=10_000, help="users in the database (default 10000)"
+        "--users", type=count_type(1), default=10_000, help="users in the database (default 10000)"
     )
     parser.add_argument(
-        "-n", "--calls", type=_count(1), default=20_000, help="GetUser calls (default 20000)"
+        "-n", "--calls", type=count_type(1), default=20_000, help="GetUser calls (default 20000)"
     )
     parser.add_argument(
-        "-c", "--concurrency", type=_count(1), default=200, help="calls in flight (default 200)"
+        "-c", "--concurrency", type=count_type(1), default=200, help="calls in flight (default 200)"
     )
     parser.add_argument(
-        "--replicas", type=_count(1), default=3, help="user-service processes (default 3)"
+        "--replicas", type=count_type(1), default=3, help="user-service processes (default 3)"
     )
     parser.add_argument(
         "--ttl",
-        type=_seconds,
+        type=seconds_type(zero_ok=False),
         default=2.0,
         help="registration TTL of the replicas in seconds (default 2)",
     )

@@ -91,6 +91,21 @@ def port_type(text: str) -> int:
     return port
 
 
+def count_type(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def seconds_type(*, zero_ok: bool) -> Callable[[str], float]:
     """argparse type: a finite number of seconds, > 0 (or >= 0 with ``zero_ok``)."""
 
