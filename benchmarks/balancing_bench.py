@@ -2,7 +2,7 @@
 
 ::
 
-    .venv/bin/python benchmarks/balancing_bench.py            # 3 runs
+    .venv/bin/python benchmarks/balancing_bench.py            # 7 runs
     .venv/bin/python benchmarks/balancing_bench.py --quick    # a smoke run
 
 * **Overhead**: unary calls/s with 64 in flight through a channel to 1 endpoint (the
@@ -120,13 +120,19 @@ async def main(runs: int, calls: int, samples: int) -> None:
         ("3 endpoints, power of two choices", 3, rpc.PowerOfTwoChoices),
     ]
     results: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-    for _ in range(runs):
+    for _ in range(runs):  # interleaved, so a noisy moment hits every case alike
         for name, replicas, balancer in cases:
             results[name].append(await throughput(replicas, balancer, calls))
-    print("| channel | calls/s (64 in flight) |")
-    print("|---|---|")
+    direct = results[cases[0][0]]
+    print(f"| channel | calls/s (64 in flight, median of {runs}) | min..max | vs 1 endpoint |")
+    print("|---|---|---|---|")
     for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):,.0f} |")
+        # The ratio of each run to the same run's single endpoint, then the median.
+        ratio = statistics.median(v / d for v, d in zip(values, direct, strict=True))
+        print(
+            f"| {name} | {statistics.median(values):,.0f} | "
+            f"{min(values):,.0f}..{max(values):,.0f} | {ratio:.0%} |"
+        )
     print()
     print("| registry | discovery latency p50 | p99 | samples |")
     print("|---|---|---|---|")
@@ -172,8 +178,9 @@ async def _etcd_latency(samples: int) -> list[float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    parser.add_argument("--runs", type=int, default=7, help="interleaved runs per case (7)")
     args = parser.parse_args()
     if args.quick:
         trio.run(main, 1, 2_000, 3)
     else:
-        trio.run(main, 3, 30_000, 100)
+        trio.run(main, args.runs, 30_000, 100)
