@@ -51,6 +51,32 @@ def test_p2c_never_picks_the_busiest_of_three() -> None:
     assert set(picks) == {0, 2}
 
 
+def test_p2c_takes_turns_between_equally_loaded_connections() -> None:
+    # Ties go to the connection whose turn it is, so equal loads are spread like round robin.
+    balancer = rpc.PowerOfTwoChoices(seed=3)
+    ready: Sequence[rpc.Subchannel] = [Fake(4), Fake(4), Fake(4)]
+    picks = [balancer.pick(ready) for _ in range(9)]
+    start = picks[0]
+    assert picks == [(start + i) % 3 for i in range(9)]
+
+
+def test_p2c_compares_the_turn_with_a_random_other() -> None:
+    balancer = rpc.PowerOfTwoChoices(seed=4)
+    ready: Sequence[rpc.Subchannel] = [Fake(0), Fake(3), Fake(3), Fake(3)]
+    picks = [balancer.pick(ready) for _ in range(400)]
+    # Index 0 wins whenever it is a candidate: on its turn (1 in 4) and when drawn as the
+    # other of a busy turn (1 in 3 of the other 3 in 4): 1/4 + 3/4 * 1/3 = 1/2.
+    assert 150 < picks.count(0) < 250
+    # A busy connection wins only on its turn against another busy one: 1/4 * 2/3 = 1/6.
+    assert all(40 < picks.count(i) < 100 for i in (1, 2, 3))
+
+
+def test_p2c_with_the_same_seed_picks_the_same() -> None:
+    ready: Sequence[rpc.Subchannel] = [Fake(1), Fake(2), Fake(1), Fake(0)]
+    first, second = rpc.PowerOfTwoChoices(seed=9), rpc.PowerOfTwoChoices(seed=9)
+    assert [first.pick(ready) for _ in range(50)] == [second.pick(ready) for _ in range(50)]
+
+
 async def spread(target: list[str], balancer: rpc.Balancer, calls: int) -> None:
     async with rpc.open_channel(target, balancer=balancer) as channel:
         await wait_ready(channel, len(target))
