@@ -9,7 +9,9 @@
   balancer is skipped: one ready connection) and to 3 endpoints with round robin and with
   power-of-two-choices, retries and ejection on (the defaults). Servers and client share
   the process and its one core, so the figures compare the channel's paths with each other,
-  not with other frameworks (``rpc_bench.py`` does that).
+  not with other frameworks (``rpc_bench.py`` does that). The table also gives the
+  ``send_all`` calls on all sockets (client and servers) per call: how well each case
+  batches frames, which is what separates the balancers here.
 * **Discovery latency**: from the moment ``register()`` has returned to the first call
   answered by the new replica, with calls running back to back, for ``MemoryRegistry``,
   the registry server (``registry.open_registry_client``) and a real etcd (started on
@@ -19,12 +21,13 @@
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -60,8 +63,48 @@ class Replica(rpc.Service, name="bench.replica"):
         return Name(self.name)
 
 
+class _SendCounter:
+    """Counts ``trio.SocketStream.send_all`` calls (every socket, both ends) while on."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self._original = trio.SocketStream.send_all
+
+    def install(self) -> None:
+        original, counter = self._original, self
+
+        async def send_all(stream: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+            counter.sends += 1
+            await original(stream, data)
+
+        trio.SocketStream.send_all = send_all  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        trio.SocketStream.send_all = self._original  # type: ignore[method-assign]
+
+
+class TwoRandomDraws:
+    """Power of two choices with both candidates drawn at random (trio_micro's p2c until
+    2026-11-27), for comparison: it batches frames worse (see the sends column)."""
+
+    def __init__(self) -> None:
+        self._random = random.Random().random
+
+    def pick(self, ready: Sequence[rpc.Subchannel]) -> int:
+        count = len(ready)
+        first = int(self._random() * count)
+        second = int(self._random() * (count - 1))
+        if second >= first:
+            second += 1
+        return second if ready[second].outstanding < ready[first].outstanding else first
+
+
 async def throughput(
-    replicas: int, balancer: Callable[[], rpc.Balancer], calls: int, in_flight: int = 64
+    replicas: int,
+    balancer: Callable[[], rpc.Balancer],
+    calls: int,
+    in_flight: int = 64,
+    counter: _SendCounter | None = None,
 ) -> float:
     async with AsyncExitStack() as stack:
         targets = []
@@ -82,11 +125,15 @@ async def throughput(
         async with trio.open_nursery() as nursery:  # warm-up
             for _ in range(in_flight):
                 nursery.start_soon(worker, 20)
+        sends = counter.sends if counter is not None else 0
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for _ in range(in_flight):
                 nursery.start_soon(worker, calls // in_flight)
-        return (calls // in_flight * in_flight) / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        if counter is not None:
+            counter.sends -= sends  # leave only the timed calls' sends
+        return (calls // in_flight * in_flight) / elapsed
 
 
 async def discovery_latency(registry: Registry, samples: int) -> list[float]:
@@ -118,20 +165,33 @@ async def main(runs: int, calls: int, samples: int) -> None:
         ("1 endpoint", 1, rpc.PowerOfTwoChoices),
         ("3 endpoints, round robin", 3, rpc.RoundRobin),
         ("3 endpoints, power of two choices", 3, rpc.PowerOfTwoChoices),
+        ("3 endpoints, two random draws (reference)", 3, TwoRandomDraws),
     ]
     results: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-    for _ in range(runs):  # interleaved, so a noisy moment hits every case alike
-        for name, replicas, balancer in cases:
-            results[name].append(await throughput(replicas, balancer, calls))
+    sends: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    counter = _SendCounter()
+    counter.install()
+    try:
+        for _ in range(runs):  # interleaved, so a noisy moment hits every case alike
+            for name, replicas, balancer in cases:
+                counter.sends = 0
+                results[name].append(await throughput(replicas, balancer, calls, 64, counter))
+                sends[name].append(counter.sends / (calls // 64 * 64))
+    finally:
+        counter.uninstall()
     direct = results[cases[0][0]]
-    print(f"| channel | calls/s (64 in flight, median of {runs}) | min..max | vs 1 endpoint |")
-    print("|---|---|---|---|")
+    print(
+        f"| channel | calls/s (64 in flight, median of {runs}) | min..max | vs 1 endpoint "
+        "| socket sends per call |"
+    )
+    print("|---|---|---|---|---|")
     for name, values in results.items():
         # The ratio of each run to the same run's single endpoint, then the median.
         ratio = statistics.median(v / d for v, d in zip(values, direct, strict=True))
         print(
             f"| {name} | {statistics.median(values):,.0f} | "
-            f"{min(values):,.0f}..{max(values):,.0f} | {ratio:.0%} |"
+            f"{min(values):,.0f}..{max(values):,.0f} | {ratio:.0%} | "
+            f"{statistics.median(sends[name]):.3f} |"
         )
     print()
     print("| registry | discovery latency p50 | p99 | samples |")
