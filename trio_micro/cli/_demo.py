@@ -19,9 +19,7 @@ User ids follow a Zipf-like law (weight ``1/rank**1.1``, seeded, so every run as
 same ids in the same order). When half of the calls are done, the progress callback kills
 one replica with SIGKILL; the calls that were in flight on it fail with ``UNAVAILABLE``
 and the channel retries them on the other replicas (``GetUser`` is idempotent), the dead
-endpoint's reconnects fail, and its registration expires after ``--ttl`` seconds. The
-retry budget is sized to the concurrency, because every call in flight on the killed
-replica needs one retry at the same moment (the channel's default budget holds 10).
+endpoint's reconnects fail, and its registration expires after ``--ttl`` seconds.
 
 Then it stops the children (SIGTERM, a bounded wait, SIGKILL for stragglers, which the
 report names), checks that no process of theirs is left and that their ports are free,
@@ -634,13 +632,11 @@ async def _client(run: _Run, registry: _Child) -> None:
     config = run.config
     assert registry.address is not None
     ids = zipf_user_ids(config.users, config.calls, seed=config.seed)
-    # Every call in flight on the killed replica needs one retry at the same moment.
-    retry = rpc.RetryPolicy(budget_tokens=float(max(10, config.concurrency)))
     async with (
         observe.open_task_monitor(leak_threshold=max(1000, 4 * config.concurrency)) as monitor,
         observe.open_memory_monitor(interval=1.0),
         open_registry_client(registry.address) as reg,
-        rpc.open_channel(SERVICE, registry=reg, interceptors=[run.counter], retry=retry) as channel,
+        rpc.open_channel(SERVICE, registry=reg, interceptors=[run.counter]) as channel,
         trio.open_nursery() as nursery,
     ):
         await _start_debug_endpoint(run, nursery)

@@ -552,6 +552,10 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
         if config.debug_port is not None:
             stack.callback(rpc.register_server_metrics(server))
             observe.register_process_metrics()
+            # Live tasks and blocked-loop events on /metrics; the monitor times every task
+            # step, a cost paid only with --debug-port.
+            monitor = await stack.enter_async_context(observe.open_task_monitor())
+            stack.callback(observe.register_task_monitor(monitor))
             debug = await stack.enter_async_context(
                 observe.open_debug_server(port=config.debug_port)
             )
