@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import structlog
 import trio
 
 from trio_micro import registry, rpc
@@ -17,20 +15,8 @@ from ..rpc.services import TestService
 GET_USER = "grpc.testing.TestService.get_user"
 
 
-@pytest.fixture(autouse=True)
-def _quiet_logging() -> Iterator[None]:
-    # As in test_call: no server logs on stdout, and structlog restored afterwards.
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    yield
-    structlog.configure(**saved)
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[str]:
-    async with rpc.open_server([TestService()], host="127.0.0.1", port=0) as server:
-        host, port = server.address
-        yield f"{host}:{port}"
+# The servers' logs stay off stdout; structlog is restored after each test (conftest.py).
+pytestmark = pytest.mark.usefixtures("quiet_logging")
 
 
 async def cli(*argv: str) -> int:

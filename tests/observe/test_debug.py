@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -292,16 +291,6 @@ async def test_memory_page_shows_rss_and_gc(client: httpx.AsyncClient) -> None:
     assert "gc thresholds: " in text
     assert "gc collections: " in text
     assert "tracemalloc: not tracing" in text
-
-
-@pytest.fixture
-def tracing() -> Iterator[None]:
-    assert not tracemalloc.is_tracing()
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.usefixtures("tracing")

@@ -24,16 +24,6 @@ from trio_micro.observe import (
 
 
 @pytest.fixture
-def tracing() -> Iterator[None]:
-    assert not tracemalloc.is_tracing()
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        tracemalloc.stop()
-
-
-@pytest.fixture
 def gc_settings() -> Iterator[None]:
     threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     try:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import gc
-import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -392,16 +391,6 @@ def test_register_task_monitor_refuses_other_objects() -> None:
 
 
 # --------------------------------------------------------------------------- process
-
-
-@pytest.fixture
-def tracing() -> Iterator[None]:
-    assert not tracemalloc.is_tracing()
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        tracemalloc.stop()
 
 
 def test_process_metrics_cover_memory_and_gc(registry: CollectorRegistry) -> None:

@@ -10,7 +10,7 @@ import trio
 
 from trio_micro import rpc
 
-from .conftest import address
+from .conftest import address, cancel_sleep_once_started
 from .services import Empty, TestService
 
 _seen: contextvars.ContextVar[str] = contextvars.ContextVar("test_seen", default="")
@@ -82,17 +82,7 @@ async def test_a_reused_worker_is_named_for_its_current_call(
 async def test_a_cancelled_call_does_not_cancel_the_next_one(
     service: TestService, stub: TestService
 ) -> None:
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-
-            async def cancel_when_started() -> None:
-                await service.started.wait()
-                scope.cancel()
-
-            nursery.start_soon(cancel_when_started)
-            await stub.sleep(Empty())
-    with trio.fail_after(5):
-        await service.cancelled.wait()
+    await cancel_sleep_once_started(service, stub)
     service.release.set()
     assert await stub.hold(Empty()) == Empty()  # hold checkpoints: a stale scope would fire
 

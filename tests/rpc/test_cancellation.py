@@ -10,23 +10,12 @@ import trio.testing
 
 from trio_micro import rpc
 
-from .conftest import address
+from .conftest import address, cancel_sleep_once_started
 from .services import Empty, RelayService, StreamingRequest, TestService
 
 
 async def test_cancel_after_begin(service: TestService, stub: TestService) -> None:
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-
-            async def cancel_when_started() -> None:
-                await service.started.wait()
-                scope.cancel()
-
-            nursery.start_soon(cancel_when_started)
-            await stub.sleep(Empty())
-    assert scope.cancelled_caught
-    with trio.fail_after(5):
-        await service.cancelled.wait()
+    await cancel_sleep_once_started(service, stub)
 
 
 async def test_cancel_after_first_response(service: TestService, stub: TestService) -> None:
@@ -70,18 +59,25 @@ async def test_timeout_on_sleeping_server(
     await service.cancelled.wait()
 
 
+async def three_hop_chain(
+    stack: AsyncExitStack, hop_a: RelayService, hop_b: RelayService, sleeper: TestService
+) -> rpc.Channel:
+    """Serve ``hop_a -> hop_b -> sleeper`` (one server each); return the channel to hop_a."""
+    server_c = await stack.enter_async_context(rpc.open_server([sleeper], host="127.0.0.1"))
+    to_c = await stack.enter_async_context(rpc.open_channel(address(server_c)))
+    hop_b.next_sleeper = to_c.stub(TestService)
+    server_b = await stack.enter_async_context(rpc.open_server([hop_b], host="127.0.0.1"))
+    to_b = await stack.enter_async_context(rpc.open_channel(address(server_b)))
+    hop_a.next_relay = to_b.stub(RelayService)
+    server_a = await stack.enter_async_context(rpc.open_server([hop_a], host="127.0.0.1"))
+    return await stack.enter_async_context(rpc.open_channel(address(server_a)))
+
+
 async def test_deadline_stops_a_three_hop_chain(autojump_clock: trio.testing.MockClock) -> None:
     sleeper = TestService()
     hop_b, hop_a = RelayService(), RelayService()
     async with AsyncExitStack() as stack:
-        server_c = await stack.enter_async_context(rpc.open_server([sleeper], host="127.0.0.1"))
-        to_c = await stack.enter_async_context(rpc.open_channel(address(server_c)))
-        hop_b.next_sleeper = to_c.stub(TestService)
-        server_b = await stack.enter_async_context(rpc.open_server([hop_b], host="127.0.0.1"))
-        to_b = await stack.enter_async_context(rpc.open_channel(address(server_b)))
-        hop_a.next_relay = to_b.stub(RelayService)
-        server_a = await stack.enter_async_context(rpc.open_server([hop_a], host="127.0.0.1"))
-        to_a = await stack.enter_async_context(rpc.open_channel(address(server_a)))
+        to_a = await three_hop_chain(stack, hop_a, hop_b, sleeper)
 
         start = trio.current_time()
         with trio.move_on_after(1) as scope:
@@ -99,14 +95,7 @@ async def test_cancellation_stops_a_three_hop_chain() -> None:
     sleeper = TestService()
     hop_b, hop_a = RelayService(), RelayService()
     async with AsyncExitStack() as stack:
-        server_c = await stack.enter_async_context(rpc.open_server([sleeper], host="127.0.0.1"))
-        to_c = await stack.enter_async_context(rpc.open_channel(address(server_c)))
-        hop_b.next_sleeper = to_c.stub(TestService)
-        server_b = await stack.enter_async_context(rpc.open_server([hop_b], host="127.0.0.1"))
-        to_b = await stack.enter_async_context(rpc.open_channel(address(server_b)))
-        hop_a.next_relay = to_b.stub(RelayService)
-        server_a = await stack.enter_async_context(rpc.open_server([hop_a], host="127.0.0.1"))
-        to_a = await stack.enter_async_context(rpc.open_channel(address(server_a)))
+        to_a = await three_hop_chain(stack, hop_a, hop_b, sleeper)
 
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:

@@ -130,6 +130,11 @@ Handler = Callable[[Any], Any]
 # A method table entry: its info, the bound handler, and the name of its call tasks
 # (passed to start_soon, which otherwise formats a name from the function on every call).
 _Method = tuple[MethodInfo, Handler, str]
+# The innermost step of a call, run inside the interceptor chain: _ANSWER_UNARY or
+# _ANSWER_STREAM (plain functions, taking the connection first; see _run_call).
+_Answer = Callable[
+    ["_ServerConnection", ServerCall, MethodInfo, Handler, bytes], Coroutine[Any, Any, None]
+]
 
 
 @final
@@ -636,8 +641,8 @@ class _ServerConnection:
             self.local,
         )
         self.calls[sid] = call
-        run = self._run_unary if info.call_type is CallType.UNARY else self._run_stream
-        worker.job = run(call, info, handler, frame.payload)
+        answer = _ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWER_STREAM
+        worker.job = self._run_call(answer, call, info, handler, frame.payload)
         task = worker.task
         if task is not None:
             worker.task = None
@@ -733,6 +738,23 @@ class _ServerConnection:
             return RpcError(Status.CANCELLED, "cancelled by the client")
         return RpcError(Status.DEADLINE_EXCEEDED, "deadline exceeded")
 
+    def _handler_failed(self, call: ServerCall, exc: BaseException, what: str) -> RpcError | None:
+        """The error a handler's exception turns the call into (run on failure only).
+
+        None means: let ``exc`` propagate unchanged -- an ``RpcError`` the handler raised
+        (it is the call's status already), a cancellation that is not this call's (the
+        connection is closing), or a ``BaseException`` that is not ours to catch. This
+        call's cancellation becomes ``CANCELLED`` or ``DEADLINE_EXCEEDED``; any other
+        ``Exception`` is logged and becomes ``INTERNAL``.
+        """
+        if isinstance(exc, RpcError):
+            return None
+        if isinstance(exc, trio.Cancelled):
+            return self._cancelled_status(call) if call._scope.cancel_called else None
+        if isinstance(exc, Exception):
+            return self._crashed(call, exc, what)
+        return None
+
     def _crashed(self, call: ServerCall, exc: BaseException, what: str) -> RpcError:
         log.error(
             "rpc.handler.crashed",
@@ -753,27 +775,48 @@ class _ServerConnection:
             chain = _bind(interceptor, call, chain)
         await chain()
 
-    async def _run_unary(
-        self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
+    async def _run_call(
+        self,
+        answer: _Answer,
+        call: ServerCall,
+        info: MethodInfo,
+        handler: Handler,
+        payload: bytes,
     ) -> None:
-        # Runs in a worker, under call._scope (see _run_worker), in a context of its own.
+        """Run one call, unary or server-stream, to its terminal frame.
+
+        Runs in a worker, under ``call._scope`` (see :meth:`_run_worker`), in a context of
+        its own. ``answer`` (inside the interceptors, if any) decodes the request, runs the
+        handler and queues the RESPONSE or the items; here the outcome becomes the
+        terminal frame: END after a stream that succeeded, ERROR after a failure
+        (``CANCELLED`` or ``DEADLINE_EXCEEDED`` when the call's scope was cancelled).
+        Checkpoints: those of ``answer`` and the interceptors. Cancellation of the whole
+        connection propagates without a frame.
+
+        One function for both kinds, not one a kind: the unary path pays a single
+        identity test for it (and ``_on_request`` no longer makes a bound method per
+        call), no extra coroutine.
+        """
         _current_call.set(call)
         enter_server_span(call)
         try:
             if self._interceptors:
-                await self._intercepted(
-                    call, lambda: self._answer_unary(call, info, handler, payload)
-                )
+                await self._intercepted(call, lambda: answer(self, call, info, handler, payload))
             else:
-                await self._answer_unary(call, info, handler, payload)
+                await answer(self, call, info, handler, payload)
         except RpcError as exc:
-            # After an answer was queued (an interceptor failing later), the stream is
+            # After a unary answer was queued (an interceptor failing later), the stream is
             # closed and _send_error sends nothing.
             self._send_error(call, exc)
         except trio.Cancelled:
             if call._scope.cancel_called:  # else the whole connection is closing
                 self._send_error(call, self._cancelled_status(call))
             raise
+        else:
+            # A stream's END is queued after the interceptors, so one that fails after
+            # proceed() still turns the call into an ERROR.
+            if answer is not _ANSWER_UNARY:
+                self.writer.write(self.proto.send_end(call.stream_id))
         finally:
             calls = self.calls
             del calls[call.stream_id]
@@ -794,14 +837,11 @@ class _ServerConnection:
             raise invalid_argument(exc) from None
         try:
             result = await handler(request)
-        except RpcError:
-            raise
-        except trio.Cancelled:
-            if call._scope.cancel_called:
-                raise self._cancelled_status(call) from None
-            raise
-        except Exception as exc:
-            raise self._crashed(call, exc, "handler raised") from None
+        except BaseException as exc:
+            error = self._handler_failed(call, exc, "handler raised")
+            if error is None:
+                raise
+            raise error from None
         if not isinstance(result, info.response_type):
             raise self._crashed(
                 call,
@@ -822,37 +862,12 @@ class _ServerConnection:
         else:  # others may answer in this batch too: one send_all for all
             writer.write(data)
 
-    async def _run_stream(
+    async def _answer_stream(
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
     ) -> None:
-        _current_call.set(call)
-        enter_server_span(call)
-        proto = self.proto
-        sid = call.stream_id
-        try:
-            if self._interceptors:
-                await self._intercepted(
-                    call, lambda: self._invoke_stream(call, info, handler, payload)
-                )
-            else:
-                await self._invoke_stream(call, info, handler, payload)
-        except RpcError as exc:
-            self._send_error(call, exc)
-        except trio.Cancelled:
-            if call._scope.cancel_called:  # else the whole connection is closing
-                self._send_error(call, self._cancelled_status(call))
-            raise
-        else:
-            self.writer.write(proto.send_end(sid))
-        finally:
-            self._credit_waiters.pop(sid, None)
-            del self.calls[sid]
-            if not self.calls:
-                self._no_calls_left()
-
-    async def _invoke_stream(
-        self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
-    ) -> None:
+        """Decode, run the generator, queue its items as credit allows; failures raise
+        RpcError. The END is queued by :meth:`_run_call`.
+        """
         try:
             request = info.decode_request(payload)
         except msgspec.DecodeError as exc:
@@ -876,14 +891,11 @@ class _ServerConnection:
                     item = await agen.__anext__()
                 except StopAsyncIteration:
                     return
-                except RpcError:
-                    raise
-                except trio.Cancelled:
-                    if call._scope.cancel_called:
-                        raise self._cancelled_status(call) from None
-                    raise
-                except Exception as exc:
-                    raise self._crashed(call, exc, "stream handler raised") from None
+                except BaseException as exc:
+                    error = self._handler_failed(call, exc, "stream handler raised")
+                    if error is None:
+                        raise
+                    raise error from None
                 if not isinstance(item, item_type):
                     raise self._crashed(
                         call,
@@ -901,6 +913,7 @@ class _ServerConnection:
                         Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
                     ) from None
         finally:
+            self._credit_waiters.pop(sid, None)  # defensive: _wait_credit's abort removes it
             try:
                 await agen.aclose()
             except Exception as exc:  # a finally block in the generator failed
@@ -914,6 +927,10 @@ class _ServerConnection:
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+_ANSWER_UNARY: Final[_Answer] = _ServerConnection._answer_unary
+_ANSWER_STREAM: Final[_Answer] = _ServerConnection._answer_stream
 
 
 @final
