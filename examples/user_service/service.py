@@ -10,8 +10,14 @@ path before the handler runs); a missing user is ``NOT_FOUND``.
 Each call binds ``cache="hit"`` or ``cache="miss"`` to the structlog context, so the
 access log record of the call carries it. Each ``GetUser`` that queries the database (the
 one load of a coalesced group of misses, not the callers waiting on it) logs one
-``users.db.query`` record with the ``user_id``, so the queries of every replica can be
-counted from their logs.
+``users.db.query`` record with the ``user_id`` and, inside a call, the ``server`` that
+the access log's records carry (this replica's address, from :func:`rpc.current_call`),
+so ``trio-micro logs summary`` counts the queries of every replica under its address.
+
+:meth:`UserService.open` exports the cache's :meth:`~.cache.TTLCache.statistics` as
+Prometheus metrics (:func:`trio_micro.observe.register_stats_source`, read at scrape
+time): counters ``trio_micro_user_cache_{hits,misses,loads,evictions,expirations}_total``
+and gauges ``trio_micro_user_cache_{size,max_size}``, unregistered when it closes.
 
 As a process: ``trio-micro serve examples.user_service:UserService -o db=PATH`` serves it
 through :meth:`UserService.open` (options ``db``, ``cache_size``, ``cache_ttl``,
@@ -24,19 +30,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Final
 
 import msgspec
 import structlog
+from prometheus_client import CollectorRegistry
 
-from trio_micro import rpc
+from trio_micro import observe, rpc
 
 from .cache import TTLCache
 from .database import UserDatabase, UserRow
 
 __all__ = [
+    "CACHE_METRICS",
     "DB_QUERY",
     "CreateUserRequest",
     "GetUserRequest",
@@ -48,6 +56,12 @@ __all__ = [
 
 #: Log event: ``GetUser`` queried the database for ``user_id`` (one per cache load).
 DB_QUERY: Final = "users.db.query"
+
+#: Middle part of the cache's metric names: ``trio_micro_user_cache_*``.
+CACHE_METRICS: Final = "user_cache"
+
+# The fields of CacheStatistics that only grow: exported as counters (``..._total``).
+_CACHE_COUNTERS: Final = ("hits", "misses", "loads", "evictions", "expirations")
 
 log = structlog.get_logger("users")
 
@@ -112,6 +126,31 @@ def _positive_seconds(name: str, value: object) -> float:
     return float(number)
 
 
+def _replica() -> dict[str, str]:
+    """``{"server": "host:port"}`` for the call being handled, ``{}`` outside a call."""
+    try:
+        server = rpc.current_call().server
+    except RuntimeError:  # not in an RPC handler (a direct call, a test)
+        return {}
+    return {"server": server} if server else {}
+
+
+def _export_cache(
+    cache: TTLCache[int, UserRow | None], registry: CollectorRegistry | None
+) -> Callable[[], None]:
+    """Register ``cache.statistics`` as ``trio_micro_user_cache_*``; return the unregister."""
+    try:
+        return observe.register_stats_source(
+            CACHE_METRICS, cache.statistics, counters=_CACHE_COUNTERS, registry=registry
+        )
+    except ValueError as exc:  # the name is taken in this registry
+        raise ValueError(
+            f"metrics_registry: {CACHE_METRICS!r} is already exported to this registry "
+            "(by another open UserService?); give each service in the process its own "
+            f"(metrics_registry=prometheus_client.CollectorRegistry()): {exc}"
+        ) from exc
+
+
 class UserService(rpc.Service, name="users"):
     """The user service. Give it an open database and a cache, or use :meth:`open`."""
 
@@ -128,6 +167,7 @@ class UserService(rpc.Service, name="users"):
         cache_size: str | int = 10_000,
         cache_ttl: str | float = 30.0,
         threads: str | int = 4,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> AsyncIterator[UserService]:
         """Open the database and a fresh cache; yield a service using them.
 
@@ -136,21 +176,40 @@ class UserService(rpc.Service, name="users"):
         database file and its schema are created if missing (WAL mode, so several
         replicas can share the file); the connections close on exit.
 
+        The cache's statistics are exported as Prometheus metrics while the service is
+        open: counters ``trio_micro_user_cache_{hits,misses,loads,evictions,
+        expirations}_total``, gauges ``trio_micro_user_cache_size`` and ``..._max_size``
+        (read at scrape time; ``/metrics`` of ``serve --debug-port`` shows them).
+
+        Entering (the database opens in a worker thread) and leaving are checkpoints.
+        However the body ends, cancellation included, the metrics are unregistered and
+        the connections closed.
+
         Args:
             db: Path of the SQLite database file.
             cache_size: Users the cache holds at most (LRU beyond that).
             cache_ttl: Seconds a cached user (or a cached "no such user") is served.
             threads: Worker threads (and connections) for database queries.
+            metrics_registry: Where the cache metrics go; default
+                ``prometheus_client.REGISTRY``. One registry takes one service's cache at
+                a time: give each service in a process its own (not settable with ``-o``).
 
         Raises:
-            TypeError: An unknown option (raised by the call, before entering).
-            ValueError: An option has a bad value, or the database can't be opened; the
+            TypeError: An unknown option (raised by the call, before entering), or
+                ``metrics_registry`` is not a ``CollectorRegistry``.
+            ValueError: An option has a bad value, the database can't be opened, or
+                another open service exports its cache to ``metrics_registry``; the
                 message names the option and shows the value.
         """
         if not isinstance(db, str | os.PathLike) or not os.fspath(db):
             raise ValueError(f"db must be the path of a SQLite database file, got {db!r}")
         size = _positive_int("cache_size", cache_size)
         ttl = _positive_seconds("cache_ttl", cache_ttl)
+        if metrics_registry is not None and not isinstance(metrics_registry, CollectorRegistry):
+            raise TypeError(
+                "metrics_registry must be a prometheus_client.CollectorRegistry, "
+                f"got {metrics_registry!r}"
+            )
         database = UserDatabase(db, threads=_positive_int("threads", threads))
         try:
             await database.__aenter__()
@@ -158,7 +217,12 @@ class UserService(rpc.Service, name="users"):
             await database.aclose()
             raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
         try:
-            yield cls(database, TTLCache(max_size=size, ttl=ttl))
+            service = cls(database, TTLCache(max_size=size, ttl=ttl))
+            unregister = _export_cache(service.cache, metrics_registry)
+            try:
+                yield service
+            finally:
+                unregister()
         finally:
             await database.aclose()
 
@@ -166,11 +230,14 @@ class UserService(rpc.Service, name="users"):
         # The cache's loader: runs once per coalesced group of misses.
         start = time.perf_counter()
         row = await self.db.get_user(user_id)
+        # It runs in the task of the call that missed first (SingleFlight has no task of
+        # its own), so current_call() is that call: its server is this replica's address.
         log.info(
             DB_QUERY,
             user_id=user_id,
             found=row is not None,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
+            **_replica(),
         )
         return row
 

@@ -146,9 +146,10 @@ async def test_serve_registers_answers_and_deregisters_on_sigterm(tmp_path: Path
             async with httpx.AsyncClient() as http:
                 response = await http.get(f"{url.rstrip('/')}/metrics")
             assert response.status_code == 200
+            families = list(text_string_to_metric_families(response.text))
             samples = [
                 sample
-                for family in text_string_to_metric_families(response.text)
+                for family in families
                 for sample in family.samples
                 if sample.name == "trio_micro_rpc_server_calls_total"
                 and sample.labels.get("service") == "users"
@@ -156,6 +157,33 @@ async def test_serve_registers_answers_and_deregisters_on_sigterm(tmp_path: Path
             assert [(s.labels["method"], s.labels["code"], s.value) for s in samples] == [
                 ("get_user", "OK", 1.0)
             ]
+            # ... and the user service's cache (UserService.open registers it): one miss.
+            cache = {
+                sample.name: (family.type, sample.value)
+                for family in families
+                if family.name.startswith("trio_micro_user_cache_")
+                for sample in family.samples
+                if not sample.name.endswith("_created")
+            }
+            assert cache == {
+                "trio_micro_user_cache_hits_total": ("counter", 0.0),
+                "trio_micro_user_cache_misses_total": ("counter", 1.0),
+                "trio_micro_user_cache_loads_total": ("counter", 1.0),
+                "trio_micro_user_cache_evictions_total": ("counter", 0.0),
+                "trio_micro_user_cache_expirations_total": ("counter", 0.0),
+                "trio_micro_user_cache_size": ("gauge", 1.0),
+                "trio_micro_user_cache_max_size": ("gauge", 10_000.0),
+            }
+            # ... and the task monitor that --debug-port starts: live tasks, blocked steps.
+            monitor = {
+                sample.name: sample.value
+                for family in families
+                if family.name.startswith("trio_micro_task_monitor_")
+                for sample in family.samples
+            }
+            assert monitor["trio_micro_task_monitor_live_tasks"] > 0
+            assert monitor["trio_micro_task_monitor_spawned_total"] > 0
+            assert "trio_micro_task_monitor_blocked_steps_total" in monitor
 
             assert await server.stop() == 0
         assert await registry.resolve("users") == []
@@ -166,7 +194,10 @@ async def test_serve_registers_answers_and_deregisters_on_sigterm(tmp_path: Path
     assert [(c["method"], c["cache"], c["server"]) for c in calls] == [
         ("get_user", "miss", address)
     ]
-    assert [r["user_id"] for r in records if r["event"] == "users.db.query"] == [1]
+    # The query record names the replica, as the access log does.
+    assert [(r["user_id"], r.get("server")) for r in records if r["event"] == "users.db.query"] == [
+        (1, address)
+    ]
     # Deregistered before the server stops accepting, and the stop is logged last.
     assert events.index("registry.endpoint.deregistered") < events.index("rpc.server.shutdown")
     assert events[-1] == "serve.stopped"
