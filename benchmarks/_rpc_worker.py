@@ -120,67 +120,43 @@ def _latency_summary(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-# --- shared client drivers (one for trio, one for asyncio) -------------------------------
+# --- the shared client driver, and how it runs workers under trio or asyncio ----------
+
+RunWorkers = Callable[[Callable[[], Awaitable[None]], int], Awaitable[None]]
 
 
-async def _trio_drive(
-    call: Callable[[GetUserRequest], Awaitable[User]],
-    *,
-    in_flight: int,
-    calls: int,
-    warmup: int,
-    min_seconds: float,
-) -> dict[str, float]:
+async def _run_trio_workers(worker: Callable[[], Awaitable[None]], count: int) -> None:
+    """Run ``count`` copies of ``worker`` in a trio nursery and wait for all of them."""
     import trio
 
-    async def burst(total: int) -> None:
-        remaining = total
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                request = _request(remaining)
-                _check(request, await call(request))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(in_flight, total)):
-                nursery.start_soon(worker)
-
-    await burst(warmup)
-    if in_flight == 1:
-        samples: list[int] = []
-        clock = time.perf_counter_ns
-        start = time.perf_counter()
-        for i in range(calls):
-            request = _request(i)
-            t0 = clock()
-            reply = await call(request)
-            samples.append(clock() - t0)
-            _check(request, reply)
-        seconds = time.perf_counter() - start
-        return {"calls": calls, "seconds": seconds, "rate": calls / seconds} | _latency_summary(
-            samples
-        )
-    done, start = 0, time.perf_counter()
-    while True:  # at least `calls`, and at least `min_seconds` so fast peers aren't noise
-        await burst(calls)
-        done += calls
-        seconds = time.perf_counter() - start
-        if seconds >= min_seconds:
-            return {"calls": done, "seconds": seconds, "rate": done / seconds}
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(worker)
 
 
-async def _asyncio_drive(
-    call: Callable[[GetUserRequest], Awaitable[User]],
-    *,
-    in_flight: int,
-    calls: int,
-    warmup: int,
-    min_seconds: float,
-) -> dict[str, float]:
+async def _run_asyncio_workers(worker: Callable[[], Awaitable[None]], count: int) -> None:
+    """Run ``count`` copies of ``worker`` with ``asyncio.gather`` and wait for all of them."""
     import asyncio
 
+    await asyncio.gather(*(worker() for _ in range(count)))
+
+
+async def _drive(
+    call: Callable[[GetUserRequest], Awaitable[User]],
+    run_workers: RunWorkers,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Warm up, then measure ``call``: sequential latency or throughput (module docs).
+
+    ``run_workers`` is :func:`_run_trio_workers` or :func:`_run_asyncio_workers`, for
+    the event loop ``call`` belongs to; ``args`` gives ``in_flight``, ``calls``,
+    ``warmup`` and ``min_seconds``.
+    """
+    in_flight: int = args.in_flight
+    calls: int = args.calls
+    warmup: int = args.warmup
+    min_seconds: float = args.min_seconds
+
     async def burst(total: int) -> None:
         remaining = total
 
@@ -191,7 +167,7 @@ async def _asyncio_drive(
                 request = _request(remaining)
                 _check(request, await call(request))
 
-        await asyncio.gather(*(worker() for _ in range(min(in_flight, total))))
+        await run_workers(worker, min(in_flight, total))
 
     await burst(warmup)
     if in_flight == 1:
@@ -273,13 +249,7 @@ def grpcio_client(args: argparse.Namespace) -> dict[str, float]:
                 request_serializer=msgspec.msgpack.Encoder().encode,
                 response_deserializer=msgspec.msgpack.Decoder(User).decode,
             )
-            return await _asyncio_drive(
-                call,
-                in_flight=args.in_flight,
-                calls=args.calls,
-                warmup=args.warmup,
-                min_seconds=args.min_seconds,
-            )
+            return await _drive(call, _run_asyncio_workers, args)
 
     return asyncio.run(main())
 
@@ -396,13 +366,7 @@ def raw_client(args: argparse.Namespace) -> dict[str, float]:
         async with stream, trio.open_nursery() as nursery:
             nursery.start_soon(writer)
             nursery.start_soon(reader)
-            result = await _trio_drive(
-                call,
-                in_flight=args.in_flight,
-                calls=args.calls,
-                warmup=args.warmup,
-                min_seconds=args.min_seconds,
-            )
+            result = await _drive(call, _run_trio_workers, args)
             nursery.cancel_scope.cancel()
         return result
 
@@ -500,13 +464,7 @@ def trio_micro_client(args: argparse.Namespace) -> dict[str, float]:
     async def main() -> dict[str, float]:
         async with rpc.open_channel(f"127.0.0.1:{args.port}", **options) as channel:
             stub = channel.stub(service)
-            return await _trio_drive(
-                stub.get_user,
-                in_flight=args.in_flight,
-                calls=args.calls,
-                warmup=args.warmup,
-                min_seconds=args.min_seconds,
-            )
+            return await _drive(stub.get_user, _run_trio_workers, args)
 
     return trio.run(main)
 

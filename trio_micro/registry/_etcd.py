@@ -56,16 +56,15 @@ import msgspec
 import trio
 
 from ._types import (
-    DuplicateRegistrationError,
     Endpoint,
     Registration,
     RegistryBackendError,
     RegistryError,
     RegistryUnavailableError,
     check_address,
-    check_metadata,
+    check_registration,
     check_service,
-    check_ttl,
+    claim_registration,
     endpoint_list,
     log,
     log_changes,
@@ -365,23 +364,14 @@ class EtcdRegistry:
     ) -> AbstractAsyncContextManager[Registration]:
         """Register ``address`` as a replica of ``service`` while the ``async with`` runs.
 
-        See :meth:`Registry.register` and the module docs. Entering grants a lease of
-        ``ceil(ttl)`` seconds (etcd may raise it to its minimum; the granted TTL is
-        :attr:`Registration.ttl`) and puts the key: two requests, each a checkpoint. The
-        keepalive task (``trio_micro.registry.keepalive``) runs in a nursery owned by the
-        context manager and never raises: it logs and retries. Exiting revokes the lease,
-        shielded from cancellation for up to 5 s; when that fails (etcd down) it logs
-        ``registry.deregister.failed`` and the key expires with the lease. Exceptions
-        from the body come out in an :class:`ExceptionGroup`.
-
-        Args:
-            service: The service name (letters, digits, ``.``, ``_``, ``-``).
-            address: ``"host:port"`` or ``"[ipv6]:port"``.
-            ttl: Seconds the key outlives the last renewal.
-            metadata: str-to-str labels published with the address.
-
-        Returns:
-            An async context manager yielding the :class:`Registration`.
+        See :meth:`Registry.register` for the arguments and the contract, and the module
+        docs. Entering grants a lease of ``ceil(ttl)`` seconds (etcd may raise it to its
+        minimum; the granted TTL is :attr:`Registration.ttl`) and puts the key: two
+        requests, each a checkpoint. The keepalive task (``trio_micro.registry.keepalive``)
+        runs in a nursery owned by the context manager and never raises: it logs and
+        retries. Exiting revokes the lease, shielded from cancellation for up to 5 s; when
+        that fails (etcd down) it logs ``registry.deregister.failed`` and the key expires
+        with the lease. Exceptions from the body come out in an :class:`ExceptionGroup`.
 
         Raises:
             TypeError / ValueError: Bad arguments (raised by this call, before entering).
@@ -391,24 +381,16 @@ class EtcdRegistry:
             RegistryBackendError: On entry, when etcd refuses the lease or the key.
             trio.ClosedResourceError: On entry, when the registry is closed.
         """
-        service = check_service(service)
-        endpoint = Endpoint(address, check_metadata(metadata))
-        return self._register(service, endpoint, check_ttl(ttl))
+        return self._register(*check_registration(service, address, ttl, metadata))
 
     @asynccontextmanager
     async def _register(
         self, service: str, endpoint: Endpoint, ttl: float
     ) -> AsyncIterator[Registration]:
         self._check_open()
-        active_key = (service, endpoint.address)
-        if active_key in self._active:
-            raise DuplicateRegistrationError(
-                f"{endpoint.address!r} is already registered for service {service!r} by {self!r}"
-            )
-        key = self._service_prefix(service) + endpoint.address.encode()
-        value = msgspec.json.encode(_Record(endpoint.address, dict(endpoint.metadata)))
-        self._active.add(active_key)
-        try:
+        with claim_registration(self._active, service, endpoint, owner=repr(self)):
+            key = self._service_prefix(service) + endpoint.address.encode()
+            value = msgspec.json.encode(_Record(endpoint.address, dict(endpoint.metadata)))
             lease = await self._grant_and_put(key, value, ttl)
             registration = Registration(service, endpoint, float(lease.ttl))
             log.info(
@@ -441,8 +423,6 @@ class EtcdRegistry:
                         address=endpoint.address,
                         backend="etcd",
                     )
-        finally:
-            self._active.discard(active_key)
 
     async def _keep_alive(
         self, registration: Registration, lease: _Lease, key: bytes, value: bytes

@@ -22,12 +22,11 @@ from typing import final
 import trio
 
 from ._types import (
-    DuplicateRegistrationError,
     Endpoint,
     Registration,
-    check_metadata,
+    check_registration,
     check_service,
-    check_ttl,
+    claim_registration,
     endpoint_list,
     log,
     log_changes,
@@ -66,60 +65,43 @@ class MemoryRegistry:
     ) -> AbstractAsyncContextManager[Registration]:
         """Register ``address`` as a replica of ``service`` while the ``async with`` runs.
 
-        See :meth:`Registry.register`. Entering is a checkpoint; the renewal task (named
-        ``trio_micro.registry.renew``) runs in a nursery owned by the context manager, so
-        exceptions from the body come out in an :class:`ExceptionGroup`.
-
-        Args:
-            service: The service name (letters, digits, ``.``, ``_``, ``-``).
-            address: ``"host:port"`` or ``"[ipv6]:port"``.
-            ttl: Seconds the entry outlives its last renewal.
-            metadata: str-to-str labels published with the address.
-
-        Returns:
-            An async context manager yielding the :class:`Registration`.
+        See :meth:`Registry.register` for the arguments and the contract. Entering is a
+        checkpoint; the renewal task (named ``trio_micro.registry.renew``) runs in a nursery
+        owned by the context manager, so exceptions from the body come out in an
+        :class:`ExceptionGroup`.
 
         Raises:
             TypeError / ValueError: Bad arguments (raised by this call, before entering).
             DuplicateRegistrationError: On entry, when ``service`` at ``address`` is already
                 registered through this registry and that registration is still open.
         """
-        service = check_service(service)
-        endpoint = Endpoint(address, check_metadata(metadata))
-        return self._register(service, endpoint, check_ttl(ttl))
+        return self._register(*check_registration(service, address, ttl, metadata))
 
     @asynccontextmanager
     async def _register(
         self, service: str, endpoint: Endpoint, ttl: float
     ) -> AsyncIterator[Registration]:
         await trio.lowlevel.checkpoint()
-        key = (service, endpoint.address)
-        if key in self._active:
-            raise DuplicateRegistrationError(
-                f"{endpoint.address!r} is already registered for service {service!r} "
-                "by this registry"
-            )
-        self._active.add(key)
-        registration = Registration(service, endpoint, ttl)
-        try:
-            self._put(registration)
-            log.info(
-                "registry.endpoint.registered",
-                service=service,
-                address=endpoint.address,
-                ttl=ttl,
-                backend="memory",
-            )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._renew, registration, name="trio_micro.registry.renew")
-                try:
-                    yield registration
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            self._active.discard(key)
-            if not registration._abandoned:
-                self._remove(registration)
+        with claim_registration(self._active, service, endpoint, owner="this registry"):
+            registration = Registration(service, endpoint, ttl)
+            try:
+                self._put(registration)
+                log.info(
+                    "registry.endpoint.registered",
+                    service=service,
+                    address=endpoint.address,
+                    ttl=ttl,
+                    backend="memory",
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._renew, registration, name="trio_micro.registry.renew")
+                    try:
+                        yield registration
+                    finally:
+                        nursery.cancel_scope.cancel()
+            finally:
+                if not registration._abandoned:
+                    self._remove(registration)
 
     async def _renew(self, registration: Registration) -> None:
         with registration._renewal_scope:

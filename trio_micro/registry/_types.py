@@ -18,8 +18,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import types
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
@@ -251,6 +251,51 @@ def log_changes(service: str, before: list[Endpoint] | None, after: list[Endpoin
         )
 
 
+def check_registration(
+    service: str, address: str, ttl: float, metadata: Mapping[str, str] | None
+) -> tuple[str, Endpoint, float]:
+    """Check the arguments of :meth:`Registry.register`; return ``(service, endpoint, ttl)``.
+
+    Not a checkpoint; backends call it in ``register`` itself, so that bad arguments are
+    raised by the call, before any ``async with``.
+
+    Raises:
+        TypeError / ValueError: A bad service name, metadata, address or ``ttl``.
+    """
+    checked_service = check_service(service)
+    endpoint = Endpoint(address, check_metadata(metadata))
+    return checked_service, endpoint, check_ttl(ttl)
+
+
+@contextmanager
+def claim_registration(
+    active: set[tuple[str, str]], service: str, endpoint: Endpoint, *, owner: str
+) -> Iterator[None]:
+    """Hold ``(service, endpoint.address)`` in a backend's set of open registrations.
+
+    Not a checkpoint. The key is removed again when the block is left, however it is left.
+
+    Args:
+        active: The backend's set of ``(service, address)`` keys of open registrations.
+        service: The (checked) service name.
+        endpoint: The endpoint being registered.
+        owner: How the error message names the backend, e.g. ``repr(self)``.
+
+    Raises:
+        DuplicateRegistrationError: On entry, when the key is already held.
+    """
+    key = (service, endpoint.address)
+    if key in active:
+        raise DuplicateRegistrationError(
+            f"{endpoint.address!r} is already registered for service {service!r} by {owner}"
+        )
+    active.add(key)
+    try:
+        yield
+    finally:
+        active.discard(key)
+
+
 @final
 class Registration:
     """A live registration, as yielded by :meth:`Registry.register`.
@@ -316,8 +361,18 @@ class Registry(Protocol):
         The body runs inside that nursery, so its exceptions come out wrapped in an
         :class:`ExceptionGroup`; errors raised while entering are not wrapped.
 
+        Args:
+            service: The service name (letters, digits, ``.``, ``_``, ``-``).
+            address: ``"host:port"`` or ``"[ipv6]:port"``.
+            ttl: Seconds the entry outlives its last renewal.
+            metadata: str-to-str labels published with the address.
+
+        Returns:
+            An async context manager yielding the :class:`Registration`.
+
         Raises:
-            TypeError / ValueError: Bad service name, address, ``ttl`` or metadata.
+            TypeError / ValueError: Bad service name, address, ``ttl`` or metadata (raised
+                by this call, before entering).
             DuplicateRegistrationError: On entry: this registry already has a live
                 registration of ``service`` at ``address``.
             RegistryUnavailableError: On entry: the backend can't be reached.
