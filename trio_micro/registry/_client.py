@@ -27,15 +27,14 @@ from ._server import (
     ServiceRequest,
 )
 from ._types import (
-    DuplicateRegistrationError,
     Endpoint,
     Registration,
     RegistryBackendError,
     RegistryError,
     RegistryUnavailableError,
-    check_metadata,
+    check_registration,
     check_service,
-    check_ttl,
+    claim_registration,
     log,
     log_changes,
 )
@@ -101,9 +100,7 @@ class RegistryClient:
             RegistryUnavailableError: On entry, when the server can't be reached.
             RegistryBackendError: On entry, when the server refuses the registration.
         """
-        service = check_service(service)
-        endpoint = Endpoint(address, check_metadata(metadata))
-        return self._register(service, endpoint, check_ttl(ttl))
+        return self._register(*check_registration(service, address, ttl, metadata))
 
     async def _grant(self, service: str, endpoint: Endpoint, ttl: float) -> int:
         request = RegisterRequest(service, endpoint.address, ttl, dict(endpoint.metadata))
@@ -115,13 +112,7 @@ class RegistryClient:
         self, service: str, endpoint: Endpoint, ttl: float
     ) -> AsyncIterator[Registration]:
         await trio.lowlevel.checkpoint()
-        key = (service, endpoint.address)
-        if key in self._active:
-            raise DuplicateRegistrationError(
-                f"{endpoint.address!r} is already registered for service {service!r} by {self!r}"
-            )
-        self._active.add(key)
-        try:
+        with claim_registration(self._active, service, endpoint, owner=repr(self)):
             lease = [await self._grant(service, endpoint, ttl)]
             registration = Registration(service, endpoint, ttl)
             log.info(
@@ -144,8 +135,6 @@ class RegistryClient:
             finally:
                 if not registration._abandoned:
                     await self._deregister(registration, lease[0])
-        finally:
-            self._active.discard(key)
 
     async def _deregister(self, registration: Registration, lease_id: int) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(_DEREGISTER_TIMEOUT) as scope:
