@@ -13,28 +13,35 @@ Records in, results out; nothing here opens a file (``trio-micro logs`` does tha
 * :func:`iter_call_records`: JSON lines to :class:`~trio_micro.observe.CallRecord`, bad
   lines and other events skipped.
 * :func:`render_html_report`: one self-contained HTML page with inline SVG plots.
+
+Names are imported on first use (PEP 562 module ``__getattr__``): a summary does not
+import the HTML report or the trace modules.
 """
 
 from __future__ import annotations
 
-from ._decode import DB_QUERY_EVENT, MALFORMED_KINDS, iter_call_records
-from ._report import render_html_report
-from ._sketch import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
-from ._summary import (
-    ErrorSample,
-    GroupStats,
-    InputStats,
-    LogSummary,
-    MethodStats,
-    RecordFilter,
-    ReplicaStats,
-    SlowCall,
-    SummaryBuilder,
-    merge_summaries,
-    summarize,
-)
-from ._timeseries import BASE_WIDTH, TimeBucket
-from ._trace import Trace, TraceSpan, build_trace
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
+    from ._decode import DB_QUERY_EVENT, MALFORMED_KINDS, iter_call_records
+    from ._report import render_html_report
+    from ._sketch import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
+    from ._summary import (
+        ErrorSample,
+        GroupStats,
+        InputStats,
+        LogSummary,
+        MethodStats,
+        RecordFilter,
+        ReplicaStats,
+        SlowCall,
+        SummaryBuilder,
+        merge_summaries,
+        summarize,
+    )
+    from ._timeseries import BASE_WIDTH, TimeBucket
+    from ._trace import Trace, TraceSpan, build_trace
 
 __all__ = [
     "BASE_WIDTH",
@@ -61,3 +68,40 @@ __all__ = [
     "render_html_report",
     "summarize",
 ]
+
+# private module -> the names of __all__ it defines
+_MODULES: dict[str, tuple[str, ...]] = {
+    "_decode": ("DB_QUERY_EVENT", "MALFORMED_KINDS", "iter_call_records"),
+    "_report": ("render_html_report",),
+    "_sketch": ("MIN_TRACKED", "RELATIVE_ERROR", "LatencySketch"),
+    "_summary": (
+        "ErrorSample",
+        "GroupStats",
+        "InputStats",
+        "LogSummary",
+        "MethodStats",
+        "RecordFilter",
+        "ReplicaStats",
+        "SlowCall",
+        "SummaryBuilder",
+        "merge_summaries",
+        "summarize",
+    ),
+    "_timeseries": ("BASE_WIDTH", "TimeBucket"),
+    "_trace": ("Trace", "TraceSpan", "build_trace"),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    """Import a name of ``__all__`` from its private module on first access, and cache it."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

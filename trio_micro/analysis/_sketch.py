@@ -15,7 +15,11 @@ hour).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import accumulate, repeat
+from operator import add
 from typing import Final, final
 
 __all__ = ["MIN_TRACKED", "RELATIVE_ERROR", "LatencySketch"]
@@ -31,6 +35,18 @@ _INV_LOG_GAMMA: Final = 1 / math.log(_GAMMA)
 # Every index is computed as floor(log(x) * _INV_LOG_GAMMA), here and in the bulk path of
 # SummaryBuilder, so that both put a value into the same bucket.
 _ZERO: Final = math.floor(math.log(MIN_TRACKED) * _INV_LOG_GAMMA) - 1
+_ZEROS: Final = repeat(0)  # the default of dict.get, for map()
+
+
+def add_counts(buckets: dict[int, int], more: Mapping[int, int]) -> None:
+    """Add the counts of ``more`` to ``buckets``, key by key, at C speed."""
+    # dict.update, also for a Counter (whose update would count the pairs as elements):
+    # each key of ``more`` with the count in ``buckets`` added.
+    if buckets:
+        added = map(add, more.values(), map(buckets.get, more, _ZEROS))
+        dict.update(buckets, zip(more, added, strict=True))
+    else:
+        dict.update(buckets, more)
 
 
 def bucket_index(value: float) -> int:
@@ -67,7 +83,9 @@ class LatencySketch:
     __slots__ = ("_buckets", "count", "max", "min", "total")
 
     def __init__(self, values: Iterable[float] = ()) -> None:
-        self._buckets: dict[int, int] = {}
+        # A Counter, so that bulk callers count bucket indices into it at C speed
+        # (``self._buckets.update(indices)``).
+        self._buckets: Counter[int] = Counter()
         #: Number of values added.
         self.count = 0
         #: Sum of the values.
@@ -94,11 +112,17 @@ class LatencySketch:
         self.min = min(value, self.min)
         self.max = max(value, self.max)
 
+    def _add_at(self, index: int, value: float) -> None:
+        """Add ``value`` whose bucket ``index`` the caller computed (no checks)."""
+        self._buckets[index] += 1
+        self.count += 1
+        self.total += value
+        self.min = min(value, self.min)
+        self.max = max(value, self.max)
+
     def merge(self, other: LatencySketch) -> None:
         """Add every value of ``other`` to this sketch (``other`` is unchanged)."""
-        buckets = self._buckets
-        for index, n in other._buckets.items():
-            buckets[index] = buckets.get(index, 0) + n
+        add_counts(self._buckets, other._buckets)
         self.count += other.count
         self.total += other.total
         self.min = min(self.min, other.min)
@@ -124,21 +148,33 @@ class LatencySketch:
         Raises:
             ValueError: ``q`` is not within ``[0, 1]``, or the sketch is empty.
         """
-        if not 0 <= q <= 1:
-            raise ValueError(f"q must be within [0, 1], got {q!r}")
+        return self._quantiles((q,))[0]
+
+    def _quantiles(self, qs: Sequence[float]) -> list[float]:
+        """:meth:`quantile` of each of ``qs``, sorting the buckets once."""
+        for q in qs:
+            if not 0 <= q <= 1:
+                raise ValueError(f"q must be within [0, 1], got {q!r}")
         if not self.count:
             raise ValueError("quantile of an empty sketch")
-        rank = math.floor(q * (self.count - 1))
-        if rank == 0:
-            return self.min
-        if rank == self.count - 1:
-            return self.max
-        seen = 0
-        for index in sorted(self._buckets):
-            seen += self._buckets[index]
-            if seen > rank:
-                return min(max(_representative(index), self.min), self.max)
-        raise AssertionError("unreachable: ranks are below count")  # pragma: no cover
+        last = self.count - 1
+        indices: list[int] = []
+        seen: list[int] = []
+        out = []
+        for q in qs:
+            rank = math.floor(q * last)
+            if rank == 0:
+                out.append(self.min)
+            elif rank == last:
+                out.append(self.max)
+            else:
+                if not indices:
+                    indices = sorted(self._buckets)
+                    seen = list(accumulate(map(self._buckets.__getitem__, indices)))
+                # The first bucket whose running count passes the rank holds it.
+                index = indices[bisect_right(seen, rank)]
+                out.append(min(max(_representative(index), self.min), self.max))
+        return out
 
     def buckets(self) -> Iterator[tuple[float, float, int]]:
         """Yield ``(low, high, count)`` of every non-empty bucket, in increasing order."""

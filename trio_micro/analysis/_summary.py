@@ -21,9 +21,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import compress, islice
+from itertools import compress, islice, repeat
 from math import floor, log
-from operator import add, attrgetter, le
+from operator import add, attrgetter, itemgetter, le, ne, sub
 from typing import Any, Final, Protocol, cast, final
 
 from ..observe._schema import CACHE_HIT, CACHE_MISS, CODE_OK, CallRecord
@@ -38,8 +38,16 @@ from ._decode import (
     parse_times,
     split_calls,
 )
-from ._sketch import _INV_LOG_GAMMA, _ZERO, MIN_TRACKED, RELATIVE_ERROR, LatencySketch, bucket_index
-from ._timeseries import _TICKS_PER_SECOND, TimeBucket, _Cell, _TimeSeries
+from ._sketch import (
+    _INV_LOG_GAMMA,
+    _ZERO,
+    MIN_TRACKED,
+    RELATIVE_ERROR,
+    LatencySketch,
+    add_counts,
+    bucket_index,
+)
+from ._timeseries import _TICKS_PER_SECOND, TimeBucket, _TimeSeries
 
 __all__ = [
     "ErrorSample",
@@ -58,6 +66,8 @@ __all__ = [
 _DEFAULT_SLOWEST: Final = 10
 _DEFAULT_ERROR_SAMPLES: Final = 20
 _DEFAULT_TIME_BUCKETS: Final = 120
+_P50_P90_P99: Final = (0.5, 0.9, 0.99)
+_P50_P99: Final = (0.5, 0.99)
 
 
 @final
@@ -363,6 +373,10 @@ class _KeyIds(dict[_Key, int]):
         self.keys_by_id.append(key)
         return base
 
+    def key_of(self, base: int) -> _Key:
+        """Return the key of a key base."""
+        return self.keys_by_id[(base + _ZERO) // _STRIDE]
+
     def unpack(self, pair: int) -> tuple[_Key, int]:
         """Return the key and the bucket index of a counted pair."""
         key_id, offset = divmod(pair, _STRIDE)
@@ -381,9 +395,13 @@ class SummaryBuilder:
     keys times the buckets in use), folded into sketches only by :meth:`build`; durations
     are sorted into one list per key by ``map(list.append, ...)`` for the sum, min and
     max; failed calls are picked out with ``compress``. Logs are written in time order,
-    so a batch is usually sorted by time: then first/last per key come from two dict
-    builds and the time series takes whole runs of records per bucket (found by
-    bisection). An unsorted batch takes a per-record path with the same result.
+    so a batch is usually sorted by time: then the last call of each key is found by
+    ``list.index`` from the end (the first call only for keys that may start earlier
+    than what was seen), and the time series takes whole runs of records per bucket
+    (found by bisection), counted into the bucket's sketch by one ``Counter.update``.
+    An unsorted batch takes a per-record path with the same result. Mind the order of
+    float additions when changing this: sums are added per key and chunk, so that the
+    output is the same from run to run.
 
     Args:
         filter: Which records to count (others count as ``filtered_out``).
@@ -400,6 +418,7 @@ class SummaryBuilder:
         "_error_codes",
         "_errors",
         "_filtered",
+        "_first_seen",
         "_groups",
         "_key_ids",
         "_pairs",
@@ -436,15 +455,22 @@ class SummaryBuilder:
         self._error_codes: Counter[tuple[int, str]] = Counter()
         # key base -> [total, min, max, first, last]
         self._stats: dict[int, list[float]] = {}
+        # key base -> the earliest time seen of the key (kept across flushes: bounded by
+        # the keys), so that a batch in time order only looks for the first call of keys
+        # that may start earlier
+        self._first_seen: dict[int, float] = {}
         self._slow: list[SlowCall] = []
         self._errors: list[ErrorSample] = []
         self._tally = _Tally()
-        self._db_queries: dict[str | None, int] = {}
+        self._db_queries: Counter[str | None] = Counter()
         self._records = 0
         self._filtered = 0
 
-    def add_json_lines(self, data: bytes | Iterable[bytes | str]) -> None:
+    def add_json_lines(self, data: bytes | bytearray | Iterable[bytes | str]) -> None:
         """Decode and add JSON lines: a ``bytes`` chunk of whole lines, or single lines.
+
+        A ``bytearray`` chunk is read in place, not kept: the caller may refill it after
+        the call.
 
         Lines that are other events or malformed are counted, never raised. Records of
         ``users.db.query`` are also counted per ``server``, unless the filter names
@@ -453,7 +479,8 @@ class SummaryBuilder:
         tally = self._tally
         finder: LineFinder | None = None
         if isinstance(data, bytes | bytearray | memoryview):
-            data = bytes(data)
+            if isinstance(data, memoryview):
+                data = bytes(data)  # a bytearray is used as it is (no copy)
             rows = decode_rows(data, tally)
             finder = LineFinder(data)
         else:
@@ -475,8 +502,7 @@ class SummaryBuilder:
             return
         db = self._db_queries
         if flt.since is None and flt.until is None:
-            for server in map(_SERVER, rows):
-                db[server] = db.get(server, 0) + 1
+            db.update(map(_SERVER, rows))
             return
         since, until = flt.bounds()
         rows, stamps, time_of = parse_times(rows, None)
@@ -501,7 +527,7 @@ class SummaryBuilder:
 
         ``details(i)`` returns the sampled fields of ``rows[i]`` (asked in order).
         """
-        times: list[Any] = list(stamps)
+        times: list[Any] = stamps if isinstance(stamps, list) else list(stamps)
         if self.filter.active:
             if time_of is not float:
                 times = list(map(time_of, stamps))
@@ -537,31 +563,51 @@ class SummaryBuilder:
         # The hot path, see the class docstring. Nothing is changed before every check
         # that can raise _IncompleteRowError has passed.
         n = len(rows)
-        keys: list[_Key] = list(map(_KEY, rows))
-        bases = list(map(self._key_ids.__getitem__, keys))
+        key_ids = self._key_ids
+        bases: list[int] = list(map(key_ids.__getitem__, map(_KEY, rows)))
         durations: list[float] = list(map(_DURATION, rows))
         codes: list[str] = list(map(_CODE, rows))
-        try:
-            smallest = min(durations)
-        except TypeError:  # a None among them
-            raise _IncompleteRowError from None
-        if codes.count(None):  # type: ignore[arg-type]
-            raise _IncompleteRowError
+        ok = codes.count(CODE_OK)
+        failed: list[int] = []
+        if ok < n:
+            failed = list(compress(range(n), map(ne, codes, repeat(CODE_OK))))
+            failed_codes = list(map(codes.__getitem__, failed))
+            if None in failed_codes:
+                raise _IncompleteRowError
         # parse_times returns strings only when they are in order.
         in_order = time_of is not float or all(map(le, times, islice(times, 1, None)))
         if not in_order and time_of is not float:
             times = list(map(time_of, times))
             time_of = float
+        firsts: dict[int, float] = {}
+        first_seen = self._first_seen
         if in_order:
-            lasts = dict(zip(bases, times, strict=True))
-            firsts = dict(zip(reversed(bases), reversed(times), strict=True))
+            # Distinct keys in order of appearance, with the time of their last call.
+            present = dict.fromkeys(bases)
+            lasts = {base: time_of(times[i]) for base, i in _last_positions(bases, present).items()}
+            # A key already seen at or before this batch starts keeps its first time, so
+            # only the others look for their first call (usually near the start).
+            start_time = time_of(times[0])
+            new = [base for base in present if first_seen.get(base, math.inf) > start_time]
+            if new:
+                for base, i in _first_positions(bases, new).items():
+                    firsts[base] = time_of(times[i])
         else:
-            firsts, lasts = {}, {}
+            lasts = {}
             for base, t in zip(bases, times, strict=True):
                 if t < firsts.get(base, math.inf):
                     firsts[base] = t
                 if t > lasts.get(base, -math.inf):
                     lasts[base] = t
+        # Durations by key: sum, min and max (a None among them fails the batch here).
+        by_key: dict[int, list[float]] = {base: [] for base in lasts}
+        deque(map(list.append, map(by_key.__getitem__, bases), durations), maxlen=0)
+        try:
+            sums = [(sum(values), min(values), max(values)) for values in by_key.values()]
+        except TypeError:  # a None among them
+            raise _IncompleteRowError from None
+        smallest = min(low for _total, low, _high in sums)
+        largest = max(high for _total, _low, high in sums)
         if smallest >= MIN_TRACKED:
             indices = list(map(floor, map(_INV_LOG_GAMMA.__mul__, map(log, durations))))
         else:
@@ -569,22 +615,17 @@ class SummaryBuilder:
 
         # Per key: latency buckets, error codes, sum/min/max, first/last.
         self._pairs.update(map(add, bases, indices))
-        ok = codes.count(CODE_OK)
-        failed: list[int] = []
-        if ok < n:
-            failed = list(compress(range(n), map(CODE_OK.__ne__, codes)))
-            self._error_codes.update(
-                zip(map(bases.__getitem__, failed), map(codes.__getitem__, failed), strict=True)
-            )
-        by_key: dict[int, list[float]] = {base: [] for base in lasts}
-        deque(map(list.append, map(by_key.__getitem__, bases), durations), maxlen=0)
+        if failed:
+            self._error_codes.update(zip(map(bases.__getitem__, failed), failed_codes, strict=True))
         stats = self._stats
-        for key, values in by_key.items():
-            acc = stats.get(key)
-            total, low, high = sum(values), min(values), max(values)
-            first, last = time_of(firsts[key]), time_of(lasts[key])
+        for base, (total, low, high) in zip(by_key, sums, strict=True):
+            first = firsts.get(base, math.inf)
+            last = lasts[base]
+            if first < first_seen.get(base, math.inf):
+                first_seen[base] = first
+            acc = stats.get(base)
             if acc is None:
-                stats[key] = [total, low, high, first, last]
+                stats[base] = [total, low, high, first, last]
             else:
                 acc[0] += total
                 acc[1] = min(acc[1], low)
@@ -607,38 +648,43 @@ class SummaryBuilder:
                 j = floor(ticks_of(times[start])) >> level
                 end = bisect_left(times, float((j + 1) << level), start, n, key=ticks_of)
                 segment = durations[start:end]
-                _add_to_cell(
-                    series.cell(j),
-                    Counter(indices[start:end]),
-                    end - start,
-                    end - start - codes[start:end].count(CODE_OK),
-                    sum(segment),
-                    min(segment),
-                    max(segment),
-                )
+                cell = series.cell(j)
+                cell.calls += end - start
+                cell.errors += end - start - codes[start:end].count(CODE_OK)
+                sketch = cell.latency
+                sketch._buckets.update(indices[start:end])
+                sketch.count += end - start
+                sketch.total += sum(segment)
+                sketch.min = min(sketch.min, min(segment))
+                sketch.max = max(sketch.max, max(segment))
                 start = end
         else:
             ticks = list(map(floor, map(per_s.__mul__, times)))
             series.cover(min(ticks), max(ticks))
             level = series.level
             for tick, index, d, code in zip(ticks, indices, durations, codes, strict=True):
-                _add_to_cell(series.cell(tick >> level), {index: 1}, 1, code != CODE_OK, d, d, d)
+                cell = series.cell(tick >> level)
+                cell.calls += 1
+                cell.errors += code != CODE_OK
+                cell.latency._add_at(index, d)
 
         # The slowest calls and the most recent errors.
+        key_of = key_ids.key_of
         slow, limit = self._slow, self.slowest
         if limit:
             floor_ms = slow[0].duration_ms if len(slow) >= limit else -math.inf
             candidates: Iterable[int] = ()
-            if max(durations) >= floor_ms:
-                candidates = compress(range(n), map(floor_ms.__le__, durations))
+            if largest >= floor_ms:
+                candidates = compress(range(n), map(le, repeat(floor_ms), durations))
             for i in sorted(heapq.nlargest(limit, candidates, key=durations.__getitem__)):
                 more = details(i)
+                key = key_of(bases[i])
                 call = SlowCall(
                     durations[i],
                     _epoch(time_of(times[i])),
-                    keys[i][0],
-                    keys[i][1],
-                    keys[i][2] or "",
+                    key[0],
+                    key[1],
+                    key[2] or "",
                     more.peer or "",
                     codes[i],
                     more.trace_id or "",
@@ -654,11 +700,12 @@ class SummaryBuilder:
                 if t < floor_s:
                     continue
                 more = details(i)
+                key = key_of(bases[i])
                 sample = ErrorSample(
                     _epoch(t),
-                    keys[i][0],
-                    keys[i][1],
-                    keys[i][2] or "",
+                    key[0],
+                    key[1],
+                    key[2] or "",
                     more.peer or "",
                     codes[i],
                     more.message or "",
@@ -680,17 +727,29 @@ class SummaryBuilder:
             return group
 
         unpack = self._key_ids.unpack
-        for pair, count in self._pairs.items():
-            key, index = unpack(pair)
+        keys_by_id = self._key_ids.keys_by_id
+        # Sorted, the pairs of one key are a run (key_id * _STRIDE + offset): fold each
+        # run with C-level operations.
+        ordered = sorted(self._pairs.items())
+        packed: list[int] = list(map(itemgetter(0), ordered))
+        counts: list[int] = list(map(itemgetter(1), ordered))
+        start, end = 0, len(packed)
+        while start < end:
+            key_id = packed[start] // _STRIDE
+            stop = bisect_left(packed, (key_id + 1) * _STRIDE, start, end)
+            key = keys_by_id[key_id]
             group = group_of(key)
             sketch = group.latency
-            sketch._buckets[index] = sketch._buckets.get(index, 0) + count
+            indices = map(sub, islice(packed, start, stop), repeat(key_id * _STRIDE - _ZERO))
+            add_counts(sketch._buckets, dict(zip(indices, counts[start:stop], strict=True)))
+            count = sum(counts[start:stop])
             sketch.count += count
             group.codes[CODE_OK] = group.codes.get(CODE_OK, 0) + count
             if key[3] == CACHE_HIT:
                 group.hits += count
             elif key[3] == CACHE_MISS:
                 group.misses += count
+            start = stop
         for (base, code), count in self._error_codes.items():
             codes = group_of(unpack(base)[0]).codes
             codes[CODE_OK] -= count
@@ -781,25 +840,40 @@ class SummaryBuilder:
         )
 
 
-def _add_to_cell(
-    cell: _Cell,
-    buckets: Mapping[int, int],
-    calls: int,
-    errors: int,
-    total: float,
-    low: float,
-    high: float,
-) -> None:
-    cell.calls += calls
-    cell.errors += errors
-    sketch = cell.latency
-    into = sketch._buckets
-    for index, count in buckets.items():
-        into[index] = into.get(index, 0) + count
-    sketch.count += calls
-    sketch.total += total
-    sketch.min = min(sketch.min, low)
-    sketch.max = max(sketch.max, high)
+def _last_positions(items: list[int], keys: Iterable[int]) -> dict[int, int]:
+    """Where each of ``keys`` (all in ``items``) occurs last in ``items``.
+
+    Searched from the end with ``list.index``, which finds frequent keys after a few
+    items; if the searches add up to more than ``len(items)`` (many rare keys), one
+    pass over all items instead.
+    """
+    n = len(items)
+    backwards = items[::-1]
+    budget = n
+    out: dict[int, int] = {}
+    for key in keys:
+        i = backwards.index(key)
+        budget -= i
+        if budget < 0:
+            last = dict(zip(items, range(n), strict=True))
+            return {key: last[key] for key in keys}
+        out[key] = n - 1 - i
+    return out
+
+
+def _first_positions(items: list[int], keys: list[int]) -> dict[int, int]:
+    """Where each of ``keys`` (all in ``items``) occurs first in ``items`` (as above)."""
+    n = len(items)
+    budget = n
+    out: dict[int, int] = {}
+    for key in keys:
+        i = items.index(key)
+        budget -= i
+        if budget < 0:
+            first = dict(zip(reversed(items), range(n - 1, -1, -1), strict=True))
+            return {key: first[key] for key in keys}
+        out[key] = i
+    return out
 
 
 def _sort_key(key: tuple[str, str, str | None]) -> tuple[str, str, str]:
@@ -1005,11 +1079,12 @@ def _iso(value: datetime | None) -> str | None:
 def _percentiles(sketch: LatencySketch) -> dict[str, float | None]:
     if not sketch.count:
         return {"mean_ms": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    p50, p90, p99 = sketch._quantiles(_P50_P90_P99)
     return {
         "mean_ms": sketch.mean,
-        "p50_ms": sketch.quantile(0.5),
-        "p90_ms": sketch.quantile(0.9),
-        "p99_ms": sketch.quantile(0.99),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
         "max_ms": sketch.max,
     }
 
@@ -1038,12 +1113,14 @@ def _method_stats(
             share=stats.calls / calls,
             errors=stats.calls - stats.codes.get(CODE_OK, 0),
             mean_ms=stats.latency.mean,
-            p50_ms=stats.latency.quantile(0.5),
-            p99_ms=stats.latency.quantile(0.99),
+            p50_ms=p50,
+            p99_ms=p99,
             max_ms=stats.latency.max,
         )
         for server, stats in replicas
+        for p50, p99 in [stats.latency._quantiles(_P50_P99)]
     )
+    p50, p90, p99 = latency._quantiles(_P50_P90_P99)
     return MethodStats(
         service=service,
         method=method,
@@ -1051,9 +1128,9 @@ def _method_stats(
         errors=errors,
         codes=dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
         mean_ms=latency.mean,
-        p50_ms=latency.quantile(0.5),
-        p90_ms=latency.quantile(0.9),
-        p99_ms=latency.quantile(0.99),
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
         max_ms=latency.max,
         first=_epoch(first),
         last=_epoch(last),

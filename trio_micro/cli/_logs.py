@@ -11,19 +11,17 @@ one chunk and its decoded records, whatever the size of the log.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import gc
 import itertools
 import json
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from ..analysis import (
     DB_QUERY_EVENT,
@@ -31,12 +29,14 @@ from ..analysis import (
     LogSummary,
     RecordFilter,
     SummaryBuilder,
-    Trace,
-    build_trace,
-    iter_call_records,
     merge_summaries,
-    render_html_report,
 )
+
+if TYPE_CHECKING:
+    from ..analysis import Trace
+
+# The process pool, the trace and the HTML report are imported where they are used: a
+# small input should not pay for them at start-up.
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -45,6 +45,8 @@ CHUNK_SIZE: Final = 4 * 1024 * 1024
 #: Inputs smaller than this are summarised in-process (a pool costs more than it saves).
 PARALLEL_MIN_BYTES: Final = 24 * 1024 * 1024
 _SUFFIXES: Final = (".jsonl", ".log")
+_PREADV: Final = hasattr(os, "preadv")
+_ADVISE: Final = hasattr(os, "posix_fadvise")
 
 
 class _InputError(Exception):
@@ -206,6 +208,57 @@ def _chunks(stream: IO[bytes], limit: int | None = None) -> Iterator[bytes]:
         yield pending
 
 
+def _range_chunks(path: str, start: int, end: int) -> Iterator[bytearray]:
+    """Yield runs of whole lines (the last may lack its newline) of bytes ``[start, end)``
+    of the file at ``path``: the same chunks as :func:`_chunks`, with less copying.
+
+    Every item is the same ``bytearray``, refilled by the next step: use it before asking
+    for the next. Each read (``os.preadv``) goes into it after the unfinished line that the
+    previous chunk left, so a chunk costs one copy of the data and no allocation (a new
+    4 MiB ``bytes`` per read costs page faults, and joining the unfinished line to it two
+    more copies).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buffer = bytearray()
+        kept = 0  # bytes of an unfinished line at the start of the buffer
+        pos = start
+        while pos < end:
+            if _ADVISE:  # the kernel reads the next chunk while this one is summarised
+                os.posix_fadvise(fd, pos + CHUNK_SIZE, CHUNK_SIZE, os.POSIX_FADV_WILLNEED)
+            want = min(CHUNK_SIZE, end - pos)
+            # Resizing by a little within the capacity that the buffer keeps does not
+            # reallocate.
+            if len(buffer) > kept + want:
+                del buffer[kept + want :]
+            else:
+                buffer.extend(bytes(kept + want - len(buffer)))
+            view = memoryview(buffer)
+            try:
+                got = os.preadv(fd, [view[kept:]], pos)
+            finally:
+                view.release()
+            if not got:  # the file shrank
+                break
+            pos += got
+            kept += got
+            del buffer[kept:]
+            cut = buffer.rfind(b"\n")
+            if cut < 0:  # no line end yet: read on
+                continue
+            tail = bytes(buffer[cut + 1 :])
+            del buffer[cut + 1 :]
+            yield buffer
+            # Same length: a buffer cut to a fraction of its size gives its memory back.
+            buffer[: len(tail)] = tail
+            kept = len(tail)
+        if kept:  # the last line, without its newline
+            del buffer[kept:]
+            yield buffer
+    finally:
+        os.close(fd)
+
+
 def _ranges(path: Path, parts: int) -> list[tuple[int, int]]:
     """Cut ``path`` into at most ``parts`` byte ranges, each starting at a line start."""
     size = path.stat().st_size
@@ -231,10 +284,14 @@ def _summarize_range(path: str, start: int, end: int, options: _Options) -> LogS
     gc.disable()
     try:
         builder = SummaryBuilder(filter=options.filter, slowest=options.slowest)
-        with open(path, "rb") as f:
-            f.seek(start)
-            for chunk in _chunks(f, end - start):
+        if _PREADV:
+            for chunk in _range_chunks(path, start, end):
                 builder.add_json_lines(chunk)
+        else:  # pragma: no cover - no os.preadv (Windows)
+            with open(path, "rb") as f:
+                f.seek(start)
+                for data in _chunks(f, end - start):
+                    builder.add_json_lines(data)
         return builder.build()
     finally:
         if enabled:
@@ -277,6 +334,9 @@ def _summarize(args: argparse.Namespace) -> LogSummary:
         ]
         # fork: the workers start with everything imported (a fresh interpreter would
         # spend longer importing than summarising its share).
+        import concurrent.futures
+        import multiprocessing
+
         context = multiprocessing.get_context("fork")
         workers = min(jobs, len(units))
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -440,6 +500,8 @@ def _cmd_trace(args: argparse.Namespace) -> int:
                     if needle in chunk:
                         yield from (line for line in chunk.split(b"\n") if needle in line)
 
+    from ..analysis import build_trace, iter_call_records
+
     records = [r for r in iter_call_records(matching_lines()) if options.filter.matches(r)]
     trace = build_trace(records, args.trace_id)
     if args.html is not None:
@@ -504,6 +566,8 @@ def _maybe_html(args: argparse.Namespace, summary: LogSummary) -> None:
 
 
 def _write_html(path: Path, summary: LogSummary, trace: Trace | None) -> None:
+    from ..analysis import render_html_report
+
     try:
         path.write_text(render_html_report(summary, trace=trace), encoding="utf-8")
     except OSError as exc:

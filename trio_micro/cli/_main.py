@@ -2,57 +2,74 @@
 
 Only argv, files and the terminal are touched here; everything else is
 imported from the library.
+
+Each command lives in its own module, imported only when needed: a command line that
+starts with a command name builds the parser of that command alone, so that
+``trio-micro logs`` does not import Trio, the RPC layer or httpx (start-up time is part of
+every ``logs`` run). Anything else (no command, ``--help``, an unknown command) builds
+the whole tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 from .._version import __version__
-from ._bench import add_bench_parser, run_bench
-from ._call import add_call_parsers, run_call, run_list
-from ._demo import add_demo_parser, run_demo
-from ._logs import add_logs_parser, run_logs
-from ._registry import add_registry_parser, run_registry
-from ._serve import add_serve_parser, run_serve
+
+# command -> (module, function that adds its parser, function that runs it), in the order
+# of `trio-micro --help`. One module may add several commands (call and list).
+_COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
+    "logs": ("._logs", "add_logs_parser", "run_logs"),
+    "registry": ("._registry", "add_registry_parser", "run_registry"),
+    "serve": ("._serve", "add_serve_parser", "run_serve"),
+    "call": ("._call", "add_call_parsers", "run_call"),
+    "list": ("._call", "add_call_parsers", "run_list"),
+    "bench": ("._bench", "add_bench_parser", "run_bench"),
+    "demo": ("._demo", "add_demo_parser", "run_demo"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``trio-micro`` command."""
+def _function(module: str, name: str) -> Callable[..., Any]:
+    function: Callable[..., Any] = getattr(importlib.import_module(module, __package__), name)
+    return function
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the ``trio-micro`` command.
+
+    Args:
+        command: Add only the sub-parser of this command (and import only its module);
+            ``None``: every command.
+
+    Raises:
+        KeyError: ``command`` is not a command.
+    """
     parser = argparse.ArgumentParser(
         prog="trio-micro",
         description="High-concurrency microservices on Trio.",
     )
     parser.add_argument("--version", action="version", version=f"trio-micro {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_logs_parser(commands)
-    add_registry_parser(commands)
-    add_serve_parser(commands)
-    add_call_parsers(commands)  # call, list
-    add_bench_parser(commands)
-    add_demo_parser(commands)
+    names = list(_COMMANDS) if command is None else [command]
+    # dict.fromkeys: each module's parsers once (call and list share one), in order.
+    for module, add in dict.fromkeys(_COMMANDS[name][:2] for name in names):
+        _function(module, add)(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Options before the command name (--help, --version) need the whole tree.
+    parser = build_parser(argv[0] if argv and argv[0] in _COMMANDS else None)
     args = parser.parse_args(argv)
-    if args.command == "logs":
-        return run_logs(args)
-    if args.command == "registry":
-        return run_registry(args)
-    if args.command == "serve":
-        return run_serve(args)
-    if args.command == "call":
-        return run_call(args)
-    if args.command == "list":
-        return run_list(args)
-    if args.command == "bench":
-        return run_bench(args)
-    if args.command == "demo":
-        return run_demo(args)
-    parser.print_help(sys.stdout)
-    return 0
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return 0
+    module, _add, run = _COMMANDS[args.command]
+    code: int = _function(module, run)(args)
+    return code

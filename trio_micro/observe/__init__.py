@@ -19,40 +19,48 @@
 Log events defined here: ``observe.tasks.leak_suspected``, ``observe.tasks.leak_cleared``,
 ``observe.tasks.long_lived``, ``observe.loop.blocked``, ``observe.memory.snapshot``,
 ``observe.metrics.source_failed``, ``observe.debug.started``, ``observe.debug.page_failed``.
+
+Names are imported on first use (PEP 562 module ``__getattr__``): reading the access-log
+schema (``CallRecord``, as ``trio-micro logs`` does) does not import structlog, rich,
+prometheus-client or Trio.
 """
 
 from __future__ import annotations
 
-from ._debug import DebugServer, open_debug_server, serve_debug
-from ._log import configure_logging
-from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
-from ._metrics import register_process_metrics, register_stats_source, register_task_monitor
-from ._schema import (
-    CACHE_HIT,
-    CACHE_MISS,
-    CALL_EVENTS,
-    CALL_RECORD_FIELDS,
-    CODE_OK,
-    RPC_CALL_COMPLETE,
-    RPC_CALL_FAILED,
-    CallRecord,
-)
-from ._tasks import TaskMonitor, TaskMonitorStatistics, format_task_tree, open_task_monitor
-from ._trace import (
-    TRACEPARENT,
-    TraceContext,
-    bind_span,
-    child_of_traceparent,
-    current_span,
-    format_traceparent,
-    new_span_id,
-    new_trace,
-    new_trace_id,
-    new_traceparent,
-    parse_traceparent,
-    start_span,
-    use_span,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
+    from ._debug import DebugServer, open_debug_server, serve_debug
+    from ._log import configure_logging
+    from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
+    from ._metrics import register_process_metrics, register_stats_source, register_task_monitor
+    from ._schema import (
+        CACHE_HIT,
+        CACHE_MISS,
+        CALL_EVENTS,
+        CALL_RECORD_FIELDS,
+        CODE_OK,
+        RPC_CALL_COMPLETE,
+        RPC_CALL_FAILED,
+        CallRecord,
+    )
+    from ._tasks import TaskMonitor, TaskMonitorStatistics, format_task_tree, open_task_monitor
+    from ._trace import (
+        TRACEPARENT,
+        TraceContext,
+        bind_span,
+        child_of_traceparent,
+        current_span,
+        format_traceparent,
+        new_span_id,
+        new_trace,
+        new_trace_id,
+        new_traceparent,
+        parse_traceparent,
+        start_span,
+        use_span,
+    )
 
 __all__ = [
     "CACHE_HIT",
@@ -93,3 +101,71 @@ __all__ = [
     "tune_gc",
     "use_span",
 ]
+
+# private module -> the names of __all__ it defines
+_MODULES: dict[str, tuple[str, ...]] = {
+    "_debug": (
+        "DebugServer",
+        "open_debug_server",
+        "serve_debug",
+    ),
+    "_log": ("configure_logging",),
+    "_memory": (
+        "GcSettings",
+        "MemorySnapshot",
+        "memory_snapshot",
+        "open_memory_monitor",
+        "tune_gc",
+    ),
+    "_metrics": (
+        "register_process_metrics",
+        "register_stats_source",
+        "register_task_monitor",
+    ),
+    "_schema": (
+        "CACHE_HIT",
+        "CACHE_MISS",
+        "CALL_EVENTS",
+        "CALL_RECORD_FIELDS",
+        "CODE_OK",
+        "CallRecord",
+        "RPC_CALL_COMPLETE",
+        "RPC_CALL_FAILED",
+    ),
+    "_tasks": (
+        "TaskMonitor",
+        "TaskMonitorStatistics",
+        "format_task_tree",
+        "open_task_monitor",
+    ),
+    "_trace": (
+        "TRACEPARENT",
+        "TraceContext",
+        "bind_span",
+        "child_of_traceparent",
+        "current_span",
+        "format_traceparent",
+        "new_span_id",
+        "new_trace",
+        "new_trace_id",
+        "new_traceparent",
+        "parse_traceparent",
+        "start_span",
+        "use_span",
+    ),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    """Import a name of ``__all__`` from its private module on first access, and cache it."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
