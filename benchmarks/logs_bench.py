@@ -30,6 +30,8 @@ measures compiling every module from source on every run instead.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import random
 import shutil
@@ -62,6 +64,27 @@ JQ_PROGRAM = (
 )
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-c", "import sys; from trio_micro.cli import main; sys.exit(main())"]
+
+
+def check_against_jq(summary_cmd: list[str], jq_cmd: list[str]) -> str:
+    """Run both once more and compare per-method counts (exactly) and means (1e-9 relative).
+
+    Raises:
+        SystemExit: They disagree.
+    """
+    ours = json.loads(subprocess.run(summary_cmd, check=True, capture_output=True).stdout)
+    theirs = json.loads(subprocess.run(jq_cmd, check=True, capture_output=True).stdout)
+    theirs.pop("/", None)  # lines without service/method (the database queries)
+    mine = {f"{m['service']}/{m['method']}": m for m in ours["methods"]}
+    if set(mine) != set(theirs):
+        raise SystemExit(f"methods differ: {sorted(set(mine) ^ set(theirs))}")
+    for key, want in theirs.items():
+        got = mine[key]
+        if got["calls"] != want["count"] or not math.isclose(
+            got["mean_ms"], want["mean"], rel_tol=1e-9
+        ):
+            raise SystemExit(f"{key}: summary {got['calls']}, {got['mean_ms']} vs jq {want}")
+    return f"check: per-method counts and means equal jq's ({len(theirs)} methods)"
 
 
 def generate(path: Path, lines: int, *, seed: int = 20261126) -> None:
@@ -238,6 +261,8 @@ def main() -> None:
             times[name].append(dt)
             rss[name].append(kib)
             print(f"  run {run + 1} {name}: {dt:.2f} s, peak RSS {kib / 1024:.1f} MiB", flush=True)
+    if not args.no_jq:
+        print(f"  {check_against_jq(summary_cmd, jq_cmd)}", flush=True)
     small_rss = [run_timed([*CLI, "logs", "summary", "--json", str(small)])[1] for _ in range(3)]
     big_rss: list[int] = []
     gb_mb = 0.0
