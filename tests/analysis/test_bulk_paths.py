@@ -112,3 +112,23 @@ def test_several_quantiles_at_once_equal_one_at_a_time(values: list[float]) -> N
     qs = (0.0, 0.25, 0.5, 0.9, 0.99, 1.0)
     assert sketch._quantiles(qs) == [sketch.quantile(q) for q in qs]
     assert not any(math.isnan(v) for v in sketch._quantiles(qs))
+
+
+def test_slowest_calls_tied_on_duration_do_not_depend_on_chunking() -> None:
+    # Durations quantised to whole milliseconds, as many services log them: the slowest
+    # list is cut inside a run of equal durations, and the full order (duration, then
+    # time, ...) decides which calls stay -- whatever the chunks were.
+    records = [
+        record(at=0.000001 + i / 1000, duration_ms=float(5 if i % 4 else 9), server="s:1")
+        for i in range(240)
+    ]
+    data = [line(r) for r in records]
+    expected = summarize(records, slowest=5).slowest
+    assert [c.duration_ms for c in expected] == [9.0] * 5
+    # Ties go to the latest calls (SlowCall's order: duration, then time).
+    assert [round(c.timestamp.microsecond / 1000) for c in expected] == [236, 232, 228, 224, 220]
+    for size in (7, 50, 240):
+        builder = SummaryBuilder(slowest=5)
+        for start in range(0, len(data), size):
+            builder.add_json_lines(b"".join(data[start : start + size]))
+        assert builder.build().slowest == expected, size

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import compress, islice, repeat
 from math import floor, log
-from operator import add, attrgetter, itemgetter, le, ne, sub
+from operator import add, attrgetter, eq, itemgetter, le, ne, sub
 from typing import Any, Final, Protocol, cast, final
 
 from ..observe._schema import CACHE_HIT, CACHE_MISS, CODE_OK, CallRecord
@@ -673,10 +673,13 @@ class SummaryBuilder:
         slow, limit = self._slow, self.slowest
         if limit:
             floor_ms = slow[0].duration_ms if len(slow) >= limit else -math.inf
-            candidates: Iterable[int] = ()
+            chosen: list[int] = []
             if largest >= floor_ms:
                 candidates = compress(range(n), map(le, repeat(floor_ms), durations))
-            for i in sorted(heapq.nlargest(limit, candidates, key=durations.__getitem__)):
+                chosen = heapq.nlargest(limit, candidates, key=durations.__getitem__)
+                if len(chosen) == limit:
+                    chosen = _break_ties(chosen, limit, durations, times)
+            for i in sorted(chosen):
                 more = details(i)
                 key = key_of(bases[i])
                 call = SlowCall(
@@ -878,6 +881,28 @@ def _first_positions(items: list[int], keys: list[int]) -> dict[int, int]:
 
 def _sort_key(key: tuple[str, str, str | None]) -> tuple[str, str, str]:
     return key[0], key[1], key[2] or ""
+
+
+def _break_ties(
+    chosen: list[int], limit: int, durations: Sequence[float], times: Sequence[Any]
+) -> list[int]:
+    """Widen a chunk's ``limit`` slowest (by duration alone) to the calls tied with them.
+
+    ``heapq.nlargest`` breaks ties in duration by position in the chunk; the slowest list
+    must break them by :class:`SlowCall`'s order (duration, then time, then the rest), or
+    it would depend on how the input was cut into chunks. Among the calls tied with the
+    last one chosen this keeps the latest (``times`` sort like the times they stand for:
+    floats, or UTC stamps of one format), and all tied with the last of those on time too;
+    :func:`_push_bounded` then applies the full order.
+    """
+    edge = durations[chosen[-1]]
+    tied = list(compress(range(len(durations)), map(eq, repeat(edge), durations)))
+    if len(tied) < 2:
+        return chosen
+    above = [i for i in chosen if durations[i] > edge]
+    latest = heapq.nlargest(limit - len(above), tied, key=times.__getitem__)
+    last = times[latest[-1]]
+    return above + [i for i in tied if times[i] >= last]
 
 
 def _push_bounded(heap: list[Any], item: Any, limit: int) -> None:
