@@ -62,6 +62,27 @@ def test_logs_command_imports_no_heavy_library(tmp_path: pathlib.Path, command: 
     assert not any(loaded.values()), loaded
 
 
+def test_version_imports_no_command() -> None:
+    code = (
+        "import contextlib, io\n"
+        "from trio_micro.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "    main(['--version'])\n"
+        "assert out.getvalue().startswith('trio-micro '), out.getvalue()\n"
+    )
+    loaded = imported_after(code)
+    assert not any(loaded.values()), loaded
+
+
+def test_help_still_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_micro.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("logs", "registry", "serve", "call", "list", "demo"))
+
+
 def test_a_toolkit_name_imports_the_toolkit_on_first_use() -> None:
     loaded = imported_after("import trio_micro\ntrio_micro.open_task_group")
     assert loaded["trio"]

@@ -6,8 +6,8 @@ imported from the library.
 Each command lives in its own module, imported only when needed: a command line that
 starts with a command name builds the parser of that command alone, so that
 ``trio-micro logs`` does not import Trio, the RPC layer or httpx (start-up time is part of
-every ``logs`` run). Anything else (no command, ``--help``, an unknown command) builds
-the whole tree.
+every ``logs`` run), and ``--version`` alone builds none. Anything else (no command,
+``--help``, an unknown command) builds the whole tree.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     Args:
         command: Add only the sub-parser of this command (and import only its module);
-            ``None``: every command.
+            ``""``: none; ``None``: every command.
 
     Raises:
         KeyError: ``command`` is not a command.
@@ -54,7 +54,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"trio-micro {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    names = list(_COMMANDS) if command is None else [command]
+    names = list(_COMMANDS) if command is None else [command] if command else []
     # dict.fromkeys: each module's parsers once (call and list share one), in order.
     for module, add in dict.fromkeys(_COMMANDS[name][:2] for name in names):
         _function(module, add)(commands)
@@ -64,8 +64,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Options before the command name (--help, --version) need the whole tree.
-    parser = build_parser(argv[0] if argv and argv[0] in _COMMANDS else None)
+    # Options before the command name (--help) need the whole tree; --version none.
+    if argv and argv[0] in _COMMANDS:
+        parser = build_parser(argv[0])
+    else:
+        parser = build_parser("" if argv == ["--version"] else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stdout)
