@@ -11,10 +11,10 @@ The toolkit names are imported on first use (PEP 562 module ``__getattr__``), so
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from ._errors import TrioMicroError
+from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
@@ -60,20 +60,11 @@ __all__ = [
     "run_all",
 ]
 
-# Every name of __all__ not defined above comes from the toolkit.
-_LAZY = frozenset(__all__) - {"TrioMicroError", "__version__"}
-
-
-def __getattr__(name: str) -> object:
-    """Import a toolkit name on first access and cache it in the module."""
-    if name == "toolkit":  # was imported with the package; code may rely on it
-        return importlib.import_module(".toolkit", __name__)
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".toolkit", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+# Every name of __all__ not defined above comes from the toolkit; "toolkit" itself was
+# imported with the package before its names became lazy, and code may rely on it.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {".toolkit": [*(set(__all__) - {"TrioMicroError", "__version__"}), "toolkit"]},
+    __all__,
+)

@@ -20,8 +20,9 @@ import the HTML report or the trace modules.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._decode import DB_QUERY_EVENT, MALFORMED_KINDS, iter_call_records
@@ -71,10 +72,10 @@ __all__ = [
 
 # private module -> the names of __all__ it defines
 _MODULES: dict[str, tuple[str, ...]] = {
-    "_decode": ("DB_QUERY_EVENT", "MALFORMED_KINDS", "iter_call_records"),
-    "_report": ("render_html_report",),
-    "_sketch": ("MIN_TRACKED", "RELATIVE_ERROR", "LatencySketch"),
-    "_summary": (
+    "._decode": ("DB_QUERY_EVENT", "MALFORMED_KINDS", "iter_call_records"),
+    "._report": ("render_html_report",),
+    "._sketch": ("MIN_TRACKED", "RELATIVE_ERROR", "LatencySketch"),
+    "._summary": (
         "ErrorSample",
         "GroupStats",
         "InputStats",
@@ -87,21 +88,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "merge_summaries",
         "summarize",
     ),
-    "_timeseries": ("BASE_WIDTH", "TimeBucket"),
-    "_trace": ("Trace", "TraceSpan", "build_trace"),
+    "._timeseries": ("BASE_WIDTH", "TimeBucket"),
+    "._trace": ("Trace", "TraceSpan", "build_trace"),
 }
-_LAZY = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> object:
-    """Import a name of ``__all__`` from its private module on first access, and cache it."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES, __all__)

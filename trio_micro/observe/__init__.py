@@ -27,8 +27,9 @@ prometheus-client or Trio.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._debug import DebugServer, open_debug_server, serve_debug
@@ -104,25 +105,25 @@ __all__ = [
 
 # private module -> the names of __all__ it defines
 _MODULES: dict[str, tuple[str, ...]] = {
-    "_debug": (
+    "._debug": (
         "DebugServer",
         "open_debug_server",
         "serve_debug",
     ),
-    "_log": ("configure_logging",),
-    "_memory": (
+    "._log": ("configure_logging",),
+    "._memory": (
         "GcSettings",
         "MemorySnapshot",
         "memory_snapshot",
         "open_memory_monitor",
         "tune_gc",
     ),
-    "_metrics": (
+    "._metrics": (
         "register_process_metrics",
         "register_stats_source",
         "register_task_monitor",
     ),
-    "_schema": (
+    "._schema": (
         "CACHE_HIT",
         "CACHE_MISS",
         "CALL_EVENTS",
@@ -132,13 +133,13 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "RPC_CALL_COMPLETE",
         "RPC_CALL_FAILED",
     ),
-    "_tasks": (
+    "._tasks": (
         "TaskMonitor",
         "TaskMonitorStatistics",
         "format_task_tree",
         "open_task_monitor",
     ),
-    "_trace": (
+    "._trace": (
         "TRACEPARENT",
         "TraceContext",
         "bind_span",
@@ -154,18 +155,4 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "use_span",
     ),
 }
-_LAZY = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> object:
-    """Import a name of ``__all__`` from its private module on first access, and cache it."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES, __all__)
