@@ -204,3 +204,8 @@ def test_plain_text_summary_shows_replicas_and_db_queries(
     assert "replica" in out
     assert "Database queries (users.db.query)" in out
     assert "10.0.0.1:50051" in out
+    # Both tables name the replica, so check the rows: calls per replica, queries per replica.
+    rows = [row.split() for row in out.splitlines()]
+    assert "Replicas (by the server that served the call)" in out
+    assert ["users/GetUser", "10.0.0.1:50051", "3"] in [row[:3] for row in rows]
+    assert ["10.0.0.1:50051", "1"] in rows

@@ -19,6 +19,7 @@ from ._serve import (
     Stopper,
     add_logging_arguments,
     configure_command_logging,
+    listen_error,
     port_type,
     report,
     run_command,
@@ -62,9 +63,7 @@ def run_registry(args: argparse.Namespace) -> int:
                     open_registry_server(host=args.host, port=args.port, grace_period=args.grace)
                 )
             except* OSError as group:
-                exc = group.exceptions[0]
-                reason = getattr(exc, "strerror", None) or exc
-                raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
+                raise listen_error(args.host, args.port, group) from None
             stopper.fields.update(services=["registry"], address=registry.target)
             stopper.serving()
             print(f"registry listening on {registry.target}", flush=True)

@@ -374,6 +374,13 @@ def command_error(exc: BaseException) -> CommandError | None:
     return exc if isinstance(exc, CommandError) else None
 
 
+def listen_error(host: str, port: int, group: BaseExceptionGroup[OSError]) -> CommandError:
+    """The :class:`CommandError` for a server that could not bind ``host:port``."""
+    exc = group.exceptions[0]
+    reason = getattr(exc, "strerror", None) or exc
+    return CommandError(f"cannot listen on {host}:{port}: {reason}")
+
+
 def report(command: str, exc: CommandError) -> int:
     """Print ``exc`` as one line on stderr; return its exit status."""
     print(f"trio-micro {command}: error: {exc}", file=sys.stderr, flush=True)
@@ -545,9 +552,7 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
                 )
             )
         except* OSError as group:
-            exc = group.exceptions[0]
-            reason = getattr(exc, "strerror", None) or exc
-            raise CommandError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
+            raise listen_error(config.host, config.port, group) from None
         address = config.advertise or _format_address(*server.address[:2])
         if config.debug_port is not None:
             stack.callback(rpc.register_server_metrics(server))
