@@ -40,7 +40,14 @@ def test_warn_and_exception_map_to_level_names() -> None:
     out = io.StringIO()
     configure_logging(file=out)
     structlog.get_logger().warn("app.odd")
-    assert _one_record(out)["level"] == "warning"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        structlog.get_logger().exception("app.failed")
+    warned, failed = (json.loads(line) for line in out.getvalue().splitlines())
+    assert warned["level"] == "warning"
+    assert failed["level"] == "error"
+    assert "RuntimeError: boom" in failed["exception"]
 
 
 def test_a_bound_logger_name_wins_and_a_bound_timestamp_is_replaced() -> None:

@@ -51,7 +51,7 @@ from prometheus_client.exposition import choose_encoder
 
 from .._validate import check_bool, check_int
 from ._memory import _top_allocations, memory_snapshot
-from ._metrics import _resolve, hub_for, register_process_metrics, uptime_seconds
+from ._metrics import hub_for, register_process_metrics, resolve_registry, uptime_seconds
 from ._tasks import _walk, format_task_tree
 
 __all__ = ["DebugServer", "open_debug_server", "serve_debug"]
@@ -152,7 +152,7 @@ async def _prepare(
     if port > 65535:
         raise ValueError(f"port must be in 0..65535, got {port!r}")
     check_bool("allow_remote", allow_remote)
-    registry = _resolve(registry)
+    registry = resolve_registry(registry)
     register_process_metrics(registry)
     return await _bind(host, port, allow_remote=allow_remote), registry
 

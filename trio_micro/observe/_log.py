@@ -170,11 +170,11 @@ def configure_logging(
 
     logger_factory: Callable[..., WrappedLogger]
     if flush_interval is not None:
-        logger_factory = _BufferedBytesLoggerFactory(cast("BinaryIO", stream))
+        logger_factory = _NamedLoggerFactory(_BufferedBytesLogger, stream)
     elif binary:
         logger_factory = structlog.BytesLoggerFactory(cast("BinaryIO", stream))
     else:
-        logger_factory = _NamedWriteLoggerFactory(cast("TextIO", stream))
+        logger_factory = _NamedLoggerFactory(_NamedWriteLogger, stream)
 
     structlog.configure(
         processors=processors,
@@ -261,17 +261,6 @@ class _BufferedBytesLogger:
     fatal = failure = err = error = critical = exception = msg
 
 
-@final
-class _BufferedBytesLoggerFactory:
-    __slots__ = ("_file",)
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file = file
-
-    def __call__(self, *args: Any) -> _BufferedBytesLogger:
-        return _BufferedBytesLogger(self._file, args[0] if args else None)
-
-
 def _parse_level(level: object) -> int:
     if isinstance(level, bool) or not isinstance(level, str | int):
         raise TypeError(f"level must be a level name or number, got {level!r}")
@@ -355,14 +344,18 @@ class _NamedWriteLogger(structlog.WriteLogger):
 
 
 @final
-class _NamedWriteLoggerFactory:
-    __slots__ = ("_file",)
+class _NamedLoggerFactory:
+    """A logger factory for loggers made as ``logger(file, name)``, ``name`` being what was
+    given to ``structlog.get_logger(name)``: what ``structlog.BytesLoggerFactory`` does."""
 
-    def __init__(self, file: TextIO) -> None:
+    __slots__ = ("_file", "_logger")
+
+    def __init__(self, logger: Callable[[Any, str | None], WrappedLogger], file: IO[Any]) -> None:
+        self._logger = logger
         self._file = file
 
-    def __call__(self, *args: Any) -> _NamedWriteLogger:
-        return _NamedWriteLogger(self._file, args[0] if args else None)
+    def __call__(self, *args: Any) -> WrappedLogger:
+        return self._logger(self._file, args[0] if args else None)
 
 
 def _safe_repr(obj: object) -> str:
@@ -373,9 +366,6 @@ def _safe_repr(obj: object) -> str:
 
 
 _ENCODER: Final = msgspec.json.Encoder(enc_hook=_safe_repr)
-
-
-_LEVEL_NAMES: Final = {"warn": "warning", "exception": "error"}  # as add_log_level maps them
 
 
 @final
@@ -402,10 +392,12 @@ class _JSONLine:
         if "exc_info" in event_dict:
             event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
         # The fixed keys first, so that lines read well in `tail -f`; timestamp and level
-        # replace any bound under those names, a bound logger name wins.
+        # replace any bound under those names, a bound logger name wins. The filtering
+        # bound logger passes the level's name already ("warning" for warn(), "error"
+        # for exception()), so method_name needs no mapping as add_log_level does.
         ordered: dict[str, Any] = {"timestamp": self._stamp.now()}
         event_dict.pop("timestamp", None)
-        ordered["level"] = _LEVEL_NAMES.get(method_name, method_name)
+        ordered["level"] = method_name
         event_dict.pop("level", None)
         if "logger" in event_dict:
             ordered["logger"] = event_dict.pop("logger")

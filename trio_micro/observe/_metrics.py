@@ -30,9 +30,6 @@ left out of that scrape; it never fails the scrape.
 from __future__ import annotations
 
 import dataclasses
-import gc
-import math
-import os
 import re
 import threading
 import weakref
@@ -42,6 +39,7 @@ from typing import Final, final
 
 import structlog
 from prometheus_client import (
+    PROCESS_COLLECTOR,
     REGISTRY,
     CollectorRegistry,
     GCCollector,
@@ -79,7 +77,8 @@ StatsSource = Callable[[], object]
 _LabelKey = tuple[tuple[str, str], ...]
 
 
-def _resolve(registry: CollectorRegistry | None) -> CollectorRegistry:
+def resolve_registry(registry: CollectorRegistry | None) -> CollectorRegistry:
+    """``registry``, or ``prometheus_client.REGISTRY`` for ``None``; TypeError otherwise."""
     if registry is None:
         return REGISTRY
     if not isinstance(registry, CollectorRegistry):
@@ -245,7 +244,7 @@ _hubs_lock: Final = threading.Lock()
 
 def hub_for(registry: CollectorRegistry | None) -> _Hub:
     """Return the registry's hub, creating and registering it on first use."""
-    registry = _resolve(registry)
+    registry = resolve_registry(registry)
     with _hubs_lock:
         hub = _hubs.get(registry)
         if hub is None:
@@ -411,7 +410,7 @@ class _MemoryCollector:
         yield GaugeMetricFamily(
             f"{PREFIX}gc_frozen_objects",
             "Objects in the collector's permanent generation (gc.freeze).",
-            value=gc.get_freeze_count(),
+            value=snap.gc_frozen,
         )
 
 
@@ -431,7 +430,7 @@ def register_process_metrics(registry: CollectorRegistry | None = None) -> None:
     Args:
         registry: Where to export; default ``prometheus_client.REGISTRY``.
     """
-    registry = _resolve(registry)
+    registry = resolve_registry(registry)
     hub = hub_for(registry)
     with hub._lock:
         if hub.process_metrics:
@@ -450,15 +449,9 @@ def register_process_metrics(registry: CollectorRegistry | None = None) -> None:
 
 
 def uptime_seconds(now: float) -> float | None:
-    """Seconds since the process started (Linux ``/proc``), or ``None`` if unknown."""
-    try:
-        with open("/proc/self/stat", "rb") as stat:
-            # Field 22, counted after the ")" that ends the command name (which may hold
-            # spaces): start time in clock ticks after boot.
-            start_ticks = int(stat.read().rsplit(b")", 1)[1].split()[19])
-        with open("/proc/stat", "rb") as proc_stat:
-            boot = next(int(line.split()[1]) for line in proc_stat if line.startswith(b"btime "))
-        started = boot + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
-        return None
-    return max(0.0, now - started) if math.isfinite(started) else None
+    """Seconds since the process started, or ``None`` if unknown: from prometheus-client's
+    ``process_start_time_seconds`` (Linux ``/proc``)."""
+    for metric in PROCESS_COLLECTOR.collect():
+        if metric.name == "process_start_time_seconds":
+            return max(0.0, now - metric.samples[0].value)
+    return None

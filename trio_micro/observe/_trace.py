@@ -199,13 +199,8 @@ def new_trace(*, sampled: bool = True) -> TraceContext:
 
 
 def new_traceparent(*, sampled: bool = True) -> str:
-    """Return a ``traceparent`` value for a new trace: ``format_traceparent(new_trace())``,
-    but cheaper."""
-    while True:
-        bits = _getrandbits(192)  # trace id and parent id in one draw
-        if bits >> 64 and bits & 0xFFFF_FFFF_FFFF_FFFF:
-            digits = bits.to_bytes(24, "big").hex()
-            return f"00-{digits[:32]}-{digits[32:]}-{'01' if sampled else '00'}"
+    """Return a ``traceparent`` value for a new trace: ``format_traceparent(new_trace())``."""
+    return format_traceparent(new_trace(sampled=sampled))
 
 
 def format_traceparent(context: TraceContext) -> str:

@@ -27,9 +27,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final, final
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from trio_micro.observe._metrics import PREFIX, register_stats_source
+from trio_micro.observe._metrics import PREFIX, register_stats_source, resolve_registry
 from trio_micro.observe._schema import CODE_OK
 
 from ._channel import Channel
@@ -148,13 +148,7 @@ class MetricsInterceptor:
     __slots__ = ("_metrics",)
 
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
-        if registry is None:
-            registry = REGISTRY
-        elif not isinstance(registry, CollectorRegistry):
-            raise TypeError(
-                f"registry must be a prometheus_client.CollectorRegistry, got {registry!r}"
-            )
-        self._metrics = _metrics_for(registry)
+        self._metrics = _metrics_for(resolve_registry(registry))
 
     def __repr__(self) -> str:
         return "rpc.MetricsInterceptor()"
