@@ -177,6 +177,20 @@ def test_filter_rejects_naive_datetimes() -> None:
         RecordFilter(since=T0.replace(tzinfo=None))
 
 
+def test_filter_matches_one_record_as_the_summary_filters() -> None:
+    flt = RecordFilter(
+        since=T0 + timedelta(seconds=1),
+        until=T0 + timedelta(seconds=3),
+        methods=frozenset({"orders/Get"}),
+    )
+    recs = [
+        record(at=at, service=s, method="Get") for at in (0, 1, 2.5, 3) for s in ("a", "orders")
+    ]
+    kept = [(r.service, r.timestamp) for r in recs if flt.matches(r)]
+    assert kept == [("orders", T0 + timedelta(seconds=1)), ("orders", T0 + timedelta(seconds=2.5))]
+    assert summarize(recs, filter=flt).calls == len(kept)
+
+
 def test_empty_input_gives_an_empty_summary() -> None:
     summary = summarize([])
     assert (summary.calls, summary.methods(), summary.first) == (0, [], None)

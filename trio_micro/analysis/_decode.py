@@ -93,7 +93,6 @@ _REQUIRED: Final = ("timestamp", "service", "method", "code", "duration_ms")
 _MINUTE: Final = itemgetter(slice(0, 17))  # "2026-11-26T10:00:"
 _TENS: Final = b"012345"
 _DIGITS_TO_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
-_LAST: Final = itemgetter(-1)
 # Only "T": stamps that sort as strings in time order (others take the slow path).
 _MINUTE_RE: Final = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):")
 

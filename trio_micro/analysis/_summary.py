@@ -117,7 +117,7 @@ class RecordFilter:
             math.inf if self.until is None else self.until.timestamp(),
         )
 
-    def mask(self, records: Sequence[_Filterable], times: Sequence[float]) -> list[bool]:
+    def mask(self, records: Sequence[_CallRow], times: Sequence[float]) -> list[bool]:
         """Return, for each record, whether it passes; ``times`` are its epoch seconds."""
         since, until = self.bounds()
         services, methods, codes = self.services, self.methods, self.codes
@@ -130,29 +130,8 @@ class RecordFilter:
         ]
 
     def matches(self, record: CallRecord) -> bool:
-        """Return whether ``record`` passes every condition."""
-        if self.since is not None and record.timestamp < self.since:
-            return False
-        if self.until is not None and record.timestamp >= self.until:
-            return False
-        if self.services and record.service not in self.services:
-            return False
-        if self.codes and record.code not in self.codes:
-            return False
-        return not (
-            self.methods
-            and record.method not in self.methods
-            and f"{record.service}/{record.method}" not in self.methods
-        )
-
-
-class _Filterable(Protocol):
-    @property
-    def service(self) -> str | None: ...
-    @property
-    def method(self) -> str | None: ...
-    @property
-    def code(self) -> str | None: ...
+        """Return whether ``record`` passes every condition (as :meth:`mask` decides)."""
+        return self.mask((record,), (record.timestamp.timestamp(),))[0]
 
 
 @final
@@ -376,11 +355,6 @@ class _KeyIds(dict[_Key, int]):
     def key_of(self, base: int) -> _Key:
         """Return the key of a key base."""
         return self.keys_by_id[(base + _ZERO) // _STRIDE]
-
-    def unpack(self, pair: int) -> tuple[_Key, int]:
-        """Return the key and the bucket index of a counted pair."""
-        key_id, offset = divmod(pair, _STRIDE)
-        return self.keys_by_id[key_id], offset + _ZERO
 
 
 @final
@@ -729,7 +703,7 @@ class SummaryBuilder:
                 group = groups[key[:3]] = _Group()
             return group
 
-        unpack = self._key_ids.unpack
+        key_of = self._key_ids.key_of
         keys_by_id = self._key_ids.keys_by_id
         # Sorted, the pairs of one key are a run (key_id * _STRIDE + offset): fold each
         # run with C-level operations.
@@ -754,11 +728,11 @@ class SummaryBuilder:
                 group.misses += count
             start = stop
         for (base, code), count in self._error_codes.items():
-            codes = group_of(unpack(base)[0]).codes
+            codes = group_of(key_of(base)).codes
             codes[CODE_OK] -= count
             codes[code] = codes.get(code, 0) + count
         for base, (total, low, high, first, last) in self._stats.items():
-            group = group_of(unpack(base)[0])
+            group = group_of(key_of(base))
             sketch = group.latency
             sketch.total += total
             sketch.min = min(sketch.min, low)

@@ -20,7 +20,7 @@ __all__ = ["BASE_WIDTH", "TimeBucket"]
 
 #: The finest bucket width in seconds (1 ms); widths are this times a power of two.
 BASE_WIDTH: Final = 0.001
-_TICKS_PER_SECOND: Final = 1000.0
+_TICKS_PER_SECOND: Final = 1 / BASE_WIDTH  # 1000.0: level-0 buckets per second
 
 
 @final
