@@ -437,7 +437,7 @@ def trio_micro_server(args: argparse.Namespace) -> None:
             format="json",
             file=args.log_file,
             cache_logger_on_first_use=True,
-            **({"flush_interval": args.log_flush_interval} if args.log_flush_interval else {}),
+            flush_interval=args.log_flush_interval,
         )
         options[keyword] = [interceptor()]
     service = _bench_service()

@@ -66,13 +66,9 @@ def single_flight(db: UserDatabase) -> rpc.Service:
     return UserService(db, TTLCache(max_size=10_000, ttl=30))
 
 
-def naive(db: UserDatabase) -> rpc.Service:
-    return NaiveCacheUserService(db)
-
-
 CACHES: dict[str, Callable[[UserDatabase], rpc.Service]] = {
     "TTLCache (single-flight)": single_flight,
-    "naive cache (the article's)": naive,
+    "naive cache (the article's)": NaiveCacheUserService,
 }
 
 

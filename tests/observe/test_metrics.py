@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import prometheus_client
 import pytest
 import trio
@@ -17,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from trio_micro import observe, rpc
-from trio_micro.protocol import Error
 
 from ..rpc.raw import RawClient
 from ..rpc.services import Empty, SimpleRequest, TestService
@@ -139,12 +137,9 @@ async def test_interceptor_counts_a_deadline_as_deadline_exceeded(
     autojump_clock: trio.testing.MockClock, registry: CollectorRegistry, server: rpc.Server
 ) -> None:
     client = await RawClient.connect(server)
-    payload = msgspec.msgpack.encode(Empty())
-    await client.stream.send_all(
-        client.conn.send_request(1, f"{SERVICE}/sleep", payload, timeout_ms=250)
-    )
-    await client.receive_until(Error)
+    error, _seconds = await client.call_with_deadline(f"{SERVICE}/sleep", 250)
     await client.aclose()
+    assert error.code is rpc.Status.DEADLINE_EXCEEDED
     labels = {"service": SERVICE, "method": "sleep"}
     assert value(registry, CALLS, **labels, code="DEADLINE_EXCEEDED") == 1
     # Latency is real time (time.perf_counter, like the access log), not trio's clock.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import trio
 
 from trio_micro import rpc
-from trio_micro.protocol import Connection, ConnectionClosed, Event, Hello, Role
+from trio_micro.protocol import CallType, Connection, ConnectionClosed, Error, Event, Hello, Role
+
+from .services import Empty
 
 
 class RawClient:
@@ -33,6 +36,21 @@ class RawClient:
                 if isinstance(event, kind):
                     return event
                 assert not isinstance(event, ConnectionClosed), self.events
+
+    async def call_with_deadline(
+        self, method: str, timeout_ms: int, *, call_type: CallType = CallType.UNARY
+    ) -> tuple[Error, float]:
+        """Call ``method`` (stream 1, an empty request) with ``timeout_ms``; return the ERROR
+        that ends the call and the seconds it took to come."""
+        payload = msgspec.msgpack.encode(Empty())
+        request = self.conn.send_request(
+            1, method, payload, call_type=call_type, timeout_ms=timeout_ms
+        )
+        await self.stream.send_all(request)
+        start = trio.current_time()
+        error = await self.receive_until(Error)
+        assert isinstance(error, Error)
+        return error, trio.current_time() - start
 
     async def receive_until_closed(self) -> list[Event]:
         while not any(isinstance(e, ConnectionClosed) for e in await self.receive()):

@@ -70,11 +70,13 @@ async def test_a_reused_worker_is_named_for_its_current_call(
     service: TestService, stub: TestService
 ) -> None:
     await stub.empty_call(Empty())
+    [parked] = call_workers()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stub.hold, Empty())
         with trio.fail_after(5):
             await service.started.wait()
         [worker] = call_workers()
+        assert worker is parked  # reused, not a new task
         assert worker.name.endswith("/hold")
         service.release.set()
 

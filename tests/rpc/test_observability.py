@@ -15,7 +15,6 @@ from structlog.typing import EventDict
 
 from trio_micro import analysis, observe, rpc
 from trio_micro.observe import CALL_EVENTS, CALL_RECORD_FIELDS, CallRecord
-from trio_micro.protocol import Error
 
 from .conftest import address
 from .raw import RawClient
@@ -237,11 +236,7 @@ async def test_access_log_deadline_exceeded(
     autojump_clock: trio.testing.MockClock, logs: list[EventDict], logged_server: rpc.Server
 ) -> None:
     client = await RawClient.connect(logged_server)
-    payload = msgspec.msgpack.encode(Empty())
-    await client.stream.send_all(
-        client.conn.send_request(1, "grpc.testing.TestService/sleep", payload, timeout_ms=250)
-    )
-    await client.receive_until(Error)
+    await client.call_with_deadline("grpc.testing.TestService/sleep", 250)
     await client.aclose()
     [record] = call_records(logs)
     assert record["code"] == "DEADLINE_EXCEEDED"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import msgspec
 import pytest
 import trio
 import trio.testing
@@ -99,20 +98,11 @@ async def test_deadline_inside_a_stream_handler_ends_the_stream_with_deadline_ex
     service = FailingStreams()
     async with rpc.open_server([service], host="127.0.0.1") as server:
         client = await RawClient.connect(server)
-        await client.stream.send_all(
-            client.conn.send_request(
-                1,
-                "test.FailingStreams/hang",
-                msgspec.msgpack.encode(Empty()),
-                call_type=CallType.SERVER_STREAM,
-                timeout_ms=250,
-            )
+        error, seconds = await client.call_with_deadline(
+            "test.FailingStreams/hang", 250, call_type=CallType.SERVER_STREAM
         )
-        start = trio.current_time()
-        error = await client.receive_until(Error)
-        assert isinstance(error, Error)
         assert error.code is rpc.Status.DEADLINE_EXCEEDED
-        assert trio.current_time() - start == pytest.approx(0.25)
+        assert seconds == pytest.approx(0.25)
         assert service.cancelled.is_set()
         # One item, then the ERROR instead of an END.
         assert [type(e) for e in client.events if isinstance(e, (Item, End, Error))] == [

@@ -37,6 +37,7 @@ from ._types import (
     claim_registration,
     log,
     log_changes,
+    run_alongside,
 )
 
 __all__ = ["RegistryClient", "open_registry_client"]
@@ -124,14 +125,10 @@ class RegistryClient:
                 backend="registry",
             )
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        self._keep_alive, registration, lease, name="trio_micro.registry.keepalive"
-                    )
-                    try:
-                        yield registration
-                    finally:
-                        nursery.cancel_scope.cancel()
+                async with run_alongside(
+                    self._keep_alive, registration, lease, name="trio_micro.registry.keepalive"
+                ):
+                    yield registration
             finally:
                 if not registration._abandoned:
                     await self._deregister(registration, lease[0])

@@ -68,6 +68,7 @@ from ._types import (
     endpoint_list,
     log,
     log_changes,
+    run_alongside,
 )
 
 __all__ = ["EtcdRegistry", "open_etcd_registry"]
@@ -402,19 +403,15 @@ class EtcdRegistry:
                 backend="etcd",
             )
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        self._keep_alive,
-                        registration,
-                        lease,
-                        key,
-                        value,
-                        name="trio_micro.registry.keepalive",
-                    )
-                    try:
-                        yield registration
-                    finally:
-                        nursery.cancel_scope.cancel()
+                async with run_alongside(
+                    self._keep_alive,
+                    registration,
+                    lease,
+                    key,
+                    value,
+                    name="trio_micro.registry.keepalive",
+                ):
+                    yield registration
             finally:
                 if not registration._abandoned and await self._revoke(lease, why="deregister"):
                     log.info(

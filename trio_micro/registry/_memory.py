@@ -30,6 +30,7 @@ from ._types import (
     endpoint_list,
     log,
     log_changes,
+    run_alongside,
 )
 
 __all__ = ["MemoryRegistry"]
@@ -93,12 +94,10 @@ class MemoryRegistry:
                     ttl=ttl,
                     backend="memory",
                 )
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._renew, registration, name="trio_micro.registry.renew")
-                    try:
-                        yield registration
-                    finally:
-                        nursery.cancel_scope.cancel()
+                async with run_alongside(
+                    self._renew, registration, name="trio_micro.registry.renew"
+                ):
+                    yield registration
             finally:
                 if not registration._abandoned:
                     self._remove(registration)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import types
-from collections.abc import AsyncGenerator, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
@@ -294,6 +294,27 @@ def claim_registration(
         yield
     finally:
         active.discard(key)
+
+
+@asynccontextmanager
+async def run_alongside(
+    fn: Callable[..., Awaitable[object]], *args: object, name: str
+) -> AsyncIterator[None]:
+    """Run ``fn(*args)`` (a registration's renewal) in a nursery of its own while the body
+    runs, and cancel it when the body ends.
+
+    ``trio_util.run_and_cancelling`` does the same but cannot name the task, and the name
+    is what the task tree (``/debug/tasks``) and the task monitor show.
+
+    Entering is not a checkpoint; leaving waits for ``fn`` to finish being cancelled.
+    Exceptions from the body (or ``fn``) come out in the nursery's :class:`ExceptionGroup`.
+    """
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fn, *args, name=name)
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 @final
