@@ -46,20 +46,25 @@ def _check_int(name: str, value: object, minimum: int | None, expected: str) -> 
 
 
 def check_number(
-    name: str, value: object, *, finite: bool = True, unit: str | None = None
+    name: str,
+    value: object,
+    *,
+    finite: bool = True,
+    unit: str | None = None,
+    zero: bool = False,
 ) -> float:
     """Return ``value`` as a float if it is an int or float (not a bool) and > 0.
 
-    NaN is always rejected, infinity unless ``finite`` is false. ``unit`` (e.g.
-    ``"tokens per second"``) is shown in parentheses in the messages.
+    NaN is always rejected, infinity unless ``finite`` is false; 0 only if ``zero`` is
+    true. ``unit`` (e.g. ``"tokens per second"``) is shown in parentheses in the messages.
     """
     suffix = f" ({unit})" if unit else ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be an int or float{suffix}, got {value!r}")
     # `not value > 0` is also true for NaN.
-    if not value > 0 or (finite and math.isinf(value)):
+    if not (value >= 0 if zero else value > 0) or (finite and math.isinf(value)):
         kind = "a finite number" if finite else "a number"
-        raise ValueError(f"{name} must be {kind} > 0{suffix}, got {value!r}")
+        raise ValueError(f"{name} must be {kind} {'>=' if zero else '>'} 0{suffix}, got {value!r}")
     return float(value)
 
 

@@ -48,13 +48,6 @@ _SLOTS = 10  # slots in the budget's window: the window is exact to budget_ttl /
 _EPSILON = 1e-9
 
 
-def _check_rate(name: str, value: object) -> float:
-    """Like :func:`check_number`, but 0 is accepted too ("none")."""
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    return check_number(name, value)
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -89,9 +82,9 @@ class RetryPolicy:
         check_seconds("initial_backoff", self.initial_backoff, finite=True)
         check_number("multiplier", self.multiplier)
         check_seconds("max_backoff", self.max_backoff, finite=True)
-        _check_rate("budget_ratio", self.budget_ratio)
+        check_number("budget_ratio", self.budget_ratio, zero=True)
         check_seconds("budget_ttl", self.budget_ttl, finite=True)
-        _check_rate("budget_min_per_second", self.budget_min_per_second)
+        check_number("budget_min_per_second", self.budget_min_per_second, zero=True)
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """The jittered delay before retry number ``retry`` (1 for the first)."""
