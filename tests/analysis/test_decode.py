@@ -67,6 +67,18 @@ def test_non_utf8_bytes_in_a_string_count_as_not_utf8() -> None:
     assert (summary.calls, dict(summary.input.malformed)) == (1, {"not_utf8": 1})
 
 
+def test_a_line_that_is_neither_json_nor_utf8_counts_as_not_utf8() -> None:
+    # Which error the decoder meets first varies with msgspec's version; the bytes decide.
+    summary = summary_of(GOOD + b'{"event": \xff\n' + GOOD)
+    assert (summary.calls, dict(summary.input.malformed)) == (2, {"not_utf8": 1})
+
+
+def test_bad_utf8_is_classified_in_a_large_chunk_too() -> None:
+    bad = GOOD.replace(b'"users"', b'"us\xff\xfers"')
+    summary = summary_of(GOOD * 3000 + bad + GOOD * 3000)
+    assert (summary.calls, dict(summary.input.malformed)) == (6000, {"not_utf8": 1})
+
+
 def test_json_array_line_counts_as_wrong_type() -> None:
     assert dict(summary_of(b"[1, 2]\n").input.malformed) == {"wrong_type": 1}
 

@@ -164,6 +164,35 @@ def test_a_body_with_trailing_bytes_is_rejected() -> None:
         FrameDecoder().receive_data(len(data).to_bytes(4, "big") + data)
 
 
+def not_utf8(frame: Frame, marker: bytes) -> bytes:
+    """``frame`` on the wire with the string ``marker`` replaced by bytes that are not UTF-8."""
+    data = encode(frame)
+    assert data.count(marker) == 1
+    return data.replace(marker, b"\xff\xfe" + marker[2:])
+
+
+@pytest.mark.parametrize(
+    ("frame", "marker"),
+    [
+        (Request(1, "svc/m\x01\x02", b""), b"\x01\x02"),
+        (Request(1, "svc/m", b"", metadata={"k\x01\x02": "v"}), b"\x01\x02"),
+        (Request(1, "svc/m", b"", metadata={"k": "v\x01\x02"}), b"\x01\x02"),
+        (GoAway(0, ErrorCode.NO_ERROR, "bye\x01\x02"), b"\x01\x02"),
+    ],
+    ids=["method", "metadata-key", "metadata-value", "goaway-message"],
+)
+def test_a_string_that_is_not_utf8_is_a_protocol_error(frame: Frame, marker: bytes) -> None:
+    # msgspec < 0.23 raises UnicodeDecodeError here, 0.23 DecodeError: neither may escape.
+    with pytest.raises(RemoteProtocolError, match="not valid UTF-8") as info:
+        FrameDecoder().receive_data(not_utf8(frame, marker))
+    assert info.value.code is ErrorCode.PROTOCOL_ERROR
+
+
+def test_bytes_that_are_not_utf8_in_a_payload_are_just_bytes() -> None:
+    frame = Request(1, "svc/m", b"\xff\xfe")
+    assert FrameDecoder().receive_data(encode(frame)) == [frame]
+
+
 def test_an_empty_body_is_rejected() -> None:
     with pytest.raises(RemoteProtocolError):
         FrameDecoder().receive_data(b"\x00\x00\x00\x00")

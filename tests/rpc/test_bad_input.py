@@ -23,6 +23,7 @@ from trio_micro import rpc
 from trio_micro.protocol import (
     Cancel,
     Connection,
+    Error,
     ErrorCode,
     Frame,
     FrameDecoder,
@@ -297,6 +298,55 @@ async def test_frame_of_an_unknown_kind() -> None:
             "rpc.connection.protocol_error",
             "unknown frame kind 99",
         )
+
+
+# ---------------------------------------------------------------------------- not UTF-8
+
+
+def with_bad_utf8(data: bytes, marker: bytes) -> bytes:
+    """``data`` with ``marker`` (a string's tail, once in it) replaced by non-UTF-8 bytes."""
+    assert data.count(marker) == 1
+    return data.replace(marker, b"\xff\xfe" + marker[2:])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        with_bad_utf8(request(1, "grpc.testing.TestService/sleep\x01\x02"), b"\x01\x02"),
+        with_bad_utf8(request(1, metadata={"x-key\x01\x02": "v"}), b"\x01\x02"),
+        with_bad_utf8(request(1, metadata={"x-key": "v\x01\x02"}), b"\x01\x02"),
+    ],
+    ids=["method", "metadata-key", "metadata-value"],
+)
+async def test_a_frame_string_that_is_not_utf8(bad: bytes) -> None:
+    async with scenario() as s:
+        stream = await s.connect()
+        await stream.send_all(hello() + bad)
+        await check_goaway(
+            s, stream, ErrorCode.PROTOCOL_ERROR, "rpc.connection.protocol_error", "UTF-8"
+        )
+
+
+async def test_a_request_field_that_is_not_utf8_fails_only_its_call() -> None:
+    async with scenario() as s:
+        stream = await s.connect()
+        payload = msgspec.msgpack.encode(SimpleRequest(status_message="m\x01\x02"))
+        bad = with_bad_utf8(request(1, "grpc.testing.TestService/unary_call", payload), b"\x01\x02")
+        await stream.send_all(hello() + bad + request(3, "grpc.testing.TestService/empty_call"))
+        decoder = FrameDecoder(max_frame_size=MAX_FRAME_SIZE_LIMIT)
+        data = b""
+        with trio.fail_after(5):
+            while not data.startswith(PREFACE):
+                data += await stream.receive_some()
+            frames = decoder.receive_data(data[len(PREFACE) :])
+            while not any(getattr(f, "id", None) == 3 for f in frames):
+                frames += decoder.receive_data(await stream.receive_some())
+        (error,) = [f for f in frames if isinstance(f, Error)]
+        assert (error.id, error.code) == (1, rpc.Status.INVALID_ARGUMENT)
+        assert "UTF-8" in error.message or "utf-8" in error.message
+        assert [f.id for f in frames if isinstance(f, Response)] == [3]  # the connection lives
+        assert not [f for f in frames if isinstance(f, GoAway)]
+        await stream.aclose()
 
 
 # ---------------------------------------------------------------------------- streams

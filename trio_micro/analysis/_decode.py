@@ -251,11 +251,25 @@ def decode_each_line(
             out.append(decode(line))
         except msgspec.ValidationError as exc:
             _classify_invalid(line, str(exc), tally)
-        except msgspec.DecodeError as exc:
-            tally.bad("invalid_json", str(exc))
-        except UnicodeDecodeError as exc:
-            tally.bad("not_utf8", str(exc))
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            tally.bad(_undecodable_kind(line), str(exc))
     return out
+
+
+def _undecodable_kind(line: bytes | bytearray | str) -> str:
+    """``not_utf8`` for bytes that are not UTF-8, else ``invalid_json`` (error path only).
+
+    msgspec before 0.23 raised :class:`UnicodeDecodeError` for a string with invalid UTF-8
+    and 0.23 raises :class:`msgspec.DecodeError`; checking the bytes here classifies a line
+    the same way on every version, and costs nothing on the fast path.
+    """
+    if isinstance(line, str):
+        return "invalid_json"
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return "not_utf8"
+    return "invalid_json"
 
 
 def _classify_invalid(line: bytes | bytearray | str, message: str, tally: _Tally) -> None:

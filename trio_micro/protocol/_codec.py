@@ -133,7 +133,7 @@ class FrameDecoder:
                     break
                 try:
                     frames.append(decode(view[start:stop]))
-                except msgspec.DecodeError as exc:
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                     self._failed = True
                     raise _malformed(bytes(view[start:stop]), exc) from exc
                 pos = stop
@@ -145,12 +145,21 @@ class FrameDecoder:
         return frames
 
 
-def _malformed(body: bytes, exc: msgspec.DecodeError) -> RemoteProtocolError:
-    """Explain why ``body`` is not a frame (only runs on the error path)."""
+def _malformed(body: bytes, exc: Exception) -> RemoteProtocolError:
+    """Explain why ``body`` is not a frame (only runs on the error path).
+
+    ``exc`` is the decoder's :class:`msgspec.DecodeError`, or, before msgspec 0.23, the
+    :class:`UnicodeDecodeError` it raised for a string that is not UTF-8; both become the
+    same :class:`RemoteProtocolError`, so no decoder exception leaves this layer.
+    """
     preview = body[:32] + (b"..." if len(body) > 32 else b"")
     try:
         raw = msgspec.msgpack.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        if isinstance(error, UnicodeDecodeError) or "UTF-8" in str(error):
+            return RemoteProtocolError(
+                f"frame body has a string that is not valid UTF-8: {preview!r}"
+            )
         return RemoteProtocolError(f"frame body is not valid msgpack ({exc}): {preview!r}")
     if isinstance(raw, list) and raw and type(raw[0]) is int and raw[0] not in _KNOWN_KINDS:
         return RemoteProtocolError(f"unknown frame kind {raw[0]!r} in {preview!r}")
