@@ -1,20 +1,26 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Each creates .venv when it is missing and installs the project into it.
+# Each creates .venv when it is missing and installs the project into it from
+# requirements.lock: every package pinned to one version and checked against its hashes, so a
+# fresh machine gets what CI tested, whatever was released since. `make lock` re-pins.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: demo test lint typecheck pytest bench clean venv
+.PHONY: demo test lint typecheck pytest bench clean venv lock
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trio_micro needs python >= 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+# A changed lock or pyproject.toml re-installs. --no-deps: the lock lists every package;
+# --no-build-isolation: the editable install uses the locked hatchling, not a new download.
+$(STAMP): $(BIN)/python $(LOCK) pyproject.toml
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -38,5 +44,16 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python benchmarks/toolkit_bench.py
 
+# Re-resolve every dependency (runtime and dev groups) to its newest release that fits
+# pyproject.toml, for every Python >= 3.11 and platform, with hashes. Run it when you change a
+# dependency in pyproject.toml, or to take upstream releases; then `make test` and commit both.
+# UPGRADE=0 keeps the pins that still fit and only adds what is new.
+UPGRADE ?= 1
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --group pyproject.toml:dev --universal \
+		--python-version 3.11 --generate-hashes --quiet \
+		$(if $(filter 1,$(UPGRADE)),--upgrade,) \
+		--custom-compile-command "make lock" -o $(LOCK)
+
 clean:
-	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* .coverage .mypy_cache .ruff_cache .pytest_cache .hypothesis

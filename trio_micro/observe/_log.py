@@ -172,7 +172,7 @@ def configure_logging(
     if flush_interval is not None:
         logger_factory = _NamedLoggerFactory(_BufferedBytesLogger, stream)
     elif binary:
-        logger_factory = structlog.BytesLoggerFactory(cast("BinaryIO", stream))
+        logger_factory = _NamedLoggerFactory(_NamedBytesLogger, stream)
     else:
         logger_factory = _NamedLoggerFactory(_NamedWriteLogger, stream)
 
@@ -336,9 +336,18 @@ class _EncodeUTF8:
 
 
 class _NamedWriteLogger(structlog.WriteLogger):
-    """A :class:`structlog.WriteLogger` that remembers its name, like ``BytesLogger``."""
+    """A :class:`structlog.WriteLogger` that remembers its name."""
 
     def __init__(self, file: TextIO, name: str | None) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedBytesLogger(structlog.BytesLogger):
+    """A :class:`structlog.BytesLogger` that remembers its name (only structlog >= 26.1's
+    ``BytesLoggerFactory`` passes the name on; we support older releases too)."""
+
+    def __init__(self, file: BinaryIO, name: str | None) -> None:
         super().__init__(file)
         self.name = name
 
