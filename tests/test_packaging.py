@@ -73,18 +73,16 @@ def test_no_dev_tool_is_a_published_extra() -> None:
         assert not names & tools, f"extra {extra!r} carries dev tools {names & tools}"
 
 
-def test_classifiers_name_each_python_from_the_floor_to_the_newest_ci_runs() -> None:
-    floor = PYPROJECT["project"]["requires-python"]
-    assert floor == ">=3.11"
+def test_classifiers_claim_every_python_from_the_floor_up_to_this_one() -> None:
+    # CI runs the suite on its oldest and newest Python: each run checks its own is claimed.
+    assert PYPROJECT["project"]["requires-python"] == ">=3.11"
     minors = sorted(
         int(c.rsplit(".", 1)[1])
         for c in PYPROJECT["project"]["classifiers"]
         if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
     )
     assert minors == list(range(11, minors[-1] + 1))
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    newest_tried = max(int(m) for m in re.findall(r"python3\.(\d+)", ci))
-    assert minors[-1] >= newest_tried - 1  # 3.14 is tried first but not yet claimed
+    assert sys.version_info[:2] <= (3, minors[-1]), f"add the classifier for {sys.version}"
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list tracked files")

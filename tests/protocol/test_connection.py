@@ -347,6 +347,20 @@ def test_credit_lets_the_server_send_more_items() -> None:
     assert pair.to_client(data) == [Item(sid, b"1"), Item(sid, b"2")]
 
 
+def test_credit_adds_to_what_is_left_never_replaces_it() -> None:
+    # Spec §8.5: each CREDIT grants n more items on top of the unused credit.
+    pair = ConnectionPair(client=Settings(initial_stream_credit=3))
+    sid = pair.call(call_type=STREAM)
+    pair.to_client(pair.server.send_item(sid, b"1"))  # 2 left of the initial 3
+    pair.to_server(pair.client.send_credit(sid, 2) + pair.client.send_credit(sid, 1))
+    assert pair.server.stream_credit(sid) == 5
+    data = b"".join(pair.server.send_item(sid, b"%d" % i) for i in range(5))
+    assert len(pair.to_client(data)) == 5
+    assert pair.server.stream_credit(sid) == 0
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_item(sid, b"one too many")
+
+
 def test_credit_on_a_unary_stream_is_refused() -> None:
     pair = ConnectionPair()
     sid = pair.call()

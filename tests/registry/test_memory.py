@@ -22,9 +22,11 @@ async def test_renewal_happens_every_third_of_the_ttl(
         # Renewals at +1 and +2; dying at +2.5 leaves the entry until +2 + 3.
         await trio.sleep(2.5)
         registration._abandon()
-    async with aclosing(registry.watch("users")) as updates:
-        assert [e.address for e in await anext(updates)] == [A]
-        assert await anext(updates) == []
+    # Bounded: a lost expiry wake-up would otherwise leave no timer and hang the suite.
+    with trio.fail_after(60):
+        async with aclosing(registry.watch("users")) as updates:
+            assert [e.address for e in await anext(updates)] == [A]
+            assert await anext(updates) == []
     assert trio.current_time() - start == 5.0
 
 
@@ -35,7 +37,7 @@ async def test_expiry_wakes_a_watcher_with_no_other_activity(
     async with registry.register("users", A, ttl=6.0) as registration:
         registration._abandon()
     start = trio.current_time()
-    with capture_logs() as logs:
+    with capture_logs() as logs, trio.fail_after(60):
         async with aclosing(registry.watch("users")) as updates:
             assert len(await anext(updates)) == 1
             assert await anext(updates) == []

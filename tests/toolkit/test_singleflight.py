@@ -215,6 +215,31 @@ async def test_forget_lets_the_next_call_start_a_new_flight(
     assert flights.statistics().in_flight == 0
 
 
+async def test_a_forgotten_flight_that_ends_leaves_its_replacement_registered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    old, new = SlowSource(1), SlowSource(2)
+    results: list[tuple[float, int]] = []
+
+    async def caller(source: SlowSource) -> None:
+        value = await flights.call("k", source.fetch)
+        results.append((trio.current_time(), value))
+
+    start = trio.current_time()
+    nursery.start_soon(caller, old)  # t=0: the old flight, until t=1
+    await trio.testing.wait_all_tasks_blocked()
+    flights.forget("k")
+    await trio.sleep(0.5)
+    nursery.start_soon(caller, new)  # t=0.5: the new flight, until t=1.5
+    await trio.sleep(0.7)  # t=1.2: the old flight has ended, the new one is still running
+    assert flights.statistics().in_flight == 1
+    nursery.start_soon(caller, new)  # joins the new flight: no third execution
+    await trio.sleep(1)
+    assert [(t - start, v) for t, v in results] == [(1, 1), (1.5, 2), (1.5, 2)]
+    assert (old.fetches, new.fetches) == (1, 1)
+
+
 async def test_statistics_count_waiting_followers_and_keys_in_flight(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
