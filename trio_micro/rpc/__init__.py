@@ -33,7 +33,7 @@ from ._reflection import (
     ReflectionService,
     ServiceDescription,
 )
-from ._resolver import ResolvedEndpoint, Resolver, register_resolver
+from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_target
 from ._retry import RetryPolicy
 from ._server import Server, ServerStatistics, open_server, serve
 from ._service import MethodInfo, Service, server_stream, unary
@@ -77,5 +77,6 @@ __all__ = [
     "register_server_metrics",
     "serve",
     "server_stream",
+    "split_target",
     "unary",
 ]

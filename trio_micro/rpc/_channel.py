@@ -55,8 +55,7 @@ import structlog
 import trio
 
 from trio_micro._validate import check_int, check_seconds
-from trio_micro.protocol import Settings, Status
-from trio_micro.protocol._frames import DEFAULT_MAX_FRAME_SIZE
+from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings, Status
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
 from ._client import ClientConnection, RefusedError, _Call, connect

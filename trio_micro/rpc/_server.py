@@ -73,6 +73,7 @@ import trio
 
 from trio_micro._validate import check_int, check_optional_int, check_seconds
 from trio_micro.protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
     CallType,
     Cancel,
     Connection,
@@ -90,7 +91,6 @@ from trio_micro.protocol import (
     Settings,
     Status,
 )
-from trio_micro.protocol._frames import DEFAULT_MAX_FRAME_SIZE
 
 from ._context import ServerCall
 from ._context import _current as _current_call
