@@ -48,7 +48,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .._validate import check_callable
+from .._validate import check_callable, check_str_mapping
 from ._memory import memory_snapshot
 from ._tasks import TaskMonitor
 
@@ -333,16 +333,11 @@ def register_stats_source(
 
 
 def _check_labels(labels: Mapping[str, str] | None) -> _LabelKey:
-    if labels is None:
-        return ()
-    if not isinstance(labels, Mapping):
-        raise TypeError(f"labels must be a mapping of str to str, got {labels!r}")
-    for key, value in labels.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"labels must be a mapping of str to str, got {labels!r}")
+    checked = check_str_mapping("labels", labels)
+    for key in checked:
         if not _NAME_RE.fullmatch(key) or key.startswith("__"):
             raise ValueError(f"label names must be valid and not start with '__', got {key!r}")
-    return tuple(sorted(labels.items()))
+    return tuple(sorted(checked.items()))
 
 
 def register_task_monitor(

@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from .._errors import TrioMicroError
-from .._validate import check_seconds
+from .._validate import check_seconds, check_str_mapping
 
 __all__ = [
     "DuplicateRegistrationError",
@@ -168,18 +168,6 @@ def check_service(service: object) -> str:
     return service
 
 
-def check_metadata(metadata: object) -> dict[str, str]:
-    """Return a copy of ``metadata`` (``None`` -> ``{}``) if it maps str to str."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping of str to str or None, got {metadata!r}")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map str to str, got {key!r}: {value!r} in {metadata!r}")
-    return dict(metadata)
-
-
 def check_ttl(ttl: object) -> float:
     """Return ``ttl`` as a float if it is a finite number of seconds > 0."""
     return check_seconds("ttl", ttl, finite=True)
@@ -207,7 +195,7 @@ class Endpoint:
     _metadata_key: frozenset[tuple[str, str]]
 
     def __init__(self, address: str, metadata: Mapping[str, str] | None = None) -> None:
-        copied = check_metadata(metadata)
+        copied = check_str_mapping("metadata", metadata)
         object.__setattr__(self, "address", check_address(address))
         object.__setattr__(self, "metadata", types.MappingProxyType(copied))
         # Compared and hashed instead of the mapping, which is neither orderable nor hashable.
@@ -263,7 +251,7 @@ def check_registration(
         TypeError / ValueError: A bad service name, metadata, address or ``ttl``.
     """
     checked_service = check_service(service)
-    endpoint = Endpoint(address, check_metadata(metadata))
+    endpoint = Endpoint(address, metadata)
     return checked_service, endpoint, check_ttl(ttl)
 
 
