@@ -15,7 +15,6 @@ trio_micro. Using a closed registry raises :class:`trio.ClosedResourceError`.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -25,6 +24,8 @@ from typing import Final, Protocol, final
 
 import structlog
 import trio
+
+from trio_micro import rpc
 
 from .._errors import TrioMicroError
 from .._validate import check_seconds, check_str_mapping
@@ -43,9 +44,6 @@ __all__ = [
 log: Final = structlog.get_logger("trio_micro.registry")
 
 _SERVICE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_HOST_LABEL_RE: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-_DOTTED_NUMBERS_RE: Final = re.compile(r"[0-9.]+")
-_ADDRESS_FORM: Final = "'host:port' or '[ipv6]:port'"
 
 
 class RegistryError(TrioMicroError):
@@ -90,8 +88,9 @@ class RegistryBackendError(RegistryError):
 def parse_address(address: object) -> tuple[str, int]:
     """Split ``"host:port"`` or ``"[ipv6]:port"`` into a normalised host and a port.
 
-    Host names are lower-cased, IPv6 addresses compressed (``[0:0::1]`` becomes ``::1``,
-    returned without brackets). Not a checkpoint; no name lookup happens.
+    The same parser and rules as :meth:`rpc.Endpoint.parse <trio_micro.rpc.Endpoint.parse>`
+    (host names lower-cased, IPv6 addresses compressed and returned without brackets), as
+    a tuple. Not a checkpoint; no name lookup happens.
 
     Args:
         address: The address to check.
@@ -104,52 +103,13 @@ def parse_address(address: object) -> tuple[str, int]:
         ValueError: It is not of the form ``host:port`` / ``[ipv6]:port``; the message
             says which part is wrong and shows the whole address.
     """
-    if not isinstance(address, str):
-        raise TypeError(f"address must be a str of the form {_ADDRESS_FORM}, got {address!r}")
-    if "/" in address:
-        raise ValueError(
-            f"address must be {_ADDRESS_FORM} without a scheme or path, got {address!r}"
-        )
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"address must look like {_ADDRESS_FORM}, got {address!r}")
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"address must end in ':<port>' with a decimal port, got {address!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"address port must be in [1, 65535], got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            return ipaddress.IPv6Address(host[1:-1]).compressed, port
-        except ValueError:
-            raise ValueError(
-                f"address has brackets but no valid IPv6 address in them, got {address!r}"
-            ) from None
-    if ":" in host:
-        raise ValueError(f"an IPv6 address needs brackets, as in '[::1]:50051', got {address!r}")
-    host = host.lower()
-    if _DOTTED_NUMBERS_RE.fullmatch(host):
-        try:
-            return str(ipaddress.IPv4Address(host)), port
-        except ValueError:
-            raise ValueError(f"address host is not a valid IPv4 address: {address!r}") from None
-    labels = host.removesuffix(".").split(".")
-    if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
-        raise ValueError(
-            f"address host must be an IP address or a DNS name (letters, digits, '-', '.'), "
-            f"got {address!r}"
-        )
-    return host, port
-
-
-def format_address(host: str, port: int) -> str:
-    """The canonical text of a parsed address (IPv6 hosts in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    endpoint = rpc.Endpoint.parse(address)  # type: ignore[arg-type]  # it checks the type
+    return endpoint.host, endpoint.port
 
 
 def check_address(address: object) -> str:
     """Return the canonical form of ``address``; errors as in :func:`parse_address`."""
-    return format_address(*parse_address(address))
+    return str(rpc.Endpoint.parse(address))  # type: ignore[arg-type]  # it checks the type
 
 
 def check_service(service: object) -> str:
