@@ -16,6 +16,7 @@ connection starts with: :data:`MAGIC` and :data:`PROTOCOL_VERSION`) and
 
 from __future__ import annotations
 
+from .._lazy import fixup_module_metadata
 from ._codec import FrameDecoder, FrameEncoder
 from ._connection import Connection, Role, StreamState
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -77,3 +78,6 @@ __all__ = [
     "Status",
     "StreamState",
 ]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from trio_micro.protocol import Status
 
+from .._lazy import fixup_module_metadata
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
 from ._channel import Channel, ChannelStatistics, ResponseStream, open_channel
 from ._context import ClientCall, ServerCall, current_call
@@ -80,3 +81,6 @@ __all__ = [
     "split_target",
     "unary",
 ]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata

@@ -56,8 +56,8 @@ class Endpoint:
       characters that neither start nor end with ``-``, at most 253 characters, an optional
       final dot (RFC 1123); it is lower-cased;
     * an IPv4 address is four decimal numbers (no leading zeros); an IPv6 address, with an
-      optional ``%zone`` (letters, digits, ``_.-``), is compressed (``0:0::1`` becomes ``::1``) and written in brackets
-      in an address string (``[::1]:80``), never without;
+      optional ``%zone`` (letters, digits, ``_.-``), is compressed (``0:0::1`` becomes
+      ``::1``) and written in brackets in an address string (``[::1]:80``), never without;
     * the port is 1-65535.
 
     No name lookup happens. Endpoints compare and hash by ``(host, port)``.
