@@ -27,6 +27,7 @@ from ._errors import RpcError
 from ._interceptors import ClientInterceptor, ServerInterceptor
 from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
 from ._observability import AccessLogInterceptor
+from ._options import ServerOptions
 from ._reflection import (
     ListServicesRequest,
     ListServicesResponse,
@@ -65,6 +66,7 @@ __all__ = [
     "Server",
     "ServerCall",
     "ServerInterceptor",
+    "ServerOptions",
     "ServerStatistics",
     "Service",
     "ServiceDescription",
