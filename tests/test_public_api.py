@@ -168,3 +168,48 @@ def test_public_exceptions_and_structs_pickle_by_their_public_name() -> None:
     settings = protocol.Settings(max_frame_size=1 << 20)
     assert b"trio_micro.protocol\x94" in pickle.dumps(settings)
     assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+_FAKE_MODULE = """
+from __future__ import annotations
+from typing import TYPE_CHECKING, Any
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+class Thing:
+    known: Any
+    unknown: Decimal
+
+    def public(self) -> None: ...
+    def _private(self) -> None: ...
+    def __repr__(self) -> str: return "Thing()"
+
+def make() -> Thing:
+    return Thing()
+
+INSTANCE = Thing()
+"""
+
+
+def test_fixup_module_metadata_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_micro._lazy import fixup_module_metadata
+
+    module = types.ModuleType("fakepkg._impl")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(_FAKE_MODULE, "<fakepkg._impl>", "exec"), vars(module))
+    thing, make = module.Thing, module.make
+    fixup_module_metadata("fakepkg", {"Thing": thing, "make": make, "INSTANCE": module.INSTANCE})
+    assert (thing.__module__, make.__module__) == ("fakepkg", "fakepkg")
+    assert (thing.public.__module__, thing.__repr__.__module__) == ("fakepkg", "fakepkg")
+    assert thing._private.__module__ == "fakepkg._impl"
+    assert "__module__" not in vars(module.INSTANCE)
+    # Resolved where written; a name only type checkers import stays a string.
+    assert vars(thing)["__annotations__"] == {"known": typing.Any, "unknown": "Decimal"}
+
+
+def test_fixup_module_metadata_leaves_names_of_other_packages() -> None:
+    from trio_micro._lazy import fixup_module_metadata
+
+    status = importlib.import_module("trio_micro.protocol").Status
+    fixup_module_metadata("trio_micro.rpc", {"Status": status, "len": len})
+    assert status.__module__ == "trio_micro.protocol"

@@ -85,6 +85,14 @@ def test_constructor_checks_the_host_by_the_same_rules(host: object, error: type
         rpc.Endpoint(host, 80)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("port", "error"), [(0, ValueError), (65536, ValueError), (True, TypeError), ("1", TypeError)]
+)
+def test_constructor_checks_the_port(port: object, error: type) -> None:
+    with pytest.raises(error, match="port"):
+        rpc.Endpoint("h", port)  # type: ignore[arg-type]
+
+
 def test_constructor_canonicalises_the_host() -> None:
     assert rpc.Endpoint("LocalHost", 1) == rpc.Endpoint.parse("localhost:1")
     assert rpc.Endpoint("0:0::1", 1).host == "::1"
