@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from trio_micro._validate import (
     check_optional_bool,
     check_optional_int,
     check_seconds,
+    check_str_mapping,
 )
 
 Check = Callable[..., object]
@@ -42,6 +44,9 @@ Check = Callable[..., object]
         (check_optional_bool, True, {}, True),
         (check_optional_bool, None, {}, None),
         (check_callable, len, {}, len),
+        (check_str_mapping, None, {}, {}),
+        (check_str_mapping, {"a": "1"}, {}, {"a": "1"}),
+        (check_str_mapping, types.MappingProxyType({"": ""}), {}, {"": ""}),
     ],
 )
 def test_accepted_values_are_returned(
@@ -71,6 +76,9 @@ def test_accepted_values_are_returned(
         (check_optional_bool, "yes", {}, TypeError, "x must be a bool or None, got 'yes'"),
         (check_callable, 42, {}, TypeError, "x must be a callable, got 42"),
         (check_callable, "f", {"expected": "an async callable"}, TypeError, "async callable"),
+        (check_str_mapping, [("a", "1")], {}, TypeError, "x must be a mapping of str to str or"),
+        (check_str_mapping, {"a": 1}, {}, TypeError, "x must map str to str, got 'a': 1 in {'a"),
+        (check_str_mapping, {1: "a"}, {}, TypeError, "x must map str to str, got 1: 'a' in {1"),
         # Right type, bad value.
         (check_int, 0, {"minimum": 1}, ValueError, "x must be >= 1, got 0"),
         (check_int, -1, {"minimum": 0}, ValueError, "x must be >= 0, got -1"),
@@ -99,3 +107,10 @@ def test_int_subclasses_other_than_bool_are_accepted() -> None:
         pass
 
     assert check_int("x", Count(3), minimum=1) == 3
+
+
+def test_str_mapping_is_copied() -> None:
+    original = {"a": "1"}
+    copied = check_str_mapping("x", original)
+    original["a"] = "2"
+    assert copied == {"a": "1"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._errors import TrioMicroError
-from ._lazy import lazy_exports
+from ._lazy import fixup_module_metadata, lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
@@ -68,3 +68,4 @@ __getattr__, __dir__ = lazy_exports(
     {".toolkit": [*(set(__all__) - {"TrioMicroError", "__version__"}), "toolkit"]},
     __all__,
 )
+fixup_module_metadata(__name__, {"TrioMicroError": TrioMicroError})

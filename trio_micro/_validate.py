@@ -12,7 +12,7 @@ in that module, built on these.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = [
     "check_bool",
@@ -22,6 +22,7 @@ __all__ = [
     "check_optional_bool",
     "check_optional_int",
     "check_seconds",
+    "check_str_mapping",
 ]
 
 
@@ -97,3 +98,20 @@ def check_callable(
     if not callable(value):
         raise TypeError(f"{name} must be {expected}, got {value!r}")
     return value
+
+
+def check_str_mapping(name: str, value: object) -> dict[str, str]:
+    """Return a copy of ``value`` as a dict if it maps str to str; ``None`` gives ``{}``.
+
+    The one check of request metadata, registry metadata, metric labels and error
+    details.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of str to str or None, got {value!r}")
+    copied = dict(value)
+    for key, item in copied.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise TypeError(f"{name} must map str to str, got {key!r}: {item!r} in {value!r}")
+    return copied

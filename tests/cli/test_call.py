@@ -204,8 +204,8 @@ async def test_call_bad_input_is_one_line_with_exit_2(
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("localhost", "bad TARGET: an address must look like 'host:port', got 'localhost'"),
-        ("127.0.0.1:http", "bad TARGET: an address must look like 'host:port'"),
+        ("localhost", "bad TARGET: address must look like 'host:port' or '[ipv6]:port', got"),
+        ("127.0.0.1:http", "bad TARGET: address must end in ':<port>' with a decimal port"),
         ("foo://h:1/svc", "bad TARGET: no resolver for the scheme of 'foo://h:1/svc'"),
         ("registry://h:1", "bad TARGET: a target with a scheme must look like"),
     ],

@@ -339,7 +339,7 @@ def test_a_failing_source_is_logged_and_left_out(registry: CollectorRegistry) ->
         ({"name": 3}, TypeError, "metric name"),
         ({"source": 3}, TypeError, "source must be a callable"),
         ({"labels": ["a"]}, TypeError, "labels must be a mapping"),
-        ({"labels": {"a": 1}}, TypeError, "labels must be a mapping"),
+        ({"labels": {"a": 1}}, TypeError, "labels must map str to str"),
         ({"labels": {"__a": "1"}}, ValueError, "label names"),
         ({"labels": {"a b": "1"}}, ValueError, "label names"),
         ({"counters": "hits"}, TypeError, "counters must be"),

@@ -1,8 +1,13 @@
-"""Stubs are typed: mypy knows what a call takes and returns."""
+"""Stubs and ``open_server`` are typed: mypy knows what a call takes and returns."""
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import pytest
+
+from trio_micro import rpc
 
 mypy_api = pytest.importorskip("mypy.api")
 
@@ -54,16 +59,30 @@ async def wrong_result(channel: rpc.Channel) -> int:
     return user.name  # line: wrong_result
 """
 
+SERVER_OPTIONS = """
+async def server_options() -> None:
+    async with rpc.open_server(
+        [UserService()], port=0, grace_period=1.5, max_connections=None, reflection=False
+    ) as server:
+        server.address
+    async with rpc.open_server([UserService()], grace_period="1s"):  # line: wrong_option
+        pass
+    async with rpc.open_server([UserService()], grace=1.0):  # line: unknown_option
+        pass
+"""
+
+MARKS = ("good", "wrong_request", "wrong_result", "wrong_option", "unknown_option")
+
 
 @pytest.fixture(scope="module")
 def mypy_output() -> dict[str, list[str]]:
     """Type-check one module (one slow mypy run) and file its errors under the marked lines."""
-    source = PRELUDE + GOOD + WRONG_REQUEST + WRONG_RESULT
+    source = PRELUDE + GOOD + WRONG_REQUEST + WRONG_RESULT + SERVER_OPTIONS
     stdout, stderr, _ = mypy_api.run(
         ["--strict", "--no-incremental", "--cache-dir=/dev/null", "-c", source]
     )
     lines = source.splitlines()
-    by_mark: dict[str, list[str]] = {"good": [], "wrong_request": [], "wrong_result": []}
+    by_mark: dict[str, list[str]] = {mark: [] for mark in MARKS}
     for message in (stdout + stderr).splitlines():
         parts = message.split(":", 2)
         if len(parts) < 3 or not parts[1].isdigit():
@@ -89,3 +108,34 @@ def test_wrong_result_use_fails_type_check(mypy_output: dict[str, list[str]]) ->
     assert any("Incompatible return value" in error for error in mypy_output["wrong_result"]), (
         mypy_output
     )
+
+
+def test_open_server_option_of_the_wrong_type_fails_type_check(
+    mypy_output: dict[str, list[str]],
+) -> None:
+    assert any(
+        '"grace_period"' in error and 'incompatible type "str"; expected "float"' in error
+        for error in mypy_output["wrong_option"]
+    ), mypy_output
+
+
+def test_open_server_unknown_option_fails_type_check(mypy_output: dict[str, list[str]]) -> None:
+    assert any(
+        'Unexpected keyword argument "grace"' in error for error in mypy_output["unknown_option"]
+    ), mypy_output
+
+
+def test_server_options_are_the_options_of_serve() -> None:
+    # open_server's keywords are typed by ServerOptions and passed on to serve: the two
+    # lists must not drift apart.
+    parameters = inspect.signature(rpc.serve).parameters
+    serve_options = {
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        and name not in {"host", "port", "task_status"}
+    }
+    assert set(rpc.ServerOptions.__annotations__) == serve_options
+    serve_hints = typing.get_type_hints(rpc.serve)
+    option_hints = typing.get_type_hints(rpc.ServerOptions)
+    assert option_hints == {name: serve_hints[name] for name in serve_options}

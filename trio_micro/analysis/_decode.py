@@ -27,7 +27,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar, cast
 
 import msgspec
 
-from ..observe._schema import (
+from ..observe import (
     CACHE_HIT,
     CACHE_MISS,
     CALL_EVENTS,

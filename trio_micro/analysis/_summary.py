@@ -26,7 +26,7 @@ from math import floor, log
 from operator import add, attrgetter, eq, itemgetter, le, ne, sub
 from typing import Any, Final, Protocol, cast, final
 
-from ..observe._schema import CACHE_HIT, CACHE_MISS, CODE_OK, CallRecord
+from ..observe import CACHE_HIT, CACHE_MISS, CODE_OK, CallRecord
 from ._decode import (
     LineFinder,
     _FullRow,

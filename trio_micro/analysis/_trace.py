@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import final
 
-from ..observe._schema import CallRecord
+from ..observe import CallRecord
 
 __all__ = ["Trace", "TraceSpan", "build_trace"]
 

@@ -32,7 +32,6 @@ import trio
 
 from .. import rpc
 from ..observe import configure_logging
-from ..rpc._resolver import split_target
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -156,7 +155,7 @@ def check_target(target: str) -> None:
         if "://" in target:
             import trio_micro.registry  # noqa: F401  # registers the etcd:// and registry:// schemes
 
-            split_target(target)
+            rpc.split_target(target)
         else:
             rpc.Endpoint.parse(target)
     except (TypeError, ValueError) as exc:

@@ -12,7 +12,8 @@
   current in a task, and its ids bound for structlog.
 * :func:`register_stats_source`, :func:`register_task_monitor`,
   :func:`register_process_metrics`: Prometheus metrics read from ``statistics()``
-  snapshots and the process (``rpc.MetricsInterceptor`` counts the calls).
+  snapshots and the process (``rpc.MetricsInterceptor`` counts the calls);
+  :func:`resolve_registry` and :data:`METRIC_PREFIX` for metrics defined next to them.
 * :func:`serve_debug` / :func:`open_debug_server`: the localhost debug HTTP endpoint
   (``/metrics``, ``/debug/tasks``, ``/debug/memory``, ``/debug/stats``).
 
@@ -35,7 +36,13 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._debug import DebugServer, open_debug_server, serve_debug
     from ._log import configure_logging
     from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
-    from ._metrics import register_process_metrics, register_stats_source, register_task_monitor
+    from ._metrics import (
+        METRIC_PREFIX,
+        register_process_metrics,
+        register_stats_source,
+        register_task_monitor,
+        resolve_registry,
+    )
     from ._schema import (
         CACHE_HIT,
         CACHE_MISS,
@@ -69,6 +76,7 @@ __all__ = [
     "CALL_EVENTS",
     "CALL_RECORD_FIELDS",
     "CODE_OK",
+    "METRIC_PREFIX",
     "RPC_CALL_COMPLETE",
     "RPC_CALL_FAILED",
     "TRACEPARENT",
@@ -97,6 +105,7 @@ __all__ = [
     "register_process_metrics",
     "register_stats_source",
     "register_task_monitor",
+    "resolve_registry",
     "serve_debug",
     "start_span",
     "tune_gc",
@@ -119,9 +128,11 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "tune_gc",
     ),
     "._metrics": (
+        "METRIC_PREFIX",
         "register_process_metrics",
         "register_stats_source",
         "register_task_monitor",
+        "resolve_registry",
     ),
     "._schema": (
         "CACHE_HIT",

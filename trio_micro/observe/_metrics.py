@@ -48,20 +48,22 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .._validate import check_callable
+from .._validate import check_callable, check_str_mapping
 from ._memory import memory_snapshot
 from ._tasks import TaskMonitor
 
 __all__ = [
+    "METRIC_PREFIX",
     "register_process_metrics",
     "register_stats_source",
     "register_task_monitor",
+    "resolve_registry",
 ]
 
 _log = structlog.get_logger("trio_micro.observe")
 
-#: Prefix of every metric this package defines.
-PREFIX: Final = "trio_micro_"
+#: Prefix of every metric trio_micro defines (``trio_micro_rpc_server_calls_total``, ...).
+METRIC_PREFIX: Final = "trio_micro_"
 
 _NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _INVALID_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")
@@ -78,7 +80,14 @@ _LabelKey = tuple[tuple[str, str], ...]
 
 
 def resolve_registry(registry: CollectorRegistry | None) -> CollectorRegistry:
-    """``registry``, or ``prometheus_client.REGISTRY`` for ``None``; TypeError otherwise."""
+    """Return ``registry``, or ``prometheus_client.REGISTRY`` for ``None``.
+
+    How every ``registry=`` argument of trio_micro is read; for code that defines metrics
+    of its own next to trio_micro's (``rpc.MetricsInterceptor`` does). Not a checkpoint.
+
+    Raises:
+        TypeError: ``registry`` is neither ``None`` nor a ``CollectorRegistry``.
+    """
     if registry is None:
         return REGISTRY
     if not isinstance(registry, CollectorRegistry):
@@ -222,7 +231,7 @@ class _Hub:
                 number = _number(raw)
                 if number is None:
                     continue
-                name = f"{PREFIX}{source.name}_{_metric_key(key)}"
+                name = f"{METRIC_PREFIX}{source.name}_{_metric_key(key)}"
                 family = families.get(name)
                 if family is None:
                     doc = f"{key} of the stats source {source.name!r}"
@@ -324,16 +333,11 @@ def register_stats_source(
 
 
 def _check_labels(labels: Mapping[str, str] | None) -> _LabelKey:
-    if labels is None:
-        return ()
-    if not isinstance(labels, Mapping):
-        raise TypeError(f"labels must be a mapping of str to str, got {labels!r}")
-    for key, value in labels.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"labels must be a mapping of str to str, got {labels!r}")
+    checked = check_str_mapping("labels", labels)
+    for key in checked:
         if not _NAME_RE.fullmatch(key) or key.startswith("__"):
             raise ValueError(f"label names must be valid and not start with '__', got {key!r}")
-    return tuple(sorted(labels.items()))
+    return tuple(sorted(checked.items()))
 
 
 def register_task_monitor(
@@ -370,18 +374,18 @@ class _MemoryCollector:
     def collect(self) -> Iterator[Metric]:
         snap = memory_snapshot()
         peak = GaugeMetricFamily(
-            f"{PREFIX}process_peak_resident_memory_bytes",
+            f"{METRIC_PREFIX}process_peak_resident_memory_bytes",
             "The largest resident set size of the process so far.",
         )
         if snap.peak_rss_bytes is not None:
             peak.add_metric([], snap.peak_rss_bytes)
         yield peak
         traced = GaugeMetricFamily(
-            f"{PREFIX}tracemalloc_traced_bytes",
+            f"{METRIC_PREFIX}tracemalloc_traced_bytes",
             "Memory in blocks traced by tracemalloc (absent when it is not tracing).",
         )
         traced_peak = GaugeMetricFamily(
-            f"{PREFIX}tracemalloc_peak_traced_bytes",
+            f"{METRIC_PREFIX}tracemalloc_peak_traced_bytes",
             "Peak of traced memory since tracing started (absent when it is not tracing).",
         )
         if snap.tracemalloc_current_bytes is not None:
@@ -391,7 +395,7 @@ class _MemoryCollector:
         yield traced
         yield traced_peak
         threshold = GaugeMetricFamily(
-            f"{PREFIX}gc_threshold",
+            f"{METRIC_PREFIX}gc_threshold",
             "The cyclic collector's threshold per generation (see observe.tune_gc).",
             labels=["generation"],
         )
@@ -399,7 +403,7 @@ class _MemoryCollector:
             threshold.add_metric([str(generation)], value)
         yield threshold
         pending = GaugeMetricFamily(
-            f"{PREFIX}gc_pending",
+            f"{METRIC_PREFIX}gc_pending",
             "Allocations minus deallocations counted towards each generation's next "
             "collection (gc.get_count).",
             labels=["generation"],
@@ -408,7 +412,7 @@ class _MemoryCollector:
             pending.add_metric([str(generation)], value)
         yield pending
         yield GaugeMetricFamily(
-            f"{PREFIX}gc_frozen_objects",
+            f"{METRIC_PREFIX}gc_frozen_objects",
             "Objects in the collector's permanent generation (gc.freeze).",
             value=snap.gc_frozen,
         )

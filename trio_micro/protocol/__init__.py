@@ -2,9 +2,9 @@
 
 Bytes in, events out; calls in, bytes out -- like h11, and never importing trio. The I/O
 layer (:mod:`trio_micro.rpc`) owns sockets, tasks and timers. ``docs/protocol.md`` is the
-wire specification; the wire constants it names (``PREFACE``, ``MAGIC``,
-``PROTOCOL_VERSION``, ``DEFAULT_MAX_FRAME_SIZE``) are defined in ``_frames`` and kept out of
-``__all__``, which re-exports classes only.
+wire specification; the wire constants it names are exported too: :data:`PREFACE` (what a
+connection starts with: :data:`MAGIC` and :data:`PROTOCOL_VERSION`) and
+:data:`DEFAULT_MAX_FRAME_SIZE` (the largest frame a side accepts unless it says otherwise).
 
 ::
 
@@ -16,10 +16,15 @@ wire specification; the wire constants it names (``PREFACE``, ``MAGIC``,
 
 from __future__ import annotations
 
+from .._lazy import fixup_module_metadata
 from ._codec import FrameDecoder, FrameEncoder
 from ._connection import Connection, Role, StreamState
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MAGIC,
+    PREFACE,
+    PROTOCOL_VERSION,
     CallType,
     Cancel,
     ConnectionClosed,
@@ -41,6 +46,10 @@ from ._frames import (
 from ._status import ErrorCode, Status
 
 __all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "MAGIC",
+    "PREFACE",
+    "PROTOCOL_VERSION",
     "CallType",
     "Cancel",
     "Connection",
@@ -69,3 +78,6 @@ __all__ = [
     "Status",
     "StreamState",
 ]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata

@@ -24,6 +24,7 @@ Log events defined here: ``registry.endpoint.registered``, ``registry.endpoint.d
 
 from __future__ import annotations
 
+from .._lazy import fixup_module_metadata
 from . import _schemes  # noqa: F401  (registers the etcd:// and registry:// schemes)
 from ._client import RegistryClient, open_registry_client
 from ._etcd import EtcdRegistry, open_etcd_registry
@@ -59,3 +60,6 @@ __all__ = [
     "parse_address",
     "serve_registry",
 ]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata

@@ -47,8 +47,6 @@ from trio_micro import rpc
 
 from ._types import (
     Endpoint,
-    check_address,
-    check_metadata,
     check_service,
     check_ttl,
     endpoint_list,
@@ -193,7 +191,7 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
     async def register(self, req: RegisterRequest) -> LeaseGrant:
         try:
             service = check_service(req.service)
-            endpoint = Endpoint(check_address(req.address), check_metadata(req.metadata))
+            endpoint = Endpoint(req.address, req.metadata)
             ttl = check_ttl(req.ttl)
         except (TypeError, ValueError) as exc:
             raise _invalid(exc) from None

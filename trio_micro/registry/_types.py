@@ -15,7 +15,6 @@ trio_micro. Using a closed registry raises :class:`trio.ClosedResourceError`.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -26,8 +25,10 @@ from typing import Final, Protocol, final
 import structlog
 import trio
 
+from trio_micro import rpc
+
 from .._errors import TrioMicroError
-from .._validate import check_seconds
+from .._validate import check_seconds, check_str_mapping
 
 __all__ = [
     "DuplicateRegistrationError",
@@ -43,9 +44,6 @@ __all__ = [
 log: Final = structlog.get_logger("trio_micro.registry")
 
 _SERVICE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_HOST_LABEL_RE: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-_DOTTED_NUMBERS_RE: Final = re.compile(r"[0-9.]+")
-_ADDRESS_FORM: Final = "'host:port' or '[ipv6]:port'"
 
 
 class RegistryError(TrioMicroError):
@@ -90,8 +88,9 @@ class RegistryBackendError(RegistryError):
 def parse_address(address: object) -> tuple[str, int]:
     """Split ``"host:port"`` or ``"[ipv6]:port"`` into a normalised host and a port.
 
-    Host names are lower-cased, IPv6 addresses compressed (``[0:0::1]`` becomes ``::1``,
-    returned without brackets). Not a checkpoint; no name lookup happens.
+    The same parser and rules as :meth:`rpc.Endpoint.parse <trio_micro.rpc.Endpoint.parse>`
+    (host names lower-cased, IPv6 addresses compressed and returned without brackets), as
+    a tuple. Not a checkpoint; no name lookup happens.
 
     Args:
         address: The address to check.
@@ -104,52 +103,13 @@ def parse_address(address: object) -> tuple[str, int]:
         ValueError: It is not of the form ``host:port`` / ``[ipv6]:port``; the message
             says which part is wrong and shows the whole address.
     """
-    if not isinstance(address, str):
-        raise TypeError(f"address must be a str of the form {_ADDRESS_FORM}, got {address!r}")
-    if "/" in address:
-        raise ValueError(
-            f"address must be {_ADDRESS_FORM} without a scheme or path, got {address!r}"
-        )
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"address must look like {_ADDRESS_FORM}, got {address!r}")
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"address must end in ':<port>' with a decimal port, got {address!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"address port must be in [1, 65535], got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            return ipaddress.IPv6Address(host[1:-1]).compressed, port
-        except ValueError:
-            raise ValueError(
-                f"address has brackets but no valid IPv6 address in them, got {address!r}"
-            ) from None
-    if ":" in host:
-        raise ValueError(f"an IPv6 address needs brackets, as in '[::1]:50051', got {address!r}")
-    host = host.lower()
-    if _DOTTED_NUMBERS_RE.fullmatch(host):
-        try:
-            return str(ipaddress.IPv4Address(host)), port
-        except ValueError:
-            raise ValueError(f"address host is not a valid IPv4 address: {address!r}") from None
-    labels = host.removesuffix(".").split(".")
-    if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
-        raise ValueError(
-            f"address host must be an IP address or a DNS name (letters, digits, '-', '.'), "
-            f"got {address!r}"
-        )
-    return host, port
-
-
-def format_address(host: str, port: int) -> str:
-    """The canonical text of a parsed address (IPv6 hosts in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    endpoint = rpc.Endpoint.parse(address)  # type: ignore[arg-type]  # it checks the type
+    return endpoint.host, endpoint.port
 
 
 def check_address(address: object) -> str:
     """Return the canonical form of ``address``; errors as in :func:`parse_address`."""
-    return format_address(*parse_address(address))
+    return str(rpc.Endpoint.parse(address))  # type: ignore[arg-type]  # it checks the type
 
 
 def check_service(service: object) -> str:
@@ -166,18 +126,6 @@ def check_service(service: object) -> str:
             f"digit, got {service!r}"
         )
     return service
-
-
-def check_metadata(metadata: object) -> dict[str, str]:
-    """Return a copy of ``metadata`` (``None`` -> ``{}``) if it maps str to str."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping of str to str or None, got {metadata!r}")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map str to str, got {key!r}: {value!r} in {metadata!r}")
-    return dict(metadata)
 
 
 def check_ttl(ttl: object) -> float:
@@ -207,7 +155,7 @@ class Endpoint:
     _metadata_key: frozenset[tuple[str, str]]
 
     def __init__(self, address: str, metadata: Mapping[str, str] | None = None) -> None:
-        copied = check_metadata(metadata)
+        copied = check_str_mapping("metadata", metadata)
         object.__setattr__(self, "address", check_address(address))
         object.__setattr__(self, "metadata", types.MappingProxyType(copied))
         # Compared and hashed instead of the mapping, which is neither orderable nor hashable.
@@ -263,7 +211,7 @@ def check_registration(
         TypeError / ValueError: A bad service name, metadata, address or ``ttl``.
     """
     checked_service = check_service(service)
-    endpoint = Endpoint(address, check_metadata(metadata))
+    endpoint = Endpoint(address, metadata)
     return checked_service, endpoint, check_ttl(ttl)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from trio_micro.protocol import Status
 
+from .._lazy import fixup_module_metadata
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
 from ._channel import Channel, ChannelStatistics, ResponseStream, open_channel
 from ._context import ClientCall, ServerCall, current_call
@@ -26,6 +27,7 @@ from ._errors import RpcError
 from ._interceptors import ClientInterceptor, ServerInterceptor
 from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
 from ._observability import AccessLogInterceptor
+from ._options import ServerOptions
 from ._reflection import (
     ListServicesRequest,
     ListServicesResponse,
@@ -33,7 +35,7 @@ from ._reflection import (
     ReflectionService,
     ServiceDescription,
 )
-from ._resolver import ResolvedEndpoint, Resolver, register_resolver
+from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_target
 from ._retry import RetryPolicy
 from ._server import Server, ServerStatistics, open_server, serve
 from ._service import MethodInfo, Service, server_stream, unary
@@ -64,6 +66,7 @@ __all__ = [
     "Server",
     "ServerCall",
     "ServerInterceptor",
+    "ServerOptions",
     "ServerStatistics",
     "Service",
     "ServiceDescription",
@@ -77,5 +80,9 @@ __all__ = [
     "register_server_metrics",
     "serve",
     "server_stream",
+    "split_target",
     "unary",
 ]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata

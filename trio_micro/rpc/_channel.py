@@ -54,9 +54,8 @@ import msgspec
 import structlog
 import trio
 
-from trio_micro._validate import check_int, check_seconds
-from trio_micro.protocol import Settings, Status
-from trio_micro.protocol._frames import DEFAULT_MAX_FRAME_SIZE
+from trio_micro._validate import check_int, check_seconds, check_str_mapping
+from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings, Status
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
 from ._client import ClientConnection, RefusedError, _Call, connect
@@ -940,14 +939,7 @@ def _encodable(request: Any) -> Any:
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping of str to str, got {metadata!r}")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map str to str, got {key!r}: {value!r}")
-    return dict(metadata) or None
+    return check_str_mapping("metadata", metadata) or None
 
 
 def _endpoints(target: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoint]:

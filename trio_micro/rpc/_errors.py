@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trio_micro._errors import TrioMicroError
+from trio_micro._validate import check_str_mapping
 from trio_micro.protocol import Status
 
 __all__ = ["RpcError"]
@@ -50,16 +51,7 @@ class RpcError(TrioMicroError):
             raise ValueError(f"an RpcError can't have code {code!r}")
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, got {message!r}")
-        checked: dict[str, str] = {}
-        if details is not None:
-            if not isinstance(details, Mapping):
-                raise TypeError(f"details must be a mapping of str to str, got {details!r}")
-            for key, value in details.items():
-                if not isinstance(key, str) or not isinstance(value, str):
-                    raise TypeError(
-                        f"details must map str to str, got {key!r}: {value!r} in {details!r}"
-                    )
-                checked[key] = value
+        checked = check_str_mapping("details", details)
         super().__init__(code, message, checked)
         self.code = code
         self.message = message

@@ -29,8 +29,7 @@ from typing import Final, final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from trio_micro.observe._metrics import PREFIX, register_stats_source, resolve_registry
-from trio_micro.observe._schema import CODE_OK
+from trio_micro.observe import CODE_OK, METRIC_PREFIX, register_stats_source, resolve_registry
 
 from ._channel import Channel
 from ._context import ServerCall
@@ -69,20 +68,20 @@ class _RpcMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ("service", "method")
         self.calls = Counter(
-            f"{PREFIX}rpc_server_calls",
+            f"{METRIC_PREFIX}rpc_server_calls",
             "RPC calls handled, by outcome (status code name).",
             (*labels, "code"),
             registry=registry,
         )
         self.duration = Histogram(
-            f"{PREFIX}rpc_server_call_duration_seconds",
+            f"{METRIC_PREFIX}rpc_server_call_duration_seconds",
             "Time to handle an RPC call, from request to the response (or last item) queued.",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(
-            f"{PREFIX}rpc_server_calls_in_flight",
+            f"{METRIC_PREFIX}rpc_server_calls_in_flight",
             "RPC calls being handled now.",
             labels,
             registry=registry,

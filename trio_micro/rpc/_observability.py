@@ -37,15 +37,17 @@ from typing import Any, Final, final
 import structlog
 import trio
 
-from trio_micro.observe._schema import CODE_OK, RPC_CALL_COMPLETE, RPC_CALL_FAILED
-from trio_micro.observe._trace import (
+from trio_micro.observe import (
+    CODE_OK,
+    RPC_CALL_COMPLETE,
+    RPC_CALL_FAILED,
     TRACEPARENT,
     bind_span,
     child_of_traceparent,
+    current_span,
     format_traceparent,
     new_trace,
 )
-from trio_micro.observe._trace import _current as _current_span
 from trio_micro.protocol import Connection, Status
 
 from ._context import ServerCall
@@ -97,7 +99,7 @@ def with_traceparent(metadata: dict[str, str] | None, proto: Connection) -> dict
     adding one would exceed the server's ``max_metadata_size`` (read from ``proto``, the
     client's connection): tracing must not make a call fail.
     """
-    span = _current_span.get()
+    span = current_span()
     if span is None:
         # A new trace either way: the server starts it. A traceparent naming a root made
         # up here would cost 66 bytes a request and name a parent that is logged nowhere.
@@ -186,7 +188,7 @@ def _fields(call: ServerCall, start: float, code: str) -> dict[str, Any]:
         "code": code,
         "duration_ms": round((time.perf_counter() - start) * 1000, 3),
     }
-    span = _current_span.get()
+    span = current_span()
     if span is not None:
         fields["trace_id"] = span.trace_id
         fields["span_id"] = span.span_id

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Protocol, runtime_checkable
 
-__all__ = ["ResolvedEndpoint", "Resolver", "register_resolver"]
+__all__ = ["ResolvedEndpoint", "Resolver", "register_resolver", "split_target"]
 
 _SCHEME_RE: Final = re.compile(r"[a-z][a-z0-9+.-]*")
 
@@ -85,12 +85,18 @@ def register_resolver(scheme: str, opener: ResolverOpener) -> None:
 
 
 def split_target(target: str) -> tuple[ResolverOpener, str, str] | None:
-    """``(opener, authority, service)`` for a ``scheme://authority/service`` target.
+    """Split a ``"<scheme>://<authority>/<service>"`` target as :func:`open_channel` does.
 
-    ``None`` when ``target`` has no ``://``.
+    For tools that check a target before opening a channel (``trio-micro call``). Not a
+    checkpoint; the opener is not called.
+
+    Returns:
+        ``(opener, authority, service)``, the opener being what :func:`register_resolver`
+        registered for the scheme; ``None`` when ``target`` has no ``://`` (an address or
+        a service name).
 
     Raises:
-        ValueError: An unknown scheme, or no service name.
+        ValueError: An unknown scheme, or no authority or service name.
     """
     scheme, sep, rest = target.partition("://")
     if not sep:

@@ -65,7 +65,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import Any, Final, Unpack, final
 
 import msgspec
 import structlog
@@ -73,6 +73,7 @@ import trio
 
 from trio_micro._validate import check_int, check_optional_int, check_seconds
 from trio_micro.protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
     CallType,
     Cancel,
     Connection,
@@ -90,13 +91,13 @@ from trio_micro.protocol import (
     Settings,
     Status,
 )
-from trio_micro.protocol._frames import DEFAULT_MAX_FRAME_SIZE
 
 from ._context import ServerCall
 from ._context import _current as _current_call
 from ._errors import RpcError
 from ._interceptors import ServerInterceptor
 from ._observability import enter_server_span
+from ._options import ServerOptions
 from ._reflection import ReflectionService
 from ._service import MethodInfo, Service, invalid_argument
 from ._transport import RECEIVE_SIZE, Writer, peer_name
@@ -1119,7 +1120,7 @@ async def open_server(
     *,
     host: str | None = None,
     port: int = 0,
-    **options: Any,
+    **options: Unpack[ServerOptions],
 ) -> AsyncIterator[Server]:
     """Run :func:`serve` in the background for the body of an ``async with``.
 
@@ -1128,9 +1129,10 @@ async def open_server(
         async with rpc.open_server([UserService()], host="127.0.0.1", port=0) as server:
             host, port = server.address
 
-    Takes the same arguments as :func:`serve`. Leaving the block normally shuts the server
-    down gracefully (:meth:`Server.shutdown`, bounded by ``grace_period``); leaving it with
-    an exception, or being cancelled, closes it at once.
+    Takes the same arguments as :func:`serve` (the options typed by :class:`ServerOptions`).
+    Leaving the block normally shuts the server down gracefully (:meth:`Server.shutdown`,
+    bounded by ``grace_period``); leaving it with an exception, or being cancelled, closes
+    it at once.
 
     Raises:
         BaseExceptionGroup: Wraps what the body or the server raised (a trio nursery runs
@@ -1150,7 +1152,7 @@ async def _serve_with_options(
     services: Iterable[Service],
     host: str | None,
     port: int,
-    options: dict[str, Any],
+    options: ServerOptions,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve(services, host=host, port=port, task_status=task_status, **options)

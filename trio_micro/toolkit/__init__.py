@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._lazy import fixup_module_metadata
 from ._buffers import BufferPool, BufferPoolStatistics
 from ._channels import open_broadcast, open_fan_out, open_merge, receive_batch
 from ._ratelimit import (
@@ -32,3 +33,6 @@ __all__: list[str] = [
     "receive_batch",
     "run_all",
 ]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata
