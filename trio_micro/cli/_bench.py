@@ -22,7 +22,6 @@ import trio
 
 from .. import rpc
 from ._call import (
-    STATUS_CODES_HELP,
     add_target_arguments,
     check_target,
     coerce_request,
@@ -57,10 +56,8 @@ targets:
   host:port                      one server
   registry://host:port/SERVICE   the replicas of SERVICE in a registry server (balanced)
   etcd://host:port/SERVICE       the replicas of SERVICE in etcd (balanced)""",
-    codes=f"""\
-  0    every call succeeded
-  1    some call failed (see the errors in the report)
-{STATUS_CODES_HELP.replace("a call ended", "the method lookup ended")}""",
+    ok="every call succeeded (1: some call failed, see the errors in the report)",
+    more="  64+N the method lookup (reflection) ended with status code N, as for call",
 )
 
 

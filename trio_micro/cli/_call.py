@@ -61,7 +61,7 @@ STATUS_CODES_HELP: Final = """\
        grpcurl does: e.g. 68 DEADLINE_EXCEEDED (--timeout), 69 NOT_FOUND,
        78 UNAVAILABLE (target unreachable)"""
 
-_EPILOG: Final = epilog(TARGETS_HELP, codes=f"  0    success\n{STATUS_CODES_HELP}")
+_EPILOG: Final = epilog(TARGETS_HELP, ok="success", more=STATUS_CODES_HELP)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> None:

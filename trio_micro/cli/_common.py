@@ -60,23 +60,25 @@ EXIT_SIGNAL_BASE: Final = 128
 
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
-#: The exit codes every command shares, for the ``--help`` epilogs.
-EXIT_CODES_HELP: Final = """\
-  1    an error, printed as one line on stderr: trio-micro COMMAND: error: ...
-  2    malformed arguments or input
-  130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM (128 + the signal number)"""
 
-
-def epilog(*sections: str, codes: str = "") -> str:
-    """An ``--help`` epilog: ``sections`` (each ends with a blank line), then the exit codes.
+def epilog(*sections: str, ok: str | None = None, more: str = "") -> str:
+    """An ``--help`` epilog: ``sections`` (paragraphs or titled blocks), then the exit codes.
 
     Args:
-        sections: Text before the exit codes, each a paragraph or a titled block.
-        codes: Lines for the codes particular to the command, before the shared ones
-            (``"  0    ..."`` style); ``0`` included.
+        sections: Text before the exit codes.
+        ok: What exit code 0 means for the command (None: it never exits 0).
+        more: Lines (``"  64+N ..."`` style) for codes particular to the command, listed
+            between the shared 1 and 2 and the signal codes.
     """
+    codes = [f"  0    {ok}"] if ok else []
+    codes += [
+        "  1    an error, printed as one line on stderr: trio-micro COMMAND: error: ...",
+        "  2    malformed arguments or input",
+    ]
+    codes += [more.rstrip()] if more else []
+    codes.append("  130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM (128 + the signal number)")
     head = "".join(f"{section.rstrip()}\n\n" for section in sections)
-    return f"{head}exit codes:\n{codes.rstrip()}\n{EXIT_CODES_HELP}\n"
+    return head + "exit codes:\n" + "\n".join(codes) + "\n"
 
 
 # ---------------------------------------------------------------------- errors
@@ -168,16 +170,17 @@ def run_command(command: str, body: Callable[[], int], *, handle_signals: bool =
         BaseException: Whatever ``body`` raised that is not a command error, a signal or
             a broken pipe (a bug).
     """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        for number in _SIGNALS:  # the second signal kills
+            signal.signal(number, signal.SIG_DFL)
+        raise Interrupted(signum)
+
     previous: dict[int, Any] = {}
-    if handle_signals and _main_thread():
-
-        def interrupt(signum: int, frame: FrameType | None) -> None:
-            for number in _SIGNALS:  # the second signal kills
-                signal.signal(number, signal.SIG_DFL)
-            raise Interrupted(signum)
-
-        previous = {number: signal.signal(number, interrupt) for number in _SIGNALS}
     try:
+        if handle_signals and _main_thread():
+            for number in _SIGNALS:
+                previous[number] = signal.signal(number, interrupt)
         return body()
     except BaseException as exc:
         code = _exit_code(command, exc)

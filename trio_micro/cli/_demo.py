@@ -30,7 +30,7 @@ def add_demo_parser(subparsers: Any) -> None:
         description="The multi-process demo (registry, user-service replicas, load, a "
         "replica killed halfway, report) is example code in examples/demo of the source "
         "repository. Run it there with `make demo` or `python -m examples.demo`.",
-        epilog=epilog(codes="  1    always: this command only says where the demo is"),
+        epilog=epilog("It prints where the demo is, as an error: its exit code is always 1."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 

@@ -84,7 +84,7 @@ def add_logs_parser(subparsers: Any) -> None:
 
     # The exit codes, in the --help of `logs` and of each of its commands.
     helps = {
-        "epilog": epilog(codes="  0    done\n  1    (trace) no call with that trace id"),
+        "epilog": epilog(ok="done (trace: 1 when no call has the trace id)"),
         "formatter_class": argparse.RawDescriptionHelpFormatter,
     }
     logs = subparsers.add_parser("logs", help="analyse JSON-lines access logs", **helps)

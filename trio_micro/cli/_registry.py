@@ -31,7 +31,7 @@ def add_registry_parser(subparsers: Any) -> None:
         help="run a registry server (service discovery for one machine)",
         description="Run a registry server until SIGINT/SIGTERM. Prints "
         "`registry listening on HOST:PORT` when ready.",
-        epilog=epilog(SERVER_SIGNALS_HELP, codes="  0    (never: it serves until a signal)"),
+        epilog=epilog(SERVER_SIGNALS_HELP),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

@@ -263,7 +263,6 @@ deregisters first.""",
 example:
   trio-micro serve examples.user_service:UserService -o db=data/users.db \\
       --port 50051 --registry 127.0.0.1:7000 --log-file logs/users-1.jsonl""",
-    codes="  0    (never: it serves until a signal)",
 )
 
 
