@@ -188,8 +188,8 @@ def run_command(command: str, body: Callable[[], int], *, handle_signals: bool =
             raise
         return code
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @final
