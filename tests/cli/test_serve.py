@@ -33,7 +33,7 @@ from trio_micro.registry import Endpoint, open_registry_client, open_registry_se
 from ._slow_service import SlowService
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING = re.compile(r"^serving \S+ on (\S+)$")  # what `trio-micro demo` parses
+SERVING = re.compile(r"^serving \S+ on (\S+)$")  # what the demo (examples/demo) parses
 SLOW = "tests.cli._slow_service:SlowService"
 WAIT = 20.0  # generous: the machine is shared; each wait ends as soon as its condition holds
 

@@ -52,8 +52,9 @@ EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 #: Malformed arguments or input (argparse uses 2 too).
 EXIT_USAGE: Final = 2
-#: ``call`` / ``list``: an RPC ended with status code N: exit ``64 + N``, as grpcurl does
-#: (64 keeps clear of 1 and 2, which are CANCELLED and UNKNOWN).
+#: ``call``, ``list`` (and ``bench``'s method lookup): an RPC ended with status code N:
+#: exit ``64 + N``, as grpcurl does (64 keeps clear of 1 and 2, which are CANCELLED and
+#: UNKNOWN).
 EXIT_STATUS_BASE: Final = 64
 #: Stopped by signal N: exit ``128 + N``, as a shell reports it.
 EXIT_SIGNAL_BASE: Final = 128
@@ -197,7 +198,8 @@ class Stopper:
     """The signal policy of a body run by :func:`run_trio` (see the module docs).
 
     Attributes:
-        signal: Name of the first signal received (``"SIGTERM"``), or None.
+        signum: Number of the first signal received, or None.
+        signal: Its name (``"SIGTERM"``), or None.
         forced: A second signal cancelled a graceful stop.
         fields: Extra fields for the stop log records (the body may add some).
     """
