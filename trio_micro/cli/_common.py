@@ -172,9 +172,15 @@ def run_command(command: str, body: Callable[[], int], *, handle_signals: bool =
             a broken pipe (a bug).
     """
 
+    owner = os.getpid()
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
         for number in _SIGNALS:  # the second signal kills
             signal.signal(number, signal.SIG_DFL)
+        if os.getpid() != owner:
+            # A forked worker (the process pool of `logs`) inherited this handler: it dies
+            # of the signal quietly, and the command in the parent reports the stop.
+            os.kill(os.getpid(), signum)
         raise Interrupted(signum)
 
     previous: dict[int, Any] = {}
