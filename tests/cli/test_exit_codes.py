@@ -261,3 +261,20 @@ async def test_a_signal_stops_a_command_with_128_plus_its_number(
     assert code == 128 + signum, err
     assert f"trio-micro {argv[0]}: stopped by {signum.name}\n" in err
     assert "Traceback" not in err
+
+
+def test_an_interrupted_that_python_dropped_is_still_a_stop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Python runs a signal handler between any two bytecodes; in an at-fork hook or a
+    # __del__ its exception is dropped (and reported to sys.unraisablehook).
+    class Dropper:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)
+
+    def body() -> int:
+        Dropper()  # collected at once: the handler's Interrupted is dropped in __del__
+        return 0
+
+    assert run_command("x", body) == 143
+    assert capsys.readouterr().err == "trio-micro x: stopped by SIGTERM\n"

@@ -173,6 +173,7 @@ def run_command(command: str, body: Callable[[], int], *, handle_signals: bool =
     """
 
     owner = os.getpid()
+    received: list[int] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         for number in _SIGNALS:  # the second signal kills
@@ -181,22 +182,37 @@ def run_command(command: str, body: Callable[[], int], *, handle_signals: bool =
             # A forked worker (the process pool of `logs`) inherited this handler: it dies
             # of the signal quietly, and the command in the parent reports the stop.
             os.kill(os.getpid(), signum)
+        received.append(signum)
         raise Interrupted(signum)
 
+    def unraisable(info: Any) -> None:
+        # Python runs a signal handler between any two bytecodes; where an exception can't
+        # propagate (an at-fork hook, a __del__), Python drops it and reports it here. The
+        # stop is recorded in `received`: say nothing more.
+        if not isinstance(info.exc_value, Interrupted):
+            hook(info)
+
     previous: dict[int, Any] = {}
+    hook = sys.unraisablehook
     try:
         if handle_signals and _main_thread():
             for number in _SIGNALS:
                 previous[number] = signal.signal(number, interrupt)
-        return body()
+            sys.unraisablehook = unraisable
+        code = body()
     except BaseException as exc:
-        code = _exit_code(command, exc)
-        if code is None:
+        if received:  # a signal wins over what it caused (a pool broken by its workers' death)
+            return _stopped(command, received[0])
+        error = _exit_code(command, exc)
+        if error is None:
             raise
-        return code
+        return error
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = hook
+    # A dropped Interrupted (see `unraisable`) is still a stop.
+    return _stopped(command, received[0]) if received else code
 
 
 @final
