@@ -278,3 +278,48 @@ def test_an_interrupted_that_python_dropped_is_still_a_stop(
 
     assert run_command("x", body) == 143
     assert capsys.readouterr().err == "trio-micro x: stopped by SIGTERM\n"
+
+
+# ---------------------------------------------------------------------- the signal policy
+
+
+async def test_a_signal_while_serving_drains_and_a_second_cancels() -> None:
+    from structlog.testing import capture_logs
+
+    from trio_micro.cli._common import Stopper
+
+    with capture_logs() as logs, trio.CancelScope() as scope:
+        stopper = Stopper(scope, "serve")
+        stopper.serving()
+        stopper._receive(signal.SIGTERM)
+        await stopper.wait()  # returns: the body drains
+        assert not scope.cancel_called
+        stopper._receive(signal.SIGINT)
+        assert scope.cancel_called
+    assert (stopper.signal, stopper.forced) == ("SIGTERM", True)
+    assert [(r["event"], r["signal"]) for r in logs] == [
+        ("serve.stopping", "SIGTERM"),
+        ("serve.forced", "SIGINT"),
+    ]
+
+
+async def test_a_signal_before_serving_cancels_at_once() -> None:
+    from trio_micro.cli._common import Stopper
+
+    with trio.CancelScope() as scope:
+        stopper = Stopper(scope, None)
+        stopper._receive(signal.SIGINT)
+        await trio.sleep_forever()  # cancelled by the stopper
+    assert scope.cancelled_caught
+    assert (stopper.signum, stopper.forced) == (signal.SIGINT, False)
+
+
+def test_print_json_shows_bytes_as_base64_and_extensions_as_objects(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import msgspec
+
+    from trio_micro.cli._common import print_json
+
+    print_json({"b": b"\x00\x01", "x": msgspec.msgpack.Ext(5, b"\xff"), "n": float("nan")})
+    assert capsys.readouterr().out == ('{"b":"AAE=","x":{"ext_code":5,"data":"/w=="},"n":null}\n')
