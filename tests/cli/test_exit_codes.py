@@ -291,10 +291,10 @@ async def test_a_signal_while_serving_drains_and_a_second_cancels() -> None:
     with capture_logs() as logs, trio.CancelScope() as scope:
         stopper = Stopper(scope, "serve")
         stopper.serving()
-        stopper._receive(signal.SIGTERM)
+        stopper.receive(signal.SIGTERM)
         await stopper.wait()  # returns: the body drains
         assert not scope.cancel_called
-        stopper._receive(signal.SIGINT)
+        stopper.receive(signal.SIGINT)
         assert scope.cancel_called
     assert (stopper.signal, stopper.forced) == ("SIGTERM", True)
     assert [(r["event"], r["signal"]) for r in logs] == [
@@ -308,7 +308,7 @@ async def test_a_signal_before_serving_cancels_at_once() -> None:
 
     with trio.CancelScope() as scope:
         stopper = Stopper(scope, None)
-        stopper._receive(signal.SIGINT)
+        stopper.receive(signal.SIGINT)
         await trio.sleep_forever()  # cancelled by the stopper
     assert scope.cancelled_caught
     assert (stopper.signum, stopper.forced) == (signal.SIGINT, False)

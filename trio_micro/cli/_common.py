@@ -254,7 +254,8 @@ class Stopper:
                 f"{self._events}.{event}", **fields, **self.fields
             )
 
-    def _receive(self, signum: int) -> None:
+    def receive(self, signum: int) -> None:
+        """Act on signal ``signum`` as the policy says (drain, or cancel). Not a checkpoint."""
         name = _signal_name(signum)
         if self.signum is None:
             self.signum, self.signal = signum, name
@@ -287,7 +288,7 @@ async def _under_signals(
 
                 async def watch() -> None:
                     async for signum in signals:
-                        stopper._receive(signum)
+                        stopper.receive(signum)
 
                 nursery.start_soon(watch)
             code = await body(stopper)
