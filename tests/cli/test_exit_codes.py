@@ -248,6 +248,7 @@ async def _stop_with(argv: list[str], signum: int) -> tuple[int, str]:
         (["list", "{target}", "--timeout", "60"], signal.SIGTERM),
         (["bench", "{target}", GET_USER, "--timeout", "60", "--quiet"], signal.SIGINT),
         (["registry", "--port", "0"], signal.SIGTERM),
+        (["serve", "tests.cli._slow_service:SlowService"], signal.SIGINT),
         (["logs", "summary"], signal.SIGTERM),
         (["logs", "slow"], signal.SIGINT),
     ],
