@@ -110,7 +110,7 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def report(command: str, message: str) -> None:
+def _report(command: str, message: str) -> None:
     """Print ``trio-micro COMMAND: error: message`` on stderr."""
     print(f"trio-micro {command}: error: {message}", file=sys.stderr, flush=True)
 
@@ -140,7 +140,7 @@ def _exit_code(command: str, exc: BaseException) -> int | None:
     leaves = _leaves(exc)
     if all(isinstance(e, CommandError) for e in leaves):
         for error in leaves:
-            report(command, str(error))
+            _report(command, str(error))
         return max(e.code for e in leaves if isinstance(e, CommandError))
     if all(isinstance(e, Interrupted | KeyboardInterrupt) for e in leaves):
         first = leaves[0]
