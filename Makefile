@@ -26,7 +26,7 @@ $(STAMP): $(BIN)/python $(LOCK) pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/trio-micro demo
+	$(BIN)/python -m examples.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

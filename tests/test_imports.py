@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import trio_micro
-from trio_micro import analysis, observe
+from trio_micro import analysis, cli, observe
 
 from .analysis._records import line, record
 
@@ -93,7 +93,7 @@ def test_a_logging_name_imports_structlog_on_first_use() -> None:
     assert loaded["structlog"]
 
 
-@pytest.mark.parametrize("package", [trio_micro, observe, analysis], ids=lambda p: p.__name__)
+@pytest.mark.parametrize("package", [trio_micro, observe, analysis, cli], ids=lambda p: p.__name__)
 def test_dir_lists_every_lazy_name_before_it_is_imported(package: object) -> None:
     # In a fresh interpreter, where no lazy name has been imported (and cached) yet.
     name = package.__name__  # type: ignore[attr-defined]
@@ -106,7 +106,7 @@ def test_dir_lists_every_lazy_name_before_it_is_imported(package: object) -> Non
     subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=True)
 
 
-@pytest.mark.parametrize("package", [trio_micro, observe, analysis], ids=lambda p: p.__name__)
+@pytest.mark.parametrize("package", [trio_micro, observe, analysis, cli], ids=lambda p: p.__name__)
 def test_unknown_name_raises_attribute_error(package: object) -> None:
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         package.no_such_name  # type: ignore[attr-defined]  # noqa: B018

@@ -85,12 +85,12 @@ async def test_call_bad_base64_is_a_usage_error(
     )
 
 
-async def test_call_status_goes_to_stderr_with_exit_1(
+async def test_call_status_goes_to_stderr_with_exit_64_plus_its_code(
     target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     method = "grpc.testing.TestService.unary_call"
     request = '{"status_code": 5, "status_message": "no user 9"}'
-    assert await cli("call", target, method, request) == 1
+    assert await cli("call", target, method, request) == 64 + 5  # as grpcurl: 64 + NOT_FOUND
     out, err = capsys.readouterr()
     assert out == ""
     assert err == "NOT_FOUND: no user 9\n"
@@ -99,7 +99,7 @@ async def test_call_status_goes_to_stderr_with_exit_1(
 async def test_call_status_details_are_printed(
     target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await cli("call", target, GET_USER, '{"user_id": "seven"}') == 1
+    assert await cli("call", target, GET_USER, '{"user_id": "seven"}') == 64 + 3
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("INVALID_ARGUMENT: ")
     assert err[1:] == ["  field: $.user_id"]
@@ -132,7 +132,7 @@ async def test_call_timeout_is_deadline_exceeded(
     target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     method = "grpc.testing.TestService.sleep"
-    assert await cli("call", target, method, "--timeout", "0.2") == 1
+    assert await cli("call", target, method, "--timeout", "0.2") == 64 + 4
     err = capsys.readouterr().err
     assert err.startswith("DEADLINE_EXCEEDED: ")
     assert err.count("\n") == 1
@@ -140,7 +140,7 @@ async def test_call_timeout_is_deadline_exceeded(
 
 async def test_call_unreachable_target_is_unavailable(capsys: pytest.CaptureFixture[str]) -> None:
     port = await free_port()
-    assert await cli("call", f"127.0.0.1:{port}", GET_USER, "--timeout", "20") == 1
+    assert await cli("call", f"127.0.0.1:{port}", GET_USER, "--timeout", "20") == 64 + 14
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"UNAVAILABLE: can't connect to 127.0.0.1:{port}")
@@ -280,7 +280,7 @@ async def test_list_json(target: str, capsys: pytest.CaptureFixture[str]) -> Non
 
 async def test_list_unreachable_target(capsys: pytest.CaptureFixture[str]) -> None:
     port = await free_port()
-    assert await cli("list", f"127.0.0.1:{port}") == 1
+    assert await cli("list", f"127.0.0.1:{port}") == 64 + 14
     assert capsys.readouterr().err.startswith("UNAVAILABLE: ")
 
 

@@ -35,7 +35,7 @@ async def test_registry_command_serves_until_interrupted() -> None:
             assert await registry.resolve("users") == [Endpoint("10.0.0.1:50051")]
         process.send_signal(signal.SIGINT)
         with trio.fail_after(10):
-            assert await process.wait() == 0
+            assert await process.wait() == 128 + signal.SIGINT
     finally:
         if process.returncode is None:
             process.kill()

@@ -6,14 +6,14 @@ channel with a :class:`~trio_micro.cli._load.PeerCounter` (calls per replica), a
 at most ``--rate`` per second, each under a ``--timeout`` deadline. Progress goes to
 standard error; the report (or ``--json``) to standard output.
 
-Exit codes: 0 every call succeeded; 1 some call failed (the report says which codes), or
-the method could not be looked up; 2 bad input; 130 interrupted.
+Exit codes: 0 every call succeeded; 1 some call failed (the report says which codes);
+``64 + N`` the method lookup ended with status code N (as for ``trio-micro call``); 2 bad
+input; 130/143 stopped by SIGINT/SIGTERM (:mod:`._common`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -22,54 +22,43 @@ import trio
 
 from .. import rpc
 from ._call import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    UsageError,
     add_target_arguments,
     check_target,
     coerce_request,
     deadline_exceeded,
-    error,
     find_method,
     list_services,
     parse_method,
     parse_request,
-    print_status,
+    run_rpc_command,
+    status_exit,
+)
+from ._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    epilog,
+    integer,
+    number,
+    print_json,
     print_table,
-    run_command,
     seconds,
 )
 from ._load import LoadResult, PeerCounter, progress, run_load
-from ._serve import count_type
 
 __all__: list[str] = []  # internal to the cli package
 
 #: The latency quantiles reported, by label.
 QUANTILES: Final = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
 
-EPILOG: Final = """\
+EPILOG: Final = epilog(
+    """\
 targets:
   host:port                      one server
   registry://host:port/SERVICE   the replicas of SERVICE in a registry server (balanced)
-  etcd://host:port/SERVICE       the replicas of SERVICE in etcd (balanced)
-
-exit codes:
-  0    every call succeeded
-  1    some call failed (see the errors in the report), or the method lookup failed
-  2    bad input: arguments, JSON, an unknown method or target
-  130  interrupted (Ctrl-C)
-"""
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected calls per second > 0, got {text!r}")
-    return value
+  etcd://host:port/SERVICE       the replicas of SERVICE in etcd (balanced)""",
+    ok="every call succeeded (1: some call failed, see the errors in the report)",
+    more="  64+N the method lookup (reflection) ended with status code N, as for call",
+)
 
 
 def add_bench_parser(subparsers: Any) -> None:
@@ -85,27 +74,31 @@ def add_bench_parser(subparsers: Any) -> None:
     )
     add_target_arguments(parser, method=True)
     parser.add_argument(
-        "-n", "--calls", type=count_type(1), default=1000, help="calls to make (default 1000)"
+        "-n", "--calls", type=integer(1), default=1000, help="calls to make (default 1000)"
     )
     parser.add_argument(
         "-c",
         "--concurrency",
-        type=count_type(1),
+        type=integer(1),
         default=10,
         help="calls in flight at most (default 10)",
     )
     parser.add_argument(
-        "-r", "--rate", type=_rate, default=None, help="calls started per second at most"
+        "-r",
+        "--rate",
+        type=number("calls per second"),
+        default=None,
+        help="calls started per second at most",
     )
     parser.add_argument(
         "--timeout",
-        type=seconds,
+        type=seconds(inf=True),
         default=10.0,
         help="deadline of each call, and of the method lookup, in seconds (default 10)",
     )
     parser.add_argument(
         "--connections",
-        type=count_type(1),
+        type=integer(1),
         default=1,
         help="connections per server address (default 1)",
     )
@@ -115,7 +108,7 @@ def add_bench_parser(subparsers: Any) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the parsed ``bench`` command; return the exit code."""
-    return run_command("bench", bench_main, args)
+    return run_rpc_command("bench", bench_main, args)
 
 
 async def bench_main(args: argparse.Namespace) -> int:
@@ -131,16 +124,11 @@ async def bench_main(args: argparse.Namespace) -> int:
         with trio.move_on_after(args.timeout) as scope:
             try:
                 method = find_method(await list_services(channel), service, name)
-                request = coerce_request(request, method.description.request_schema)
-            except UsageError as exc:
-                error("bench", str(exc))
-                return EXIT_USAGE
             except rpc.RpcError as exc:
-                print_status(exc)
-                return EXIT_FAILED
+                return status_exit(exc)
+            request = coerce_request(request, method.description.request_schema)
         if scope.cancelled_caught:
-            print_status(deadline_exceeded(args.target, args.timeout))
-            return EXIT_FAILED
+            return status_exit(deadline_exceeded(args.target, args.timeout))
         call = _caller(channel, method.wire_name, method.description, request, metadata, args)
         # Count only the load, not the lookup.
         counter.counts.clear()
@@ -160,10 +148,10 @@ async def bench_main(args: argparse.Namespace) -> int:
                 )
     report = _report(args, method.wire_name, result, counter)
     if args.json:
-        print(json.dumps(report, allow_nan=False))
+        print_json(report)
     else:
         _print_report(report, result)
-    return EXIT_OK if result.failed == 0 else EXIT_FAILED
+    return EXIT_OK if result.failed == 0 else EXIT_ERROR
 
 
 def _caller(

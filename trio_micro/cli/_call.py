@@ -9,10 +9,11 @@ Targets: ``host:port`` (one server), or ``registry://host:port/SERVICE`` /
 ``etcd://host:port/SERVICE`` (the replicas of SERVICE found in a registry server or in
 etcd; the call goes to one of them).
 
-Exit codes: 0 success; 1 the call failed with a status code (printed as ``CODE: message``
-on standard error), including ``UNAVAILABLE`` (target unreachable) and
-``DEADLINE_EXCEEDED`` (``--timeout``); 2 bad input (arguments, JSON, an unknown method or
-target); 130 interrupted.
+Exit codes: 0 success; ``64 + N`` the call (for ``list``: the reflection call) ended
+with status code N, printed as ``CODE: message`` on standard error, as grpcurl does: e.g.
+69 ``NOT_FOUND``, 68 ``DEADLINE_EXCEEDED`` (``--timeout``), 78 ``UNAVAILABLE`` (target
+unreachable); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
+by SIGINT/SIGTERM (:mod:`._common`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import argparse
 import base64
 import binascii
 import json
-import math
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,55 +32,35 @@ import trio
 
 from .. import rpc
 from ..observe import configure_logging
+from ._common import (
+    EXIT_OK,
+    EXIT_STATUS_BASE,
+    Stopper,
+    epilog,
+    key_value,
+    print_json,
+    print_table,
+    run_trio,
+    seconds,
+    usage_error,
+)
 
 __all__: list[str] = []  # internal to the cli package
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
-
 REFLECTION_METHOD: Final = "trio_micro.reflection/list_services"
 
-EXIT_CODES_HELP: Final = """\
+TARGETS_HELP: Final = """\
 targets:
   host:port                      one server
   registry://host:port/SERVICE   the replicas of SERVICE in a registry server
-  etcd://host:port/SERVICE       the replicas of SERVICE in etcd
+  etcd://host:port/SERVICE       the replicas of SERVICE in etcd"""
 
-exit codes:
-  0    success
-  1    a call failed with a status code (printed as CODE: message on stderr),
-       e.g. UNAVAILABLE (target unreachable) or DEADLINE_EXCEEDED (--timeout)
-  2    bad input: arguments, JSON, an unknown method or target
-  130  interrupted (Ctrl-C)
-"""
+STATUS_CODES_HELP: Final = """\
+  64+N a call ended with status code N (printed as CODE: message on stderr), as
+       grpcurl does: e.g. 68 DEADLINE_EXCEEDED (--timeout), 69 NOT_FOUND,
+       78 UNAVAILABLE (target unreachable)"""
 
-
-class UsageError(Exception):
-    """Bad input on the command line; printed as one line, exit code 2."""
-
-
-# --- argument types ---------------------------------------------------------------------
-
-
-def seconds(text: str) -> float:
-    """An ``argparse`` type: a duration in seconds > 0 (``inf`` for none)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
-def metadata_pair(text: str) -> tuple[str, str]:
-    """An ``argparse`` type: ``KEY=VALUE``."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
+_EPILOG: Final = epilog(TARGETS_HELP, ok="success", more=STATUS_CODES_HELP)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> None:
@@ -106,7 +86,7 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
         parser.add_argument(
             "-m",
             "--metadata",
-            type=metadata_pair,
+            type=key_value,
             action="append",
             default=[],
             metavar="KEY=VALUE",
@@ -121,13 +101,13 @@ def add_call_parsers(subparsers: Any) -> None:
         help="make one call and print the JSON reply",
         description="Make one call by name and print the reply as JSON (a server-stream: "
         "one JSON line per item). Bytes are shown as base64.",
-        epilog=EXIT_CODES_HELP,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_target_arguments(call, method=True)
     call.add_argument(
         "--timeout",
-        type=seconds,
+        type=seconds(inf=True),
         default=10.0,
         help="give up after this many seconds, connecting included (default 10; inf: never)",
     )
@@ -136,13 +116,13 @@ def add_call_parsers(subparsers: Any) -> None:
         help="list the services and methods a server serves",
         description="List services and methods (kind, idempotent, request fields) through "
         "the server's reflection service.",
-        epilog=EXIT_CODES_HELP,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_target_arguments(listing, method=False)
     listing.add_argument("--json", action="store_true", help="print JSON for machines")
     listing.add_argument(
-        "--timeout", type=seconds, default=10.0, help="give up after this many seconds"
+        "--timeout", type=seconds(inf=True), default=10.0, help="give up after this many seconds"
     )
 
 
@@ -150,7 +130,7 @@ def add_call_parsers(subparsers: Any) -> None:
 
 
 def check_target(target: str) -> None:
-    """Raise :class:`UsageError` unless ``target`` is an address or a known scheme target."""
+    """Raise a usage error unless ``target`` is an address or a known scheme target."""
     try:
         if "://" in target:
             import trio_micro.registry  # noqa: F401  # registers the etcd:// and registry:// schemes
@@ -159,7 +139,7 @@ def check_target(target: str) -> None:
         else:
             rpc.Endpoint.parse(target)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad TARGET: {exc}") from None
+        raise usage_error(f"bad TARGET: {exc}") from None
 
 
 def parse_method(text: str) -> tuple[str, str]:
@@ -167,7 +147,7 @@ def parse_method(text: str) -> tuple[str, str]:
     sep = "/" if "/" in text else "."
     service, found, name = text.rpartition(sep)
     if not found or not service or not name:
-        raise UsageError(f"expected SERVICE.METHOD (or SERVICE/METHOD), got {text!r}")
+        raise usage_error(f"expected SERVICE.METHOD (or SERVICE/METHOD), got {text!r}")
     return service, name
 
 
@@ -178,9 +158,9 @@ def parse_request(text: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"the request is not valid JSON: {exc}: {_clip(text)!r}") from None
+        raise usage_error(f"the request is not valid JSON: {exc}: {_clip(text)!r}") from None
     if not isinstance(value, dict):
-        raise UsageError(f"the request must be a JSON object like {{}}, got {_clip(text)!r}")
+        raise usage_error(f"the request must be a JSON object like {{}}, got {_clip(text)!r}")
     return value
 
 
@@ -207,14 +187,14 @@ async def list_services(channel: rpc.Channel) -> rpc.ListServicesResponse:
     """Ask the server behind ``channel`` what it serves. A checkpoint.
 
     Raises:
-        UsageError: The server does not serve reflection.
+        CommandError: The server does not serve reflection (exit 2).
         rpc.RpcError: The call failed otherwise.
     """
     try:
         reply = await channel.call(REFLECTION_METHOD, {}, idempotent=True)
     except rpc.RpcError as exc:
         if exc.code is rpc.Status.UNIMPLEMENTED:
-            raise UsageError(
+            raise usage_error(
                 "the target does not serve trio_micro.reflection (started with "
                 "reflection=False?), so its methods can't be looked up"
             ) from None
@@ -228,7 +208,7 @@ async def list_services(channel: rpc.Channel) -> rpc.ListServicesResponse:
 
 
 def find_method(services: rpc.ListServicesResponse, service: str, name: str) -> Method:
-    """Return the method ``service/name``, or raise :class:`UsageError` naming what exists."""
+    """Return the method ``service/name``, or raise a usage error naming what exists."""
     for described in services.services:
         if described.name != service:
             continue
@@ -236,9 +216,9 @@ def find_method(services: rpc.ListServicesResponse, service: str, name: str) -> 
             if method.name == name:
                 return Method(service, method)
         known = ", ".join(m.name for m in described.methods) or "none"
-        raise UsageError(f"service {service!r} has no method {name!r} (it has: {known})")
+        raise usage_error(f"service {service!r} has no method {name!r} (it has: {known})")
     known = ", ".join(s.name for s in services.services) or "none"
-    raise UsageError(f"the target serves no service {service!r} (it serves: {known})")
+    raise usage_error(f"the target serves no service {service!r} (it serves: {known})")
 
 
 # --- request coercion: base64 strings into bytes ----------------------------------------
@@ -261,7 +241,7 @@ def coerce_request(value: Any, schema: Mapping[str, Any]) -> Any:
     """Turn base64 strings into bytes wherever ``schema`` (a JSON schema) expects bytes.
 
     Raises:
-        UsageError: A bytes field holds a string that is not base64.
+        CommandError: A bytes field holds a string that is not base64 (exit 2).
     """
     defs = schema.get("$defs", {})
     return _coerce(value, schema, defs if isinstance(defs, dict) else {}, "$")
@@ -276,7 +256,7 @@ def _coerce(value: Any, schema: Any, defs: Mapping[str, Any], path: str) -> Any:
             try:
                 return base64.b64decode(value, validate=True)
             except binascii.Error:
-                raise UsageError(
+                raise usage_error(
                     f"{path} is a bytes field: expected base64, got {_clip(value)!r}"
                 ) from None
         return value
@@ -331,60 +311,17 @@ def _type_name(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> str:
     return kind if isinstance(kind, str) else "any"
 
 
-# --- output -----------------------------------------------------------------------------
+# --- output and exit codes -------------------------------------------------------------
 
 
-def _json_fallback(obj: Any) -> Any:
-    if isinstance(obj, msgspec.msgpack.Ext):
-        return {"ext_code": obj.code, "data": base64.b64encode(obj.data).decode()}
-    return repr(obj)
-
-
-_json_encoder: Final = msgspec.json.Encoder(enc_hook=_json_fallback)
-
-
-def to_json(value: Any) -> str:
-    """One-line JSON for a reply: bytes as base64, NaN as null, anything odd as text."""
-    return _json_encoder.encode(value).decode()
-
-
-def error(command: str, message: str) -> None:
-    """Print ``trio-micro COMMAND: error: message`` on standard error."""
-    print(f"trio-micro {command}: error: {message}", file=sys.stderr)
-
-
-def print_status(exc: rpc.RpcError) -> None:
-    """Print ``CODE: message`` and the details, one per line, on standard error."""
+def status_exit(exc: rpc.RpcError) -> int:
+    """Print ``CODE: message`` and the details, one per line, on standard error; return the
+    exit code of that status, ``64 + code`` (as grpcurl)."""
     print(str(exc), file=sys.stderr)
     for key, value in exc.details.items():
         print(f"  {key}: {value}", file=sys.stderr)
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table when standard output is a terminal, aligned plain text otherwise."""
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(title=title, title_justify="left")
-        for i, header in enumerate(headers):
-            # Names stay whole; only the last column (e.g. request fields) wraps.
-            table.add_column(header, no_wrap=i < len(headers) - 1)
-        for row in rows:
-            table.add_row(*(Text(cell) for cell in row))  # no markup in server text
-        Console().print(table)
-        return
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    print(title)
-    print(fmt(headers))
-    print(fmt(["-" * w for w in widths]))
-    for row in rows:
-        print(fmt(row))
+    sys.stderr.flush()
+    return EXIT_STATUS_BASE + int(exc.code)
 
 
 def deadline_exceeded(target: str, timeout: float) -> rpc.RpcError:
@@ -394,10 +331,10 @@ def deadline_exceeded(target: str, timeout: float) -> rpc.RpcError:
     )
 
 
-def run_command(
-    command: str, core: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+def run_rpc_command(
+    command: str, body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
 ) -> int:
-    """``trio.run(core, args)``, turning the errors every command shares into exit codes.
+    """Run ``body(args)`` with :func:`._common.run_trio`, the logs of the library on stderr.
 
     Library logs go to standard error (warnings and worse; ``-v``: info too), so that
     standard output holds only results.
@@ -405,17 +342,11 @@ def run_command(
     configure_logging(
         format="console", file=sys.stderr, level="info" if args.verbose else "warning"
     )
-    code = EXIT_FAILED
-    try:
-        code = trio.run(core, args)
-    except* UsageError as group:
-        for exc in group.exceptions:
-            error(command, str(exc))
-        code = EXIT_USAGE
-    except* KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    return code
+
+    async def main(stopper: Stopper) -> int:
+        return await body(args)
+
+    return run_trio(command, main)
 
 
 # --- call -------------------------------------------------------------------------------
@@ -423,26 +354,31 @@ def run_command(
 
 def run_call(args: argparse.Namespace) -> int:
     """Run the parsed ``call`` command; return the exit code."""
-    return run_command("call", call_main, args)
+    return run_rpc_command("call", call_main, args)
 
 
 async def call_main(args: argparse.Namespace) -> int:
     """The ``call`` command, in trio: check the input, look the method up, call, print.
 
-    Returns the exit code; raises :class:`UsageError` for bad input found before
-    connecting. Output goes to standard output (the reply) and standard error (a status).
+    Returns the exit code; raises :class:`~._common.CommandError` for bad input (also
+    from within the channel's nursery, so possibly in an exception group). Output goes to
+    standard output (the reply) and standard error (a status).
     """
     service, name = parse_method(args.method)
     request = parse_request(args.request)
     check_target(args.target)
     metadata = dict(args.metadata) or None
-    code = EXIT_FAILED
+    code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
         async with rpc.open_channel(args.target) as channel:
-            code = await _call(channel, service, name, request, metadata)
+            # The status becomes the exit code in here, so that it does not come out of
+            # the channel's nursery in an ExceptionGroup.
+            try:
+                await _call(channel, service, name, request, metadata)
+            except rpc.RpcError as exc:
+                code = status_exit(exc)
     if scope.cancelled_caught:
-        print_status(deadline_exceeded(args.target, args.timeout))
-        return EXIT_FAILED
+        return status_exit(deadline_exceeded(args.target, args.timeout))
     return code
 
 
@@ -452,32 +388,21 @@ async def _call(
     name: str,
     request: Any,
     metadata: dict[str, str] | None,
-) -> int:
-    # Errors become exit codes here, inside the channel's nursery, so that they don't
-    # come out wrapped in an ExceptionGroup.
-    try:
-        method = find_method(await list_services(channel), service, name)
-        request = coerce_request(request, method.description.request_schema)
-        if method.description.kind == "server_stream":
-            async with channel.call_stream(method.wire_name, request, metadata=metadata) as items:
-                async for item in items:
-                    sys.stdout.write(to_json(item) + "\n")
-                    sys.stdout.flush()
-        else:
-            reply = await channel.call(
-                method.wire_name,
-                request,
-                idempotent=method.description.idempotent,
-                metadata=metadata,
-            )
-            print(to_json(reply), flush=True)
-    except UsageError as exc:
-        error("call", str(exc))
-        return EXIT_USAGE
-    except rpc.RpcError as exc:
-        print_status(exc)
-        return EXIT_FAILED
-    return EXIT_OK
+) -> None:
+    method = find_method(await list_services(channel), service, name)
+    request = coerce_request(request, method.description.request_schema)
+    if method.description.kind == "server_stream":
+        async with channel.call_stream(method.wire_name, request, metadata=metadata) as items:
+            async for item in items:
+                print_json(item)
+    else:
+        reply = await channel.call(
+            method.wire_name,
+            request,
+            idempotent=method.description.idempotent,
+            metadata=metadata,
+        )
+        print_json(reply)
 
 
 # --- list -------------------------------------------------------------------------------
@@ -485,34 +410,29 @@ async def _call(
 
 def run_list(args: argparse.Namespace) -> int:
     """Run the parsed ``list`` command; return the exit code."""
-    return run_command("list", list_main, args)
+    return run_rpc_command("list", list_main, args)
 
 
 async def list_main(args: argparse.Namespace) -> int:
     """The ``list`` command, in trio. Returns the exit code (see the module docs)."""
     check_target(args.target)
-    code = EXIT_FAILED
+    code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
         async with rpc.open_channel(args.target) as channel:
             try:
                 services = await list_services(channel)
-            except UsageError as exc:
-                error("list", str(exc))
-                code = EXIT_USAGE
             except rpc.RpcError as exc:
-                print_status(exc)
+                code = status_exit(exc)
             else:
                 _print_services(services, as_json=args.json)
-                code = EXIT_OK
     if scope.cancelled_caught:
-        print_status(deadline_exceeded(args.target, args.timeout))
-        return EXIT_FAILED
+        return status_exit(deadline_exceeded(args.target, args.timeout))
     return code
 
 
 def _print_services(services: rpc.ListServicesResponse, *, as_json: bool) -> None:
     if as_json:
-        print(msgspec.json.encode(services).decode())
+        print_json(services)
         return
     rows = [
         (

@@ -1,4 +1,5 @@
-"""The load engine behind ``trio-micro bench`` and ``trio-micro demo``.
+"""The load engine behind ``trio-micro bench`` (exported by :mod:`trio_micro.cli` for the
+demo in ``examples/demo`` and other load drivers).
 
 Theory of operation: :func:`run_load` starts ``min(concurrency, total)`` worker tasks in
 one nursery. Each worker claims the next call index from a shared counter (no lock:
@@ -31,9 +32,7 @@ from ..toolkit import RateLimiter
 if TYPE_CHECKING:
     from rich.console import Console
 
-# Internal to the cli package (used by bench and demo): LoadResult, PeerCounter, progress,
-# run_load.
-__all__: list[str] = []
+__all__ = ["LoadResult", "PeerCounter", "progress", "run_load"]
 
 #: How many error messages :attr:`LoadResult.first_errors` keeps.
 MAX_ERROR_SAMPLES: Final = 5

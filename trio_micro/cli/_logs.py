@@ -6,6 +6,10 @@ decodes a chunk with one msgspec call. Large inputs are cut into byte ranges ali
 line starts and summarised by a pool of worker processes (one per available CPU); their
 :class:`~trio_micro.analysis.LogSummary` objects merge exactly. Memory per process is about
 one chunk and its decoded records, whatever the size of the log.
+
+Exit codes (:mod:`._common`): 0 done (``trace``: the trace was found); 1 an input can't be
+read or the report can't be written (one line on stderr), or ``trace`` found no call with
+the trace id; 2 malformed arguments; 130/143 stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,12 +18,10 @@ import argparse
 import contextlib
 import gc
 import itertools
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -30,6 +32,15 @@ from ..analysis import (
     RecordFilter,
     SummaryBuilder,
     merge_summaries,
+)
+from ._common import (
+    CommandError,
+    epilog,
+    integer,
+    print_json,
+    print_table,
+    run_command,
+    timestamp,
 )
 
 if TYPE_CHECKING:
@@ -49,10 +60,6 @@ _PREADV: Final = hasattr(os, "preadv")
 _ADVISE: Final = hasattr(os, "posix_fadvise")
 
 
-class _InputError(Exception):
-    """A path given on the command line cannot be read."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Options:
     filter: RecordFilter
@@ -62,8 +69,8 @@ class _Options:
 def add_logs_parser(subparsers: Any) -> None:
     """Add the ``logs`` command group to the ``trio-micro`` subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--since", type=_timestamp, help="only calls at or after (ISO-8601)")
-    common.add_argument("--until", type=_timestamp, help="only calls before (ISO-8601)")
+    common.add_argument("--since", type=timestamp, help="only calls at or after (ISO-8601)")
+    common.add_argument("--until", type=timestamp, help="only calls before (ISO-8601)")
     common.add_argument("--service", action="append", default=[], help="only this service")
     common.add_argument(
         "--method", action="append", default=[], help="only this method (Method or service/Method)"
@@ -72,25 +79,32 @@ def add_logs_parser(subparsers: Any) -> None:
     common.add_argument("--json", action="store_true", help="print JSON for machines")
     common.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     common.add_argument(
-        "--jobs", type=_positive_int, default=None, help="worker processes (default: CPUs)"
+        "--jobs", type=integer(1), default=None, help="worker processes (default: CPUs)"
     )
 
-    logs = subparsers.add_parser("logs", help="analyse JSON-lines access logs")
+    # The exit codes, in the --help of `logs` and of each of its commands.
+    helps = {
+        "epilog": epilog(ok="done (trace: 1 when no call has the trace id)"),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+    logs = subparsers.add_parser("logs", help="analyse JSON-lines access logs", **helps)
     commands = logs.add_subparsers(dest="logs_command", metavar="COMMAND", required=True)
     summary = commands.add_parser(
-        "summary", parents=[common], help="latency, errors, throughput per service/method"
+        "summary", parents=[common], **helps, help="latency, errors, throughput per service/method"
     )
-    summary.add_argument("--top", type=_non_negative_int, default=10, help="slowest calls kept")
+    summary.add_argument("--top", type=integer(0), default=10, help="slowest calls kept")
     summary.set_defaults(handler=_cmd_summary)
     trace = commands.add_parser(
-        "trace", parents=[common], help="the call tree of one trace across services"
+        "trace", parents=[common], **helps, help="the call tree of one trace across services"
     )
     trace.add_argument("trace_id", metavar="TRACE_ID")
     trace.set_defaults(handler=_cmd_trace, top=10)
-    slow = commands.add_parser("slow", parents=[common], help="the slowest calls")
-    slow.add_argument("--top", type=_non_negative_int, default=10, help="how many (default 10)")
+    slow = commands.add_parser("slow", parents=[common], **helps, help="the slowest calls")
+    slow.add_argument("--top", type=integer(0), default=10, help="how many (default 10)")
     slow.set_defaults(handler=_cmd_slow)
-    errors = commands.add_parser("errors", parents=[common], help="errors by code, with samples")
+    errors = commands.add_parser(
+        "errors", parents=[common], **helps, help="errors by code, with samples"
+    )
     errors.set_defaults(handler=_cmd_errors, top=10)
     for command in (summary, trace, slow, errors):
         # After each command's own positionals (TRACE_ID), so that they are not taken.
@@ -105,46 +119,10 @@ def add_logs_parser(subparsers: Any) -> None:
 def run_logs(args: argparse.Namespace) -> int:
     """Run the parsed ``logs`` command; return the exit code."""
     handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except _InputError as exc:
-        print(f"trio-micro logs: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python from
-        # complaining again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return run_command("logs", lambda: handler(args))
 
 
-# --- argument types ---------------------------------------------------------------------
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO-8601 time like 2026-11-26T10:00:00Z, got {text!r}"
-        ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+# --- options -------------------------------------------------------------------------------
 
 
 def _options(args: argparse.Namespace) -> _Options:
@@ -178,9 +156,9 @@ def _expand(paths: Sequence[str]) -> list[Path | None]:
         elif path.is_file():
             out.append(path)
         elif path.exists():
-            raise _InputError(f"not a regular file or folder: {text!r}")
+            raise CommandError(f"not a regular file or folder: {text!r}")
         else:
-            raise _InputError(f"no such file or folder: {text!r}")
+            raise CommandError(f"no such file or folder: {text!r}")
     return out
 
 
@@ -557,7 +535,7 @@ def _ms(value: float) -> str:
 
 
 def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+    print_json(data, indent=2)
 
 
 def _maybe_html(args: argparse.Namespace, summary: LogSummary) -> None:
@@ -571,7 +549,7 @@ def _write_html(path: Path, summary: LogSummary, trace: Trace | None) -> None:
     try:
         path.write_text(render_html_report(summary, trace=trace), encoding="utf-8")
     except OSError as exc:
-        raise _InputError(f"cannot write the report to {str(path)!r}: {exc.strerror}") from exc
+        raise CommandError(f"cannot write the report to {str(path)!r}: {exc.strerror}") from exc
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -623,33 +601,11 @@ class _Output:
         """Print a table; ``align`` ("l"/"r" per column) overrides ``left``."""
         if align is None:
             align = "l" * left + "r" * (len(headers) - left)
-        if self._rich:
-            from rich.console import Console
-            from rich.table import Table
-            from rich.text import Text
-
-            table = Table(title=title, title_justify="left")
-            for i, header in enumerate(headers):
-                table.add_column(header, justify="left" if align[i] == "l" else "right")
-            for row in rows:
-                table.add_row(*(Text(cell) for cell in row))  # no markup in log text
-            Console().print(table)
-            return
-        widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-        def fmt(cells: Sequence[str]) -> str:
-            return "  ".join(
-                c.ljust(w) if align[i] == "l" else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ).rstrip()
-
-        print()
-        print(title)
-        print(fmt(headers))
-        print(fmt(["-" * w for w in widths]))
-        for row in rows:
-            print(fmt(row))
-        print()
+        if not self._rich:
+            print()
+        print_table(title, headers, rows, align=align)
+        if not self._rich:
+            print()
 
     def waterfall(self, trace: Trace) -> None:
         width = 40

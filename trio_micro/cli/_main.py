@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(argv[0])
     else:
         parser = build_parser("" if argv == ["--version"] else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":  # demo says where the demo is, whatever follows
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(sys.stdout)
         return 0

@@ -3,7 +3,8 @@
 Prints one line to stdout once it listens, ``registry listening on HOST:PORT`` (with
 ``--port 0``, the port the system chose). On SIGINT or SIGTERM it shuts down gracefully
 (watch streams end, calls in progress get ``--grace`` seconds), logs ``serve.stopped``
-and exits 0; a second signal cancels at once (exit 1), as for ``trio-micro serve``.
+and exits ``128 +`` the signal number; a second signal cancels at once, as for
+``trio-micro serve`` (the signal policy and exit codes of :mod:`._common`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,12 @@ from typing import Any
 
 from trio_micro.registry import open_registry_server
 
+from ._common import EXIT_OK, Stopper, epilog, port, run_trio, seconds
 from ._serve import (
-    CommandError,
-    Stopper,
+    SERVER_SIGNALS_HELP,
     add_logging_arguments,
     configure_command_logging,
     listen_error,
-    port_type,
-    report,
-    run_command,
-    run_until_stopped,
-    seconds_type,
 )
 
 
@@ -35,15 +31,17 @@ def add_registry_parser(subparsers: Any) -> None:
         help="run a registry server (service discovery for one machine)",
         description="Run a registry server until SIGINT/SIGTERM. Prints "
         "`registry listening on HOST:PORT` when ready.",
+        epilog=epilog(SERVER_SIGNALS_HELP),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument(
-        "--port", type=port_type, default=7000, help="TCP port, 0 for any free one (default: 7000)"
+        "--port", type=port, default=7000, help="TCP port, 0 for any free one (default: 7000)"
     )
     add_logging_arguments(parser)
     parser.add_argument(
         "--grace",
-        type=seconds_type(zero_ok=True),
+        type=seconds(zero=True),
         default=5.0,
         help="seconds calls in progress may take to finish on shutdown (default: 5)",
     )
@@ -51,12 +49,9 @@ def add_registry_parser(subparsers: Any) -> None:
 
 def run_registry(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
-    try:
-        configure_command_logging(args.log_file, args.log_level)
-    except CommandError as exc:
-        return report("registry", exc)
 
-    async def serve(stopper: Stopper) -> None:
+    async def main(stopper: Stopper) -> int:
+        configure_command_logging(args.log_file, args.log_level)
         async with AsyncExitStack() as stack:
             try:
                 registry = await stack.enter_async_context(
@@ -69,8 +64,6 @@ def run_registry(args: argparse.Namespace) -> int:
             print(f"registry listening on {registry.target}", flush=True)
             await stopper.wait()
             # Leaving the stack: watch streams end, then the graceful shutdown.
+        return EXIT_OK
 
-    async def main() -> int:
-        return await run_until_stopped(serve)
-
-    return run_command("registry", main)
+    return run_trio("registry", main, events="serve")

@@ -22,14 +22,15 @@ log), register every service with ``--registry`` if given, then print exactly on
 to stdout, ``serving SERVICE[,SERVICE...] on HOST:PORT`` (the address clients use: the
 ``--advertise`` address, else the bound one). On SIGINT or SIGTERM: deregister, then
 shut the server down gracefully (``GOAWAY``, in-flight calls get ``--grace`` seconds,
-then are cancelled), close the service, log ``serve.stopped`` and exit 0. A second
-signal during that drain cancels everything at once; the exit status is then 1, so
-scripts can tell that calls may have been cut off. A signal before the line was printed
-stops at once, with status 0 (nothing was being served).
+then are cancelled), close the service, log ``serve.stopped`` and exit ``128 +`` the
+signal number (130, 143), as every command does (:mod:`._common`). A second signal
+during that drain cancels everything at once (logged as ``serve.forced``, with
+``forced=true`` in ``serve.stopped``). A signal before the line was printed stops at once
+(nothing was being served).
 
-Exit status: 0 after a stop by signal, 1 when the service could not be started (import,
-options, bind, registry) or the drain was cut short, 2 for malformed arguments. Errors
-are one line on stderr: ``trio-micro serve: error: ...``.
+Exit status: 130/143 after a stop by signal, 1 when the service could not be started
+(import, options, bind, registry), 2 for malformed arguments. Errors are one line on
+stderr: ``trio-micro serve: error: ...``.
 
 Log events: ``serve.started``, ``serve.stopping``, ``serve.forced``, ``serve.stopped``.
 """
@@ -39,17 +40,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import ipaddress
-import math
-import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import Any, Final
 
 import structlog
-import trio
 
 from trio_micro import observe, rpc
 from trio_micro.registry import (
@@ -60,87 +57,31 @@ from trio_micro.registry import (
     parse_address,
 )
 
+from ._common import (
+    EXIT_OK,
+    CommandError,
+    Stopper,
+    epilog,
+    key_value,
+    port,
+    run_trio,
+    seconds,
+    usage_error,
+)
+
 __all__: list[str] = []  # internal to the cli package
 
 log: Final = structlog.get_logger("serve")
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
-_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 _REGISTRY_SCHEMES: Final = ("registry", "etcd")
 
 
-class CommandError(Exception):
-    """Something the user can fix; printed as one line, exit status 1."""
-
-
-class UsageError(CommandError):
-    """A malformed argument; printed as one line, exit status 2."""
-
-
-# ---------------------------------------------------------------------- argument checks
-
-
-def port_type(text: str) -> int:
-    """argparse type: a TCP port in [0, 65535]."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= port < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {text!r}")
-    return port
-
-
-def count_type(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-def seconds_type(*, zero_ok: bool) -> Callable[[str], float]:
-    """argparse type: a finite number of seconds, > 0 (or >= 0 with ``zero_ok``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (value >= 0 if zero_ok else value > 0) or math.isinf(value):
-            bound = ">= 0" if zero_ok else "> 0"
-            raise argparse.ArgumentTypeError(f"expected a number of seconds {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def parse_key_value(text: str, *, what: str) -> tuple[str, str]:
-    """Split ``"KEY=VALUE"`` (the value may be empty or hold ``=``); not a checkpoint.
-
-    Raises:
-        UsageError: No ``=``, or an empty key or one with whitespace; ``what`` names the
-            option in the message.
-    """
-    key, sep, value = text.partition("=")
-    if not sep or not key or key != key.strip() or any(c.isspace() for c in key):
-        raise UsageError(f"{what} must be KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def _key_values(items: Sequence[str] | None, *, what: str) -> dict[str, str]:
+def _key_values(pairs: Sequence[tuple[str, str]] | None, *, what: str) -> dict[str, str]:
     result: dict[str, str] = {}
-    for item in items or ():
-        key, value = parse_key_value(item, what=what)
+    for key, value in pairs or ():
         if key in result:
-            raise UsageError(f"{what} {key!r} given twice ({result[key]!r} and {value!r})")
+            raise usage_error(f"{what} {key!r} given twice ({result[key]!r} and {value!r})")
         result[key] = value
     return result
 
@@ -152,20 +93,20 @@ def parse_registry_target(text: str) -> tuple[str, str]:
     registry``); ``"etcd://host:port"`` an etcd v3 JSON gateway.
 
     Raises:
-        UsageError: An unknown scheme or a malformed address.
+        CommandError: An unknown scheme or a malformed address (exit 2).
     """
     scheme, sep, authority = text.partition("://")
     if not sep:
         scheme, authority = "registry", text
     if scheme not in _REGISTRY_SCHEMES:
-        raise UsageError(
+        raise usage_error(
             f"--registry must be HOST:PORT, registry://HOST:PORT or etcd://HOST:PORT, got {text!r}"
         )
     try:
-        host, port = parse_address(authority)
+        host, number = parse_address(authority)
     except ValueError as exc:
-        raise UsageError(f"--registry: {exc}") from None
-    return scheme, _format_address(host, port)
+        raise usage_error(f"--registry: {exc}") from None
+    return scheme, _format_address(host, number)
 
 
 def _format_address(host: str, port: int) -> str:
@@ -184,7 +125,7 @@ def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
     See the module docs for the rule. Not a checkpoint (imports block).
 
     Raises:
-        UsageError: ``spec`` is not of the form ``MODULE:ATTR``.
+        CommandError: ``spec`` is not of the form ``MODULE:ATTR`` (exit 2).
         CommandError: The module can't be imported, has no such attribute, or the
             attribute is neither an ``rpc.Service`` subclass nor an instance of one.
     """
@@ -194,7 +135,7 @@ def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
         and all(part.isidentifier() for part in module_name.split("."))
         and all(part.isidentifier() for part in attr.split("."))
     ):
-        raise UsageError(
+        raise usage_error(
             f"expected MODULE:ATTR, such as 'examples.user_service:UserService', got {spec!r}"
         )
     try:
@@ -260,81 +201,7 @@ async def _enter_service(
         raise CommandError(f"bad options for {name}(): {exc}") from None
 
 
-# ---------------------------------------------------------------------- signals
-
-
-@final
-class Stopper:
-    """Turns SIGINT / SIGTERM into a graceful stop, and a second signal into cancellation.
-
-    Made by :func:`run_until_stopped`. The body calls :meth:`serving` once it serves,
-    then awaits :meth:`wait`; leaving the body is the graceful stop.
-
-    Attributes:
-        signal: Name of the first signal received (``"SIGTERM"``), or None.
-        forced: A second signal cancelled the graceful stop.
-        fields: Extra fields for the ``serve.stopped`` record (the body may add some).
-    """
-
-    def __init__(self, scope: trio.CancelScope) -> None:
-        self._scope = scope
-        self._requested = trio.Event()
-        self._serving = False
-        self.signal: str | None = None
-        self.forced = False
-        self.fields: dict[str, Any] = {}
-
-    def serving(self) -> None:
-        """Mark the start of serving: a signal from now on drains instead of cancelling."""
-        self._serving = True
-
-    async def wait(self) -> None:
-        """Wait for the first signal. A checkpoint; cancellation just stops the wait."""
-        await self._requested.wait()
-
-    async def watch(self, signals: AsyncIterator[int]) -> None:
-        """Act on each signal received (see the class docs); runs until cancelled."""
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not self._requested.is_set():
-                self.signal = name
-                self._requested.set()
-                if self._serving:
-                    log.info("serve.stopping", signal=name, **self.fields)
-                    continue
-                self._scope.cancel()  # nothing is served yet: nothing to drain
-            else:
-                self.forced = True
-                log.warning("serve.forced", signal=name, **self.fields)
-                self._scope.cancel()
-
-
-async def run_until_stopped(body: Callable[[Stopper], Awaitable[None]]) -> int:
-    """Run ``body(stopper)`` with SIGINT and SIGTERM handled by a :class:`Stopper`.
-
-    Logs ``serve.stopped`` when the body returns or the stopper cancelled it. Must run
-    in the main thread. Returns the exit status: 1 if a second signal cut the drain
-    short, else 0. Cancellation from outside cancels the body at once, like a second
-    signal, and propagates.
-
-    Raises:
-        BaseExceptionGroup: Wraps what ``body`` raised (a nursery runs inside).
-    """
-    started = time.monotonic()
-    with trio.open_signal_receiver(*_SIGNALS) as signals:
-        async with trio.open_nursery() as nursery:
-            stopper = Stopper(nursery.cancel_scope)
-            nursery.start_soon(stopper.watch, signals)
-            await body(stopper)
-            nursery.cancel_scope.cancel()
-    log.info(
-        "serve.stopped",
-        signal=stopper.signal,
-        forced=stopper.forced,
-        uptime_s=round(time.monotonic() - started, 3),
-        **stopper.fields,
-    )
-    return 1 if stopper.forced else 0
+# ---------------------------------------------------------------------- logging
 
 
 def configure_command_logging(log_file: str | None, level: str) -> None:
@@ -367,13 +234,6 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def command_error(exc: BaseException) -> CommandError | None:
-    """The :class:`CommandError` that ``exc`` is or only holds (in groups), else None."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc if isinstance(exc, CommandError) else None
-
-
 def listen_error(host: str, port: int, group: BaseExceptionGroup[OSError]) -> CommandError:
     """The :class:`CommandError` for a server that could not bind ``host:port``."""
     exc = group.exceptions[0]
@@ -381,29 +241,29 @@ def listen_error(host: str, port: int, group: BaseExceptionGroup[OSError]) -> Co
     return CommandError(f"cannot listen on {host}:{port}: {reason}")
 
 
-def report(command: str, exc: CommandError) -> int:
-    """Print ``exc`` as one line on stderr; return its exit status."""
-    print(f"trio-micro {command}: error: {exc}", file=sys.stderr, flush=True)
-    return 2 if isinstance(exc, UsageError) else 1
-
-
 # ---------------------------------------------------------------------- the command
 
 
-_EPILOG = """\
+#: What SIGINT/SIGTERM do to a server command (serve, registry), for its --help.
+SERVER_SIGNALS_HELP: Final = """\
+SIGINT/SIGTERM: stop gracefully (calls in progress get --grace seconds), then exit
+128 + the signal number (130, 143); a second signal cancels at once."""
+
+_EPILOG = epilog(
+    """\
 MODULE:ATTR names an rpc.Service subclass (or instance). A class with a classmethod
 open(**options) returning an async context manager is served as
 `async with Cls.open(**options)`; any other class as Cls(**options). Options are the
--o KEY=VALUE pairs, as strings.
-
-Prints one line when ready: `serving SERVICE[,SERVICE...] on HOST:PORT`.
-SIGINT/SIGTERM: deregister, drain calls for up to --grace seconds, exit 0; a second
-signal cancels at once (exit 1). Errors: exit 1 (2 for malformed arguments).
-
+-o KEY=VALUE pairs, as strings.""",
+    """\
+Prints one line when ready: `serving SERVICE[,SERVICE...] on HOST:PORT`. On a signal it
+deregisters first.""",
+    SERVER_SIGNALS_HELP,
+    """\
 example:
   trio-micro serve examples.user_service:UserService -o db=data/users.db \\
-      --port 50051 --registry 127.0.0.1:7000 --log-file logs/users-1.jsonl
-"""
+      --port 50051 --registry 127.0.0.1:7000 --log-file logs/users-1.jsonl""",
+)
 
 
 def add_serve_parser(subparsers: Any) -> None:
@@ -419,14 +279,13 @@ def add_serve_parser(subparsers: Any) -> None:
     parser.add_argument(
         "-o",
         "--option",
+        type=key_value,
         action="append",
         metavar="KEY=VALUE",
         help="an option for the service's open() or constructor (repeatable)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=port_type, default=0, help="TCP port (default: 0, any free port)"
-    )
+    parser.add_argument("--port", type=port, default=0, help="TCP port (default: 0, any free port)")
     parser.add_argument(
         "--registry",
         metavar="TARGET",
@@ -440,12 +299,13 @@ def add_serve_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--ttl",
-        type=seconds_type(zero_ok=False),
+        type=seconds(),
         default=10.0,
         help="registration TTL in seconds; renewed every TTL/3 (default: 10)",
     )
     parser.add_argument(
         "--metadata",
+        type=key_value,
         action="append",
         metavar="KEY=VALUE",
         help="registration metadata (repeatable)",
@@ -453,13 +313,13 @@ def add_serve_parser(subparsers: Any) -> None:
     add_logging_arguments(parser)
     parser.add_argument(
         "--grace",
-        type=seconds_type(zero_ok=True),
+        type=seconds(zero=True),
         default=10.0,
         help="seconds in-flight calls may take to finish on shutdown (default: 10)",
     )
     parser.add_argument(
         "--debug-port",
-        type=port_type,
+        type=port,
         default=None,
         metavar="PORT",
         help="serve /metrics and /debug/* on 127.0.0.1:PORT (0: any free port); off by default",
@@ -488,7 +348,7 @@ class _ServeConfig:
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
-    """Validate everything that needs no I/O; raise UsageError / CommandError."""
+    """Validate everything that needs no I/O; raise :class:`CommandError`."""
     options = _key_values(args.option, what="-o/--option")
     metadata = _key_values(args.metadata, what="--metadata")
     registry = None if args.registry is None else parse_registry_target(args.registry)
@@ -497,9 +357,9 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         try:
             advertise = _format_address(*parse_address(args.advertise))
         except ValueError as exc:
-            raise UsageError(f"--advertise: {exc}") from None
+            raise usage_error(f"--advertise: {exc}") from None
     elif registry is not None and _is_wildcard(args.host):
-        raise UsageError(
+        raise usage_error(
             f"--host {args.host!r} listens on every interface; pass --advertise HOST:PORT "
             "to say which address to register"
         )
@@ -593,30 +453,11 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``trio-micro serve`` with parsed arguments; return the exit status."""
-    try:
+
+    async def main(stopper: Stopper) -> int:
         config = _check_args(args)
         configure_command_logging(args.log_file, args.log_level)
-    except CommandError as exc:
-        return report("serve", exc)
+        await _serve(config, stopper)
+        return EXIT_OK
 
-    async def main() -> int:
-        return await run_until_stopped(lambda stopper: _serve(config, stopper))
-
-    return run_command("serve", main)
-
-
-def run_command(command: str, main: Callable[[], Awaitable[int]]) -> int:
-    """``trio.run(main)``, with :class:`CommandError` reported in one line.
-
-    A SIGINT that arrives in the instant between the signal handling and the end of the
-    run is redelivered by trio as ``KeyboardInterrupt``; it counts as a forced stop.
-    """
-    try:
-        return trio.run(main)
-    except KeyboardInterrupt:
-        return 1
-    except BaseException as exc:
-        error = command_error(exc)
-        if error is None:
-            raise
-        return report(command, error)
+    return run_trio("serve", main, events="serve")

@@ -1,6 +1,7 @@
-"""``trio-micro demo`` end to end: its summary checked against the logs of every process.
+"""The demo (``examples/demo``) end to end: its summary checked against the logs of every
+process.
 
-The demo runs as a real ``python -m trio_micro demo`` process (it runs ``trio.run`` and
+The demo runs as a real ``python -m examples.demo`` process (it runs ``trio.run`` and
 starts a registry and user-service replicas as processes of its own), with a small
 workload and a time bound. Whatever happens, the fixture kills every process whose
 command line names the test's run folder.
@@ -38,14 +39,17 @@ import pytest
 import trio
 import trio.testing
 
-from trio_micro.cli import _demo as _demo_module
-from trio_micro.cli import main
-from trio_micro.cli._demo import zipf_user_ids
+from examples.demo import main, zipf_user_ids
+from examples.demo.config import REGISTRY_READY, SERVE_READY, Config, DemoError
+from examples.demo.processes import Child, start_child, stop_all
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="process groups and /proc: Linux only"
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+#: 128 + SIGTERM: how a trio-micro command exits after a graceful stop by SIGTERM.
+STOPPED = 128 + signal.SIGTERM
 #: Upper bound of one small demo run (it takes a few seconds on an idle 2-core machine).
 RUN_TIMEOUT = 120
 
@@ -77,11 +81,16 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
 
 async def _demo(run_dir: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
     """Run the demo; return its exit status, its stdout and its summary.json."""
-    argv = [sys.executable, "-m", "trio_micro", "demo", "--out", str(run_dir), *args]
+    argv = [sys.executable, "-m", "examples.demo", "--out", str(run_dir), *args]
     with trio.fail_after(RUN_TIMEOUT):
         # On timeout run_process sends SIGTERM (the demo stops its children), then SIGKILL.
         done = await trio.run_process(
-            argv, capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL
+            argv,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
         )
     stdout = done.stdout.decode()
     assert (run_dir / "summary.json").exists(), done.stderr.decode()[-3000:]
@@ -145,9 +154,9 @@ async def test_demo_survives_a_killed_replica_and_its_summary_matches_the_logs(
     assert killed[0]["killed_at_call"] >= 750
     stops = {p["name"]: (p["returncode"], p["clean"]) for p in summary["processes"]}
     assert stops == {
-        "registry": (0, True),
-        "users-1": (0, True),
-        "users-2": (0, True),
+        "registry": (STOPPED, True),
+        "users-1": (STOPPED, True),
+        "users-2": (STOPPED, True),
         "users-3": (-signal.SIGKILL, True),
     }
 
@@ -194,15 +203,15 @@ async def test_demo_without_a_kill_matches_the_logs_exactly(run_dir: Path) -> No
     # Callers coalesced onto one load all get a "database" reply: one query serves them.
     assert 0 < summary["db_queries"] <= summary["replies_by_source"].get("database", 0)
     assert summary["db_queries"] == sum(len(log.queries) for log in logs.values())
-    assert all(p["returncode"] == 0 for p in summary["processes"])
+    assert all(p["returncode"] == STOPPED for p in summary["processes"])
     _check_processes_gone(summary, run_dir)
 
 
 async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
-    argv = [sys.executable, "-m", "trio_micro", "demo", "--out", str(run_dir)]
+    argv = [sys.executable, "-m", "examples.demo", "--out", str(run_dir)]
     argv += ["--users", "100", "--calls", "10000000", "--concurrency", "10", "--replicas", "2"]
     process = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
     )
     try:
         assert process.stdout is not None
@@ -234,33 +243,33 @@ async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
     assert process.returncode == 128 + signal.SIGINT
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["signal"] == "SIGINT"
-    assert [p["returncode"] for p in summary["processes"]] == [0, 0, 0]
+    assert [p["returncode"] for p in summary["processes"]] == [STOPPED, STOPPED, STOPPED]
     _check_processes_gone(summary, run_dir)
 
 
-def _config(run_dir: Path) -> _demo_module._Config:
-    return _demo_module._Config(
+def _config(run_dir: Path) -> Config:
+    return Config(
         users=1, calls=1, concurrency=1, replicas=1, ttl=1.0, seed=0, kill=False, run_dir=run_dir
     )
 
 
 async def test_a_child_that_exits_before_it_is_ready_is_reported(tmp_path: Path) -> None:
     code = "import sys; print('no database here', file=sys.stderr); sys.exit(3)"
-    children: list[_demo_module._Child] = []
+    children: list[Child] = []
     async with trio.open_nursery() as nursery:
-        with pytest.raises(_demo_module.DemoError) as exc:
-            await _demo_module._start(
+        with pytest.raises(DemoError) as exc:
+            await start_child(
                 nursery,
                 children,
                 "users-1",
                 [sys.executable, "-c", code],
-                _demo_module._SERVE_READY,
+                SERVE_READY,
                 _config(tmp_path),
                 dict(os.environ),
             )
     assert "users-1 exited with status 3 before it was ready" in str(exc.value)
     assert "no database here" in str(exc.value)  # the tail of its stderr
-    await _demo_module._stop_all(children)
+    await stop_all(children)
     assert children[0].stop == "exited by itself with status 3 before it was stopped"
     assert not children[0].clean
 
@@ -268,20 +277,20 @@ async def test_a_child_that_exits_before_it_is_ready_is_reported(tmp_path: Path)
 async def test_a_child_that_never_gets_ready_is_stopped(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    children: list[_demo_module._Child] = []
+    children: list[Child] = []
     try:
         async with trio.open_nursery() as nursery:
-            with pytest.raises(_demo_module.DemoError, match="printed no ready line within 30 s"):
-                await _demo_module._start(
+            with pytest.raises(DemoError, match="printed no ready line within 30 s"):
+                await start_child(
                     nursery,
                     children,
                     "registry",
                     [sys.executable, "-c", "import time; time.sleep(60)"],
-                    _demo_module._REGISTRY_READY,
+                    REGISTRY_READY,
                     _config(tmp_path),
                     dict(os.environ),
                 )
-        await _demo_module._stop_all(children)
+        await stop_all(children)
         assert children[0].stop is not None
         assert not children[0].clean
     finally:
@@ -292,7 +301,7 @@ async def test_a_child_that_never_gets_ready_is_stopped(
 
 
 def test_killing_a_replica_needs_two(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["demo", "--replicas", "1", "--out", str(tmp_path / "run")]) == 2
+    assert main(["--replicas", "1", "--out", str(tmp_path / "run")]) == 2
     assert "--replicas 1: killing one needs at least 2" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -301,7 +310,7 @@ def test_run_folder_must_be_new_or_empty(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "old.jsonl").write_text("{}\n")
-    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert main(["--out", str(tmp_path)]) == 2
     assert "is not empty" in capsys.readouterr().err
 
 
@@ -312,7 +321,7 @@ def test_bad_numbers_are_usage_errors(
     capsys: pytest.CaptureFixture[str], option: str, value: str
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["demo", option, value])
+        main([option, value])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"{option}: expected" in err

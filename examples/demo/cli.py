@@ -1,0 +1,244 @@
+"""``python -m examples.demo``: arguments, the run folder, and the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from trio_micro import observe
+
+from .config import SERVICE_SPEC, Config, DemoError
+from .processes import busy_ports, kill_all_now, leftovers, remove_empty_outputs
+from .report import build_summary, logs_summary, print_summary, read_replica_log, verdict
+from .run import Run, say, supervise
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_SIGNAL_BASE: Final = 128
+
+_EPILOG: Final = """\
+The run folder (--out, default ./demo-output/<time>) receives the JSON-lines logs of every
+process (registry.jsonl, users-N.jsonl, client.jsonl), their stderr if any (*.stderr.txt), the
+database (data/users.db), summary.json (the summary, for machines) and report.html (the
+`trio-micro logs` report of the logs).
+
+exit codes:
+  0    every call succeeded and every process stopped cleanly
+  1    some call failed, or a process did not start or stop cleanly (see the report)
+  2    bad arguments
+  128+N  interrupted by signal N (Ctrl-C: 130); the children are stopped first
+"""
+
+
+def _integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo",
+        description="Start a registry and replicas of the example user service as "
+        "processes, find them through the registry, make GetUser calls with Zipf-like "
+        "user ids, kill one replica with SIGKILL halfway (no call may fail), stop "
+        "everything cleanly, then summarise the logs of every process.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--users", type=_integer, default=10_000, help="users in the database (default 10000)"
+    )
+    parser.add_argument(
+        "-n", "--calls", type=_integer, default=20_000, help="GetUser calls (default 20000)"
+    )
+    parser.add_argument(
+        "-c", "--concurrency", type=_integer, default=200, help="calls in flight (default 200)"
+    )
+    parser.add_argument(
+        "--replicas", type=_integer, default=3, help="user-service processes (default 3)"
+    )
+    parser.add_argument(
+        "--ttl",
+        type=_seconds,
+        default=2.0,
+        help="registration TTL of the replicas in seconds (default 2)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the user-id sequence (default 0)"
+    )
+    parser.add_argument(
+        "--no-kill", action="store_true", help="do not kill a replica halfway through"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="run folder, new or empty (default: ./demo-output/<date-time>)",
+    )
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> Config:
+    if not args.no_kill and args.replicas < 2:
+        raise DemoError(
+            f"--replicas {args.replicas}: killing one needs at least 2 (or pass --no-kill)"
+        )
+    return Config(
+        users=args.users,
+        calls=args.calls,
+        concurrency=args.concurrency,
+        replicas=args.replicas,
+        ttl=args.ttl,
+        seed=args.seed,
+        kill=not args.no_kill,
+        run_dir=_run_dir(args.out),
+    )
+
+
+def _run_dir(out: Path | None) -> Path:
+    """Create the run folder (an existing one must be empty) and return its absolute path."""
+    if out is None:
+        base = Path("demo-output") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = base
+        for n in itertools.count(2):
+            if not out.exists():
+                break
+            out = base.with_name(f"{base.name}-{n}")
+    try:
+        if out.exists():
+            if not out.is_dir():
+                raise DemoError(f"--out {str(out)!r} exists and is not a folder")
+            if any(out.iterdir()):
+                raise DemoError(f"--out {str(out)!r} is not empty (logs are appended to)")
+        (out / "data").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DemoError(f"cannot create the run folder {str(out)!r}: {exc.strerror}") from None
+    return out.resolve()
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo with ``argv`` (default: ``sys.argv[1:]``); return the exit code (see
+    the package docs)."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = _check_args(args)
+    except DemoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run = Run(config)
+    run_dir = config.run_dir
+    say(
+        f"demo: {config.replicas} replicas of {SERVICE_SPEC}, {config.users:,} "
+        f"users, {config.calls:,} GetUser calls ({config.concurrency} in flight)"
+        + ("; one replica is killed halfway" if config.kill else "")
+    )
+    say(f"run folder: {run_dir}")
+    observe.configure_logging(format="json", file=run_dir / "client.jsonl")
+    try:
+        trio.run(supervise, run)
+    except KeyboardInterrupt:  # a Ctrl-C before the signal handling began or after it ended
+        run.signal = run.signal or "SIGINT"
+    except BaseException as exc:
+        error = _demo_error(exc)
+        if error is None:
+            raise
+        run.error = error
+        print(f"demo: error: {error}", file=sys.stderr, flush=True)
+    finally:
+        kill_all_now(run.children)
+    remove_empty_outputs(run.children)
+    run.leftovers = leftovers(run.children)
+    run.busy_ports = busy_ports(run.children)
+    run.duration = time.monotonic() - run.started
+    logs = {c.name: read_replica_log(c.log) for c in run.replicas()}
+    summary = build_summary(run, logs)
+    print_summary(summary)
+    report = run_dir / "report.html"
+    problems = verdict(summary)
+    if run.signal is None:
+        try:
+            if logs_summary(run_dir, report) != 0:
+                problems.append("`trio-micro logs summary` failed")
+        except Exception:  # a bug there must not hide the demo's own results
+            traceback.print_exc()
+            problems.append("`trio-micro logs summary` crashed (traceback above)")
+    summary["report"] = str(report) if report.exists() else None
+    summary["problems"] = problems
+    code = EXIT_OK if not problems else EXIT_FAILED
+    if run.signal is not None:
+        code = EXIT_SIGNAL_BASE + int(signal.Signals[run.signal])
+    summary["exit_code"] = code
+    summary_path = run_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    print()
+    print(f"logs:    {run_dir}/*.jsonl")
+    if summary["report"]:
+        print(f"report:  {report}")
+    print(f"summary: {summary_path}")
+    if problems:
+        print(f"demo FAILED ({run.duration:.1f} s): " + "; ".join(problems))
+    else:
+        print(
+            f"demo OK ({run.duration:.1f} s): {summary['calls']:,} calls, none failed"
+            + (", one replica killed halfway" if config.kill else "")
+            + "; every process stopped cleanly"
+        )
+    return code
+
+
+def _demo_error(exc: BaseException) -> str | None:
+    """The message(s) of the :class:`DemoError` s that ``exc`` is or holds, else None.
+
+    None when ``exc`` holds anything else (a bug, which is raised with its traceback).
+    """
+    if isinstance(exc, DemoError):
+        return str(exc)
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    errors, rest = exc.split(DemoError)
+    if errors is None or rest is not None:
+        return None
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [errors]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(reversed(item.exceptions))
+        else:
+            leaves.append(item)
+    return "; ".join(str(e) for e in leaves)

@@ -1,0 +1,90 @@
+"""The demo's settings, its error, and its workload (Zipf-like user ids)."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from examples.user_service.service import DB_QUERY
+
+#: The service the replicas run, and how the client calls it.
+SERVICE_SPEC: Final = "examples.user_service:UserService"
+SERVICE: Final = "users"
+METHOD: Final = "users/get_user"
+#: The user service's log event for one database query.
+DB_QUERY_EVENT: Final = DB_QUERY
+#: The exponent of the Zipf-like law of user ids.
+ZIPF_EXPONENT: Final = 1.1
+
+REGISTRY_READY: Final = re.compile(r"^registry listening on (\S+)$")
+SERVE_READY: Final = re.compile(r"^serving \S+ on (\S+)$")
+#: Seconds a child may take to print its ready line (startup on a busy 2-core machine).
+START_TIMEOUT: Final = 30.0
+#: Seconds to wait for the channel to be connected to every replica.
+DISCOVERY_TIMEOUT: Final = 20.0
+#: Seconds a child may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT: Final = 15.0
+#: Seconds to wait for a child to be gone after SIGKILL.
+KILL_TIMEOUT: Final = 5.0
+QUANTILES: Final = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+
+
+class DemoError(Exception):
+    """The demo cannot go on (a child did not start, the replicas were not found)."""
+
+
+# ---------------------------------------------------------------------- the workload
+
+
+def zipf_user_ids(
+    users: int, n: int, *, exponent: float = ZIPF_EXPONENT, seed: int = 0
+) -> list[int]:
+    """Return ``n`` user ids in ``1..users`` drawn from a Zipf-like law.
+
+    The user of popularity rank ``k`` (1 the most popular) is drawn with a weight of
+    ``1 / k**exponent``; which user has which rank is a seeded shuffle, so the popular
+    users are spread over the id range. The same arguments give the same list. Sampling
+    is a binary search over the cumulative weights (O(log users) per id).
+
+    Raises:
+        TypeError / ValueError: ``users`` is not an int >= 1, ``n`` not an int >= 0,
+            ``exponent`` not a finite number >= 0, or ``seed`` not an int.
+    """
+    for name, value, minimum in (("users", users, 1), ("n", n, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if isinstance(exponent, bool) or not isinstance(exponent, int | float):
+        raise TypeError(f"exponent must be a number, got {exponent!r}")
+    if not 0 <= exponent < math.inf:
+        raise ValueError(f"exponent must be a finite number >= 0, got {exponent!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    rng = random.Random(seed)
+    by_rank = list(range(1, users + 1))
+    rng.shuffle(by_rank)
+    cumulative = list(itertools.accumulate(1 / k**exponent for k in range(1, users + 1)))
+    total = cumulative[-1]
+    last = users - 1
+    return [
+        by_rank[min(bisect.bisect_right(cumulative, rng.random() * total), last)] for _ in range(n)
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    users: int
+    calls: int
+    concurrency: int
+    replicas: int
+    ttl: float
+    seed: int
+    kill: bool
+    run_dir: Path

@@ -1,0 +1,269 @@
+"""The demo's child processes: start one and read its ready line, stop them all, check
+that nothing is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .config import KILL_TIMEOUT, SERVICE, START_TIMEOUT, STOP_TIMEOUT, Config, DemoError
+
+
+@dataclass(eq=False)
+class Child:
+    """A process the demo started, and how it ended."""
+
+    name: str
+    process: trio.Process
+    stderr: Path
+    log: Path | None
+    address: str | None = None
+    killed_at: int | None = None  # the demo SIGKILLed it on purpose after this many calls
+    stop: str | None = None  # how it stopped, for the report
+    clean: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the child's process group while the child is unreaped."""
+        # While the leader is not reaped its pid (= the group id) can't be reused.
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signum)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the children: ours, with ``examples`` importable."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    spec = importlib.util.find_spec("examples")
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not locations:
+        raise DemoError(
+            "the `examples` package is not importable; run the demo from the project's "
+            "folder (the one with examples/user_service)"
+        )
+    root = str(Path(locations[0]).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+async def _spawn(
+    children: list[Child],
+    name: str,
+    argv: list[str],
+    run_dir: Path,
+    env: dict[str, str],
+    log: Path | None,
+) -> Child:
+    """Start ``argv`` in a new session, stdout piped, stderr to ``NAME.stderr.txt``."""
+    stderr_path = run_dir / f"{name}.stderr.txt"
+    with stderr_path.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,  # Ctrl-C at the terminal reaches only the demo
+        )
+    child = Child(name, process, stderr_path, log)
+    children.append(child)  # before anything can fail: cleanup must see it
+    return child
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+async def _wait_ready(child: Child, pattern: re.Pattern[str]) -> tuple[str, bytes]:
+    """Read ``child``'s stdout up to its ready line; return its address and the rest read."""
+    stream = child.process.stdout
+    assert stream is not None
+    buffer = b""
+    with trio.move_on_after(START_TIMEOUT):
+        while True:
+            line, sep, rest = buffer.partition(b"\n")
+            if sep:
+                match = pattern.match(line.decode("utf-8", "replace").strip())
+                if match:
+                    return match.group(1), rest
+                buffer = rest
+                continue
+            data = await stream.receive_some(4096)
+            if not data:
+                await child.process.wait()
+                raise DemoError(
+                    f"{child.name} exited with status {child.process.returncode} before it "
+                    f"was ready; its stderr ({child.stderr}) ends with:\n{_tail(child.stderr)}"
+                )
+            buffer += data
+    raise DemoError(
+        f"{child.name} printed no ready line within {START_TIMEOUT:g} s; its stderr "
+        f"({child.stderr}) ends with:\n{_tail(child.stderr)}"
+    )
+
+
+async def _drain(child: Child, first: bytes, path: Path) -> None:
+    """Copy the rest of ``child``'s stdout to ``path`` until it closes."""
+    stream = child.process.stdout
+    assert stream is not None
+    with path.open("ab") as out:
+        out.write(first)
+        while data := await stream.receive_some(65536):
+            out.write(data)
+
+
+async def start_child(
+    nursery: trio.Nursery,
+    children: list[Child],
+    name: str,
+    argv: list[str],
+    pattern: re.Pattern[str],
+    config: Config,
+    env: dict[str, str],
+) -> Child:
+    """Start a child that logs to ``RUN_DIR/NAME.jsonl``; wait for its ready line."""
+    log = config.run_dir / f"{name}.jsonl"
+    argv = [*argv, "--log-file", str(log)]
+    child = await _spawn(children, name, argv, config.run_dir, env, log)
+    child.address, rest = await _wait_ready(child, pattern)
+    nursery.start_soon(_drain, child, rest, config.run_dir / f"{name}.stdout.txt")
+    return child
+
+
+async def seed_database(config: Config, env: dict[str, str], db: Path) -> str:
+    argv = [sys.executable, "-m", "examples.user_service", "seed"]
+    argv += ["--db", str(db), "--users", str(config.users)]
+    with trio.move_on_after(START_TIMEOUT * 2):
+        done = await trio.run_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+            start_new_session=True,
+        )
+        if done.returncode != 0:
+            err = done.stderr.decode("utf-8", "replace").strip()
+            raise DemoError(f"seeding the database failed (status {done.returncode}): {err}")
+        return done.stdout.decode("utf-8", "replace").strip()
+    raise DemoError(f"seeding the database took more than {START_TIMEOUT * 2:g} s")
+
+
+async def _stop(child: Child, timeout: float) -> None:
+    """Stop ``child`` (SIGTERM, then SIGKILL after ``timeout``) and record how it ended."""
+    if child.stop is not None:
+        return
+    if child.killed_at is not None:
+        with trio.move_on_after(KILL_TIMEOUT):
+            await child.process.wait()
+        code = child.process.returncode
+        child.clean = code == -signal.SIGKILL
+        child.stop = f"killed with SIGKILL by the demo after {child.killed_at:,} calls" + (
+            "" if child.clean else f" (status {code})"
+        )
+        return
+    code = child.process.returncode
+    if code is not None:
+        child.stop = f"exited by itself with status {code} before it was stopped"
+        return
+    child.signal_group(signal.SIGTERM)
+    with trio.move_on_after(timeout):
+        await child.process.wait()
+    code = child.process.returncode
+    if code is None:
+        child.signal_group(signal.SIGKILL)
+        with trio.move_on_after(KILL_TIMEOUT):
+            await child.process.wait()
+        child.stop = f"did not exit within {timeout:g} s of SIGTERM: killed with SIGKILL"
+        return
+    # trio-micro commands exit 128 + N after a graceful stop by signal N.
+    child.clean = code == 128 + signal.SIGTERM
+    child.stop = f"exited with status {code} after SIGTERM"
+
+
+async def _stop_and_close(child: Child, timeout: float) -> None:
+    await _stop(child, timeout)
+    if child.process.returncode is not None and child.process.stdout is not None:
+        await child.process.stdout.aclose()  # nothing reads it any more (see _work)
+
+
+async def stop_all(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop the replicas (they deregister from the registry), then everything else."""
+    replicas = [c for c in children if c.name.startswith(f"{SERVICE}-")]
+    for group in (replicas, [c for c in children if c not in replicas]):
+        async with trio.open_nursery() as nursery:
+            for child in group:
+                nursery.start_soon(_stop_and_close, child, timeout)
+
+
+def kill_all_now(children: Sequence[Child]) -> None:
+    """SIGKILL every child still running (synchronous: the last resort)."""
+    for child in children:
+        child.signal_group(signal.SIGKILL)
+
+
+def leftovers(children: Sequence[Child]) -> list[str]:
+    """Describe each child whose process group still has a process; kill those groups."""
+    left = []
+    for child in children:
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:  # the group id was reused by someone else's process
+            continue
+        left.append(f"{child.name} (process group {child.pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    return left
+
+
+def remove_empty_outputs(children: Sequence[Child]) -> None:
+    """Delete the children's stdout/stderr files that stayed empty (the usual case)."""
+    for child in children:
+        for path in (child.stderr, child.stderr.with_name(f"{child.name}.stdout.txt")):
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()
+
+
+def busy_ports(children: Sequence[Child]) -> list[str]:
+    """The children's addresses that something still listens on."""
+    busy = []
+    for child in children:
+        if child.address is None:
+            continue
+        host, _, port = child.address.rpartition(":")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As servers do: connections in TIME_WAIT don't hold the port, listeners do.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    busy.append(child.address)
+    return busy
