@@ -25,7 +25,7 @@ CANCEL, which is how cancellation crosses the wire.
 Reading is paced: while the writer is congested (the client does not read its answers)
 no call is started and nothing more is read; every ``_DISPATCH_BATCH`` requests of one
 read the reader yields so the calls it started can answer; a lone call is let run before
-the next read. Draining (:meth:`_ServerConnection.start_drain`, on the server's shutdown or
+the next read. Draining (:meth:`ServerConnection.start_drain`, on the server's shutdown or
 the idle timeout) sends ``GOAWAY(NO_ERROR)`` and closes the connection once its last call
 has ended. A connection's failure -- a protocol error, a timeout, a reset -- is logged with
 its reason and ends that connection only.
