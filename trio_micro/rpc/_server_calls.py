@@ -2,13 +2,13 @@
 
 :class:`CallRunner` holds the calls of one connection in progress. Its :meth:`~CallRunner.run`
 is the job a call worker (:mod:`._workers`) runs for one call, under the call's cancel scope
-and in a context of its own: inside the interceptor chain (:func:`._interceptors.
-run_intercepted`) the *answer* step decodes the request, runs the handler and queues the
-RESPONSE, or the items of a server-stream as the client's credit allows; outside it the
-outcome becomes the call's terminal frame -- END after a stream that succeeded, ERROR after
-a failure (``CANCELLED`` or ``DEADLINE_EXCEEDED`` when the call's scope was cancelled, by
-the client's CANCEL or by the deadline). A cancelled call still gets its terminal frame,
-as the protocol requires.
+and in a context of its own: inside the interceptor chain
+(:func:`~._interceptors.run_intercepted`) the *answer* step decodes the request, runs the
+handler and queues the RESPONSE, or the items of a server-stream as the client's credit
+allows; outside it the outcome becomes the call's terminal frame -- END after a stream that
+succeeded, ERROR after a failure (``CANCELLED`` or ``DEADLINE_EXCEEDED`` when the call's
+scope was cancelled, by the client's CANCEL or by the deadline). A cancelled call still
+gets its terminal frame, as the protocol requires.
 
 For a unary call the RESPONSE is queued inside the interceptor chain (as a stream's items
 are), so when ``proceed`` returns the answer is on its way and an access log's record does

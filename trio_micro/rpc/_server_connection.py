@@ -154,6 +154,13 @@ class ServerConnection:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
+        """Serve the connection until it ends: handshake, then read and dispatch.
+
+        Returns after a graceful close (drained, or the client went away) or a failure that
+        was logged; the caller closes the stream. Runs a nursery for the writer, the timers
+        and the call workers, so it returns only when they have ended. Cancellation ends
+        every call at once, without terminal frames.
+        """
         options = self.options
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
