@@ -2,8 +2,8 @@
 
 The top-level package re-exports the concurrency toolkit (:mod:`trio_micro.toolkit`):
 bounded task groups, ``run_all`` / ``amap``, channel patterns, rate limiting, request
-coalescing and buffer pools. Monitoring and logging live in :mod:`trio_micro.observe`;
-the sans-io wire protocol in :mod:`trio_micro.protocol`.
+coalescing, buffer pools and retry backoff. Monitoring and logging live in
+:mod:`trio_micro.observe`; the sans-io wire protocol in :mod:`trio_micro.protocol`.
 
 The toolkit names are imported on first use (PEP 562 module ``__getattr__``), so that
 ``import trio_micro.analysis`` or ``trio-micro logs`` does not pay for importing Trio.
@@ -19,6 +19,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .toolkit import (
+        Backoff,
         BufferPool,
         BufferPoolStatistics,
         KeyedRateLimiter,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     )
 
 __all__ = [
+    "Backoff",
     "BufferPool",
     "BufferPoolStatistics",
     "KeyedRateLimiter",

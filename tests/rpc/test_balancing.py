@@ -266,8 +266,9 @@ async def test_connection_failures_eject_an_endpoint(
     ):
         with trio.fail_after(60):
             await wait_until(lambda: dead in channel.statistics().ejected, poll=0.5)
-        # 5 attempts with the connection backoff (1 s, x1.6, +-20 %) between them.
-        assert 6 < trio.current_time() < 15
+        # 5 attempts with the connection backoff between them: full jitter under the
+        # bounds 1, 1.6, 2.56 and 4.096 s, at most 9.256 s in all.
+        assert trio.current_time() < 9.3
         assert (await channel.stub(ReplicaService).whoami(Empty())).name == "good"
 
 

@@ -131,7 +131,7 @@ async def test_lost_connection_fails_pending_calls_with_unavailable(
 
 def client_tasks() -> list[str]:
     names = [task.name for task in all_tasks()]
-    return [name for name in names if "Channel." in name or "ClientConnection." in name]
+    return [name for name in names if "EndpointPool." in name or "ClientConnection." in name]
 
 
 async def test_no_task_left_behind_after_close(server: rpc.Server) -> None:
@@ -259,4 +259,4 @@ async def test_the_in_flight_count_returns_to_zero(channel: rpc.Channel) -> None
         await stub.crash(Empty())
     with trio.move_on_after(0.01):
         await stub.sleep(Empty())
-    assert channel._in_flight == 0
+    assert channel._caller._in_flight == 0

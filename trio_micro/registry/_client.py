@@ -11,7 +11,6 @@ keeping the last set meanwhile. RPC ``UNAVAILABLE`` becomes
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any, Final, TypeVar, final
@@ -19,6 +18,7 @@ from typing import Any, Final, TypeVar, final
 import trio
 
 from trio_micro import rpc
+from trio_micro.toolkit import Backoff
 
 from ._server import (
     LeaseRequest,
@@ -229,14 +229,14 @@ class RegistryClient:
         service = check_service(service)
         await trio.lowlevel.checkpoint()
         last: list[Endpoint] | None = None
-        delay = _WATCH_BACKOFF_INITIAL
+        backoff = Backoff(initial=_WATCH_BACKOFF_INITIAL, maximum=_WATCH_BACKOFF_MAX)
         while True:
             error: str
             try:
                 stream: Any = self._stub.watch(ServiceRequest(service))
                 async with aclosing(stream) as items:
                     async for item in items:
-                        delay = _WATCH_BACKOFF_INITIAL
+                        backoff.reset()
                         current = [Endpoint(r.address, r.metadata) for r in item.endpoints]
                         if current != last:
                             log_changes(service, last, current)
@@ -247,10 +247,9 @@ class RegistryClient:
                 if exc.code is rpc.Status.INVALID_ARGUMENT:
                     raise RegistryBackendError(str(exc), code=int(exc.code)) from exc
                 error = str(exc)
-            wait = random.uniform(0, delay)
+            wait = backoff.next_delay()
             log.info("registry.watch.retry", service=service, error=error, retry_in=round(wait, 3))
             await trio.sleep(wait)
-            delay = min(delay * 2, _WATCH_BACKOFF_MAX)
 
 
 @asynccontextmanager

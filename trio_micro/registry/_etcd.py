@@ -27,11 +27,11 @@ async iterator. When the watch is cancelled by etcd (``canceled``, typically bec
 was compacted away while the consumer held an item), when the stream breaks, or when the
 new watch reports a store revision below ``R`` (etcd came back without its data), the
 generator lists again and starts a new watch; failures are retried with exponential backoff
-(0.1 s doubling to 5 s, with jitter), keeping the last known set meanwhile. The watch is
-opened when the consumer asks for the item after a list, so a consumer that holds items
-long makes compaction more likely, not events lost. Not detected: an etcd that lost its
-data *and* has already passed revision ``R`` again when the watch is opened (a window of
-one request when the consumer iterates promptly).
+(0.1 s doubling to 5 s, full jitter: :class:`~trio_micro.toolkit.Backoff`), keeping the
+last known set meanwhile. The watch is opened when the consumer asks for the item after a
+list, so a consumer that holds items long makes compaction more likely, not events lost.
+Not detected: an etcd that lost its data *and* has already passed revision ``R`` again
+when the watch is opened (a window of one request when the consumer iterates promptly).
 
 *One-shot calls* (``resolve``, entering ``register``) make one attempt and raise
 :class:`RegistryUnavailableError` when etcd can't be reached: nothing would tell the caller
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import base64
 import math
-import random
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -54,6 +53,8 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 import trio
+
+from trio_micro.toolkit import Backoff
 
 from ._types import (
     Endpoint,
@@ -165,28 +166,6 @@ def _prefix_end(prefix: bytes) -> bytes:
 class _Lease:
     lease_id: int
     ttl: int
-
-
-@final
-class _Backoff:
-    """Exponential backoff with jitter: each delay is 50-100% of a doubling base."""
-
-    __slots__ = ("_base", "_initial", "_maximum")
-
-    def __init__(self, *, initial: float = 0.1, maximum: float = 5.0) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._base = initial
-
-    def next_delay(self) -> float:
-        """The next delay in seconds; the base doubles up to the maximum."""
-        delay = self._base * random.uniform(0.5, 1.0)  # jitter: replicas don't retry in step
-        self._base = min(self._base * 2, self._maximum)
-        return delay
-
-    def reset(self) -> None:
-        """Start again from the initial delay (after a success)."""
-        self._base = self._initial
 
 
 @final
@@ -425,7 +404,7 @@ class EtcdRegistry:
         self, registration: Registration, lease: _Lease, key: bytes, value: bytes
     ) -> None:
         interval = lease.ttl / 3
-        backoff = _Backoff(initial=min(0.1, interval), maximum=interval)
+        backoff = Backoff(initial=min(0.1, interval), maximum=interval)
         delay = interval
         with registration._renewal_scope:
             while True:
@@ -510,7 +489,7 @@ class EtcdRegistry:
         """
         service = check_service(service)
         prefix = self._service_prefix(service)
-        backoff = _Backoff()
+        backoff = Backoff(initial=0.1, maximum=5.0)
         last: list[Endpoint] | None = None
         reason: str | None = None
         while True:

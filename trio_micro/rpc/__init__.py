@@ -21,7 +21,7 @@ from trio_micro.protocol import Status
 
 from .._lazy import fixup_module_metadata
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
-from ._channel import Channel, ChannelStatistics, ResponseStream, open_channel
+from ._channel import Channel, ChannelStatistics, open_channel
 from ._context import ClientCall, ServerCall, current_call
 from ._errors import RpcError
 from ._interceptors import ClientInterceptor, ServerInterceptor
@@ -39,6 +39,7 @@ from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_targ
 from ._retry import RetryPolicy
 from ._server import Server, ServerStatistics, open_server, serve
 from ._service import MethodInfo, Service, server_stream, unary
+from ._stubs import ResponseStream
 from ._transport import Endpoint
 
 __all__ = [

@@ -17,16 +17,22 @@ cancelled too; log synchronously.)
 Client side, ``proceed`` sends the request and, for a unary call, waits for the response.
 For a server-stream it returns once the request is sent: the items are read later by the
 caller.
+
+Both sides build the chain with :func:`run_intercepted`, here, and nowhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ._context import ClientCall, ServerCall
 
 __all__ = ["ClientInterceptor", "ServerInterceptor"]
+
+_C = TypeVar("_C", ClientCall, ServerCall)
+_C_contra = TypeVar("_C_contra", contravariant=True)
+Proceed = Callable[[], Awaitable[None]]
 
 
 @runtime_checkable
@@ -62,3 +68,32 @@ class ClientInterceptor(Protocol):
     async def intercept(self, call: ClientCall, proceed: Callable[[], Awaitable[None]]) -> None:
         """Run ``proceed()`` (or not) around the call; see the module docs."""
         ...
+
+
+class _Interceptor(Protocol[_C_contra]):
+    """What :func:`run_intercepted` needs of an interceptor of either side."""
+
+    def intercept(self, call: _C_contra, proceed: Proceed) -> Awaitable[None]: ...
+
+
+def run_intercepted(
+    interceptors: Sequence[_Interceptor[_C]], call: _C, innermost: Proceed
+) -> Awaitable[None]:
+    """Run ``innermost`` inside ``interceptors`` (the first outermost) for ``call``.
+
+    The one place where a chain is built, for the client (:mod:`._calls`) and the server
+    (:mod:`._server_connection`) alike. Returns the outermost interceptor's awaitable;
+    awaiting it runs the chain, with the checkpoints and the cancellation behaviour of the
+    interceptors and of ``innermost``.
+    """
+    chain = innermost
+    for interceptor in reversed(interceptors):
+        chain = _bind(interceptor, call, chain)
+    return chain()
+
+
+def _bind(interceptor: _Interceptor[_C], call: _C, proceed: Proceed) -> Proceed:
+    def run() -> Awaitable[None]:
+        return interceptor.intercept(call, proceed)
+
+    return run

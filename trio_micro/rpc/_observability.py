@@ -1,7 +1,7 @@
 """Trace propagation for every call, and the access log interceptor.
 
-Trace propagation (always on; it costs about a microsecond per call)
---------------------------------------------------------------------
+Trace propagation (always on)
+-----------------------------
 *Server*: before the interceptors run, :func:`enter_server_span` reads the request's
 ``traceparent`` (W3C trace context), makes a child span of it current in the call's task
 (:func:`trio_micro.observe.current_span`) and binds ``trace_id``, ``span_id`` and

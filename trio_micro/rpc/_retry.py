@@ -2,7 +2,8 @@
 
 A unary call of a method marked ``@rpc.unary(idempotent=True)`` that fails with
 ``UNAVAILABLE`` (the server said so, or the connection failed under it) is tried again
--- on another endpoint when there is one -- after a backoff with *full jitter*: a delay
+-- on another endpoint when there is one -- after a backoff with *full jitter*
+(:class:`~trio_micro.toolkit.Backoff`, the one backoff rule of trio_micro): a delay
 drawn uniformly from ``[0, min(max_backoff, initial_backoff * multiplier**n))`` (AWS
 Architecture Blog, "Exponential Backoff And Jitter"). At most ``max_attempts`` attempts
 in all, and never one that would start after the caller's deadline: then the last
@@ -39,6 +40,7 @@ from typing import final
 import trio
 
 from trio_micro._validate import check_int, check_number, check_seconds
+from trio_micro.toolkit import Backoff
 
 __all__ = ["RetryPolicy"]
 
@@ -88,8 +90,13 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """The jittered delay before retry number ``retry`` (1 for the first)."""
-        bound = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
-        return (rng or random).uniform(0, bound)
+        backoff = Backoff(
+            initial=self.initial_backoff,
+            maximum=self.max_backoff,
+            multiplier=self.multiplier,
+            rng=rng,
+        )
+        return backoff.delay(retry)
 
 
 @final

@@ -1,0 +1,184 @@
+"""Making calls over a channel's pool: deadlines sent, retries, calls in flight.
+
+:class:`Caller` takes a connection from the :class:`~._endpoints.EndpointPool` (without a
+coroutine when one is ready), sends the call and, for a unary call, waits for the answer.
+Payloads arrive encoded and answers leave encoded: types, interceptors and decoding are
+:mod:`._stubs`'.
+
+Retries (:mod:`._retry`): calls refused by a server's GOAWAY (never processed) are retried
+at once on another connection, for any method, at most ``_MAX_REFUSED_RETRIES`` times.
+Idempotent unary calls failing with ``UNAVAILABLE`` are retried with full-jitter backoff
+(:meth:`~trio_micro.rpc.RetryPolicy.backoff`) under the deadline and the retry budget,
+preferring another endpoint. Every ``UNAVAILABLE`` counts towards the endpoint's outlier
+ejection; any answer resets it.
+
+Deadlines: each call sends the time left in the caller's effective deadline
+(:func:`trio.current_effective_deadline`), rounded *up* to the millisecond so the server's
+deadline never fires before the caller's. Cancellation: see :mod:`._client`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Final, final
+
+import trio
+
+from trio_micro.protocol import Status
+
+from ._balancing import Balancer
+from ._client import ClientConnection, RefusedError, _Call
+from ._context import ClientCall
+from ._endpoints import EndpointPool
+from ._errors import RpcError
+from ._interceptors import ClientInterceptor
+from ._retry import RetryBudget, RetryPolicy
+from ._transport import Endpoint
+
+__all__: list[str] = []
+
+# How many attempts a call refused by GOAWAY (never processed) gets, on other connections.
+_MAX_REFUSED_RETRIES: Final = 5
+
+
+def _timeout_ms() -> int | None:
+    deadline = trio.current_effective_deadline()
+    if deadline == math.inf:
+        return None
+    return max(0, math.ceil((deadline - trio.current_time()) * 1000))
+
+
+@final
+class Caller:
+    """Sends the calls of one channel; see the module docs.
+
+    Args:
+        pool: Where connections come from.
+        balancer: Chooses among ready connections (the pool's).
+        interceptors: The channel's client interceptors, run by the stubs around
+            :meth:`unary` and :meth:`open_stream`.
+        retry: How idempotent calls are retried; ``None``: never.
+
+    Attributes:
+        interceptors: As given.
+        budget: The retry budget (``None`` without ``retry``).
+    """
+
+    __slots__ = (
+        "_balancer",
+        "_in_flight",
+        "_pool",
+        "_ready",
+        "_retry",
+        "_rng",
+        "budget",
+        "interceptors",
+    )
+
+    def __init__(
+        self,
+        pool: EndpointPool,
+        balancer: Balancer,
+        interceptors: tuple[ClientInterceptor, ...],
+        retry: RetryPolicy | None,
+    ) -> None:
+        self._pool = pool
+        self._ready = pool.ready  # the pool's list, never replaced
+        self._balancer = balancer
+        self.interceptors = interceptors
+        self._retry = retry
+        self.budget = RetryBudget(retry) if retry is not None else None
+        self._rng = random.Random()
+        self._in_flight = 0  # unary calls waiting for an answer (see unary)
+
+    async def unary(
+        self,
+        method: str,
+        payload: bytes,
+        metadata: dict[str, str] | None,
+        call: ClientCall | None,
+        idempotent: bool,
+    ) -> bytes:
+        """Make a unary call; return the encoded response. A checkpoint.
+
+        ``call`` (when interceptors run) gets the peer of each attempt. Retries as the
+        module docs say.
+
+        Raises:
+            RpcError: The server's status, or ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` /
+                ``CANCELLED`` (see :mod:`._client`).
+        """
+        budget = self.budget
+        if budget is not None:
+            budget.deposit()
+        attempt = 1
+        avoid: Endpoint | None = None
+        while True:
+            ready = self._ready
+            if ready and avoid is None:  # pick()'s common case, without its coroutine
+                conn = ready[0] if len(ready) == 1 else ready[self._balancer.pick(ready)]
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                conn = await self._pool.pick(avoid)
+            if call is not None:
+                call.peer = conn.peer
+            # Calls in flight over the whole channel: with several connections, each may
+            # see a lone call while its frames could still share a write with others'.
+            self._in_flight = in_flight = self._in_flight + 1
+            try:
+                try:
+                    data = await conn.unary(
+                        method, payload, _timeout_ms(), metadata, in_flight == 1
+                    )
+                finally:
+                    self._in_flight -= 1
+            except RefusedError as exc:
+                if attempt >= _MAX_REFUSED_RETRIES:
+                    raise RpcError(Status.UNAVAILABLE, exc.message) from None
+            except RpcError as exc:
+                if exc.code is not Status.UNAVAILABLE:
+                    self._pool.succeeded(conn.endpoint)  # it answered: reachable
+                    raise
+                self._pool.failed(conn.endpoint)
+                policy = self._retry
+                if not idempotent or policy is None or attempt >= policy.max_attempts:
+                    raise
+                delay = policy.backoff(attempt, self._rng)
+                if trio.current_time() + delay >= trio.current_effective_deadline():
+                    raise
+                assert budget is not None
+                if not budget.withdraw():
+                    raise
+                await trio.sleep(delay)
+            else:
+                self._pool.succeeded(conn.endpoint)
+                return data
+            attempt += 1
+            avoid = conn.endpoint
+
+    async def open_stream(
+        self, method: str, payload: bytes, metadata: dict[str, str] | None, call: ClientCall | None
+    ) -> tuple[ClientConnection, int, _Call]:
+        """Send a server-stream call's request; return its connection, stream id and record.
+
+        A checkpoint. Retried only when refused by GOAWAY.
+
+        Raises:
+            RpcError: ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` / ``CANCELLED``.
+        """
+        refused: RefusedError | None = None
+        avoid: Endpoint | None = None
+        for _ in range(_MAX_REFUSED_RETRIES):
+            conn = await self._pool.pick(avoid)
+            if call is not None:
+                call.peer = conn.peer
+            try:
+                stream_id, record = await conn.open_stream(method, payload, _timeout_ms(), metadata)
+            except RefusedError as exc:
+                refused = exc
+                avoid = conn.endpoint
+                continue
+            return conn, stream_id, record
+        assert refused is not None
+        raise RpcError(Status.UNAVAILABLE, refused.message)

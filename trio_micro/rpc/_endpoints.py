@@ -1,0 +1,467 @@
+"""The endpoint pool of a channel: connection slots, reconnect backoff, outlier ejection.
+
+Theory of operation
+-------------------
+An :class:`EndpointPool` keeps a set of *endpoints* -- fixed, or followed live through a
+:class:`~trio_micro.rpc.Resolver` (any registry) -- and ``pool_size`` connection *slots*
+per endpoint. Each slot is one task that connects, runs the connection until it ends, and
+connects again -- at once after a connection that worked for a while, otherwise after an
+exponential backoff with full jitter (:class:`~trio_micro.toolkit.Backoff`; gRPC's bounds:
+1 s, x1.6 per attempt, at most 120 s). With a resolver, one more task watches the service:
+a new endpoint gets its slots started, a removed one is *drained* (no new calls; its
+connections close once their calls are done, at most ``_DRAIN_TIMEOUT`` later).
+
+Ready connections sit in one list, :attr:`EndpointPool.ready`; :meth:`EndpointPool.pick`
+takes one through the :class:`~trio_micro.rpc.Balancer` without awaiting anything when
+one is ready. When none is, a call waits while some slot is still connecting, and fails
+fast with ``UNAVAILABLE`` (naming the addresses and why) once every slot has failed its
+last attempt -- like gRPC without ``wait_for_ready``. A service that has no endpoints yet
+is waited for, up to the call's deadline or ``discovery_timeout``, whichever comes first;
+then ``UNAVAILABLE`` names it.
+
+Outlier ejection (:class:`~trio_micro.rpc.OutlierEjection`): each endpoint counts
+connection failures and ``UNAVAILABLE`` call results in a row (:meth:`EndpointPool.failed`,
+reset by :meth:`EndpointPool.succeeded`); at the limit its connections leave the ready list
+for the ejection time, restored by a short task that sleeps until then. When every
+non-ejected connection is gone the ejected ones are used rather than failing.
+
+Log events: ``rpc.channel.connect_failed``, ``rpc.channel.connected``,
+``rpc.channel.endpoint_ejected``, ``rpc.channel.endpoint_restored``,
+``rpc.channel.bad_address``, ``rpc.channel.resolver_failed``; a connection's own
+(``rpc.channel.connection_lost``, ``rpc.channel.protocol_error``,
+``rpc.channel.keepalive_timeout``, ``rpc.channel.goaway``) are logged by :mod:`._client`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping, Sequence
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from typing import Final, final
+
+import structlog
+import trio
+
+from trio_micro.protocol import Settings, Status
+from trio_micro.toolkit import Backoff
+
+from ._balancing import Balancer, OutlierEjection
+from ._client import ClientConnection, RefusedError, connect
+from ._errors import RpcError
+from ._resolver import ResolvedEndpoint, Resolver
+from ._transport import Endpoint
+
+__all__: list[str] = []
+
+log = structlog.get_logger("rpc")
+
+# gRPC's connection backoff bounds (doc/connection-backoff.md), for connection slots and
+# the resolver watch; the jitter is Backoff's.
+_BACKOFF_INITIAL: Final = 1.0
+_BACKOFF_MULTIPLIER: Final = 1.6
+_BACKOFF_MAX: Final = 120.0
+# A connection that lived this long counts as having worked: reconnect at once.
+_WORKED_FOR: Final = 1.0
+# How long the connections of a removed endpoint may take to finish their calls.
+_DRAIN_TIMEOUT: Final = 30.0
+# How long before the caller's deadline a call waiting for endpoints gives up.
+_DEADLINE_MARGIN: Final = 0.001
+
+
+def _backoff() -> Backoff:
+    return Backoff(initial=_BACKOFF_INITIAL, maximum=_BACKOFF_MAX, multiplier=_BACKOFF_MULTIPLIER)
+
+
+@final
+class EndpointState:
+    """One endpoint: its slots, its metadata, and its outlier-ejection record."""
+
+    __slots__ = (
+        "ejected_until",
+        "ejections",
+        "endpoint",
+        "failures",
+        "metadata",
+        "removed",
+        "slots",
+    )
+
+    def __init__(self, endpoint: Endpoint, metadata: Mapping[str, str], pool_size: int) -> None:
+        self.endpoint = endpoint
+        self.metadata = dict(metadata)
+        self.slots = [Slot(self) for _ in range(pool_size)]
+        self.failures = 0  # connection failures or UNAVAILABLE results in a row
+        self.ejections = 0
+        self.ejected_until: float | None = None
+        self.removed = False
+
+    def gone(self) -> bool:
+        # A method, not the attribute: mypy would keep it narrowed across awaits.
+        return self.removed
+
+
+@final
+class Slot:
+    """One connection slot of an endpoint: the task keeping one connection up."""
+
+    __slots__ = ("connection", "error", "failed", "scope", "state")
+
+    def __init__(self, state: EndpointState) -> None:
+        self.state = state
+        self.connection: ClientConnection | None = None
+        self.failed = False  # the last attempt failed; now backing off
+        self.error: RpcError | None = None
+        self.scope = trio.CancelScope()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.state.endpoint
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """How every connection of a channel is made (see :func:`~._client.connect`)."""
+
+    settings: Settings
+    ssl_context: ssl.SSLContext | None
+    server_hostname: str | None
+    handshake_timeout: float
+    keepalive_interval: float
+    keepalive_timeout: float
+
+
+@final
+class EndpointPool:
+    """The endpoints of one channel and their connections; see the module docs.
+
+    Made by the channel; :meth:`start` runs its tasks in the channel's nursery.
+
+    Attributes:
+        ready: The connections ready for calls (ejected endpoints' excluded). The same
+            list for the pool's life, so callers may keep a reference to it.
+        states: Endpoint -> its slots and ejection record, in the order they came.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        pool_size: int,
+        options: ConnectOptions,
+        balancer: Balancer,
+        ejection: OutlierEjection | None,
+        service: str | None,
+        discovery_timeout: float,
+    ) -> None:
+        self._pool_size = pool_size
+        self._options = options
+        self._balancer = balancer
+        self._ejection = ejection
+        self._service = service
+        self._discovery_timeout = discovery_timeout
+        self.states: dict[Endpoint, EndpointState] = {}
+        self._initial = list(endpoints)
+        self._resolved = service is None  # a resolver has given its first set
+        self._resolver_error: str | None = None
+        self.ready: list[ClientConnection] = []
+        self._changed = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints connected to now (before :meth:`start`: those given)."""
+        if self._nursery is None:
+            return tuple(self._initial)
+        return tuple(self.states)
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        """A call over ``endpoint`` got an answer: its failures in a row start again."""
+        state = self.states.get(endpoint)
+        if state is not None and state.failures:
+            state.failures = 0
+
+    def failed(self, endpoint: Endpoint) -> None:
+        """A call over ``endpoint`` failed with ``UNAVAILABLE``; see outlier ejection."""
+        self._failure(self.states.get(endpoint))
+
+    # ------------------------------------------------------------------ endpoints
+
+    def start(self, nursery: trio.Nursery, resolver: Resolver | None) -> None:
+        """Start the slots' tasks (and the resolver watch) in ``nursery``. Synchronous."""
+        self._nursery = nursery
+        for endpoint in self._initial:
+            if endpoint not in self.states:
+                self._add(endpoint, {})
+        if resolver is not None:
+            assert self._service is not None
+            nursery.start_soon(self._watch, resolver, self._service)
+
+    def close(self) -> None:
+        """Close every connection; calls waiting for one fail with ``CANCELLED``."""
+        self._closed = True
+        error = RpcError(Status.CANCELLED, "the channel was closed")
+        for state in self.states.values():
+            for slot in state.slots:
+                if slot.connection is not None:
+                    slot.connection.close(error)
+                slot.scope.cancel()
+        self._changed.unpark_all()
+
+    def _add(self, endpoint: Endpoint, metadata: Mapping[str, str]) -> None:
+        assert self._nursery is not None
+        state = EndpointState(endpoint, metadata, self._pool_size)
+        self.states[endpoint] = state
+        for slot in state.slots:
+            self._nursery.start_soon(self._maintain, slot)
+
+    def _remove(self, state: EndpointState) -> None:
+        """Drain an endpoint: no new calls; close its connections when their calls end."""
+        state.removed = True
+        del self.states[state.endpoint]
+        refused = RefusedError(f"{state.endpoint} was removed from service {self._service!r}")
+        for slot in state.slots:
+            conn = slot.connection
+            if conn is None or conn.outstanding == 0:
+                slot.scope.cancel()
+                continue
+            # The reader ends the connection after the last answer (see _client._dispatch);
+            # the deadline bounds a server that never answers.
+            conn._mark_unusable(refused)
+            slot.scope.deadline = trio.current_time() + _DRAIN_TIMEOUT
+
+    def _update(self, items: Sequence[ResolvedEndpoint]) -> None:
+        wanted: dict[Endpoint, Mapping[str, str]] = {}
+        for item in items:
+            try:
+                wanted[Endpoint.parse(item.address)] = item.metadata
+            except (TypeError, ValueError) as exc:
+                log.warning(
+                    "rpc.channel.bad_address",
+                    service=self._service,
+                    address=repr(item.address),
+                    error=str(exc),
+                )
+        for endpoint, state in list(self.states.items()):
+            if endpoint not in wanted:
+                self._remove(state)
+        for endpoint, metadata in wanted.items():
+            known = self.states.get(endpoint)
+            if known is None:
+                self._add(endpoint, metadata)
+            else:
+                known.metadata = dict(metadata)
+        self._resolved = True
+        self._changed.unpark_all()
+
+    async def _watch(self, resolver: Resolver, service: str) -> None:
+        backoff = _backoff()
+        while True:
+            try:
+                async with aclosing(resolver.watch(service)) as updates:
+                    async for items in updates:
+                        self._resolver_error = None
+                        backoff.reset()
+                        self._update(items)
+                error = "the watch ended"
+            except (TypeError, ValueError):
+                raise  # a bad service name: the channel can't work
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            delay = backoff.next_delay()
+            log.warning(
+                "rpc.channel.resolver_failed",
+                service=service,
+                error=error,
+                retry_in=round(delay, 3),
+            )
+            self._resolver_error = error
+            self._changed.unpark_all()
+            await trio.sleep(delay)
+
+    # ------------------------------------------------------------------ connections
+
+    def _unusable(self, conn: ClientConnection) -> None:
+        with suppress(ValueError):
+            self.ready.remove(conn)
+        self._changed.unpark_all()
+
+    async def _maintain(self, slot: Slot) -> None:
+        options = self._options
+        state = slot.state
+        backoff = _backoff()
+        with slot.scope:
+            while not state.gone():
+                try:
+                    conn = await connect(
+                        slot.endpoint,
+                        settings=options.settings,
+                        ssl_context=options.ssl_context,
+                        server_hostname=options.server_hostname,
+                        handshake_timeout=options.handshake_timeout,
+                        keepalive_interval=options.keepalive_interval,
+                        keepalive_timeout=options.keepalive_timeout,
+                        on_unusable=self._unusable,
+                    )
+                except RpcError as exc:
+                    delay = backoff.next_delay()
+                    log.info(
+                        "rpc.channel.connect_failed",
+                        peer=str(slot.endpoint),
+                        error=exc.message,
+                        retry_in=round(delay, 3),
+                    )
+                    slot.failed = True
+                    slot.error = exc
+                    self._failure(state)
+                    self._changed.unpark_all()
+                    await trio.sleep(delay)
+                    slot.failed = False
+                    continue
+                log.debug("rpc.channel.connected", peer=str(slot.endpoint))
+                slot.connection = conn
+                slot.failed = False
+                slot.error = None
+                state.failures = 0
+                if state.ejected_until is None and not state.removed:
+                    self.ready.append(conn)
+                self._changed.unpark_all()
+                started = trio.current_time()
+                try:
+                    await conn.run()
+                finally:
+                    slot.connection = None
+                    self._unusable(conn)
+                if state.gone():
+                    return
+                if trio.current_time() - started >= _WORKED_FOR:
+                    backoff.reset()
+                    continue
+                # A connection that dies at once (e.g. GOAWAY right after HELLO) counts as a
+                # failed attempt: back off, and let callers fail fast meanwhile.
+                slot.failed = True
+                slot.error = RpcError(
+                    Status.UNAVAILABLE, f"connection to {slot.endpoint} closed: {conn.reason}"
+                )
+                self._changed.unpark_all()
+                await trio.sleep(backoff.next_delay())
+                slot.failed = False
+
+    # ------------------------------------------------------------------ outlier ejection
+
+    def _failure(self, state: EndpointState | None) -> None:
+        """Count a connection failure or an ``UNAVAILABLE`` result; eject at the limit."""
+        policy = self._ejection
+        if policy is None or state is None or state.removed:
+            return
+        state.failures += 1
+        if state.failures < policy.consecutive_failures or state.ejected_until is not None:
+            return
+        states = self.states.values()
+        ejected = sum(1 for other in states if other.ejected_until is not None)
+        if not policy.may_eject(ejected, len(states)):
+            return  # stays counted: ejected at its next failure once that is allowed
+        state.failures = 0
+        state.ejections += 1
+        duration = policy.ejection_time(state.ejections)
+        until = trio.current_time() + duration
+        state.ejected_until = until
+        for slot in state.slots:
+            if slot.connection is not None:
+                with suppress(ValueError):
+                    self.ready.remove(slot.connection)
+        log.warning(
+            "rpc.channel.endpoint_ejected",
+            peer=str(state.endpoint),
+            service=self._service,
+            duration=duration,
+            times=state.ejections,
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._end_ejection, state, until)
+
+    async def _end_ejection(self, state: EndpointState, until: float) -> None:
+        await trio.sleep_until(until)
+        if state.ejected_until != until or state.removed:
+            return
+        state.ejected_until = None
+        for slot in state.slots:
+            conn = slot.connection
+            if conn is not None and conn.usable and conn not in self.ready:
+                self.ready.append(conn)
+        log.info("rpc.channel.endpoint_restored", peer=str(state.endpoint), service=self._service)
+        self._changed.unpark_all()
+
+    def _ejected_ready(self) -> list[ClientConnection]:
+        return [
+            slot.connection
+            for state in self.states.values()
+            if state.ejected_until is not None
+            for slot in state.slots
+            if slot.connection is not None and slot.connection.usable
+        ]
+
+    # ------------------------------------------------------------------ picking
+
+    def _unavailable(self) -> RpcError | None:
+        """Why a call can't be made now, or ``None`` if it should wait."""
+        slots = [slot for state in self.states.values() for slot in state.slots]
+        if slots and all(slot.failed for slot in slots):
+            reasons = "; ".join(sorted({slot.error.message for slot in slots if slot.error}))
+            if self._service is not None:
+                reasons = f"service {self._service!r}: {reasons}"
+            return RpcError(Status.UNAVAILABLE, reasons)
+        if not slots and self._resolved and self._resolver_error is not None:
+            return RpcError(
+                Status.UNAVAILABLE,
+                f"can't resolve service {self._service!r}: {self._resolver_error}",
+            )
+        return None
+
+    async def pick(self, avoid: Endpoint | None = None) -> ClientConnection:
+        """A ready connection, not to ``avoid`` if another is ready (see the module docs).
+
+        A checkpoint; waits while slots are connecting or the service has no endpoints.
+
+        Raises:
+            RpcError: ``UNAVAILABLE`` (every slot failed, or no endpoints in time), or
+                ``CANCELLED`` once the channel is closed.
+        """
+        wait_until: float | None = None
+        while True:
+            ready = self.ready
+            if avoid is not None and len(ready) > 1:
+                ready = [conn for conn in ready if conn.endpoint != avoid] or ready
+            if not ready:
+                ready = self._ejected_ready()  # better an ejected endpoint than none
+            if ready:
+                if len(ready) == 1:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    return ready[0]
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return ready[self._balancer.pick(ready)]
+            if self._closed:
+                raise RpcError(Status.CANCELLED, "the channel was closed")
+            error = self._unavailable()
+            if error is not None:
+                raise error
+            if self.states:
+                await self._changed.park()  # some slot is still connecting
+                continue
+            # No endpoints (yet): wait for some, at most until the deadline.
+            if wait_until is None:
+                # Give up just before the caller's deadline: a cancel scope nested in the
+                # caller's with the same deadline would not catch the cancellation (the
+                # outermost cancelled scope does), and the caller should learn *why*.
+                wait_until = min(
+                    trio.current_effective_deadline() - _DEADLINE_MARGIN,
+                    trio.current_time() + self._discovery_timeout,
+                )
+            with trio.move_on_at(wait_until) as scope:
+                await self._changed.park()
+            if scope.cancelled_caught:
+                why = f" ({self._resolver_error})" if self._resolver_error else ""
+                raise RpcError(
+                    Status.UNAVAILABLE, f"no endpoints for service {self._service!r}{why}"
+                )
