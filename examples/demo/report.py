@@ -55,7 +55,7 @@ def read_replica_log(path: Path | None) -> ReplicaLog:
         for raw in lines:
             try:
                 line = decode(raw)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):  # either, by msgspec release
                 out.malformed += 1  # e.g. a last line cut short by SIGKILL
                 continue
             if line.event == DB_QUERY_EVENT:

@@ -79,6 +79,13 @@ def test_bad_utf8_is_classified_in_a_large_chunk_too() -> None:
     assert (summary.calls, dict(summary.input.malformed)) == (6000, {"not_utf8": 1})
 
 
+def test_a_wrong_type_before_bad_utf8_still_counts_as_not_utf8() -> None:
+    bad = GOOD.replace(b'"duration_ms":1.0', b'"duration_ms":"slow"')
+    bad = bad.replace(b'"s1"', b'"s\xff\xfe"')  # after the wrong type
+    summary = summary_of(GOOD + bad)
+    assert (summary.calls, dict(summary.input.malformed)) == (1, {"not_utf8": 1})
+
+
 def test_json_array_line_counts_as_wrong_type() -> None:
     assert dict(summary_of(b"[1, 2]\n").input.malformed) == {"wrong_type": 1}
 

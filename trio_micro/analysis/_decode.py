@@ -250,7 +250,11 @@ def decode_each_line(
         try:
             out.append(decode(line))
         except msgspec.ValidationError as exc:
-            _classify_invalid(line, str(exc), tally)
+            # A wrong type may be met before a string that is not UTF-8: the bytes decide.
+            if _undecodable_kind(line) == "not_utf8":
+                tally.bad("not_utf8", str(exc))
+            else:
+                _classify_invalid(line, str(exc), tally)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             tally.bad(_undecodable_kind(line), str(exc))
     return out

@@ -17,7 +17,7 @@ connection starts with: :data:`MAGIC` and :data:`PROTOCOL_VERSION`) and
 from __future__ import annotations
 
 from .._lazy import fixup_module_metadata
-from ._codec import FrameDecoder, FrameEncoder
+from ._codec import DECODE_ERRORS, FrameDecoder, FrameEncoder
 from ._connection import Connection, Role, StreamState
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
@@ -46,6 +46,7 @@ from ._frames import (
 from ._status import ErrorCode, Status
 
 __all__ = [
+    "DECODE_ERRORS",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAGIC",
     "PREFACE",

@@ -29,8 +29,12 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, Frame, FrameKind
 from ._status import ErrorCode
 
-__all__ = ["HEADER_SIZE", "FrameDecoder", "FrameEncoder"]
+__all__ = ["DECODE_ERRORS", "HEADER_SIZE", "FrameDecoder", "FrameEncoder"]
 
+#: What a msgspec decoder raises for bytes it cannot decode, on every msgspec we support:
+#: a string that is not UTF-8 raised :class:`UnicodeDecodeError` before msgspec 0.23 and
+#: raises :class:`msgspec.DecodeError` since. Catch this, never ``msgspec.DecodeError`` alone.
+DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
 #: Bytes in the length header that precedes every frame body.
 HEADER_SIZE: Final = 4
 _HEADER = struct.Struct(">I")
@@ -133,7 +137,7 @@ class FrameDecoder:
                     break
                 try:
                     frames.append(decode(view[start:stop]))
-                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                except DECODE_ERRORS as exc:
                     self._failed = True
                     raise _malformed(bytes(view[start:stop]), exc) from exc
                 pos = stop
@@ -155,7 +159,7 @@ def _malformed(body: bytes, exc: Exception) -> RemoteProtocolError:
     preview = body[:32] + (b"..." if len(body) > 32 else b"")
     try:
         raw = msgspec.msgpack.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except DECODE_ERRORS as error:
         if isinstance(error, UnicodeDecodeError) or "UTF-8" in str(error):
             return RemoteProtocolError(
                 f"frame body has a string that is not valid UTF-8: {preview!r}"

@@ -54,6 +54,7 @@ import httpx
 import msgspec
 import trio
 
+from trio_micro.protocol import DECODE_ERRORS
 from trio_micro.toolkit import Backoff
 
 from ._types import (
@@ -279,7 +280,7 @@ class EtcdRegistry:
                 f"etcd at {self._url!r} answered {path} with an unexpected body "
                 f"({exc}): {content[:200]!r}"
             ) from exc
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise RegistryBackendError(
                 f"etcd at {self._url!r} answered {path} with invalid JSON: {content[:200]!r}"
             ) from exc

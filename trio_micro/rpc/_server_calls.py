@@ -30,7 +30,7 @@ import msgspec
 import structlog
 import trio
 
-from trio_micro.protocol import Connection, ErrorCode, LocalProtocolError, Status
+from trio_micro.protocol import DECODE_ERRORS, Connection, ErrorCode, LocalProtocolError, Status
 
 from ._context import ServerCall
 from ._context import _current as _current_call
@@ -202,7 +202,7 @@ class CallRunner:
         """
         try:
             request = info.decode_request(payload)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise invalid_argument(exc) from None
         try:
             result = await handler(request)
@@ -239,7 +239,7 @@ class CallRunner:
         """
         try:
             request = info.decode_request(payload)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise invalid_argument(exc) from None
         agen: AsyncGenerator[Any, None] = handler(request)
         proto = self.proto

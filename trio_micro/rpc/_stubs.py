@@ -20,7 +20,7 @@ import msgspec
 import trio
 
 from trio_micro._validate import check_str_mapping
-from trio_micro.protocol import Status
+from trio_micro.protocol import DECODE_ERRORS, Status
 
 from ._calls import Caller
 from ._client import ClientConnection, _Call
@@ -80,7 +80,7 @@ def unary_method(
             data = await unary(wire_name, payload, metadata, None, idempotent)
         try:
             return decode(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise RpcError(Status.INTERNAL, f"bad response from {wire_name}: {exc}") from None
 
     call.__name__ = call.__qualname__ = info.name
@@ -208,7 +208,7 @@ class ResponseStream(Generic[T]):
             raise StopAsyncIteration
         try:
             return cast(T, self._info.decode_response(payload))
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             self._done = True
             self._cancel()
             raise RpcError(
