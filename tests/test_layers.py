@@ -30,9 +30,10 @@ RANKS = {
     "rpc": 2,
     "registry": 3,
     "analysis": 3,
-    "cli": 4,
+    "supervise": 4,
+    "cli": 5,
 }
-TOP = 5
+TOP = 6
 
 
 def module_name(path: pathlib.Path) -> str:
