@@ -66,3 +66,25 @@ class YieldsNoService(rpc.Service, name="yields_no_service"):
 
 instance = SlowService(greeting="instance")
 not_a_service = SleepRequest(1.0)
+
+
+class Empty(msgspec.Struct, frozen=True):
+    pass
+
+
+class Pid(msgspec.Struct, frozen=True):
+    pid: int
+
+
+class PidService(rpc.Service, name="pids"):
+    """Answers with the process id: which worker of ``serve --workers`` served a call."""
+
+    def __init__(self, fail: str = "") -> None:
+        if fail:
+            raise ValueError(f"asked to fail: {fail}")
+
+    @rpc.unary(idempotent=True)
+    async def whoami(self, req: Empty) -> Pid:
+        import os
+
+        return Pid(os.getpid())

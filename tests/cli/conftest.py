@@ -12,6 +12,15 @@ from trio_micro import rpc
 from ..rpc.services import TestService
 
 
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    # In-process runs of a command configure structlog process-wide (to a stderr that
+    # capsys closes after the test): undo it after every test.
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
 @pytest.fixture
 def quiet_logging() -> Iterator[None]:
     """Silence structlog for the test and restore its configuration afterwards.

@@ -12,14 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -36,14 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVING = re.compile(r"^serving \S+ on (\S+)$")  # what the demo (examples/demo) parses
 SLOW = "tests.cli._slow_service:SlowService"
 WAIT = 20.0  # generous: the machine is shared; each wait ends as soon as its condition holds
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    # In-process runs of the command configure structlog process-wide.
-    yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 # ---------------------------------------------------------------------- helpers

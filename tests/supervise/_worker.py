@@ -1,9 +1,10 @@
 """A worker process for the supervisor tests: ``python -m tests.supervise._worker MODE DIR``.
 
-Modes: ``ok`` (ready, then serve until SIGTERM, exit 0), ``crash-once`` (ready, then exit 3
-the first time its slot runs, like ``ok`` after), ``fail`` (exit 2 before ready), ``hang``
-(never ready), ``stubborn`` (ready, ignores SIGTERM). Each start appends a line to
-``DIR/worker<index>.log``: ``start <pid>``, ``ready``, ``sigterm``.
+Modes: ``ok`` (ready, then serve until SIGTERM or the supervisor's death, exit 0),
+``crash-once`` (ready, then exit 3 the first time its slot runs, like ``ok`` after),
+``fail`` (exit 2 before ready), ``hang`` (never ready), ``stubborn`` (ready, ignores
+SIGTERM). Each start appends a line to
+``DIR/worker<index>.log``: ``start <pid>``, ``ready``, ``sigterm``, ``orphaned``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main() -> int:
     mode, directory = sys.argv[1], Path(sys.argv[2])
     context = WorkerContext.from_environ()
     assert context is not None, "not started by a supervisor"
-    context.bind_to_supervisor()
+    context.check_supervisor()
     log = directory / f"worker{context.index}.log"
     starts = log.read_text().count("start ") if log.exists() else 0
 
@@ -53,6 +54,9 @@ def main() -> int:
         return 3
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
+        if context.supervisor_gone():
+            note("orphaned")
+            return 0
         if stopping and mode != "stubborn":
             return 0
         time.sleep(0.01)

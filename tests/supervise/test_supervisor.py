@@ -16,6 +16,7 @@ from trio_micro import Backoff
 from trio_micro.supervise import (
     ENV_COUNT,
     ENV_INDEX,
+    ENV_LIFE_FD,
     ENV_READY_FD,
     ENV_SUPERVISOR_PID,
     Supervisor,
@@ -175,8 +176,8 @@ def test_sigkill_of_the_supervisor_leaves_no_orphan(tmp_path: Path) -> None:
         while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not any(alive(pid) for pid in pids)
-        # The kernel told them (SIGTERM), so they drained rather than being cut off.
-        assert [events(tmp_path, i)[-1] for i in range(2)] == ["sigterm", "sigterm"]
+        # They saw the life pipe close and stopped by themselves: not cut off.
+        assert [events(tmp_path, i)[-1] for i in range(2)] == ["orphaned", "orphaned"]
     finally:
         process.kill()
         process.wait(timeout=10)
@@ -205,17 +206,26 @@ def test_a_command_that_is_not_callable_is_refused() -> None:
 
 
 def test_the_worker_context_comes_from_the_environment() -> None:
-    env = {ENV_INDEX: "1", ENV_COUNT: "2", ENV_SUPERVISOR_PID: "7", ENV_READY_FD: "9"}
-    assert WorkerContext.from_environ(env) == WorkerContext(1, 2, 7, 9)
+    env = {
+        ENV_INDEX: "1",
+        ENV_COUNT: "2",
+        ENV_SUPERVISOR_PID: "7",
+        ENV_READY_FD: "9",
+        ENV_LIFE_FD: "10",
+    }
+    assert WorkerContext.from_environ(env) == WorkerContext(1, 2, 7, 9, 10)
     assert WorkerContext.from_environ({}) is None
+
+
+FULL = {ENV_COUNT: "2", ENV_SUPERVISOR_PID: "7", ENV_READY_FD: "9", ENV_LIFE_FD: "10"}
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({ENV_INDEX: "x", ENV_COUNT: "2", ENV_SUPERVISOR_PID: "7", ENV_READY_FD: "9"}, "x"),
+        ({**FULL, ENV_INDEX: "x"}, "x"),
         ({ENV_INDEX: "1"}, "malformed worker environment"),
-        ({ENV_INDEX: "2", ENV_COUNT: "2", ENV_SUPERVISOR_PID: "7", ENV_READY_FD: "9"}, "0..1"),
+        ({**FULL, ENV_INDEX: "2"}, "0..1"),
     ],
 )
 def test_a_malformed_worker_environment_is_a_clear_error(env: dict[str, str], message: str) -> None:
@@ -224,10 +234,37 @@ def test_a_malformed_worker_environment_is_a_clear_error(env: dict[str, str], me
 
 
 def test_a_worker_whose_supervisor_is_gone_exits() -> None:
-    context = WorkerContext(0, 1, supervisor_pid=os.getpid() + 1_000_000, ready_fd=-1)
-    with pytest.raises(SystemExit, match=r"supervisor \d+ is gone"):
-        context.bind_to_supervisor()
-    if sys.platform.startswith("linux"):  # undo the parent-death signal for this process
-        import ctypes
+    read, write = os.pipe()
+    try:
+        context = WorkerContext(0, 1, os.getppid(), ready_fd=-1, life_fd=read)
+        context.check_supervisor()  # the supervisor (this test) holds the write end
+        assert not context.supervisor_gone()
+        os.close(write)
+        write = -1
+        assert context.supervisor_gone()
+        with pytest.raises(SystemExit, match=r"supervisor \d+ is gone"):
+            context.check_supervisor()
+        stranger = WorkerContext(0, 1, os.getppid() + 1_000_000, ready_fd=-1, life_fd=read)
+        with pytest.raises(SystemExit, match=r"supervisor \d+ is gone"):
+            stranger.check_supervisor()
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
 
-        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)
+
+async def test_wait_supervisor_gone_returns_when_the_life_pipe_closes() -> None:
+    read, write = os.pipe()
+    context = WorkerContext(0, 1, os.getppid(), ready_fd=-1, life_fd=read)
+    try:
+        with trio.move_on_after(0.05) as scope:
+            await context.wait_supervisor_gone()
+        assert scope.cancelled_caught
+        os.close(write)
+        write = -1
+        with trio.fail_after(5):
+            await context.wait_supervisor_gone()
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)

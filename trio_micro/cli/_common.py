@@ -237,6 +237,7 @@ class Stopper:
         self.signal: str | None = None
         self.forced = False
         self.fields: dict[str, Any] = {}
+        self._on_forced: list[Callable[[], object]] = []
 
     def serving(self) -> None:
         """Mark the start of serving: a signal from now on drains instead of cancelling."""
@@ -245,6 +246,11 @@ class Stopper:
     async def wait(self) -> None:
         """Wait for the first signal. A checkpoint; cancellation just stops the wait."""
         await self._requested.wait()
+
+    def on_forced(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` on a second signal, before everything is cancelled (e.g. to
+        SIGKILL worker processes whose drain would otherwise be waited for)."""
+        self._on_forced.append(callback)
 
     def _log(self, level: str, event: str, **fields: Any) -> None:
         if self._events is not None:
@@ -267,6 +273,8 @@ class Stopper:
         else:
             self.forced = True
             self._log("warning", "forced", signal=name)
+            for callback in self._on_forced:
+                callback()
         self._scope.cancel()
 
 
@@ -342,6 +350,21 @@ def integer(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def worker_count(text: str) -> int:
+    """argparse type: a number of worker processes, 1 to 256, or ``auto`` (one per CPU)."""
+    if text == "auto":
+        return min(os.cpu_count() or 1, 256)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers from 1 to 256, or 'auto', got {text!r}"
+        )
+    return value
 
 
 def number(what: str, *, zero: bool = False, inf: bool = False) -> Callable[[str], float]:

@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stdout)
         return 0
+    args.argv = argv  # what a command that re-runs itself in worker processes passes on
     module, _add, run = _COMMANDS[args.command]
     code: int = _function(module, run)(args)
     return code

@@ -40,6 +40,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import ipaddress
+import os
+import pathlib
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
+import trio
 
 from trio_micro import observe, rpc
 from trio_micro.registry import (
@@ -56,6 +60,7 @@ from trio_micro.registry import (
     open_registry_client,
     parse_address,
 )
+from trio_micro.supervise import WorkerContext
 
 from ._common import (
     EXIT_OK,
@@ -67,11 +72,18 @@ from ._common import (
     run_trio,
     seconds,
     usage_error,
+    worker_count,
 )
 
 __all__: list[str] = []  # internal to the cli package
 
 log: Final = structlog.get_logger("serve")
+
+#: Set by the supervisor of `serve --workers N` for its workers: the port they share.
+ENV_SHARED_PORT: Final = "TRIO_MICRO_SERVE_SHARED_PORT"
+#: "1" when the supervisor serves --debug-port: each worker then serves its own on a
+#: private loopback port, which the supervisor scrapes.
+ENV_WORKER_DEBUG: Final = "TRIO_MICRO_SERVE_WORKER_DEBUG"
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _REGISTRY_SCHEMES: Final = ("registry", "etcd")
@@ -329,6 +341,15 @@ def add_serve_parser(subparsers: Any) -> None:
         action="store_true",
         help="do not log one record per call (rpc.AccessLogInterceptor)",
     )
+    parser.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="run N worker processes (1-256, or 'auto': one per CPU) under a supervisor: "
+        "all accept on --port (SO_REUSEPORT; 0: one free port chosen for all), and each "
+        "also listens on a port of its own, which it registers (default: 1, no supervisor)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +366,8 @@ class _ServeConfig:
     grace: float
     access_log: bool
     debug_port: int | None = None
+    log_file: str | None = None
+    workers: int = 1
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -377,6 +400,8 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         grace=args.grace,
         access_log=not args.no_access_log,
         debug_port=args.debug_port,
+        log_file=args.log_file,
+        workers=args.workers,
     )
 
 
@@ -389,7 +414,10 @@ def _is_wildcard(host: str) -> bool:
         return False
 
 
-async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
+async def _serve(
+    config: _ServeConfig, stopper: Stopper, worker: WorkerContext | None = None
+) -> None:
+    """Serve until the first signal; as one of a supervisor's workers when ``worker``."""
     async with AsyncExitStack() as stack:
         # Unwinds in reverse: deregister, close the registry client, shut the server
         # down gracefully (open_server does it on a normal exit), close the service.
@@ -398,34 +426,58 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
         interceptors: list[rpc.ServerInterceptor] = (
             [rpc.AccessLogInterceptor()] if config.access_log else []
         )
-        if config.debug_port is not None:
+        debug_port = config.debug_port
+        if worker is not None:  # the supervisor serves the --debug-port; ours is private
+            debug_port = 0 if os.environ.get(ENV_WORKER_DEBUG) == "1" else None
+        if debug_port is not None:
             interceptors.append(rpc.MetricsInterceptor())
         try:
-            server = await stack.enter_async_context(
-                rpc.open_server(
-                    [service],
-                    host=config.host,
-                    port=config.port,
-                    interceptors=interceptors,
-                    reflection=True,
-                    grace_period=config.grace,
+            if worker is None:
+                server = await stack.enter_async_context(
+                    rpc.open_server(
+                        [service],
+                        host=config.host,
+                        port=config.port,
+                        interceptors=interceptors,
+                        reflection=True,
+                        grace_period=config.grace,
+                    )
                 )
-            )
+            else:
+                shared = int(os.environ[ENV_SHARED_PORT])
+                listeners = [
+                    *await rpc.open_tcp_listeners(shared, host=config.host, reuse_port=True),
+                    *await rpc.open_tcp_listeners(0, host=config.host),
+                ]
+                server = await stack.enter_async_context(
+                    rpc.open_server(
+                        [service],
+                        listeners=listeners,
+                        interceptors=interceptors,
+                        reflection=True,
+                        grace_period=config.grace,
+                    )
+                )
         except* OSError as group:
             raise listen_error(config.host, config.port, group) from None
-        address = config.advertise or _format_address(*server.address[:2])
-        if config.debug_port is not None:
+        if worker is None:
+            address = config.advertise or _format_address(*server.address[:2])
+        else:  # its own port, at the advertised host: registry clients reach this worker
+            own_port = server.addresses[-1][1]
+            host = parse_address(config.advertise)[0] if config.advertise else config.host
+            address = _format_address(host, own_port)
+        debug = None
+        if debug_port is not None:
             stack.callback(rpc.register_server_metrics(server))
             observe.register_process_metrics()
             # Live tasks and blocked-loop events on /metrics; the monitor times every task
             # step, a cost paid only with --debug-port.
             monitor = await stack.enter_async_context(observe.open_task_monitor())
             stack.callback(observe.register_task_monitor(monitor))
-            debug = await stack.enter_async_context(
-                observe.open_debug_server(port=config.debug_port)
-            )
+            debug = await stack.enter_async_context(observe.open_debug_server(port=debug_port))
             log.info("serve.debug_endpoint", url=debug.url)
-            print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
+            if worker is None:
+                print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
         stopper.fields.update(services=names, address=address)
         where = None
         if config.registry is not None:
@@ -447,17 +499,62 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
             listening=[_format_address(*a[:2]) for a in server.addresses],
             registry=where,
         )
-        print(f"serving {','.join(names)} on {address}", flush=True)
+        if worker is None:
+            print(f"serving {','.join(names)} on {address}", flush=True)
+        else:
+            worker.report_ready(
+                address=address,
+                port=server.addresses[-1][1],
+                shared_port=server.address[1],
+                debug_port=None if debug is None else debug.address[1],
+            )
         await stopper.wait()
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``trio-micro serve`` with parsed arguments; return the exit status."""
 
+    worker = WorkerContext.from_environ()
+    if worker is not None:  # one of `serve --workers N`'s processes
+        worker.check_supervisor()
+        # Bound before trio.run, so that every task's context (the signal handling's too)
+        # carries it: each of the worker's records says which worker wrote it.
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+
     async def main(stopper: Stopper) -> int:
         config = _check_args(args)
+        if worker is not None:
+            configure_command_logging(
+                worker_log_file(config.log_file, worker.index), args.log_level
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_when_orphaned, worker, stopper)
+                await _serve(config, stopper, worker)
+                nursery.cancel_scope.cancel()
+            return EXIT_OK
         configure_command_logging(args.log_file, args.log_level)
-        await _serve(config, stopper)
+        if config.workers > 1:
+            from ._workers import supervise_serve
+
+            await supervise_serve(config, args.argv, stopper)
+        else:
+            await _serve(config, stopper)
         return EXIT_OK
 
     return run_trio("serve", main, events="serve")
+
+
+async def _stop_when_orphaned(worker: WorkerContext, stopper: Stopper) -> None:
+    """A worker whose supervisor died stops as on SIGTERM (it drains), once."""
+    await worker.wait_supervisor_gone()
+    log.warning("serve.supervisor_gone", supervisor_pid=worker.supervisor_pid)
+    stopper.receive(signal.SIGTERM)
+
+
+def worker_log_file(log_file: str | None, index: int) -> str | None:
+    """``logs/users.jsonl`` -> ``logs/users.worker0.jsonl``: one file per worker process
+    (``trio-micro logs`` reads them all; the records carry ``worker``)."""
+    if log_file is None:
+        return None
+    path = pathlib.Path(log_file)
+    return str(path.with_name(f"{path.stem}.worker{index}{path.suffix}"))

@@ -39,7 +39,7 @@ import socket
 import time
 import tracemalloc
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, final
 
@@ -49,7 +49,7 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from .._validate import check_bool, check_int
+from .._validate import check_bool, check_callable, check_int
 from ._memory import _top_allocations, memory_snapshot
 from ._metrics import hub_for, register_process_metrics, resolve_registry, uptime_seconds
 from ._tasks import _walk, format_task_tree
@@ -107,6 +107,7 @@ async def serve_debug(
     port: int = 0,
     registry: CollectorRegistry | None = None,
     allow_remote: bool = False,
+    before_scrape: Callable[[], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the debug pages over HTTP until cancelled.
@@ -129,6 +130,10 @@ async def serve_debug(
             ``/debug/stats``; default ``prometheus_client.REGISTRY``.
         allow_remote: Allow binding to a non-loopback address (``"0.0.0.0"``, a public
             interface): anyone who can reach it can read the pages.
+        before_scrape: Awaited before each ``/metrics`` answer, so that collectors whose
+            figures need I/O (a supervisor scraping its workers) can refresh them; a
+            collector's ``collect()`` is synchronous. Its errors are logged and the
+            scrape goes on.
         task_status: Receives ``(host, port)``.
 
     Raises:
@@ -138,16 +143,22 @@ async def serve_debug(
         OSError: The address could not be resolved or bound (e.g. the port is in use),
             raised before ``task_status.started``.
     """
-    sock, registry = await _prepare(host, port, registry, allow_remote)
-    await _serve_bound(sock, registry, task_status=task_status)
+    sock, registry = await _prepare(host, port, registry, allow_remote, before_scrape)
+    await _serve_bound(sock, registry, before_scrape, task_status=task_status)
 
 
 async def _prepare(
-    host: str, port: int, registry: CollectorRegistry | None, allow_remote: bool
+    host: str,
+    port: int,
+    registry: CollectorRegistry | None,
+    allow_remote: bool,
+    before_scrape: Callable[[], Awaitable[object]] | None,
 ) -> tuple[socket.socket, CollectorRegistry]:
     """Check the arguments and bind the socket (the part that can fail on bad input)."""
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, got {host!r}")
+    if before_scrape is not None:
+        check_callable("before_scrape", before_scrape, expected="an async function")
     check_int("port", port, minimum=0)
     if port > 65535:
         raise ValueError(f"port must be in 0..65535, got {port!r}")
@@ -160,6 +171,7 @@ async def _prepare(
 async def _serve_bound(
     sock: socket.socket,
     registry: CollectorRegistry,
+    before_scrape: Callable[[], Awaitable[object]] | None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -180,7 +192,9 @@ async def _serve_bound(
     config.errorlog = logging.getLogger(HTTP_LOGGER)
     relay = _Relay(task_status, address)
     try:
-        await hypercorn.trio.serve(_DebugApp(registry), config, mode="asgi", task_status=relay)
+        await hypercorn.trio.serve(
+            _DebugApp(registry, before_scrape), config, mode="asgi", task_status=relay
+        )
     finally:
         if not relay.handed_over:
             # Cancelled or failed before hypercorn made its socket: the descriptor is ours.
@@ -234,6 +248,7 @@ async def open_debug_server(
     port: int = 0,
     registry: CollectorRegistry | None = None,
     allow_remote: bool = False,
+    before_scrape: Callable[[], Awaitable[object]] | None = None,
 ) -> AsyncIterator[DebugServer]:
     """Run :func:`serve_debug` for the ``async with`` body; yield a :class:`DebugServer`.
 
@@ -248,16 +263,19 @@ async def open_debug_server(
         port: See :func:`serve_debug`.
         registry: See :func:`serve_debug`.
         allow_remote: See :func:`serve_debug`.
+        before_scrape: See :func:`serve_debug`.
 
     Raises:
         TypeError, ValueError, OSError: As :func:`serve_debug`, on entry (not wrapped).
     """
     # Checking and binding happen here, outside the nursery, so that their errors are not
     # wrapped in an ExceptionGroup.
-    sock, resolved = await _prepare(host, port, registry, allow_remote)
+    sock, resolved = await _prepare(host, port, registry, allow_remote, before_scrape)
     try:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(functools.partial(_serve_bound, sock, resolved))
+            address = await nursery.start(
+                functools.partial(_serve_bound, sock, resolved, before_scrape)
+            )
             try:
                 yield DebugServer(address)
             finally:
@@ -294,8 +312,11 @@ def _text(status: int, text: str) -> _Response:
 class _DebugApp:
     """The ASGI 3 application behind :func:`serve_debug`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, before_scrape: Callable[[], Awaitable[object]] | None
+    ) -> None:
         self._registry = registry
+        self._before_scrape = before_scrape
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -347,6 +368,11 @@ class _DebugApp:
         return _Response(200, body.encode(), b"text/html; charset=utf-8")
 
     async def _metrics(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        if self._before_scrape is not None:
+            try:
+                await self._before_scrape()
+            except Exception:
+                _log.exception("observe.debug.before_scrape_failed")
         accept = _header(scope["headers"], b"accept")
         encoder, content_type = choose_encoder(accept)
         return _Response(200, encoder(self._registry), content_type.encode())

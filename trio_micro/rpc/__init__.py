@@ -25,6 +25,7 @@ from ._channel import Channel, ChannelStatistics, open_channel
 from ._context import ClientCall, ServerCall, current_call
 from ._errors import RpcError
 from ._interceptors import ClientInterceptor, ServerInterceptor
+from ._listeners import open_tcp_listeners
 from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
 from ._observability import AccessLogInterceptor
 from ._options import ServerOptions
@@ -76,6 +77,7 @@ __all__ = [
     "current_call",
     "open_channel",
     "open_server",
+    "open_tcp_listeners",
     "register_channel_metrics",
     "register_resolver",
     "register_server_metrics",

@@ -12,6 +12,8 @@ import ssl
 from collections.abc import Sequence
 from typing import TypedDict
 
+import trio
+
 from ._interceptors import ServerInterceptor
 
 __all__ = ["ServerOptions"]
@@ -42,3 +44,4 @@ class ServerOptions(TypedDict, total=False):
     idle_timeout: float
     min_ping_interval: float
     grace_period: float
+    listeners: Sequence[trio.SocketListener] | None

@@ -297,6 +297,7 @@ async def serve(
     idle_timeout: float = math.inf,
     min_ping_interval: float = 5.0,
     grace_period: float = 10.0,
+    listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``services`` over TCP (optionally TLS) until cancelled or shut down.
@@ -330,6 +331,9 @@ async def serve(
         min_ping_interval: Clients may not PING more often than this (seconds); a client
             that keeps doing it gets ``GOAWAY(ENHANCE_YOUR_CALM)``. Advertised in HELLO.
         grace_period: Seconds :meth:`Server.shutdown` lets running calls finish.
+        listeners: Serve on these (e.g. from :func:`open_tcp_listeners`, several ports, or
+            a port shared with ``reuse_port``) instead of binding ``host`` and ``port``,
+            which must then be left out. The server owns them: it closes them.
         task_status: Receives the :class:`Server` once it listens.
 
     Returns:
@@ -377,9 +381,28 @@ async def serve(
         grace_period=check_seconds("grace_period", grace_period),
     )
     by_name, methods = _build(services, reflection)
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    server = Server(by_name, methods, options, listeners)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:
+        listeners = _check_listeners(listeners, host, port)
+    server = Server(by_name, methods, options, list(listeners))
     await server._run(task_status)
+
+
+def _check_listeners(listeners: object, host: str | None, port: int) -> list[trio.SocketListener]:
+    if host is not None or port != 0:
+        raise ValueError(
+            f"pass either listeners or host/port, not both (host={host!r}, port={port!r})"
+        )
+    if (
+        not isinstance(listeners, Sequence)
+        or not listeners
+        or not all(isinstance(item, trio.SocketListener) for item in listeners)
+    ):
+        raise TypeError(
+            f"listeners must be a non-empty sequence of trio.SocketListener, got {listeners!r}"
+        )
+    return list(listeners)
 
 
 @asynccontextmanager

@@ -5,6 +5,8 @@
   :class:`WorkerStartError` once for a worker that cannot start.
 * :class:`WorkerContext`: the worker's side -- who it is, binding its life to the
   supervisor's, and reporting ready.
+* :class:`WorkerMetricsRegistry`: one ``/metrics`` for the supervisor and its workers
+  (scraped and labelled ``worker``).
 
 Layering: above ``rpc`` and ``registry`` (it runs their processes, never imports them),
 below ``cli``. POSIX only.
@@ -17,6 +19,7 @@ Log events defined here: ``supervise.worker.started``, ``supervise.worker.ready`
 from __future__ import annotations
 
 from .._lazy import fixup_module_metadata
+from ._metrics import WORKER_LABEL, WorkerMetricsRegistry
 from ._supervisor import (
     MAX_WORKERS,
     STOP_MARGIN,
@@ -25,18 +28,28 @@ from ._supervisor import (
     WorkerStartError,
     WorkerStatus,
 )
-from ._worker import ENV_COUNT, ENV_INDEX, ENV_READY_FD, ENV_SUPERVISOR_PID, WorkerContext
+from ._worker import (
+    ENV_COUNT,
+    ENV_INDEX,
+    ENV_LIFE_FD,
+    ENV_READY_FD,
+    ENV_SUPERVISOR_PID,
+    WorkerContext,
+)
 
 __all__ = [
     "ENV_COUNT",
     "ENV_INDEX",
+    "ENV_LIFE_FD",
     "ENV_READY_FD",
     "ENV_SUPERVISOR_PID",
     "MAX_WORKERS",
     "STOP_MARGIN",
+    "WORKER_LABEL",
     "Supervisor",
     "SupervisorStatistics",
     "WorkerContext",
+    "WorkerMetricsRegistry",
     "WorkerStartError",
     "WorkerStatus",
 ]

@@ -16,12 +16,13 @@ start failure: on a slot's first start, or after ``max_start_failures`` failures
 the supervisor gives up and ``run`` raises :class:`WorkerStartError` -- one error, not a
 restart loop, for a module that does not import or a port that is taken.
 
-Stopping is cancellation: cancel ``run`` and every slot sends its worker SIGTERM (the
+Workers run in process groups of their own, so a Ctrl-C at the terminal reaches only the
+supervisor. Stopping is cancellation: cancel ``run`` and every slot sends its worker SIGTERM (the
 worker deregisters and drains) and waits up to ``grace`` plus ``stop_margin`` seconds,
 then SIGKILLs what is left. :meth:`Supervisor.kill` SIGKILLs every worker at once (a second
-Ctrl-C). Workers bind themselves to the supervisor's life
-(:meth:`~trio_micro.supervise.WorkerContext.bind_to_supervisor`), so a supervisor killed
-with SIGKILL leaves no orphan: the kernel SIGTERMs its workers.
+Ctrl-C). Workers watch the supervisor's life through a
+pipe (:meth:`~trio_micro.supervise.WorkerContext.wait_supervisor_gone`), so a supervisor
+killed with SIGKILL leaves no orphan: each worker sees it and drains as on SIGTERM.
 
 POSIX only (the ready pipe is an inherited file descriptor).
 """
@@ -44,7 +45,7 @@ import trio
 from .._errors import TrioMicroError
 from .._validate import check_callable, check_int, check_seconds
 from ..toolkit import Backoff
-from ._worker import ENV_COUNT, ENV_INDEX, ENV_READY_FD, ENV_SUPERVISOR_PID
+from ._worker import ENV_COUNT, ENV_INDEX, ENV_LIFE_FD, ENV_READY_FD, ENV_SUPERVISOR_PID
 
 __all__ = [
     "MAX_WORKERS",
@@ -191,6 +192,7 @@ class Supervisor:
         self._slots = [_Slot(i) for i in range(self.count)]
         self._start_failures = 0
         self._ready_changed = trio.Event()
+        self._life_read = -1
 
     def __repr__(self) -> str:
         ready = sum(1 for slot in self._slots if slot.ready)
@@ -235,6 +237,20 @@ class Supervisor:
                 workers are stopped first. It comes alone, not in a group.
         """
         failure: list[WorkerStartError] = []
+        # The life pipe: workers read it; only this process holds the write end, so it
+        # reads as end-of-file in every worker once this process is gone, however it died.
+        self._life_read, life_write = os.pipe()
+        try:
+            await self._run_slots(failure, task_status)
+        finally:
+            os.close(self._life_read)
+            os.close(life_write)
+        if failure:
+            raise failure[0]
+
+    async def _run_slots(
+        self, failure: list[WorkerStartError], task_status: trio.TaskStatus[list[WorkerStatus]]
+    ) -> None:
         async with trio.open_nursery() as nursery:
 
             async def slot_task(slot: _Slot) -> None:
@@ -249,8 +265,6 @@ class Supervisor:
             while not all(slot.ready for slot in self._slots):
                 await self._ready_changed.wait()
             task_status.started(self.workers())
-        if failure:
-            raise failure[0]
 
     def kill(self) -> None:
         """SIGKILL every worker now (e.g. on a second Ctrl-C). Not a checkpoint.
@@ -309,12 +323,17 @@ class Supervisor:
                 ENV_COUNT: str(self.count),
                 ENV_SUPERVISOR_PID: str(os.getpid()),
                 ENV_READY_FD: str(write_fd),
+                ENV_LIFE_FD: str(self._life_read),
             }
             process = await trio.lowlevel.open_process(
                 list(self._command(slot.index)),
                 env=env,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd, self._life_read),
                 stdin=subprocess.DEVNULL,
+                # Its own process group: a Ctrl-C at the terminal reaches the supervisor
+                # only, which stops each worker with one SIGTERM (a worker that got both
+                # would take the second signal as "stop at once").
+                process_group=0,
             )
         except BaseException:
             os.close(read_fd)
