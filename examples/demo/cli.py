@@ -21,7 +21,7 @@ from trio_micro import observe
 
 from .config import SERVICE_SPEC, Config, DemoError
 from .processes import busy_ports, kill_all_now, leftovers, remove_empty_outputs
-from .report import build_summary, logs_summary, print_summary, read_replica_log, verdict
+from .report import build_summary, logs_summary, print_summary, read_replica_logs, verdict
 from .run import Run, say, supervise
 
 EXIT_OK: Final = 0
@@ -87,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--concurrency", type=_integer, default=200, help="calls in flight (default 200)"
     )
     parser.add_argument(
-        "--replicas", type=_integer, default=3, help="user-service processes (default 3)"
+        "--replicas", type=_integer, default=3, help="user-service replicas (default 3)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_integer,
+        default=2,
+        help="worker processes per replica (trio-micro serve --workers; default 2)",
     )
     parser.add_argument(
         "--ttl",
@@ -120,6 +126,7 @@ def _check_args(args: argparse.Namespace) -> Config:
         calls=args.calls,
         concurrency=args.concurrency,
         replicas=args.replicas,
+        workers=args.workers,
         ttl=args.ttl,
         seed=args.seed,
         kill=not args.no_kill,
@@ -163,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(config)
     run_dir = config.run_dir
     say(
-        f"demo: {config.replicas} replicas of {SERVICE_SPEC}, {config.users:,} "
+        f"demo: {config.replicas} replicas x {config.workers} workers of {SERVICE_SPEC}, "
+        f"{config.users:,} "
         f"users, {config.calls:,} GetUser calls ({config.concurrency} in flight)"
         + ("; one replica is killed halfway" if config.kill else "")
     )
@@ -185,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.leftovers = leftovers(run.children)
     run.busy_ports = busy_ports(run.children)
     run.duration = time.monotonic() - run.started
-    logs = {c.name: read_replica_log(c.log) for c in run.replicas()}
+    logs = {c.name: read_replica_logs(c) for c in run.replicas()}
     summary = build_summary(run, logs)
     print_summary(summary)
     report = run_dir / "report.html"

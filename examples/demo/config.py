@@ -84,6 +84,7 @@ class Config:
     calls: int
     concurrency: int
     replicas: int
+    workers: int
     ttl: float
     seed: int
     kill: bool

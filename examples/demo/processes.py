@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -13,12 +14,24 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from .config import KILL_TIMEOUT, SERVICE, START_TIMEOUT, STOP_TIMEOUT, Config, DemoError
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One worker process of a replica (``serve --workers``), as its supervisor reported it;
+    a replica without a supervisor is its own one worker."""
+
+    index: int
+    pid: int
+    address: str  # the endpoint it registered: its own port
+    log: Path | None
 
 
 @dataclass(eq=False)
@@ -33,6 +46,7 @@ class Child:
     killed_at: int | None = None  # the demo SIGKILLed it on purpose after this many calls
     stop: str | None = None  # how it stopped, for the report
     clean: bool = False
+    workers: list[Worker] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -47,6 +61,18 @@ class Child:
         if self.running():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signum)
+
+    def groups(self) -> list[int]:
+        """The process groups of the child: its own, and each worker's (a supervisor starts
+        its workers in groups of their own)."""
+        return [self.pid, *(w.pid for w in self.workers if w.pid != self.pid)]
+
+    def kill_tree(self) -> None:
+        """SIGKILL the child and every worker of it: the whole replica dies at once."""
+        self.signal_group(signal.SIGKILL)
+        for pid in self.groups()[1:]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def child_env() -> dict[str, str]:
@@ -149,8 +175,40 @@ async def start_child(
     argv = [*argv, "--log-file", str(log)]
     child = await _spawn(children, name, argv, config.run_dir, env, log)
     child.address, rest = await _wait_ready(child, pattern)
+    child.workers = _workers(child)
     nursery.start_soon(_drain, child, rest, config.run_dir / f"{name}.stdout.txt")
     return child
+
+
+def _workers(child: Child) -> list[Worker]:
+    """What a ready ``serve --workers N`` logged about its workers (``serve.started``), or
+    the child itself as one worker (it logs before it prints its ready line)."""
+    assert child.log is not None
+    assert child.address is not None
+    started: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        for line in child.log.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == "serve.started":
+                    started = record
+    reported = started.get("workers")
+    if not isinstance(reported, list):
+        return [Worker(0, child.pid, child.address, child.log)]
+    return [
+        Worker(
+            int(w["index"]),
+            int(w["pid"]),
+            str(w["address"]),
+            worker_log_file(child.log, int(w["index"])),
+        )
+        for w in reported
+    ]
+
+
+def worker_log_file(log: Path, index: int) -> Path:
+    """Where ``serve --workers`` worker ``index`` writes when the replica logs to ``log``."""
+    return log.with_name(f"{log.stem}.worker{index}{log.suffix}")
 
 
 async def seed_database(config: Config, env: dict[str, str], db: Path) -> str:
@@ -221,24 +279,27 @@ async def stop_all(children: list[Child], timeout: float = STOP_TIMEOUT) -> None
 
 
 def kill_all_now(children: Sequence[Child]) -> None:
-    """SIGKILL every child still running (synchronous: the last resort)."""
+    """SIGKILL every child still running, and its workers (synchronous: the last resort)."""
     for child in children:
-        child.signal_group(signal.SIGKILL)
+        if child.running():
+            child.kill_tree()
 
 
 def leftovers(children: Sequence[Child]) -> list[str]:
-    """Describe each child whose process group still has a process; kill those groups."""
+    """Describe each process group of a child (or of its workers) that still has a process;
+    kill those groups."""
     left = []
     for child in children:
-        try:
-            os.killpg(child.pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:  # the group id was reused by someone else's process
-            continue
-        left.append(f"{child.name} (process group {child.pid})")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+        for group in child.groups():
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:  # the group id was reused by someone else's process
+                continue
+            left.append(f"{child.name} (process group {group})")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
     return left
 
 

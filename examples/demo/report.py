@@ -15,6 +15,7 @@ from trio_micro import cli, observe
 from trio_micro.observe import CALL_EVENTS, CODE_OK
 
 from .config import DB_QUERY_EVENT, METHOD, QUANTILES
+from .processes import Child
 from .run import Run
 
 # ---------------------------------------------------------------------- the logs
@@ -32,6 +33,19 @@ class ReplicaLog:
     repeated_queries: int = 0  # queries for a user this replica had queried before
     servers: set[str] = field(default_factory=set)
     malformed: int = 0
+    by_worker: dict[int, ReplicaLog] = field(default_factory=dict)  # each worker's own log
+
+    def add(self, other: ReplicaLog) -> None:
+        """Count ``other`` (another process's log of the same replica) in too."""
+        self.ok += other.ok
+        for code, n in other.failed.items():
+            self.failed[code] = self.failed.get(code, 0) + n
+        self.hits += other.hits
+        self.misses += other.misses
+        self.db_queries += other.db_queries
+        self.repeated_queries += other.repeated_queries
+        self.servers |= other.servers
+        self.malformed += other.malformed
 
 
 class _LogLine(msgspec.Struct):
@@ -42,6 +56,19 @@ class _LogLine(msgspec.Struct):
     server: str = ""
     cache: str = ""
     user_id: int = 0
+
+
+def read_replica_logs(child: Child) -> ReplicaLog:
+    """What a replica's logs say: its own (the supervisor's, with ``--workers``) and each
+    worker's, summed, with each worker's in ``by_worker``."""
+    out = read_replica_log(child.log)
+    for worker in child.workers:
+        if worker.log is None or worker.log == child.log:
+            continue
+        log = read_replica_log(worker.log)
+        out.by_worker[worker.index] = log
+        out.add(log)
+    return out
 
 
 def read_replica_log(path: Path | None) -> ReplicaLog:
@@ -105,12 +132,26 @@ def build_summary(run: Run, logs: dict[str, ReplicaLog]) -> dict[str, Any]:
     replicas = []
     for child in run.replicas():
         log = logs.get(child.name, ReplicaLog())
+        counts = run.counter.counts
+        workers = [
+            {
+                "index": w.index,
+                "pid": w.pid,
+                "address": w.address,
+                "calls": counts.get(w.address, 0),
+                "log_ok": log.by_worker.get(w.index, log).ok,
+                "db_queries": log.by_worker.get(w.index, log).db_queries,
+                "log": str(w.log) if w.log else None,
+            }
+            for w in child.workers
+        ]
         replicas.append(
             {
                 "name": child.name,
                 "address": child.address,
                 "pid": child.pid,
-                "calls": run.counter.counts.get(child.address or "", 0),
+                "workers": workers,
+                "calls": sum(counts.get(w.address, 0) for w in child.workers),
                 "log_ok": log.ok,
                 "log_failed": log.failed,
                 "log_cache_hits": log.hits,
@@ -210,6 +251,24 @@ def print_summary(summary: dict[str, Any]) -> None:
                 for r in summary["replicas"]
             ],
         )
+        if any(len(r["workers"]) > 1 for r in summary["replicas"]):
+            table(
+                "calls per worker (client) and in its log",
+                ("replica", "worker", "address", "pid", "calls", "log ok", "db queries"),
+                [
+                    (
+                        r["name"],
+                        str(w["index"]),
+                        w["address"],
+                        str(w["pid"]),
+                        f"{w['calls']:,}",
+                        f"{w['log_ok']:,}",
+                        f"{w['db_queries']:,}",
+                    )
+                    for r in summary["replicas"]
+                    for w in r["workers"]
+                ],
+            )
         if summary["errors"]:
             table(
                 "errors",

@@ -123,6 +123,7 @@ async def _work(run: Run) -> None:
         replica_argv = [*python, "serve", SERVICE_SPEC, "--host", "127.0.0.1", "--port", "0"]
         replica_argv += ["--registry", f"registry://{registry.address}"]
         replica_argv += ["--ttl", f"{config.ttl:g}", "-o", f"db={db}"]
+        replica_argv += ["--workers", str(config.workers)]
         async with trio.open_nursery() as nursery:
             for i in range(1, config.replicas + 1):
                 nursery.start_soon(
@@ -136,7 +137,8 @@ async def _work(run: Run) -> None:
                     env,
                 )
         for child in run.replicas():
-            say(f"{child.name} serving on {child.address} (pid {child.pid})")
+            workers = ", ".join(f"{w.address} (pid {w.pid})" for w in child.workers)
+            say(f"{child.name} serving on {child.address} (pid {child.pid}); workers: {workers}")
         # 2. the client
         await _client(run, registry)
         drains.cancel_scope.cancel()  # the children are stopped by the caller
@@ -177,7 +179,7 @@ async def _client(run: Run, registry: Child) -> None:
                 show(done, failed)
                 if victim is not None and victim.killed_at is None and done >= kill_at:
                     victim.killed_at = done
-                    victim.signal_group(signal.SIGKILL)
+                    victim.kill_tree()
                     print(
                         f"killed {victim.name} (pid {victim.pid}, {victim.address}) with "
                         f"SIGKILL after {done:,} calls",
@@ -204,16 +206,16 @@ async def _client(run: Run, registry: Child) -> None:
 
 
 async def _wait_discovered(run: Run, channel: rpc.Channel) -> None:
-    """Wait until the channel has a ready connection to every replica."""
-    wanted = {c.address for c in run.replicas()}
+    """Wait until the channel has a ready connection to every worker of every replica."""
+    wanted = {w.address for c in run.replicas() for w in c.workers}
     stats = channel.statistics()
     with trio.move_on_after(DISCOVERY_TIMEOUT):
         while True:
             stats = channel.statistics()
             if wanted <= set(stats.endpoints) and stats.ready >= len(wanted):
                 say(
-                    f"client: found {len(wanted)} replicas of {SERVICE!r} in the registry, "
-                    f"connected to each"
+                    f"client: found {len(wanted)} endpoints of {SERVICE!r} in the registry "
+                    f"(replicas x workers), connected to each"
                 )
                 return
             await trio.sleep(0.05)

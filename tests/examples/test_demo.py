@@ -124,14 +124,20 @@ class _Log:
                     self.failed.append(record)
 
 
-def _replica_logs(summary: dict[str, Any]) -> dict[str, _Log]:
-    return {r["name"]: _Log(Path(r["log"])) for r in summary["replicas"]}
+def _worker_logs(summary: dict[str, Any]) -> dict[tuple[str, int], _Log]:
+    """(replica, worker index) -> what that worker's own log says."""
+    return {
+        (r["name"], w["index"]): _Log(Path(w["log"]))
+        for r in summary["replicas"]
+        for w in r["workers"]
+    }
 
 
 def _check_processes_gone(summary: dict[str, Any], run_dir: Path) -> None:
-    for process in summary["processes"]:
+    workers = [w["pid"] for r in summary["replicas"] for w in r["workers"]]
+    for pid in [p["pid"] for p in summary["processes"]] + workers:
         with pytest.raises(ProcessLookupError):
-            os.kill(process["pid"], 0)
+            os.kill(pid, 0)
     assert _processes_naming(str(run_dir)) == []
     assert summary["leftover_processes"] == []
     assert summary["busy_ports"] == []
@@ -160,20 +166,27 @@ async def test_demo_survives_a_killed_replica_and_its_summary_matches_the_logs(
         "users-3": (-signal.SIGKILL, True),
     }
 
-    logs = _replica_logs(summary)
+    logs = _worker_logs(summary)
     retries = summary["retries"]
     assert sum(r["calls"] for r in summary["replicas"]) == 1500
     for replica in summary["replicas"]:
-        log = logs[replica["name"]]
-        assert set(log.ok) == {replica["address"]}  # the `server` field names the replica
-        if replica["killed_at_call"] is None:
-            assert log.ok[replica["address"]] == replica["calls"]
-            assert log.failed == []
-        else:
-            assert replica["calls"] <= log.ok[replica["address"]] <= replica["calls"] + retries
-        assert replica["log_ok"] == log.ok[replica["address"]]
-        assert replica["db_queries"] == sum(log.queries.values())
-        assert max(log.queries.values()) == 1  # no user queried twice by one replica
+        assert len(replica["workers"]) == 2  # serve --workers 2 (the demo's default)
+        for worker in replica["workers"]:
+            log = logs[replica["name"], worker["index"]]
+            # The `server` field names the worker's own endpoint (the one it registered).
+            assert set(log.ok) <= {worker["address"]}
+            served = log.ok[worker["address"]]
+            if replica["killed_at_call"] is None:
+                assert served == worker["calls"]
+                assert log.failed == []
+            else:
+                assert worker["calls"] <= served <= worker["calls"] + retries
+            assert worker["log_ok"] == served
+            assert worker["db_queries"] == sum(log.queries.values())
+            # Each worker has its own cache and single-flight: no user queried twice by one.
+            assert max(log.queries.values(), default=1) == 1
+        assert replica["calls"] == sum(w["calls"] for w in replica["workers"])
+        assert replica["log_ok"] == sum(w["log_ok"] for w in replica["workers"])
     assert summary["db_queries"] == sum(sum(log.queries.values()) for log in logs.values())
     # Cache hits: the replies' `source` (client) against the `cache` field (logs).
     cache_replies = summary["replies_by_source"].get("cache", 0)
@@ -195,10 +208,11 @@ async def test_demo_without_a_kill_matches_the_logs_exactly(run_dir: Path) -> No
     )  # fmt: skip
     assert code == 0, stdout
     assert (summary["ok"], summary["failed"], summary["retries"]) == (600, 0, 0)
-    logs = _replica_logs(summary)
+    logs = _worker_logs(summary)
     for replica in summary["replicas"]:
         assert replica["killed_at_call"] is None
-        assert logs[replica["name"]].ok == {replica["address"]: replica["calls"]}
+        for worker in replica["workers"]:
+            assert logs[replica["name"], worker["index"]].ok == {worker["address"]: worker["calls"]}
     assert sum(log.hits for log in logs.values()) == summary["replies_by_source"].get("cache", 0)
     # Callers coalesced onto one load all get a "database" reply: one query serves them.
     assert 0 < summary["db_queries"] <= summary["replies_by_source"].get("database", 0)
@@ -249,7 +263,15 @@ async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
 
 def _config(run_dir: Path) -> Config:
     return Config(
-        users=1, calls=1, concurrency=1, replicas=1, ttl=1.0, seed=0, kill=False, run_dir=run_dir
+        users=1,
+        calls=1,
+        concurrency=1,
+        replicas=1,
+        workers=1,
+        ttl=1.0,
+        seed=0,
+        kill=False,
+        run_dir=run_dir,
     )
 
 
