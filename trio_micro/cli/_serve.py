@@ -68,6 +68,7 @@ from ._common import (
     seconds,
     usage_error,
 )
+from ._gateway import add_http_port_argument, enter_http_gateway  # issue #19
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -329,6 +330,7 @@ def add_serve_parser(subparsers: Any) -> None:
         action="store_true",
         help="do not log one record per call (rpc.AccessLogInterceptor)",
     )
+    add_http_port_argument(parser)  # --http-port (issue #19)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +347,7 @@ class _ServeConfig:
     grace: float
     access_log: bool
     debug_port: int | None = None
+    http_port: int | None = None  # issue #19: the Connect gateway
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -377,6 +380,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         grace=args.grace,
         access_log=not args.no_access_log,
         debug_port=args.debug_port,
+        http_port=args.http_port,
     )
 
 
@@ -426,6 +430,8 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
             )
             log.info("serve.debug_endpoint", url=debug.url)
             print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
+        if config.http_port is not None:  # issue #19: the Connect gateway, same process
+            await enter_http_gateway(stack, server, [service], config.host, config.http_port)
         stopper.fields.update(services=names, address=address)
         where = None
         if config.registry is not None:

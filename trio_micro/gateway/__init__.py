@@ -19,9 +19,9 @@ from __future__ import annotations
 from .._lazy import fixup_module_metadata
 from ._app import ConnectApp
 from ._connect import CONNECT_CODES
-from ._serve import routes_of, serve_gateway
+from ._serve import open_gateway, routes_of, serve_gateway
 
-__all__ = ["CONNECT_CODES", "ConnectApp", "routes_of", "serve_gateway"]
+__all__ = ["CONNECT_CODES", "ConnectApp", "open_gateway", "routes_of", "serve_gateway"]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
 del fixup_module_metadata

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
-from typing import Final, NoReturn, final
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, NoReturn, final
 
 import msgspec
 import structlog
@@ -18,7 +20,7 @@ from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE
 
 from ._app import ConnectApp
 
-__all__ = ["routes_of", "serve_gateway"]
+__all__ = ["open_gateway", "routes_of", "serve_gateway"]
 
 _log = structlog.get_logger("trio_micro.gateway")
 
@@ -163,6 +165,22 @@ async def serve_gateway(
         if not handed_over:
             os.close(fd)  # hypercorn never made its socket: the descriptor is ours
     raise RuntimeError("hypercorn stopped serving the gateway unexpectedly")
+
+
+@asynccontextmanager
+async def open_gateway(channel: rpc.Channel, **options: Any) -> AsyncIterator[tuple[str, int]]:
+    """Run :func:`serve_gateway` for the ``async with`` body; yield its ``(host, port)``.
+
+    Entering waits until the socket listens (a checkpoint); leaving stops the gateway
+    (in-flight HTTP calls are cancelled). ``options`` are :func:`serve_gateway`'s. As with
+    trio's nurseries, an exception from the body comes out in an ``ExceptionGroup``.
+    """
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(functools.partial(serve_gateway, channel, **options))
+        try:
+            yield address
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 def _bind(host: str, port: int) -> socket.socket:
