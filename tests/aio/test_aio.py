@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -20,6 +21,7 @@ from .conftest import ServerThread
 from .services import AioTestService, Answer, Ask
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
 BOUND = 30.0  # no test may hang; a real failure shows long before this
 
 
@@ -297,3 +299,38 @@ def test_calls_work_under_uvloop(server: ServerThread) -> None:
             return [a.value for a in answers] + items
 
     assert run(main, loop_factory=uvloop.new_event_loop) == list(range(50)) + list(range(100))
+
+
+def test_an_asyncio_program_calls_the_user_service_with_typed_stubs(tmp_path: Path) -> None:
+    from examples.user_service.service import (
+        GetUserRequest,
+        ListUsersRequest,
+        User,
+        UserService,
+    )
+
+    db = tmp_path / "users.db"
+    seed = [sys.executable, "-m", "examples.user_service", "seed", "--db", str(db), "--users", "5"]
+    subprocess.run(seed, check=True, timeout=60, capture_output=True, cwd=ROOT)
+    serve = [sys.executable, "-m", "trio_micro", "serve", "examples.user_service:UserService"]
+    serve += ["--port", "0", "-o", f"db={db}", "--log-file", str(tmp_path / "log.jsonl")]
+    with subprocess.Popen(serve, stdout=subprocess.PIPE, cwd=ROOT) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline().decode()  # "serving users on HOST:PORT"
+            address = line.split()[-1]
+
+            async def main() -> tuple[User, list[int]]:
+                async with aio.open_channel(address) as channel:
+                    users = channel.stub(UserService)
+                    async with aio.timeout(10):
+                        user = await users.get_user(GetUserRequest(user_id=1))
+                        listed = [u.user_id async for u in users.list_users(ListUsersRequest())]
+                return user, listed
+
+            user, listed = run(main)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    assert (type(user), user.user_id) == (User, 1)
+    assert listed == [1, 2, 3, 4, 5]
