@@ -29,6 +29,7 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "gateway": ("._gateway", "add_gateway_parser", "run_gateway"),
     "call": ("._call", "add_call_parsers", "run_call"),
     "list": ("._call", "add_call_parsers", "run_list"),
+    "schema": ("._schema", "add_schema_parser", "run_schema"),
     "bench": ("._bench", "add_bench_parser", "run_bench"),
     "demo": ("._demo", "add_demo_parser", "run_demo"),
 }

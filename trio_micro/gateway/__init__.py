@@ -11,7 +11,8 @@ any call. ``docs/interop.md`` cites the sections of the Connect specification fo
 
 :func:`serve_gateway` serves it with hypercorn's trio worker (limits set against slowloris
 and oversize requests); ``trio-micro serve --http-port P`` runs it beside the RPC server,
-``trio-micro gateway registry://...`` in front of a registry.
+``trio-micro gateway registry://...`` in front of a registry. :func:`openapi_document` and
+:func:`json_schema_document` describe it from reflection (``trio-micro schema``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from __future__ import annotations
 from .._lazy import fixup_module_metadata
 from ._app import ConnectApp
 from ._connect import CONNECT_CODES
+from ._schema import json_schema_document, openapi_document
 from ._serve import open_gateway, routes_of, serve_gateway
 
-__all__ = ["CONNECT_CODES", "ConnectApp", "open_gateway", "routes_of", "serve_gateway"]
+__all__ = [
+    "CONNECT_CODES",
+    "ConnectApp",
+    "json_schema_document",
+    "open_gateway",
+    "openapi_document",
+    "routes_of",
+    "serve_gateway",
+]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
 del fixup_module_metadata
