@@ -226,14 +226,7 @@ class ConnectApp:
         except (TypeError, ValueError, OverflowError) as exc:
             await _send_error(send, 500, Status.INTERNAL, f"can't encode the response: {exc}")
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", _JSON), (b"content-length", b"%d" % len(body))],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await _send_json(send, 200, body)
 
     async def _stream(
         self,
@@ -286,7 +279,10 @@ async def _send_error(
     message: str,
     details: Mapping[str, str] | None = None,
 ) -> None:
-    body = error_body(code, message, details)
+    await _send_json(send, status, error_body(code, message, details))
+
+
+async def _send_json(send: Any, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
