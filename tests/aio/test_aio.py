@@ -17,7 +17,7 @@ import pytest
 from trio_micro import aio, rpc
 from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE
 
-from .conftest import ServerThread
+from .conftest import ServerThread, start_server
 from .services import AioTestService, Answer, Ask
 
 T = TypeVar("T")
@@ -334,3 +334,57 @@ def test_an_asyncio_program_calls_the_user_service_with_typed_stubs(tmp_path: Pa
             server.wait(timeout=30)
     assert (type(user), user.user_id) == (User, 1)
     assert listed == [1, 2, 3, 4, 5]
+
+
+def test_calls_beyond_the_servers_stream_limit_wait_for_a_slot() -> None:
+    server = start_server(max_concurrent_streams=2)
+    try:
+
+        async def main() -> list[int]:
+            async with aio.open_channel(server.target) as channel:
+                stub = channel.stub(AioTestService)
+                answers = await asyncio.gather(*(stub.echo(Ask(value=i)) for i in range(40)))
+                return [a.value for a in answers]
+
+        assert run(main) == list(range(40))
+    finally:
+        server.stop()
+
+
+def test_a_server_shutting_down_fails_the_pending_call_and_the_next_call_reconnects() -> None:
+    first = start_server(grace_period=0.1)
+    port = int(first.target.rpartition(":")[2])
+
+    async def main() -> tuple[rpc.Status, int]:
+        async with aio.open_channel(first.target) as channel:
+            stub = channel.stub(AioTestService)
+            pending = asyncio.create_task(stub.slow(Ask()))
+            await asyncio.to_thread(first.probe.started.wait, 10)
+            await asyncio.to_thread(first.stop)  # GOAWAY, then the grace period runs out
+            with pytest.raises(rpc.RpcError) as info:
+                await pending
+            second = await asyncio.to_thread(start_server, port)  # the same address again
+            try:
+                answer = await stub.echo(Ask(value=5))  # a new connection
+            finally:
+                await asyncio.to_thread(second.stop)
+            return info.value.code, answer.value
+
+    code, value = run(main)
+    assert code in (rpc.Status.CANCELLED, rpc.Status.UNAVAILABLE)
+    assert value == 5
+
+
+def test_a_call_on_a_lost_connection_is_unavailable() -> None:
+    server = start_server()
+
+    async def main() -> rpc.Status:
+        async with aio.open_channel(server.target) as channel:
+            stub = channel.stub(AioTestService)
+            await stub.echo(Ask())
+            await asyncio.to_thread(server.stop)
+            with pytest.raises(rpc.RpcError) as info:
+                await stub.echo(Ask())  # the old connection is gone, and so is the server
+            return info.value.code
+
+    assert run(main) is rpc.Status.UNAVAILABLE
