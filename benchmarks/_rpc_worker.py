@@ -469,17 +469,52 @@ def trio_micro_client(args: argparse.Namespace) -> dict[str, float]:
     return trio.run(main)
 
 
+# --- trio_micro.aio: the asyncio client, against the trio_micro server above ---------------
+
+
+def _aio_client(args: argparse.Namespace, *, use_uvloop: bool) -> dict[str, float]:
+    import asyncio
+
+    from trio_micro import aio
+
+    service = _bench_service()
+
+    async def main() -> dict[str, float]:
+        async with aio.open_channel(f"127.0.0.1:{args.port}") as channel:
+            stub = channel.stub(service)
+            return await _drive(stub.get_user, _run_asyncio_workers, args)
+
+    if not use_uvloop:
+        return asyncio.run(main())
+    import uvloop
+
+    return uvloop.run(main())
+
+
+def trio_micro_aio_client(args: argparse.Namespace) -> dict[str, float]:
+    return _aio_client(args, use_uvloop=False)
+
+
+def trio_micro_uvloop_client(args: argparse.Namespace) -> dict[str, float]:
+    return _aio_client(args, use_uvloop=True)
+
+
 # --- entry point -------------------------------------------------------------------------
 
 SERVERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "grpcio": grpcio_server,
     "raw": raw_server,
     "trio_micro": trio_micro_server,
+    # the asyncio clients call the same trio_micro server
+    "trio_micro_aio": trio_micro_server,
+    "trio_micro_uvloop": trio_micro_server,
 }
 CLIENTS: dict[str, Callable[[argparse.Namespace], dict[str, float]]] = {
     "grpcio": grpcio_client,
     "raw": raw_client,
     "trio_micro": trio_micro_client,
+    "trio_micro_aio": trio_micro_aio_client,
+    "trio_micro_uvloop": trio_micro_uvloop_client,
 }
 
 

@@ -21,6 +21,10 @@ Contenders (``--only`` names):
   (``observe.configure_logging(format="json", file=...)``, each record flushed).
 * ``trio_micro_log_buffered``: the same with ``flush_interval=0.5``: records buffered and
   flushed by a thread every half second (and at exit).
+* ``trio_micro_aio`` / ``trio_micro_uvloop``: the ``trio_micro`` server called by the
+  asyncio client :mod:`trio_micro.aio` (one connection, ``asyncio.gather`` workers like the
+  grpcio client) on asyncio's default loop / on uvloop: an asyncio program's client, next
+  to grpcio-aio's.
 
 Workloads: throughput with 64 calls in flight on one connection; sequential latency (one
 call at a time, p50/p99); throughput with 256 in flight and the server's peak RSS. Every
@@ -70,6 +74,9 @@ CONTENDERS: dict[str, tuple[str, str, str | None]] = {
         "trio_micro",
         BUFFERED,
     ),
+    # issue #19: the asyncio client of trio_micro.aio against the same trio_micro server
+    "trio_micro_aio": ("trio_micro.aio client (asyncio)", "trio_micro_aio", None),
+    "trio_micro_uvloop": ("trio_micro.aio client (uvloop)", "trio_micro_uvloop", None),
 }
 BASELINE, CEILING, SUBJECT = "grpcio", "raw", "trio_micro"
 
@@ -468,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d')}; {pinning}; grpcio {_version('grpcio')}, "
-        f"trio {_version('trio')}, msgspec {_version('msgspec')}; trio_micro/rpc sources "
+        f"trio {_version('trio')}, msgspec {_version('msgspec')}, uvloop {_version('uvloop')}; "
+        f"trio_micro/rpc sources "
         f"{source}. Medians of {runs} run(s); "
         f"{calls:,} calls per throughput run (repeated until {min_seconds:g} s have passed), "
         f"{latency_calls:,} sequential calls, {warmup:,} warm-up calls first; "

@@ -30,6 +30,11 @@ RANKS = {
     "rpc": 2,
     "registry": 3,
     "analysis": 3,
+    # The asyncio client: the protocol and rpc's service definitions (which don't import
+    # trio: rpc's names are lazy), never rpc's trio machinery.
+    "aio": 3,
+    # The Connect HTTP gateway: calls through rpc (and registry targets, via the CLI).
+    "gateway": 4,
     "supervise": 4,
     "cli": 5,
 }

@@ -26,8 +26,10 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "logs": ("._logs", "add_logs_parser", "run_logs"),
     "registry": ("._registry", "add_registry_parser", "run_registry"),
     "serve": ("._serve", "add_serve_parser", "run_serve"),
+    "gateway": ("._gateway", "add_gateway_parser", "run_gateway"),
     "call": ("._call", "add_call_parsers", "run_call"),
     "list": ("._call", "add_call_parsers", "run_list"),
+    "schema": ("._schema", "add_schema_parser", "run_schema"),
     "bench": ("._bench", "add_bench_parser", "run_bench"),
     "demo": ("._demo", "add_demo_parser", "run_demo"),
 }

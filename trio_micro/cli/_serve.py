@@ -74,6 +74,7 @@ from ._common import (
     usage_error,
     worker_count,
 )
+from ._gateway import add_http_port_argument, enter_http_gateway  # issue #19
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -350,6 +351,7 @@ def add_serve_parser(subparsers: Any) -> None:
         "all accept on --port (SO_REUSEPORT; 0: one free port chosen for all), and each "
         "also listens on a port of its own, which it registers (default: 1, no supervisor)",
     )
+    add_http_port_argument(parser)  # --http-port (issue #19)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +370,7 @@ class _ServeConfig:
     debug_port: int | None = None
     log_file: str | None = None
     workers: int = 1
+    http_port: int | None = None  # issue #19: the Connect gateway
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -386,6 +389,11 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
             f"--host {args.host!r} listens on every interface; pass --advertise HOST:PORT "
             "to say which address to register"
         )
+    if args.workers > 1 and args.http_port is not None:
+        raise usage_error(
+            "--http-port with --workers: each worker would bind the HTTP port; run the "
+            "gateway as a process of its own in front of them (trio-micro gateway TARGET)"
+        )
     target = resolve_service(args.service)
     return _ServeConfig(
         spec=args.service,
@@ -402,6 +410,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         debug_port=args.debug_port,
         log_file=args.log_file,
         workers=args.workers,
+        http_port=args.http_port,
     )
 
 
@@ -478,6 +487,8 @@ async def _serve(
             log.info("serve.debug_endpoint", url=debug.url)
             if worker is None:
                 print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
+        if config.http_port is not None:  # issue #19: the Connect gateway, same process
+            await enter_http_gateway(stack, server, [service], config.host, config.http_port)
         stopper.fields.update(services=names, address=address)
         where = None
         if config.registry is not None:

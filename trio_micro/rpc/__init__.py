@@ -13,35 +13,44 @@
 
 ``docs/rpc.md`` is the user guide; ``docs/protocol.md`` the wire format, implemented by the
 sans-io :mod:`trio_micro.protocol` that this package drives.
+
+Names are imported on first use (PEP 562 module ``__getattr__``): the service definitions
+(``Service``, ``unary``, ``server_stream``, ``MethodInfo``), ``RpcError``, ``Status`` and
+``Endpoint`` do not import Trio, so a module defining a service can be imported by an
+asyncio program (:mod:`trio_micro.aio`) without it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trio_micro.protocol import Status
 
-from .._lazy import fixup_module_metadata
-from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
-from ._channel import Channel, ChannelStatistics, open_channel
-from ._context import ClientCall, ServerCall, current_call
-from ._errors import RpcError
-from ._interceptors import ClientInterceptor, ServerInterceptor
-from ._listeners import open_tcp_listeners
-from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
-from ._observability import AccessLogInterceptor
-from ._options import ServerOptions
-from ._reflection import (
-    ListServicesRequest,
-    ListServicesResponse,
-    MethodDescription,
-    ReflectionService,
-    ServiceDescription,
-)
-from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_target
-from ._retry import RetryPolicy
-from ._server import Server, ServerStatistics, open_server, serve
-from ._service import MethodInfo, Service, server_stream, unary
-from ._stubs import ResponseStream
-from ._transport import Endpoint
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
+    from ._address import Endpoint
+    from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
+    from ._channel import Channel, ChannelStatistics, open_channel
+    from ._context import ClientCall, ServerCall, current_call
+    from ._errors import RpcError
+    from ._interceptors import ClientInterceptor, ServerInterceptor
+    from ._listeners import open_tcp_listeners
+    from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
+    from ._observability import AccessLogInterceptor
+    from ._options import ServerOptions
+    from ._reflection import (
+        ListServicesRequest,
+        ListServicesResponse,
+        MethodDescription,
+        ReflectionService,
+        ServiceDescription,
+    )
+    from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_target
+    from ._retry import RetryPolicy
+    from ._server import Server, ServerStatistics, open_server, serve
+    from ._service import MethodInfo, Service, server_stream, unary
+    from ._stubs import ResponseStream
 
 __all__ = [
     "AccessLogInterceptor",
@@ -87,5 +96,65 @@ __all__ = [
     "unary",
 ]
 
-fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
-del fixup_module_metadata
+# private module -> the names of __all__ it defines
+_MODULES: dict[str, tuple[str, ...]] = {
+    "._address": ("Endpoint",),
+    "._balancing": (
+        "Balancer",
+        "OutlierEjection",
+        "PowerOfTwoChoices",
+        "RoundRobin",
+        "Subchannel",
+    ),
+    "._channel": (
+        "Channel",
+        "ChannelStatistics",
+        "open_channel",
+    ),
+    "._context": (
+        "ClientCall",
+        "ServerCall",
+        "current_call",
+    ),
+    "._errors": ("RpcError",),
+    "._interceptors": (
+        "ClientInterceptor",
+        "ServerInterceptor",
+    ),
+    "._listeners": ("open_tcp_listeners",),
+    "._metrics": (
+        "MetricsInterceptor",
+        "register_channel_metrics",
+        "register_server_metrics",
+    ),
+    "._observability": ("AccessLogInterceptor",),
+    "._options": ("ServerOptions",),
+    "._reflection": (
+        "ListServicesRequest",
+        "ListServicesResponse",
+        "MethodDescription",
+        "ReflectionService",
+        "ServiceDescription",
+    ),
+    "._resolver": (
+        "ResolvedEndpoint",
+        "Resolver",
+        "register_resolver",
+        "split_target",
+    ),
+    "._retry": ("RetryPolicy",),
+    "._server": (
+        "Server",
+        "ServerStatistics",
+        "open_server",
+        "serve",
+    ),
+    "._service": (
+        "MethodInfo",
+        "Service",
+        "server_stream",
+        "unary",
+    ),
+    "._stubs": ("ResponseStream",),
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES, __all__)

@@ -1,0 +1,60 @@
+"""A real trio_micro server in a thread, for the asyncio client's tests (127.0.0.1, port 0)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+
+from trio_micro import rpc
+
+from .services import AioTestService, Probe
+
+
+@dataclass
+class ServerThread:
+    target: str
+    probe: Probe
+    token: trio.lowlevel.TrioToken
+    scope: trio.CancelScope
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Shut the server down (gracefully, as on a normal exit) and wait for it."""
+        if self.thread.is_alive():
+            trio.from_thread.run_sync(self.scope.cancel, trio_token=self.token)
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+def start_server(port: int = 0, **options: Any) -> ServerThread:
+    """A trio_micro server in a thread of its own (its own trio run)."""
+    probe = Probe()
+    started: queue.Queue[tuple[trio.lowlevel.TrioToken, trio.CancelScope, str]] = queue.Queue()
+
+    async def main() -> None:
+        service = AioTestService(probe)
+        async with rpc.open_server([service], host="127.0.0.1", port=port, **options) as srv:
+            host, bound = srv.address
+            with trio.CancelScope() as scope:
+                started.put((trio.lowlevel.current_trio_token(), scope, f"{host}:{bound}"))
+                await trio.sleep_forever()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    token, scope, target = started.get(timeout=30)
+    return ServerThread(target, probe, token, scope, thread)
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    running = start_server()
+    try:
+        yield running
+    finally:
+        running.stop()

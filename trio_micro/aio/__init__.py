@@ -1,0 +1,34 @@
+"""An asyncio client of trio_micro services, on the same sans-io protocol core.
+
+::
+
+    import asyncio
+    from trio_micro import aio
+    from users_api import GetUserRequest, UserService   # the rpc.Service definition
+
+    async def main() -> None:
+        async with aio.open_channel("127.0.0.1:7001") as channel:
+            users = channel.stub(UserService)          # typed: mypy sees UserService
+            async with aio.timeout(0.2):               # the deadline crosses the wire
+                print(await users.get_user(GetUserRequest(user_id=1)))
+
+    asyncio.run(main())                                # or uvloop.run(main())
+
+The protocol (:mod:`trio_micro.protocol`) is sans-io, so this is the trio client's state
+machine behind an :class:`asyncio.Protocol`; services are the same ``rpc.Service``
+classes, whose definitions (and ``rpc.RpcError``) do not import Trio -- neither does this
+package. Unary and server-stream calls; a cancelled task sends CANCEL; :func:`timeout`
+sends its deadline (a bare ``asyncio.timeout()`` can't be read, but its cancellation still
+sends CANCEL). One connection to one ``host:port``: no registry targets, balancing,
+retries, interceptors or keepalive pings (the trio channel has them).
+"""
+
+from __future__ import annotations
+
+from .._lazy import fixup_module_metadata
+from ._channel import Channel, Deadline, ResponseStream, open_channel, timeout, timeout_at
+
+__all__ = ["Channel", "Deadline", "ResponseStream", "open_channel", "timeout", "timeout_at"]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata

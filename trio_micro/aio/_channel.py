@@ -1,0 +1,391 @@
+"""The asyncio channel: typed stubs over one connection, deadlines, response streams.
+
+A :class:`Channel` keeps one :class:`~._connection.AioConnection` to one server and opens
+a new one when the old one is lost or going away. Its stubs are built from the same
+service definitions as :meth:`trio_micro.rpc.Channel.stub` (``rpc.Service`` and its
+:class:`~trio_micro.rpc.MethodInfo`, prebuilt msgpack decoders included), so a stub is
+typed the same way: mypy sees the service class itself.
+
+Deadlines: asyncio has no public way to read the deadline of an enclosing
+``asyncio.timeout()``, so the deadline a call sends is the one set by :func:`timeout` /
+:func:`timeout_at` (which are ``asyncio.timeout`` plus a context variable; nested ones take
+the earliest). A bare ``asyncio.timeout()`` still ends the call on time: it cancels the
+awaiting task, which sends CANCEL, and the server cancels the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar, cast, final
+
+import msgspec
+
+from trio_micro._validate import check_seconds, check_str_mapping
+from trio_micro.protocol import DECODE_ERRORS, DEFAULT_MAX_FRAME_SIZE, Settings, Status
+from trio_micro.rpc import Endpoint, MethodInfo, RpcError, Service
+
+from ._connection import AioConnection, _Call, connect
+
+__all__ = ["Channel", "Deadline", "ResponseStream", "open_channel", "timeout", "timeout_at"]
+
+S = TypeVar("S", bound=Service)
+T = TypeVar("T")
+
+_encode: Final = msgspec.msgpack.Encoder().encode
+# The earliest deadline (loop time) of the enclosing Deadline blocks; inf: none.
+_deadline: Final = contextvars.ContextVar("trio_micro.aio.deadline", default=math.inf)
+
+
+@final
+class Deadline:
+    """``asyncio.timeout()`` whose deadline calls inside it send to the server.
+
+    Made by :func:`timeout` / :func:`timeout_at`. Entering it enters an
+    :class:`asyncio.Timeout` (returned, so ``expired()`` works) and records the deadline
+    for the calls made inside; leaving it restores the outer deadline. Expiry raises
+    :exc:`TimeoutError` like ``asyncio.timeout`` does.
+    """
+
+    __slots__ = ("_timeout", "_token", "_when")
+
+    def __init__(self, when: float | None) -> None:
+        self._when = when
+        self._timeout = asyncio.timeout_at(when)
+        self._token: contextvars.Token[float] | None = None
+
+    async def __aenter__(self) -> asyncio.Timeout:
+        entered = await self._timeout.__aenter__()
+        if self._when is not None and self._when < _deadline.get():
+            self._token = _deadline.set(self._when)
+        return entered
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _deadline.reset(self._token)
+            self._token = None
+        await self._timeout.__aexit__(exc_type, exc, tb)
+
+
+def timeout(delay: float | None) -> Deadline:
+    """``asyncio.timeout(delay)`` whose deadline crosses the wire with the calls inside.
+
+    Not a checkpoint (entering it is). ``None`` sets no deadline.
+
+    Raises:
+        RuntimeError: No running event loop.
+    """
+    if delay is None:
+        return Deadline(None)
+    return Deadline(asyncio.get_running_loop().time() + delay)
+
+
+def timeout_at(when: float | None) -> Deadline:
+    """``asyncio.timeout_at(when)`` (``when`` in ``loop.time()``) whose deadline crosses
+    the wire with the calls inside."""
+    return Deadline(when)
+
+
+def _timeout_ms(loop: asyncio.AbstractEventLoop) -> int | None:
+    deadline = _deadline.get()
+    if deadline == math.inf:
+        return None
+    # Rounded up, so the server's deadline never fires before ours.
+    return max(0, math.ceil((deadline - loop.time()) * 1000))
+
+
+@final
+class Channel:
+    """Calls to one server from asyncio; made by :func:`open_channel`.
+
+    One connection at a time, opened on first use (and by :func:`open_channel`) and again
+    after it is lost; a call never retries, so a call on a lost connection fails with
+    ``UNAVAILABLE`` and the next call reconnects.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        settings: Settings,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+        connect_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._settings = settings
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname
+        self._connect_timeout = connect_timeout
+        self._conn: AioConnection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<aio.Channel to {self.endpoint}>"
+
+    async def connection(self) -> AioConnection:
+        """The connection calls go to, connected if need be (a checkpoint then).
+
+        Raises:
+            RpcError: ``CANCELLED`` on a closed channel; ``UNAVAILABLE`` if the server can't
+                be reached.
+        """
+        conn = self._conn
+        if conn is not None and conn.unusable is None:
+            return conn
+        async with self._lock:
+            if self._closed:
+                raise RpcError(Status.CANCELLED, "the channel is closed")
+            conn = self._conn
+            if conn is None or conn.unusable is not None:
+                endpoint = self.endpoint
+                conn = self._conn = await connect(
+                    endpoint.host,
+                    endpoint.port,
+                    peer=str(endpoint),
+                    settings=self._settings,
+                    ssl_context=self._ssl,
+                    server_hostname=self._server_hostname,
+                    handshake_timeout=self._connect_timeout,
+                )
+            return conn
+
+    def close(self) -> None:
+        """Close the channel: pending calls fail with ``UNAVAILABLE``, new ones with
+        ``CANCELLED``. Synchronous; idempotent."""
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+
+    def stub(self, service: type[S], *, metadata: dict[str, str] | None = None) -> S:
+        """A typed client of ``service`` (an ``rpc.Service`` subclass), as
+        :meth:`trio_micro.rpc.Channel.stub`: ``await stub.method(request)`` for unary
+        methods; ``stub.method(request)`` is a :class:`ResponseStream` for server-streams.
+
+        Raises:
+            TypeError: ``service`` is not a Service subclass, or ``metadata`` not a mapping
+                of strings.
+        """
+        if not (isinstance(service, type) and issubclass(service, Service)):
+            raise TypeError(f"stub() takes an rpc.Service subclass, got {service!r}")
+        checked = check_str_mapping("metadata", metadata) or None
+        proxy = _Stub(service.__rpc_name__)
+        for attr, info in service.__rpc_methods__.items():
+            method = (
+                self._unary_method(info, checked)
+                if info.kind == "unary"
+                else self._stream_method(info, checked)
+            )
+            setattr(proxy, attr, method)
+        return cast(S, proxy)
+
+    def _unary_method(
+        self, info: MethodInfo, metadata: dict[str, str] | None
+    ) -> Callable[[Any], Awaitable[Any]]:
+        request_type = info.request_type
+        decode = info.decode_response
+        wire_name = info.wire_name
+
+        async def call(request: Any) -> Any:
+            if type(request) is not request_type and not isinstance(request, request_type):
+                raise _bad_request(info, request)
+            payload = _encode(request)
+            conn = self._conn
+            if conn is None or conn.unusable is not None:
+                conn = await self.connection()
+            data = await conn.unary(wire_name, payload, _timeout_ms(conn.loop), metadata)
+            try:
+                return decode(data)
+            except DECODE_ERRORS as exc:
+                raise RpcError(Status.INTERNAL, f"bad response from {wire_name}: {exc}") from None
+
+        call.__name__ = call.__qualname__ = info.name
+        return call
+
+    def _stream_method(
+        self, info: MethodInfo, metadata: dict[str, str] | None
+    ) -> Callable[[Any], ResponseStream[Any]]:
+        request_type = info.request_type
+
+        def call(request: Any) -> ResponseStream[Any]:
+            if type(request) is not request_type and not isinstance(request, request_type):
+                raise _bad_request(info, request)
+            return ResponseStream(self, info, request, metadata)
+
+        call.__name__ = call.__qualname__ = info.name
+        return call
+
+
+@final
+class ResponseStream(Generic[T]):
+    """The items of a server-stream call: an async iterator, also an async context manager.
+
+    Nothing is sent until the first item is asked for; the deadline sent is the one in
+    force then. Items are granted to the server as they are consumed, so a slow consumer
+    slows the server down instead of filling buffers.
+
+    Closing it early -- ``aclose()``, leaving ``async with``, the consumer being cancelled
+    while it waits, or ``break`` once the stream is garbage -- sends CANCEL, and the server
+    cancels the handler.
+
+    Raises (from ``__anext__``):
+        RpcError: The server's status, ``UNAVAILABLE`` if the connection failed, or
+            ``CANCELLED`` when used after being closed.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_call",
+        "_channel",
+        "_conn",
+        "_done",
+        "_info",
+        "_meta",
+        "_req",
+        "_sid",
+    )
+
+    def __init__(
+        self, channel: Channel, info: MethodInfo, request: object, metadata: dict[str, str] | None
+    ) -> None:
+        self._channel = channel
+        self._info = info
+        self._req = request
+        self._meta = metadata
+        self._conn: AioConnection | None = None
+        self._call: _Call | None = None
+        self._sid = 0
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<aio.ResponseStream {self._info.wire_name}>"
+
+    def __aiter__(self) -> ResponseStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._done:
+            if self._call is not None and self._call.frame is not None and not self._call.items:
+                raise StopAsyncIteration
+            raise RpcError(Status.CANCELLED, "the stream was closed")
+        if self._call is None:
+            try:
+                opened = await self._channel.connection()
+                self._sid, self._call = await opened.open_stream(
+                    self._info.wire_name, _encode(self._req), _timeout_ms(opened.loop), self._meta
+                )
+                self._conn = opened
+            except BaseException:
+                self._done = True
+                raise
+        conn, call = self._conn, self._call
+        assert conn is not None
+        try:
+            payload = await conn.next_item(self._sid, call)
+        except BaseException:
+            self._cancel()
+            raise
+        if payload is None:
+            self._done = True
+            raise StopAsyncIteration
+        try:
+            return cast(T, self._info.decode_response(payload))
+        except DECODE_ERRORS as exc:
+            self._cancel()
+            raise RpcError(
+                Status.INTERNAL, f"bad stream item from {self._info.wire_name}: {exc}"
+            ) from None
+
+    def _cancel(self) -> None:
+        self._done = True
+        if self._conn is not None and self._call is not None and self._call.frame is None:
+            self._conn.cancel_stream(self._sid, self._call)
+
+    async def aclose(self) -> None:
+        """Stop the stream: CANCEL it if the server has not ended it. Not a checkpoint."""
+        self._cancel()
+
+    async def __aenter__(self) -> ResponseStream[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._cancel()
+
+    def __del__(self) -> None:
+        if not self._done:
+            with suppress(Exception):  # never raise from a finalizer
+                self._cancel()
+
+
+@final
+class _Stub:
+    """The runtime object behind :meth:`Channel.stub`; one attribute per method."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __repr__(self) -> str:
+        return f"<aio stub for {self._service!r}>"
+
+
+def _bad_request(info: MethodInfo, request: object) -> TypeError:
+    return TypeError(
+        f"{info.wire_name} takes a {info.request_type.__name__} request, got {request!r}"
+    )
+
+
+@asynccontextmanager
+async def open_channel(
+    target: str,
+    *,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    initial_stream_credit: int = 64,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Channel]:
+    """Open a :class:`Channel` to the server at ``target`` (``"host:port"``) from asyncio.
+
+    Connects (and does the handshake) before the body runs, so a server that is not there
+    fails here; leaving the block closes the connection, failing calls still pending with
+    ``UNAVAILABLE``.
+
+    Args:
+        target: ``"host:port"`` or ``"[ipv6]:port"`` (:meth:`trio_micro.rpc.Endpoint.parse`).
+        max_frame_size: Largest frame accepted from the server (HELLO setting).
+        initial_stream_credit: Items a server-stream may send ahead of the consumer.
+        ssl_context: Connect with TLS (``ssl.create_default_context()`` checks the
+            server's certificate against ``server_hostname``, the target's host by default).
+        connect_timeout: Seconds for the TCP connect, TLS and HELLO exchange together.
+
+    Raises:
+        TypeError / ValueError: A bad ``target`` or option.
+        RpcError: ``UNAVAILABLE``: the server can't be reached.
+    """
+    endpoint = Endpoint.parse(target)
+    settings = Settings(max_frame_size=max_frame_size, initial_stream_credit=initial_stream_credit)
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+    channel = Channel(
+        endpoint,
+        settings=settings,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        connect_timeout=check_seconds("connect_timeout", connect_timeout, finite=True),
+    )
+    try:
+        await channel.connection()
+        yield channel
+    finally:
+        channel.close()
