@@ -371,8 +371,7 @@ async def call_main(args: argparse.Namespace) -> int:
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
         async with rpc.open_channel(args.target) as channel:
-            # The status becomes the exit code in here, so that it does not come out of
-            # the channel's nursery in an ExceptionGroup.
+            # The status becomes the exit code in here, where the call's error is known.
             try:
                 await _call(channel, service, name, request, metadata)
             except rpc.RpcError as exc:

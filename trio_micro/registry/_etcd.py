@@ -352,7 +352,7 @@ class EtcdRegistry:
         runs in a nursery owned by the context manager and never raises: it logs and
         retries. Exiting revokes the lease, shielded from cancellation for up to 5 s; when
         that fails (etcd down) it logs ``registry.deregister.failed`` and the key expires
-        with the lease. Exceptions from the body come out in an :class:`ExceptionGroup`.
+        with the lease. Exceptions from the body come out unwrapped.
 
         Raises:
             TypeError / ValueError: Bad arguments (raised by this call, before entering).
