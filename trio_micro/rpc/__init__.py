@@ -40,6 +40,7 @@ from ._retry import RetryPolicy
 from ._server import Server, ServerStatistics, open_server, serve
 from ._service import MethodInfo, Service, server_stream, unary
 from ._stubs import ResponseStream
+from ._tls import PeerIdentity, TlsFileError, client_ssl_context, server_ssl_context
 from ._transport import Endpoint
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "MethodInfo",
     "MetricsInterceptor",
     "OutlierEjection",
+    "PeerIdentity",
     "PowerOfTwoChoices",
     "ReflectionService",
     "ResolvedEndpoint",
@@ -73,6 +75,8 @@ __all__ = [
     "ServiceDescription",
     "Status",
     "Subchannel",
+    "TlsFileError",
+    "client_ssl_context",
     "current_call",
     "open_channel",
     "open_server",
@@ -80,6 +84,7 @@ __all__ = [
     "register_resolver",
     "register_server_metrics",
     "serve",
+    "server_ssl_context",
     "server_stream",
     "split_target",
     "unary",
