@@ -40,20 +40,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import ipaddress
+import ssl
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
 
 from trio_micro import observe, rpc
 from trio_micro.registry import (
-    Registry,
     RegistryError,
-    open_etcd_registry,
-    open_registry_client,
     parse_address,
 )
 
@@ -68,6 +66,7 @@ from ._common import (
     seconds,
     usage_error,
 )
+from ._tls import ClientTls, add_tls_arguments, client_tls, open_registry, server_tls
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -111,12 +110,6 @@ def parse_registry_target(text: str) -> tuple[str, str]:
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _open_registry(scheme: str, authority: str) -> AbstractAsyncContextManager[Registry]:
-    if scheme == "etcd":
-        return open_etcd_registry(f"http://{authority}")
-    return open_registry_client(authority)
 
 
 def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
@@ -329,6 +322,7 @@ def add_serve_parser(subparsers: Any) -> None:
         action="store_true",
         help="do not log one record per call (rpc.AccessLogInterceptor)",
     )
+    add_tls_arguments(parser)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +339,9 @@ class _ServeConfig:
     grace: float
     access_log: bool
     debug_port: int | None = None
+    # TLS: the server's context (None: plain TCP), and how to reach --registry.
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ClientTls = field(default_factory=ClientTls)
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -377,6 +374,8 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         grace=args.grace,
         access_log=not args.no_access_log,
         debug_port=args.debug_port,
+        server_tls=server_tls(args),
+        client_tls=client_tls(args),
     )
 
 
@@ -409,6 +408,7 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
                     interceptors=interceptors,
                     reflection=True,
                     grace_period=config.grace,
+                    ssl_context=config.server_tls,
                 )
             )
         except* OSError as group:
@@ -432,7 +432,9 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
             scheme, authority = config.registry
             where = f"{scheme}://{authority}"
             try:
-                registry = await stack.enter_async_context(_open_registry(scheme, authority))
+                registry = await stack.enter_async_context(
+                    open_registry(scheme, authority, config.client_tls)
+                )
                 for name in names:
                     await stack.enter_async_context(
                         registry.register(name, address, ttl=config.ttl, metadata=config.metadata)
