@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -206,15 +207,26 @@ def test_serving_tls_without_a_certificate_is_a_usage_error(
 # --- serve and registry processes over mTLS -------------------------------------------
 
 
-async def read_line(process: trio.Process) -> str:
+@asynccontextmanager
+async def started(argv: list[str]) -> AsyncIterator[str]:
+    """Run ``python -m trio_micro *argv``; yield its first stdout line; terminate it."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_micro", *argv], stdout=subprocess.PIPE, cwd=ROOT
+    )
     assert process.stdout is not None
-    output = b""
-    with trio.fail_after(WAIT):
-        while not output.endswith(b"\n"):
-            chunk = await process.stdout.receive_some()
-            assert chunk, "exited early"
-            output += chunk
-    return output.decode().strip()
+    try:
+        output = b""
+        with trio.fail_after(WAIT):
+            while not output.endswith(b"\n"):
+                chunk = await process.stdout.receive_some()
+                assert chunk, "exited early"
+                output += chunk
+        yield output.decode().strip()
+    finally:
+        process.terminate()
+        with trio.fail_after(WAIT):
+            await process.wait()
+        await process.stdout.aclose()
 
 
 async def test_serve_registers_over_mtls_and_answers_calls_found_through_the_registry(
@@ -222,35 +234,21 @@ async def test_serve_registers_over_mtls_and_answers_calls_found_through_the_reg
 ) -> None:
     async with registry.open_registry_server(port=0, ssl_context=pki.server_context()) as reg:
         argv = [
-            sys.executable, "-m", "trio_micro", "serve", SLOW, "--port", "0",
-            "--registry", f"registry://{reg.target}", *pki.server_flags(),
-            "--log-file", str(tmp_path / "serve.jsonl"),
+            "serve", SLOW, "--port", "0", "--registry", f"registry://{reg.target}",
+            *pki.server_flags(), "--log-file", str(tmp_path / "serve.jsonl"),
         ]  # fmt: skip
         # serve presents its server certificate to the registry too: one identity per
         # service, both ways (the server certificate is also valid as a client one).
-        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, cwd=ROOT)
-        try:
-            line = await read_line(process)
+        async with started(argv) as line:
             assert line.startswith("serving slow on ")
             target = f"registry://{reg.target}/slow"
             assert await cli("list", target, *pki.client_flags()) == 0
             assert "slow" in capsys.readouterr().out
-        finally:
-            process.terminate()
-            with trio.fail_after(WAIT):
-                await process.wait()
-            assert process.stdout is not None
-            await process.stdout.aclose()
 
 
 async def test_registry_command_serves_mtls(pki: Pki, tmp_path: Path) -> None:
-    argv = [
-        sys.executable, "-m", "trio_micro", "registry", "--port", "0", *pki.server_flags(),
-        "--log-file", str(tmp_path / "registry.jsonl"),
-    ]  # fmt: skip
-    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, cwd=ROOT)
-    try:
-        line = await read_line(process)
+    argv = ["registry", "--port", "0", *pki.server_flags()]
+    async with started([*argv, "--log-file", str(tmp_path / "registry.jsonl")]) as line:
         target = line.removeprefix("registry listening on ")
         context = rpc.client_ssl_context(
             ca=pki.ca, certfile=pki.client_cert, keyfile=pki.client_key
@@ -259,9 +257,3 @@ async def test_registry_command_serves_mtls(pki: Pki, tmp_path: Path) -> None:
             with trio.fail_after(WAIT):
                 async with client.register("users", "127.0.0.1:1"):
                     assert [e.address for e in await client.resolve("users")] == ["127.0.0.1:1"]
-    finally:
-        process.terminate()
-        with trio.fail_after(WAIT):
-            await process.wait()
-        assert process.stdout is not None
-        await process.stdout.aclose()

@@ -6,6 +6,8 @@ these check that the public context managers use it.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+
 import pytest
 import trio
 
@@ -49,31 +51,28 @@ async def test_system_exit_in_an_open_channel_body_comes_out_unwrapped(
             raise SystemExit(3)
 
 
+async def cancel_inside(manager: AbstractAsyncContextManager[object]) -> list[type[BaseException]]:
+    """Cancel a scope around ``async with manager`` from its body; return what came out of
+    the ``async with`` (the scope absorbs it)."""
+    seen: list[type[BaseException]] = []
+    with trio.CancelScope() as scope:
+        try:
+            async with manager:
+                scope.cancel()
+                await trio.sleep_forever()
+        except BaseException as exc:
+            seen.append(type(exc))
+            raise
+    assert scope.cancelled_caught
+    return seen
+
+
 async def test_cancelled_body_of_open_channel_raises_cancelled_to_its_scope(
     server: rpc.Server,
 ) -> None:
-    seen: list[type[BaseException]] = []
-    with trio.CancelScope() as scope:
-        try:
-            async with rpc.open_channel(address(server)):
-                scope.cancel()
-                await trio.sleep_forever()
-        except BaseException as exc:
-            seen.append(type(exc))
-            raise
-    assert scope.cancelled_caught
-    assert seen == [trio.Cancelled]
+    assert await cancel_inside(rpc.open_channel(address(server))) == [trio.Cancelled]
 
 
 async def test_cancelled_body_of_open_server_raises_cancelled_to_its_scope() -> None:
-    seen: list[type[BaseException]] = []
-    with trio.CancelScope() as scope:
-        try:
-            async with rpc.open_server([TestService()], host="127.0.0.1", port=0):
-                scope.cancel()
-                await trio.sleep_forever()
-        except BaseException as exc:
-            seen.append(type(exc))
-            raise
-    assert scope.cancelled_caught
-    assert seen == [trio.Cancelled]
+    manager = rpc.open_server([TestService()], host="127.0.0.1", port=0)
+    assert await cancel_inside(manager) == [trio.Cancelled]
