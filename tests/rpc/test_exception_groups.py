@@ -6,10 +6,12 @@ these check that the public context managers use it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
+import trio.testing
 
 from trio_micro import rpc
 
@@ -76,3 +78,26 @@ async def test_cancelled_body_of_open_channel_raises_cancelled_to_its_scope(
 async def test_cancelled_body_of_open_server_raises_cancelled_to_its_scope() -> None:
     manager = rpc.open_server([TestService()], host="127.0.0.1", port=0)
     assert await cancel_inside(manager) == [trio.Cancelled]
+
+
+class FailingResolver:
+    """A resolver whose watch fails with ValueError (a bad service name, which ends the
+    channel) when it is stopped."""
+
+    async def watch(self, service: str) -> AsyncGenerator[Sequence[rpc.ResolvedEndpoint], None]:
+        try:
+            yield []
+            await trio.sleep_forever()
+        finally:
+            raise ValueError(f"no such service {service!r}")
+
+
+async def test_a_body_error_and_a_background_failure_come_out_together() -> None:
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(rpc.RpcError, check=lambda e: e.code is rpc.Status.NOT_FOUND),
+        ValueError,
+        flatten_subgroups=True,
+    ):
+        async with rpc.open_channel("users", registry=FailingResolver()):
+            await trio.testing.wait_all_tasks_blocked()
+            raise rpc.RpcError(rpc.Status.NOT_FOUND, "no user 1")

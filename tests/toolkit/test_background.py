@@ -100,3 +100,21 @@ async def test_no_error_means_nothing_raised_and_background_tasks_finish() -> No
     async with open_background_nursery() as nursery:
         nursery.start_soon(work)
     assert done == ["work"]
+
+
+async def fail_once_cancelled() -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        raise ValueError("background")
+
+
+@pytest.mark.parametrize("body_error", [KeyboardInterrupt(), SystemExit(3), BodyError("body")])
+async def test_any_body_error_with_a_background_failure_keeps_both_in_a_group(
+    body_error: BaseException,
+) -> None:
+    with pytest.RaisesGroup(type(body_error), ValueError):
+        async with open_background_nursery() as nursery:
+            nursery.start_soon(fail_once_cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            raise body_error
