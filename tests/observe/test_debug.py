@@ -384,3 +384,9 @@ async def test_a_page_that_fails_answers_500_and_logs(
     assert [entry["path"] for entry in logs if entry["event"] == "observe.debug.page_failed"] == [
         "/debug/tasks"
     ]
+
+
+async def test_a_body_error_comes_out_of_the_debug_server_unwrapped() -> None:
+    with pytest.raises(KeyError, match="body"):
+        async with observe.open_debug_server(registry=CollectorRegistry()):
+            raise KeyError("body")

@@ -7,10 +7,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -36,15 +38,41 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files for an etcd that serves https and requires client certificates."""
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+
+    def flags(self) -> list[str]:
+        return [
+            f"--cert-file={self.cert}",
+            f"--key-file={self.key}",
+            f"--trusted-ca-file={self.ca}",
+            "--client-cert-auth",
+        ]
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 class EtcdServer:
     """One etcd process that can be stopped and started again on the same ports."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, tls: EtcdTls | None = None) -> None:
         self.binary = require_etcd()
         self.workdir = workdir
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.generation = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -72,6 +100,7 @@ class EtcdServer:
                 f"--initial-cluster=test={peer}",
                 "--logger=zap",
                 "--log-level=warn",
+                *([] if self.tls is None else self.tls.flags()),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -90,7 +119,10 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+            context = None if self.tls is None else self.tls.client_context()
+            with urllib.request.urlopen(
+                self.url + "/health", timeout=1, context=context
+            ) as response:
                 return bool(json.load(response).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False

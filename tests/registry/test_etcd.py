@@ -20,8 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 from structlog.testing import capture_logs
 
+from trio_micro import rpc
 from trio_micro.registry import (
     Endpoint,
     EtcdRegistry,
@@ -30,7 +32,7 @@ from trio_micro.registry import (
     open_etcd_registry,
 )
 
-from ._etcd_server import ETCDCTL, EtcdServer, free_port
+from ._etcd_server import ETCDCTL, EtcdServer, EtcdTls, free_port
 
 A = "10.0.0.1:50051"
 B = "10.0.0.2:50051"
@@ -422,3 +424,34 @@ def test_bad_constructor_arguments_are_refused(
 ) -> None:
     with pytest.raises(error, match=message):
         EtcdRegistry(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_etcd_over_https_with_client_certificates(tmp_path: Path, key_prefix: str) -> None:
+    ca = trustme.CA()
+    files = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "cert", "key", "ccert", "ckey")}
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("registrant.internal")
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    server.private_key_pem.write_to_path(files["key"])
+    client.cert_chain_pems[0].write_to_path(files["ccert"])
+    client.private_key_pem.write_to_path(files["ckey"])
+    tls = EtcdTls(files["ca"], files["cert"], files["key"], files["ccert"], files["ckey"])
+    etcd = EtcdServer(tmp_path, tls=tls)
+    try:
+        await trio.to_thread.run_sync(etcd.start)
+        context = rpc.client_ssl_context(
+            ca=files["ca"], certfile=files["ccert"], keyfile=files["ckey"]
+        )
+        with trio.fail_after(20):
+            async with (
+                open_etcd_registry(etcd.url, prefix=key_prefix, ssl_context=context) as registry,
+                registry.register("users", "127.0.0.1:1"),
+            ):
+                assert [e.address for e in await registry.resolve("users")] == ["127.0.0.1:1"]
+    finally:
+        etcd.stop()
+
+
+def test_ssl_context_needs_an_https_url() -> None:
+    with pytest.raises(ValueError, match="needs an https:// url"):
+        EtcdRegistry("http://127.0.0.1:2379", ssl_context=rpc.client_ssl_context())

@@ -368,8 +368,8 @@ async def test_fan_out_error_from_the_source_surfaces_as_an_exception_group() ->
             await collect(results)
 
 
-async def test_fan_out_error_from_the_body_surfaces_as_an_exception_group() -> None:
-    with pytest.RaisesGroup(KeyError):
+async def test_fan_out_error_from_the_body_surfaces_unwrapped() -> None:
+    with pytest.raises(KeyError):
         async with open_fan_out(range(10), double, workers=2):
             raise KeyError("body")
 

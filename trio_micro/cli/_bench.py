@@ -44,6 +44,7 @@ from ._common import (
     seconds,
 )
 from ._load import LoadResult, PeerCounter, progress, run_load
+from ._tls import client_tls, open_target_channel
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -116,10 +117,11 @@ async def bench_main(args: argparse.Namespace) -> int:
     service, name = parse_method(args.method)
     request = parse_request(args.request)
     check_target(args.target)
+    tls = client_tls(args)
     metadata = dict(args.metadata) or None
     counter = PeerCounter()
-    async with rpc.open_channel(
-        args.target, interceptors=[counter], pool_size=args.connections
+    async with open_target_channel(
+        args.target, tls, interceptors=[counter], pool_size=args.connections
     ) as channel:
         with trio.move_on_after(args.timeout) as scope:
             try:

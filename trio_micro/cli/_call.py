@@ -44,6 +44,7 @@ from ._common import (
     seconds,
     usage_error,
 )
+from ._tls import add_tls_arguments, client_tls, open_target_channel
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -69,6 +70,7 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also log connections etc. (stderr)"
     )
+    add_tls_arguments(parser)
     if method:
         parser.add_argument(
             "method",
@@ -367,12 +369,12 @@ async def call_main(args: argparse.Namespace) -> int:
     service, name = parse_method(args.method)
     request = parse_request(args.request)
     check_target(args.target)
+    tls = client_tls(args)
     metadata = dict(args.metadata) or None
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with rpc.open_channel(args.target) as channel:
-            # The status becomes the exit code in here, so that it does not come out of
-            # the channel's nursery in an ExceptionGroup.
+        async with open_target_channel(args.target, tls) as channel:
+            # The status becomes the exit code in here, where the call's error is known.
             try:
                 await _call(channel, service, name, request, metadata)
             except rpc.RpcError as exc:
@@ -416,9 +418,10 @@ def run_list(args: argparse.Namespace) -> int:
 async def list_main(args: argparse.Namespace) -> int:
     """The ``list`` command, in trio. Returns the exit code (see the module docs)."""
     check_target(args.target)
+    tls = client_tls(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with rpc.open_channel(args.target) as channel:
+        async with open_target_channel(args.target, tls) as channel:
             try:
                 services = await list_services(channel)
             except rpc.RpcError as exc:

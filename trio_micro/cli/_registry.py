@@ -22,6 +22,7 @@ from ._serve import (
     configure_command_logging,
     listen_error,
 )
+from ._tls import add_tls_arguments, server_tls
 
 
 def add_registry_parser(subparsers: Any) -> None:
@@ -39,6 +40,7 @@ def add_registry_parser(subparsers: Any) -> None:
         "--port", type=port, default=7000, help="TCP port, 0 for any free one (default: 7000)"
     )
     add_logging_arguments(parser)
+    add_tls_arguments(parser)
     parser.add_argument(
         "--grace",
         type=seconds(zero=True),
@@ -51,11 +53,17 @@ def run_registry(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
 
     async def main(stopper: Stopper) -> int:
+        ssl_context = server_tls(args)
         configure_command_logging(args.log_file, args.log_level)
         async with AsyncExitStack() as stack:
             try:
                 registry = await stack.enter_async_context(
-                    open_registry_server(host=args.host, port=args.port, grace_period=args.grace)
+                    open_registry_server(
+                        host=args.host,
+                        port=args.port,
+                        grace_period=args.grace,
+                        ssl_context=ssl_context,
+                    )
                 )
             except* OSError as group:
                 raise listen_error(args.host, args.port, group) from None

@@ -43,10 +43,11 @@ import ipaddress
 import os
 import pathlib
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
@@ -54,10 +55,7 @@ import trio
 
 from trio_micro import observe, rpc
 from trio_micro.registry import (
-    Registry,
     RegistryError,
-    open_etcd_registry,
-    open_registry_client,
     parse_address,
 )
 from trio_micro.supervise import WorkerContext
@@ -75,6 +73,7 @@ from ._common import (
     worker_count,
 )
 from ._gateway import add_http_port_argument, enter_http_gateway  # issue #19
+from ._tls import ClientTls, add_tls_arguments, client_tls, open_registry, server_tls
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -124,12 +123,6 @@ def parse_registry_target(text: str) -> tuple[str, str]:
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _open_registry(scheme: str, authority: str) -> AbstractAsyncContextManager[Registry]:
-    if scheme == "etcd":
-        return open_etcd_registry(f"http://{authority}")
-    return open_registry_client(authority)
 
 
 def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
@@ -352,6 +345,7 @@ def add_serve_parser(subparsers: Any) -> None:
         "also listens on a port of its own, which it registers (default: 1, no supervisor)",
     )
     add_http_port_argument(parser)  # --http-port (issue #19)
+    add_tls_arguments(parser)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -371,6 +365,9 @@ class _ServeConfig:
     log_file: str | None = None
     workers: int = 1
     http_port: int | None = None  # issue #19: the Connect gateway
+    # TLS: the server's context (None: plain TCP), and how to reach --registry.
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ClientTls = field(default_factory=ClientTls)
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -411,6 +408,8 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         log_file=args.log_file,
         workers=args.workers,
         http_port=args.http_port,
+        server_tls=server_tls(args),
+        client_tls=client_tls(args),
     )
 
 
@@ -450,6 +449,7 @@ async def _serve(
                         interceptors=interceptors,
                         reflection=True,
                         grace_period=config.grace,
+                        ssl_context=config.server_tls,
                     )
                 )
             else:
@@ -465,6 +465,7 @@ async def _serve(
                         interceptors=interceptors,
                         reflection=True,
                         grace_period=config.grace,
+                        ssl_context=config.server_tls,
                     )
                 )
         except* OSError as group:
@@ -495,7 +496,9 @@ async def _serve(
             scheme, authority = config.registry
             where = f"{scheme}://{authority}"
             try:
-                registry = await stack.enter_async_context(_open_registry(scheme, authority))
+                registry = await stack.enter_async_context(
+                    open_registry(scheme, authority, config.client_tls)
+                )
                 for name in names:
                     await stack.enter_async_context(
                         registry.register(name, address, ttl=config.ttl, metadata=config.metadata)

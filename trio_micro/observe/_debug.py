@@ -49,6 +49,7 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from .._background import open_background_nursery
 from .._validate import check_bool, check_callable, check_int
 from ._memory import _top_allocations, memory_snapshot
 from ._metrics import hub_for, register_process_metrics, resolve_registry, uptime_seconds
@@ -254,9 +255,9 @@ async def open_debug_server(
 
     Entering waits until the socket listens (a checkpoint). On exit, or when the body is
     cancelled, the server is cancelled and every task of it has ended before ``async
-    with`` completes. The body runs inside the internal nursery, so an exception raised by
-    the body comes out wrapped in an :class:`ExceptionGroup` (trio's strict exception
-    groups), together with any error of the server task.
+    with`` completes. An exception raised by the body comes out unwrapped
+    (:func:`trio_micro.open_background_nursery`); only if the server task failed too do
+    both come out in a :class:`BaseExceptionGroup`.
 
     Args:
         host: See :func:`serve_debug`.
@@ -272,7 +273,7 @@ async def open_debug_server(
     # wrapped in an ExceptionGroup.
     sock, resolved = await _prepare(host, port, registry, allow_remote, before_scrape)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             address = await nursery.start(
                 functools.partial(_serve_bound, sock, resolved, before_scrape)
             )

@@ -22,6 +22,7 @@ from typing import Final, final
 import structlog
 import trio
 
+from .._background import open_background_nursery
 from .._validate import check_bool, check_int, check_optional_int, check_seconds
 from ._tasks import _short_path
 
@@ -159,9 +160,9 @@ async def open_memory_monitor(*, interval: float, top_allocations: int = 0) -> A
     the number of traced blocks: use it while hunting a leak, not all the time.
 
     Entering is not a checkpoint; exiting is one. On exit, or when the body is cancelled,
-    the logging task is cancelled. The body runs inside the internal nursery, so an
-    exception raised by the body comes out wrapped in an :class:`ExceptionGroup` (trio's
-    strict exception groups), together with any error of the logging task.
+    the logging task is cancelled. An exception raised by the body
+    comes out unwrapped (:func:`trio_micro.open_background_nursery`); only if the logging
+    task failed too do both come out in a :class:`BaseExceptionGroup`.
 
     Args:
         interval: Seconds of trio time between records.
@@ -174,7 +175,7 @@ async def open_memory_monitor(*, interval: float, top_allocations: int = 0) -> A
     check_seconds("interval", interval, finite=True)
     check_int("top_allocations", top_allocations, minimum=0)
 
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         nursery.start_soon(
             _log_forever, interval, top_allocations, name="trio_micro.observe.memory_monitor"
         )

@@ -57,6 +57,7 @@ from typing import Final, final
 import structlog
 import trio
 
+from .._background import open_background_nursery
 from .._validate import check_callable, check_int, check_seconds
 
 __all__ = [
@@ -335,10 +336,10 @@ async def open_task_monitor(
     removed.
 
     Entering is not a checkpoint; exiting is one (it waits for the checker to finish).
-    Cancellation of the body cancels the checker too. The body runs inside the internal
-    nursery, so an exception raised by the body comes out wrapped in an
-    :class:`ExceptionGroup` (trio's strict exception groups), together with any error of
-    the checker task, which only logs and normally raises nothing.
+    Cancellation of the body cancels the checker too. An exception raised by the body comes
+    out unwrapped (:func:`trio_micro.open_background_nursery`); only if the checker task
+    failed too (it only logs and normally raises nothing) do both come out in a
+    :class:`BaseExceptionGroup`.
 
     Args:
         leak_threshold: See :class:`TaskMonitor`.
@@ -367,7 +368,7 @@ async def open_task_monitor(
     monitor._track_existing(trio.lowlevel.current_root_task())  # type: ignore[arg-type]
     trio.lowlevel.add_instrument(monitor)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             if max_task_age is not None:
                 nursery.start_soon(
                     _check_ages_forever,

@@ -92,7 +92,7 @@ class RegistryClient:
         (``trio_micro.registry.keepalive``) runs in a nursery owned by the context manager
         and never raises: it logs and retries, and registers again if the server lost the
         lease. Exiting deregisters, shielded from cancellation for up to 5 s. Exceptions
-        from the body come out in an :class:`ExceptionGroup`.
+        from the body come out unwrapped (see :meth:`Registry.register`).
 
         Raises:
             TypeError / ValueError: Bad arguments (raised by this call, before entering).
@@ -272,7 +272,7 @@ async def open_registry_client(
 
     Raises:
         TypeError / ValueError: A bad target or option.
-        BaseExceptionGroup: Wraps what the body raised (a nursery runs inside).
+        BaseException: What the body raised, unwrapped, as from :func:`rpc.open_channel`.
     """
     async with rpc.open_channel(target, **channel_options) as channel:
         yield RegistryClient(target, channel.stub(RegistryService))

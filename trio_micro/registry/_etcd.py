@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import math
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -180,13 +181,17 @@ class EtcdRegistry:
     Args:
         url: The etcd client URL, e.g. ``"http://127.0.0.1:2379"``.
         prefix: The key prefix under which services are kept (no trailing ``/``).
-        client: An httpx client to use instead of a new one, e.g. for TLS or auth
-            settings; it is not closed by :meth:`aclose`. The registry's own client ignores
-            proxy environment variables (``trust_env=False``).
+        client: An httpx client to use instead of a new one, e.g. for auth settings; it
+            is not closed by :meth:`aclose`. The registry's own client ignores proxy
+            environment variables (``trust_env=False``).
+        ssl_context: For an ``https://`` URL: verify etcd with this client-side context
+            (e.g. :func:`rpc.client_ssl_context(ca=...) <trio_micro.rpc.client_ssl_context>`,
+            with ``certfile`` for etcd's ``--client-cert-auth``). Without it, https uses
+            the system's CAs.
 
     Raises:
-        TypeError / ValueError: ``url`` is not an ``http(s)://host[:port]`` URL, or a bad
-            ``prefix``.
+        TypeError / ValueError: ``url`` is not an ``http(s)://host[:port]`` URL, a bad
+            ``prefix``, or ``ssl_context`` with an ``http://`` URL or with ``client``.
     """
 
     def __init__(
@@ -195,6 +200,7 @@ class EtcdRegistry:
         *,
         prefix: str = DEFAULT_PREFIX,
         client: httpx.AsyncClient | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not isinstance(url, str):
             raise TypeError(f"url must be a str like 'http://127.0.0.1:2379', got {url!r}")
@@ -207,10 +213,20 @@ class EtcdRegistry:
             raise ValueError(f"prefix must be non-empty and not end in '/', got {prefix!r}")
         if client is not None and not isinstance(client, httpx.AsyncClient):
             raise TypeError(f"client must be an httpx.AsyncClient or None, got {client!r}")
+        if ssl_context is not None:
+            if not isinstance(ssl_context, ssl.SSLContext):
+                raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+            if parts.scheme != "https" or client is not None:
+                raise ValueError(
+                    f"ssl_context needs an https:// url and no client, got {url!r}"
+                    + (" and a client" if client is not None else "")
+                )
         self._url = url.rstrip("/")
         self._prefix = prefix
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=_REQUEST_TIMEOUT, trust_env=False)
+        self._client = client or httpx.AsyncClient(
+            timeout=_REQUEST_TIMEOUT, trust_env=False, verify=ssl_context or True
+        )
         self._active: set[tuple[str, str]] = set()
         self._closed = False
 
@@ -352,7 +368,7 @@ class EtcdRegistry:
         runs in a nursery owned by the context manager and never raises: it logs and
         retries. Exiting revokes the lease, shielded from cancellation for up to 5 s; when
         that fails (etcd down) it logs ``registry.deregister.failed`` and the key expires
-        with the lease. Exceptions from the body come out in an :class:`ExceptionGroup`.
+        with the lease. Exceptions from the body come out unwrapped.
 
         Raises:
             TypeError / ValueError: Bad arguments (raised by this call, before entering).
@@ -588,6 +604,7 @@ async def open_etcd_registry(
     *,
     prefix: str = DEFAULT_PREFIX,
     client: httpx.AsyncClient | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[EtcdRegistry]:
     """Open an :class:`EtcdRegistry` and close it (and its httpx client) on exit.
 
@@ -597,7 +614,7 @@ async def open_etcd_registry(
     Raises:
         TypeError / ValueError: Bad arguments.
     """
-    registry = EtcdRegistry(url, prefix=prefix, client=client)
+    registry = EtcdRegistry(url, prefix=prefix, client=client, ssl_context=ssl_context)
     try:
         yield registry
     finally:

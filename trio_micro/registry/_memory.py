@@ -68,8 +68,7 @@ class MemoryRegistry:
 
         See :meth:`Registry.register` for the arguments and the contract. Entering is a
         checkpoint; the renewal task (named ``trio_micro.registry.renew``) runs in a nursery
-        owned by the context manager, so exceptions from the body come out in an
-        :class:`ExceptionGroup`.
+        owned by the context manager; exceptions from the body come out unwrapped.
 
         Raises:
             TypeError / ValueError: Bad arguments (raised by this call, before entering).

@@ -311,7 +311,7 @@ async def open_registry_server(
 
     Raises:
         OSError: Binding failed.
-        BaseExceptionGroup: Wraps what the body raised (a nursery runs inside).
+        BaseException: What the body raised, unwrapped, as from :func:`rpc.open_server`.
     """
     service = RegistryService()
     async with rpc.open_server([service], host=host, port=port, **server_options) as server:

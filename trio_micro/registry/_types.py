@@ -27,6 +27,7 @@ import trio
 
 from trio_micro import rpc
 
+from .._background import open_background_nursery
 from .._errors import TrioMicroError
 from .._validate import check_seconds, check_str_mapping
 
@@ -255,9 +256,10 @@ async def run_alongside(
     is what the task tree (``/debug/tasks``) and the task monitor show.
 
     Entering is not a checkpoint; leaving waits for ``fn`` to finish being cancelled.
-    Exceptions from the body (or ``fn``) come out in the nursery's :class:`ExceptionGroup`.
+    An exception from the body comes out unwrapped; one from ``fn`` in the nursery's
+    :class:`BaseExceptionGroup` (:func:`trio_micro.open_background_nursery`).
     """
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         nursery.start_soon(fn, *args, name=name)
         try:
             yield
@@ -327,8 +329,8 @@ class Registry(Protocol):
         I/O for remote backends); a task in a nursery owned by the context manager renews
         it about every ``ttl / 3`` seconds; exiting, also on error or cancellation, removes
         it. An entry that is not renewed (the process died) disappears after ``ttl``.
-        The body runs inside that nursery, so its exceptions come out wrapped in an
-        :class:`ExceptionGroup`; errors raised while entering are not wrapped.
+        The body's exceptions come out unwrapped (the renewal task never raises), as do
+        errors raised while entering.
 
         Args:
             service: The service name (letters, digits, ``.``, ``_``, ``-``).

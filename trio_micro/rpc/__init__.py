@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._server import Server, ServerStatistics, open_server, serve
     from ._service import MethodInfo, Service, server_stream, unary
     from ._stubs import ResponseStream
+    from ._tls import PeerIdentity, TlsFileError, client_ssl_context, server_ssl_context
 
 __all__ = [
     "AccessLogInterceptor",
@@ -66,6 +67,7 @@ __all__ = [
     "MethodInfo",
     "MetricsInterceptor",
     "OutlierEjection",
+    "PeerIdentity",
     "PowerOfTwoChoices",
     "ReflectionService",
     "ResolvedEndpoint",
@@ -83,6 +85,8 @@ __all__ = [
     "ServiceDescription",
     "Status",
     "Subchannel",
+    "TlsFileError",
+    "client_ssl_context",
     "current_call",
     "open_channel",
     "open_server",
@@ -91,6 +95,7 @@ __all__ = [
     "register_resolver",
     "register_server_metrics",
     "serve",
+    "server_ssl_context",
     "server_stream",
     "split_target",
     "unary",
@@ -156,5 +161,11 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "unary",
     ),
     "._stubs": ("ResponseStream",),
+    "._tls": (
+        "PeerIdentity",
+        "TlsFileError",
+        "client_ssl_context",
+        "server_ssl_context",
+    ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES, __all__)

@@ -24,8 +24,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, final
 
-import trio
-
+from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_int, check_seconds
 from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
 
@@ -287,9 +286,11 @@ async def open_channel(
 
     Raises:
         TypeError / ValueError: A bad argument, or an unknown target scheme.
-        BaseExceptionGroup: Wraps what the body raised (a nursery runs inside), and a
-            ``TypeError`` / ``ValueError`` from the registry's ``watch`` (a service name
-            it refuses).
+        BaseException: What the body raised comes out unwrapped (not in a group) when the
+            channel's background tasks did not fail (:func:`trio_micro.open_background_nursery`).
+        BaseExceptionGroup: A background task failed, e.g. a ``TypeError`` /
+            ``ValueError`` from the registry's ``watch`` (a service name it refuses); with
+            the body's exception too, if it raised.
     """
     service: str | None = None
     opener = None
@@ -348,7 +349,7 @@ async def open_channel(
         resolver = registry
         if opener is not None:
             resolver = await stack.enter_async_context(opener(authority))
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             channel._pool.start(nursery, resolver)
             try:
                 yield channel

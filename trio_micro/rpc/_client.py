@@ -515,6 +515,7 @@ async def connect(
                 reason = f"TLS failed: {cause}"
             else:
                 reason = str(exc) or repr(cause or exc)
+            reason += _tls_hint(cause, tls=ssl_context is not None, connected=stream is not None)
             raise RpcError(Status.UNAVAILABLE, f"can't connect to {where}: {reason}") from exc
         raise
     conn = ClientConnection(
@@ -528,3 +529,18 @@ async def connect(
     conn.peer = peer_name(stream) if ssl_context is None else where
     conn._pending_events = rest
     return conn
+
+
+def _tls_hint(cause: BaseException | None, *, tls: bool, connected: bool) -> str:
+    """A guess at a TLS mismatch behind a failed handshake, for the error message."""
+    if not connected:
+        return ""
+    if not tls:
+        return " (does the server require TLS?)"
+    if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+        return " (is the server serving TLS?)"
+    if isinstance(cause, ssl.SSLEOFError) or (
+        isinstance(cause, ssl.SSLError) and "CERTIFICATE_REQUIRED" in (cause.reason or "")
+    ):
+        return " (the server may require a client certificate, or refuse this one)"
+    return ""

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import trio
 
     from ._service import MethodKind
+    from ._tls import PeerIdentity
 
 __all__ = ["ClientCall", "ServerCall", "current_call"]
 
@@ -36,6 +37,10 @@ class ServerCall:
             (``math.inf`` for none). The handler already runs under it; use this only to
             report it.
         stream_id: The call's stream id on its connection (for logs).
+        peer_identity: The client certificate's verified identity (subject, SANs) when the
+            server requires client certificates (mutual TLS, see
+            :func:`server_ssl_context`); ``None`` without TLS or without a client
+            certificate.
     """
 
     __slots__ = (
@@ -46,6 +51,7 @@ class ServerCall:
         "metadata",
         "method",
         "peer",
+        "peer_identity",
         "server",
         "service",
         "stream_id",
@@ -62,6 +68,7 @@ class ServerCall:
         stream_id: int,
         scope: trio.CancelScope,
         server: str = "",
+        peer_identity: PeerIdentity | None = None,
     ) -> None:
         self.service = service
         self.method = method
@@ -71,6 +78,7 @@ class ServerCall:
         self.deadline = deadline
         self.stream_id = stream_id
         self.server = server
+        self.peer_identity = peer_identity
         self._scope = scope
         self._cancel_requested = False
 

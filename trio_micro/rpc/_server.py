@@ -44,6 +44,7 @@ import msgspec
 import structlog
 import trio
 
+from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_int, check_optional_int, check_seconds
 from trio_micro.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -426,10 +427,13 @@ async def open_server(
     it at once.
 
     Raises:
-        BaseExceptionGroup: Wraps what the body or the server raised (a trio nursery runs
-            inside).
+        BaseException: What the body raised comes out unwrapped (not in a group) when the
+            server's tasks did not fail (:func:`trio_micro.open_background_nursery`); so do
+            ``OSError`` and argument errors from starting the server.
+        BaseExceptionGroup: The running server failed (with the body's exception too, if
+            it raised).
     """
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         server: Server = await nursery.start(_serve_with_options, services, host, port, options)
         try:
             yield server

@@ -70,6 +70,7 @@ from ._context import ServerCall
 from ._interceptors import ServerInterceptor
 from ._server_calls import ANSWER_STREAM, ANSWER_UNARY, CallRunner, Handler
 from ._service import MethodInfo
+from ._tls import PeerIdentity, peer_identity
 from ._transport import RECEIVE_SIZE, Writer, peer_name
 from ._workers import CallWorkers
 
@@ -126,6 +127,7 @@ class ServerConnection:
         self.options = options
         self.peer = peer_name(stream)
         self.local = peer_name(stream, local=True)
+        self.identity: PeerIdentity | None = None  # the client certificate's, after TLS
         self.stream: trio.abc.Stream = (
             stream
             if options.ssl_context is None
@@ -179,6 +181,7 @@ class ServerConnection:
                             reason=repr(exc.__cause__ or exc),
                         )
                         return
+                    self.identity = peer_identity(self.stream)
                 self.writer.write(self.proto.initiate())
                 nursery.start_soon(self._run_writer)
                 events = await self._read_hello()
@@ -433,6 +436,7 @@ class ServerConnection:
             sid,
             scope,
             self.local,
+            self.identity,
         )
         self.calls[sid] = call
         answer = ANSWER_UNARY if info.call_type is CallType.UNARY else ANSWER_STREAM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._background import open_background_nursery
 from .._lazy import fixup_module_metadata
 from ._backoff import Backoff
 from ._buffers import BufferPool, BufferPoolStatistics
@@ -28,6 +29,7 @@ __all__: list[str] = [
     "TaskGroup",
     "TaskGroupStatistics",
     "amap",
+    "open_background_nursery",
     "open_broadcast",
     "open_fan_out",
     "open_merge",

@@ -22,7 +22,8 @@ Closing paths, in every pattern:
   are closed;
 * a helper raises (``fn`` in :func:`open_fan_out`, or an input channel) -> the
   nursery cancels everything, including the body, and the error surfaces from
-  the ``async with`` in an :class:`ExceptionGroup`.
+  the ``async with`` in an :class:`ExceptionGroup`; an error of the body alone comes
+  out unwrapped (:func:`open_background_nursery`).
 
 Speed. ``await send()`` / ``await receive()`` cost one trip through the scheduler
 per item even when they need not block. The helpers here move items with
@@ -45,6 +46,7 @@ from typing import Any, Final, TypeVar
 
 import trio
 
+from .._background import open_background_nursery
 from .._validate import check_callable, check_int
 
 __all__ = [
@@ -176,8 +178,8 @@ def open_fan_out(
         ValueError: ``workers`` < 1 or ``buffer`` < 0.
         ExceptionGroup: Raised by ``async with``: an exception from ``fn`` or from
             ``source`` cancels the workers and the body and is raised inside an
-            ``ExceptionGroup`` (as is an exception from the body itself, exactly
-            as with ``trio.open_nursery``).
+            ``ExceptionGroup`` (with the body's exception, if it raised too). An
+            exception from the body alone comes out unwrapped.
 
     Checkpoints and cancellation: entering the block is not a checkpoint; leaving it is.
     Leaving the block (normally or not) cancels the work in progress and closes the
@@ -254,7 +256,7 @@ async def _fan_out(
             await _aclose_input(owned)
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             for _ in range(workers):
                 nursery.start_soon(worker)
             try:
@@ -415,7 +417,8 @@ def open_merge(
         TypeError: An input is not a trio receive channel, or ``buffer`` is not an int.
         ValueError: ``buffer`` < 0, or the same channel object is passed twice.
         ExceptionGroup: Raised by ``async with``: an exception from an input channel
-            (or from the body) cancels everything and is raised in a group.
+            cancels everything and is raised in a group (with the body's, if any). An
+            exception from the body alone comes out unwrapped.
 
     Checkpoints and cancellation: entering the block is not a checkpoint; leaving it is.
     Leaving the block cancels the forwarders and closes every input. If the consumer
@@ -451,7 +454,7 @@ async def _merge(
                     await _aclose_input(channel)
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             with send_channel:
                 for source in inputs:
                     nursery.start_soon(forwarder, source, send_channel.clone())
@@ -540,7 +543,8 @@ def open_broadcast(
             ``consumers`` / ``buffer`` is not an int.
         ValueError: ``consumers`` < 1 or ``buffer`` < 0.
         ExceptionGroup: Raised by ``async with``: an exception from the input channel
-            (or from the body) cancels everything and is raised in a group.
+            cancels everything and is raised in a group (with the body's, if any). An
+            exception from the body alone comes out unwrapped.
 
     Checkpoints and cancellation: entering the block is not a checkpoint; leaving it is.
     When the input ends, every output ends. A consumer that closes its output is
@@ -574,7 +578,7 @@ async def _broadcast(
             await _aclose_input(source)
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             nursery.start_soon(distributor)
             try:
                 yield outputs

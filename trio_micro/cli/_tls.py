@@ -1,0 +1,152 @@
+"""The TLS options every networked command shares, and what they turn into.
+
+One set of flags, added by :func:`add_tls_arguments`, for ``serve``, ``registry``,
+``call``, ``list`` and ``bench``:
+
+* ``--tls-cert FILE`` / ``--tls-key FILE``: this process's certificate and key (PEM). A
+  server serves TLS with them; a client presents them (mutual TLS).
+* ``--tls-ca FILE``: the CA bundle of the other side. A client verifies the server with it
+  (default: the system's CAs); a server requires every client to present a certificate
+  signed by it (mutual TLS).
+* ``--tls-server-name NAME``: the name a client checks the server's certificate against
+  (default: the host of the address).
+* ``--tls``: TLS with none of the above (a client trusting the system's CAs).
+
+A client uses TLS when any of them is given, and uses it for the registry or etcd behind a
+``registry://`` / ``etcd://`` target too (``https://`` for etcd); ``serve`` uses the same
+files to talk to its ``--registry``. A file that cannot be used is a usage error (exit 2)
+naming the flag and the file, on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+from trio_micro import rpc
+from trio_micro.registry import Registry, open_etcd_registry, open_registry_client
+
+from ._common import usage_error
+
+__all__: list[str] = []  # internal to the cli package
+
+_TLS_HELP: Final = """\
+TLS: --tls-cert/--tls-key are this side's certificate and key; --tls-ca is the CA of the
+  other side (a client verifies the server with it; a server requires client certificates
+  signed by it: mutual TLS); --tls-server-name overrides the name checked in the server's
+  certificate; --tls turns TLS on with the system's CAs. Registries and etcd (https) are
+  reached with the same settings."""
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the shared TLS options (see the module docs) to a command's parser."""
+    group = parser.add_argument_group("TLS", description=_TLS_HELP)
+    group.add_argument("--tls", action="store_true", help="use TLS (implied by the options below)")
+    group.add_argument("--tls-cert", metavar="FILE", help="this side's certificate chain (PEM)")
+    group.add_argument(
+        "--tls-key", metavar="FILE", help="its private key (PEM; default: in the cert)"
+    )
+    group.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA of the other side: verifies the server / requires client certificates",
+    )
+    group.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check in the server's certificate"
+    )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What a client command connects with: an SSL context (``None``: plain TCP) and the
+    server name to check (``None``: the host of the address)."""
+
+    context: ssl.SSLContext | None = None
+    server_name: str | None = None
+
+    @property
+    def channel_options(self) -> dict[str, Any]:
+        """The :func:`rpc.open_channel` keyword arguments that say this."""
+        if self.context is None:
+            return {}
+        return {"ssl_context": self.context, "server_hostname": self.server_name}
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls:
+    """The client side of the parsed TLS options; not a checkpoint.
+
+    Raises:
+        CommandError: A file cannot be used, or --tls-key without --tls-cert (exit 2).
+    """
+    if not (args.tls or args.tls_cert or args.tls_key or args.tls_ca or args.tls_server_name):
+        return ClientTls()
+    if args.tls_key and not args.tls_cert:
+        raise usage_error("--tls-key needs --tls-cert")
+    context = _load(
+        args,
+        lambda: rpc.client_ssl_context(
+            ca=args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key
+        ),
+    )
+    return ClientTls(context, args.tls_server_name or None)
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server side of the parsed TLS options (``None``: plain TCP); not a checkpoint.
+
+    Raises:
+        CommandError: A file cannot be used, or TLS was asked for without --tls-cert
+            (exit 2).
+    """
+    if not (args.tls or args.tls_cert or args.tls_key or args.tls_ca):
+        return None
+    if not args.tls_cert:
+        raise usage_error("serving TLS needs --tls-cert (and --tls-key unless the cert holds it)")
+    return _load(
+        args, lambda: rpc.server_ssl_context(args.tls_cert, args.tls_key, client_ca=args.tls_ca)
+    )
+
+
+def _load(args: argparse.Namespace, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """``build()``, a :class:`rpc.TlsFileError` becoming a usage error naming the flag."""
+    try:
+        return build()
+    except rpc.TlsFileError as exc:
+        flags = {args.tls_cert: "--tls-cert", args.tls_key: "--tls-key", args.tls_ca: "--tls-ca"}
+        raise usage_error(f"{flags.get(exc.path, '--tls-cert')}: {exc}") from None
+
+
+def open_registry(
+    scheme: str, authority: str, tls: ClientTls
+) -> AbstractAsyncContextManager[Registry]:
+    """Open the registry at ``scheme://authority`` (``registry`` or ``etcd``) with ``tls``."""
+    if scheme == "etcd":
+        if tls.context is None:
+            return open_etcd_registry(f"http://{authority}")
+        return open_etcd_registry(f"https://{authority}", ssl_context=tls.context)
+    return open_registry_client(authority, **tls.channel_options)
+
+
+@asynccontextmanager
+async def open_target_channel(
+    target: str, tls: ClientTls, **options: Any
+) -> AsyncIterator[rpc.Channel]:
+    """``rpc.open_channel(target, **options)`` with ``tls``, which also reaches the registry
+    behind a ``registry://`` or ``etcd://`` target."""
+    scheme, sep, rest = target.partition("://")
+    if tls.context is None or not sep:
+        async with rpc.open_channel(target, **tls.channel_options, **options) as channel:
+            yield channel
+        return
+    authority, _, service = rest.partition("/")
+    async with AsyncExitStack() as stack:
+        registry = await stack.enter_async_context(open_registry(scheme, authority, tls))
+        channel = await stack.enter_async_context(
+            rpc.open_channel(service, registry=registry, **tls.channel_options, **options)
+        )
+        yield channel
