@@ -67,7 +67,6 @@ async def run(args: argparse.Namespace, progress: IO[str]) -> dict[str, object]:
             # every 5 s) and drop it, failing its calls with UNAVAILABLE, which retries.
             keepalive_interval=5.0,
             keepalive_timeout=2.0,
-            handshake_timeout=3.0,
         ) as channel,
         trio.open_nursery() as nursery,
     ):
