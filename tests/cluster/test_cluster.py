@@ -29,7 +29,7 @@ import pytest
 
 from ..registry._etcd_server import ETCDCTL, require_etcd
 from ._load import TICK
-from ._netns import Host, Network, namespaces, unavailable, wait_for
+from ._netns import IP, Host, Network, namespaces, unavailable, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -69,21 +69,15 @@ class Replica:
             argv += ["--host", "0.0.0.0", "--advertise", f"{self.host.address}:{PORT}"]
         else:
             argv += ["--host", self.host.address]
-        argv += ["--port", str(PORT), "--ttl", str(TTL)]
-        argv += [
-            "--grace",
-            "3",
-            "--no-access-log",
-            "--log-file",
-            str(c.dir / f"{self.host.name}.jsonl"),
-        ]
+        argv += ["--port", str(PORT), "--ttl", str(TTL), "--grace", "3", "--no-access-log"]
+        argv += ["--log-file", str(c.dir / f"{self.host.name}.jsonl")]
         with (c.dir / f"{self.host.name}.stderr").open("ab") as log:
             self.process = self.host.popen(argv, log=log)
 
     def pids(self) -> list[str]:
         """The processes left in this host's namespace."""
         return subprocess.run(
-            ["ip", "netns", "pids", self.host.netns], capture_output=True, text=True, timeout=20
+            [IP, "netns", "pids", self.host.netns], capture_output=True, text=True, timeout=20
         ).stdout.split()
 
 
@@ -109,8 +103,8 @@ class Load:
 
     def seen(self, host: Host) -> bool:
         """Whether the client's latest view of the service lists an endpoint on ``host``."""
-        views = [r["endpoints"] for r in self.records() if "endpoints" in r]
-        return bool(views) and any(_host(a) == host.address for a in views[-1])  # type: ignore[attr-defined]
+        views = [r for r in self.records() if "endpoints" in r]
+        return bool(views) and listed(host, views[-1])
 
     def serving(self, since: float) -> set[str]:
         """The hosts that answered a call after ``since``."""
