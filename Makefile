@@ -45,8 +45,10 @@ test: lint typecheck pytest
 # client, each in a Linux network namespace of its own, through a link cut, an etcd partition
 # and a SIGKILLed supervisor. Needs root; skips (saying why) where namespaces are not allowed.
 # Its convergence times go to benchmarks/cluster_results.json (quoted by docs/deploy.md).
+# CLUSTER_RESULTS= (empty) prints them without writing the file.
+CLUSTER_RESULTS ?= benchmarks/cluster_results.json
 cluster-test: $(STAMP)
-	TRIO_MICRO_CLUSTER_RESULTS=benchmarks/cluster_results.json \
+	TRIO_MICRO_CLUSTER_RESULTS=$(CLUSTER_RESULTS) \
 		$(BIN)/python -m pytest tests/cluster -m cluster -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
