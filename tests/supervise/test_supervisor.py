@@ -115,8 +115,11 @@ async def test_a_worker_that_never_reports_ready_fails_at_the_start_timeout(
     supervisor = Supervisor(lambda i: worker("hang", tmp_path), 1, start_timeout=0.5)
     with trio.fail_after(30), pytest.raises(WorkerStartError, match="did not report ready"):
         await supervisor.run()
-    (pid,) = [int(line.split()[1]) for line in (tmp_path / "worker0.log").read_text().splitlines()]
-    assert not alive(pid)
+    # On a busy machine it may be killed before it even logged its start: either way, gone.
+    started = [int(line.split()[1]) for line in events_lines(tmp_path, 0)]
+    assert len(started) <= 1
+    assert not any(alive(pid) for pid in started)
+    assert [w.pid for w in supervisor.workers()] == [None]
 
 
 async def test_a_worker_that_ignores_sigterm_is_killed_after_grace(tmp_path: Path) -> None:
