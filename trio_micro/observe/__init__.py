@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._memory import GcSettings, MemorySnapshot, memory_snapshot, open_memory_monitor, tune_gc
     from ._metrics import register_process_metrics, register_stats_source, register_task_monitor
     from ._schema import (
+        CACHE_HIT,
+        CACHE_MISS,
         CALL_EVENTS,
         CALL_RECORD_FIELDS,
         CODE_OK,
@@ -62,6 +64,8 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     )
 
 __all__ = [
+    "CACHE_HIT",
+    "CACHE_MISS",
     "CALL_EVENTS",
     "CALL_RECORD_FIELDS",
     "CODE_OK",
@@ -120,6 +124,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "register_task_monitor",
     ),
     "._schema": (
+        "CACHE_HIT",
+        "CACHE_MISS",
         "CALL_EVENTS",
         "CALL_RECORD_FIELDS",
         "CODE_OK",

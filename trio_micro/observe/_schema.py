@@ -27,6 +27,8 @@ from typing import Annotated, Final, final
 import msgspec
 
 __all__ = [
+    "CACHE_HIT",
+    "CACHE_MISS",
     "CALL_EVENTS",
     "CALL_RECORD_FIELDS",
     "CODE_OK",
@@ -44,6 +46,11 @@ CALL_EVENTS: Final = frozenset({RPC_CALL_COMPLETE, RPC_CALL_FAILED})
 
 #: The ``code`` of a successful call (gRPC status names, see :class:`~trio_micro.protocol.Status`).
 CODE_OK: Final = "OK"
+# The example user service's ``cache`` values: not part of the schema (no field reads
+# them), kept only for trio_micro/cli/_demo.py until the demo moves to examples/
+# (issue #12), which then defines them itself.
+CACHE_HIT: Final = "hit"
+CACHE_MISS: Final = "miss"
 
 
 @final
