@@ -155,6 +155,60 @@ def value_name(value: object) -> str:
 
 
 @final
+class Batch:
+    """The columns of one batch of call ``rows``, in time order (sorted here if not).
+
+    ``times`` are the rows' timestamps and ``time_of`` turns one into seconds since the
+    epoch; timestamps that are not floats sort like the times they stand for and are in
+    order. ``details(i)`` returns the sampled fields of ``rows[i]``, ``key_of(row)`` its
+    key, and ``key_ids`` numbers the keys (:attr:`CallCounter.key_ids`).
+
+    Raises:
+        IncompleteRowError: A row lacks its service, method or code.
+    """
+
+    __slots__ = ("bases", "codes", "details", "durations", "failed", "key_ids", "time_of", "times")
+
+    def __init__(
+        self,
+        rows: Sequence[CallRow],
+        times: list[Any],
+        time_of: Callable[[Any], float],
+        details: Callable[[int], Detailed],
+        key_of: Callable[[Any], Key],
+        key_ids: KeyIds,
+    ) -> None:
+        n = len(rows)
+        self.key_ids = key_ids
+        #: The key base of each row (see KeyIds), its duration, code and timestamp.
+        self.bases: list[int] = list(map(key_ids.__getitem__, map(key_of, rows)))
+        self.durations: list[float] = list(map(_DURATION, rows))
+        self.codes: list[str] = list(map(_CODE, rows))
+        self.times = times
+        self.time_of = time_of
+        #: The sampled fields of a row, by its position here.
+        self.details = details
+        if time_of is float and not all(map(le, times, islice(times, 1, None))):
+            order = sorted(range(n), key=times.__getitem__)
+            self.bases, self.durations, self.codes, self.times = (
+                list(map(column.__getitem__, order))
+                for column in (self.bases, self.durations, self.codes, times)
+            )
+            self.details = lambda i: details(order[i])
+        #: Positions of the failed calls.
+        self.failed: list[int] = []
+        if self.codes.count(CODE_OK) < n:
+            self.failed = list(compress(range(n), map(ne, self.codes, repeat(CODE_OK))))
+            if None in list(map(self.codes.__getitem__, self.failed)):
+                raise IncompleteRowError
+
+    def sampled(self, i: int) -> tuple[str, str, str, Detailed]:
+        """``(service, method, server or "", details)`` of row ``i``."""
+        service, method, server = self.key_ids.key_of(self.bases[i])[:3]
+        return service, method, server or "", self.details(i)
+
+
+@final
 class CallCounter:
     """Everything a summary counts of call records, and the kernel that counts a batch.
 
@@ -199,72 +253,36 @@ class CallCounter:
         #: Call records counted.
         self.records = 0
 
-    def add_batch(
-        self,
-        rows: Sequence[CallRow],
-        times: list[Any],
-        time_of: Callable[[Any], float],
-        details: Callable[[int], Detailed],
-        key_of: Callable[[Any], Key],
-    ) -> None:
-        """Count call ``rows`` (not empty) whose timestamps are ``times``.
-
-        ``time_of`` turns a timestamp into seconds since the epoch; timestamps that are
-        not floats sort like the times they stand for and are in order. ``details(i)``
-        returns the sampled fields of ``rows[i]`` and ``key_of(row)`` its key.
-
-        Raises:
-            IncompleteRowError: A row lacks a required field; nothing was counted.
-        """
+    def add_batch(self, batch: Batch) -> None:
+        """Count a batch of call rows (not empty; made with this counter's ``key_ids``)."""
         # Every check that can raise IncompleteRowError comes before the first change.
-        n = len(rows)
-        bases: list[int] = list(map(self.key_ids.__getitem__, map(key_of, rows)))
-        durations: list[float] = list(map(_DURATION, rows))
-        codes: list[str] = list(map(_CODE, rows))
-        if time_of is float and not all(map(le, times, islice(times, 1, None))):
-            order = sorted(range(n), key=times.__getitem__)
-            bases, durations, codes, times = (
-                list(map(column.__getitem__, order)) for column in (bases, durations, codes, times)
-            )
-            in_input_order = details
-            details = lambda i: in_input_order(order[i])  # noqa: E731
-        failed: list[int] = []
-        failed_codes: list[str] = []
-        if codes.count(CODE_OK) < n:
-            failed = list(compress(range(n), map(ne, codes, repeat(CODE_OK))))
-            failed_codes = list(map(codes.__getitem__, failed))
-            if None in failed_codes:
-                raise IncompleteRowError
         # Durations by key, keys in order of appearance: sum, min and max.
-        by_key: dict[int, list[float]] = {base: [] for base in bases}
-        deque(map(list.append, map(by_key.__getitem__, bases), durations), maxlen=0)
+        by_key: dict[int, list[float]] = {base: [] for base in batch.bases}
+        deque(map(list.append, map(by_key.__getitem__, batch.bases), batch.durations), maxlen=0)
         try:
             sums = [(sum(values), min(values), max(values)) for values in by_key.values()]
         except TypeError:  # a None among them
             raise IncompleteRowError from None
 
-        indices = LatencySketch.bucket_indices(durations)
-        self.pairs.update(map(add, bases, indices))
-        if failed:
-            self.error_codes.update(zip(map(bases.__getitem__, failed), failed_codes, strict=True))
-        self._add_key_stats(by_key, sums, bases, times, time_of)
-        self._add_to_series(times, time_of, durations, codes, indices)
+        indices = LatencySketch.bucket_indices(batch.durations)
+        self.pairs.update(map(add, batch.bases, indices))
+        if batch.failed:
+            failed = batch.failed
+            codes = map(batch.codes.__getitem__, failed)
+            self.error_codes.update(zip(map(batch.bases.__getitem__, failed), codes, strict=True))
+        self._add_key_stats(batch, by_key, sums)
+        self._add_to_series(batch, indices)
         largest = max(high for _total, _low, high in sums)
         if self.slowest and largest >= self._slowest_floor():
-            self._sample_slowest(bases, durations, codes, times, time_of, details)
-        if self.error_samples and failed:
-            self._sample_errors(failed, bases, durations, codes, times, time_of, details)
-        self.records += n
+            self._sample_slowest(batch)
+        if self.error_samples and batch.failed:
+            self._sample_errors(batch)
+        self.records += len(batch.bases)
 
     def _add_key_stats(
-        self,
-        by_key: Mapping[int, object],
-        sums: list[tuple[float, float, float]],
-        bases: list[int],
-        times: list[Any],
-        time_of: Callable[[Any], float],
+        self, batch: Batch, by_key: Mapping[int, object], sums: list[tuple[float, float, float]]
     ) -> None:
-        keys = self.keys
+        keys, bases, times, time_of = self.keys, batch.bases, batch.times, batch.time_of
         lasts = _last_positions(bases, by_key)
         # A key already seen at or before this batch starts keeps its first time, so only
         # the others look for their first call (usually near the start).
@@ -282,15 +300,9 @@ class CallCounter:
                 stats.first = min(stats.first, time_of(times[firsts[base]]))
             stats.last = max(stats.last, time_of(times[lasts[base]]))
 
-    def _add_to_series(
-        self,
-        times: list[Any],
-        time_of: Callable[[Any], float],
-        durations: list[float],
-        codes: list[str],
-        indices: list[int],
-    ) -> None:
-        series = self.series
+    def _add_to_series(self, batch: Batch, indices: list[int]) -> None:
+        series, times, time_of = self.series, batch.times, batch.time_of
+        durations, codes = batch.durations, batch.codes
         per_s = _TICKS_PER_SECOND
 
         def ticks_of(stamp: Any) -> float:
@@ -314,71 +326,50 @@ class CallCounter:
         slow = self.slow
         return slow[0].duration_ms if len(slow) >= self.slowest else -math.inf
 
-    def _sample_slowest(
-        self,
-        bases: list[int],
-        durations: list[float],
-        codes: list[str],
-        times: list[Any],
-        time_of: Callable[[Any], float],
-        details: Callable[[int], Detailed],
-    ) -> None:
-        limit = self.slowest
+    def _sample_slowest(self, batch: Batch) -> None:
+        limit, durations = self.slowest, batch.durations
         floor_ms = self._slowest_floor()
         candidates = compress(range(len(durations)), map(le, repeat(floor_ms), durations))
         chosen = heapq.nlargest(limit, candidates, key=durations.__getitem__)
         if len(chosen) == limit:
-            chosen = _break_ties(chosen, limit, durations, times)
-        key_of = self.key_ids.key_of
+            chosen = _break_ties(chosen, limit, durations, batch.times)
         for i in sorted(chosen):
-            more = details(i)
-            service, method, server = key_of(bases[i])[:3]
+            service, method, server, more = batch.sampled(i)
             call = SlowCall(
                 durations[i],
-                epoch(time_of(times[i])),
+                epoch(batch.time_of(batch.times[i])),
                 service,
                 method,
-                server or "",
+                server,
                 more.peer or "",
-                codes[i],
+                batch.codes[i],
                 more.trace_id or "",
                 more.span_id or "",
             )
             push_bounded(self.slow, call, limit)
 
-    def _sample_errors(
-        self,
-        failed: list[int],
-        bases: list[int],
-        durations: list[float],
-        codes: list[str],
-        times: list[Any],
-        time_of: Callable[[Any], float],
-        details: Callable[[int], Detailed],
-    ) -> None:
-        errors, limit = self.errors, self.error_samples
+    def _sample_errors(self, batch: Batch) -> None:
+        errors, limit, failed, times = self.errors, self.error_samples, batch.failed, batch.times
         floor_s = errors[0].timestamp.timestamp() if len(errors) >= limit else -math.inf
         # In time order only the newest `limit` can be kept, and those at the same time
         # as the oldest of them (the full order of ErrorSample decides between them).
         k = max(0, len(failed) - limit)
         while k and times[failed[k - 1]] == times[failed[k]]:
             k -= 1
-        key_of = self.key_ids.key_of
         for i in failed[k:]:
-            t = time_of(times[i])
+            t = batch.time_of(times[i])
             if t < floor_s:
                 continue
-            more = details(i)
-            service, method, server = key_of(bases[i])[:3]
+            service, method, server, more = batch.sampled(i)
             sample = ErrorSample(
                 epoch(t),
                 service,
                 method,
-                server or "",
+                server,
                 more.peer or "",
-                codes[i],
+                batch.codes[i],
                 more.message or "",
-                durations[i],
+                batch.durations[i],
                 more.trace_id or "",
                 more.span_id or "",
             )

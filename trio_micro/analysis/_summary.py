@@ -37,6 +37,7 @@ from ._decode import (
 )
 from ._filter import CallRow, RecordFilter
 from ._kernel import (
+    Batch,
     CallCounter,
     Detailed,
     GroupAccumulator,
@@ -220,16 +221,16 @@ class SummaryBuilder:
             details = lambda i: by_index(positions[i])  # noqa: E731
         if not rows:
             return
+        counter = self._counter
         try:
-            self._counter.add_batch(rows, times, time_of, details, key_of)
+            counter.add_batch(Batch(rows, times, time_of, details, key_of, counter.key_ids))
         except IncompleteRowError:
             positions = list(range(len(rows)))
             rows, times, positions = drop_incomplete(rows, times, positions, self._tally)
             by_position = details
             if rows:
-                self._counter.add_batch(
-                    rows, times, time_of, lambda i: by_position(positions[i]), key_of
-                )
+                details = lambda i: by_position(positions[i])  # noqa: E731
+                counter.add_batch(Batch(rows, times, time_of, details, key_of, counter.key_ids))
 
     def merge(self, summary: LogSummary) -> None:
         """Add everything counted in ``summary`` (a summary of other records).
