@@ -139,11 +139,12 @@ class _Vocabulary:
 
     msgspec returns the one ``str`` object of a ``Literal`` for each occurrence, so every
     later hash and comparison of those fields (counting by ``(service, method, server,
-    cache)``) hits a cached hash or an identity check instead of a fresh string: that
+    *group_by)``) hits a cached hash or an identity check instead of a fresh string: that
     halves the cost of counting. A value not yet known makes msgspec reject the chunk; the
     chunk is then decoded with plain ``str`` fields, its values are learnt and the decoder
-    rebuilt. A field with more than :data:`_MAX_VOCABULARY` values stays ``str``, so that
-    memory stays bounded.
+    rebuilt. A field with more than :data:`_MAX_VOCABULARY` values, or a ``group_by``
+    field with a value that is not a string, keeps its plain type, so that memory stays
+    bounded.
     """
 
     __slots__ = ("decoder", "row_type", "values")
