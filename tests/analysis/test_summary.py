@@ -265,3 +265,17 @@ def test_sorted_chunk_gives_same_summary_as_records() -> None:
     builder = SummaryBuilder(max_time_buckets=8)
     builder.add_json_lines(b"".join(line(r) for r in recs))
     assert comparable(builder.build()) == comparable(summarize(recs, max_time_buckets=8))
+
+
+def test_group_by_a_key_with_a_dot_in_its_name() -> None:
+    builder = SummaryBuilder(group_by=("http.status",))
+    builder.add_json_lines(line(record(), **{"http.status": 200}))
+    (m,) = builder.build().methods()
+    assert m.fields == {"http.status": {"200": 1}}
+
+
+def test_an_object_as_a_group_by_value_makes_the_call_record_wrong_type() -> None:
+    builder = SummaryBuilder(group_by=("cache",))
+    builder.add_json_lines(line(record(), cache="hit") + line(record(), cache={"a": 1}))
+    summary = builder.build()
+    assert (summary.calls, dict(summary.input.malformed)) == (1, {"wrong_type": 1})

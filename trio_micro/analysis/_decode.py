@@ -193,20 +193,32 @@ _MAX_VOCABULARY: Final = 1000
 
 
 class RowSchema:
-    """The row types and decoders for one set of ``group_by`` fields (see :func:`row_schema`)."""
+    """The row types and decoders for one set of ``group_by`` fields (see :func:`row_schema`).
 
-    __slots__ = ("full", "group_by", "row", "vocabulary")
+    A field is decoded into the attribute ``group_<i>`` (its position in ``group_by``),
+    so that any JSON key works, ``"http.status"`` too.
+    """
+
+    __slots__ = ("attributes", "full", "group_by", "row", "vocabulary")
 
     def __init__(self, group_by: tuple[str, ...]) -> None:
         self.group_by = group_by
-        extra: list[tuple[str, Any, Any]] = [(name, GroupValue | None, None) for name in group_by]
+        #: The attribute of each ``group_by`` field in a decoded row.
+        self.attributes = tuple(f"group_{i}" for i in range(len(group_by)))
+        extra: list[tuple[str, Any, Any]] = [
+            (name, GroupValue | None, None) for name in self.attributes
+        ]
+        rename = dict(zip(self.attributes, group_by, strict=True))
         row_type = cast(
-            type[_Row], msgspec.defstruct("_GroupedRow", extra, bases=(_Row,), gc=False)
+            type[_Row],
+            msgspec.defstruct("_GroupedRow", extra, bases=(_Row,), gc=False, rename=rename),
         )
-        full_type = msgspec.defstruct("_GroupedFullRow", extra, bases=(_FullRow,), gc=False)
+        full_type = msgspec.defstruct(
+            "_GroupedFullRow", extra, bases=(_FullRow,), gc=False, rename=rename
+        )
         self.row: msgspec.json.Decoder[_Row] = msgspec.json.Decoder(row_type)
         self.full: msgspec.json.Decoder[_Row] = msgspec.json.Decoder(full_type)
-        self.vocabulary = _Vocabulary(row_type, (*_INTERNED, *group_by))
+        self.vocabulary = _Vocabulary(row_type, (*_INTERNED, *self.attributes))
 
 
 @functools.cache

@@ -157,7 +157,7 @@ class SummaryBuilder:
         if counted:
             self._count_events(counted)
         kept, stamps, time_of = parse_times(calls, tally)
-        key_of = attrgetter("service", "method", "server", *self.group_by)
+        key_of = attrgetter("service", "method", "server", *schema.attributes)
         if finder is None:  # decoded as full rows
             self._add_calls(kept, stamps, time_of, lambda i: cast(_FullRow, kept[i]), key_of)
         else:
