@@ -201,22 +201,25 @@ def head_bytes(src: Path, dst: Path, size: int) -> Path:
 CHILD_ENV = dict(os.environ, PYTHONPATH=str(HERE.parent))
 
 
-def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run ``cmd`` in a child; return (wall seconds, peak RSS of the child in KiB)."""
+def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Run ``cmd`` in a child; return (wall seconds, peak RSS of the child in KiB, CPU
+    seconds of the child and its workers, user + system: on a busy machine they vary
+    less than the wall time)."""
     env = CHILD_ENV if env is None else env
     # A fresh interpreter per measurement, so RUSAGE_CHILDREN's maxrss is this run's.
     probe = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
         "dt = time.perf_counter() - t; "
-        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(dt, u.ru_maxrss, r.returncode, u.ru_utime + u.ru_stime)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, check=True
     ).stdout.split()
     if out[2] != "0":
         raise SystemExit(f"command failed with exit code {out[2]}: {cmd}")
-    return float(out[0]), int(out[1])
+    return float(out[0]), int(out[1]), float(out[3])
 
 
 def main() -> None:
@@ -267,6 +270,7 @@ def main() -> None:
     jq_cmd = [jq or "jq", "-n", "-c", JQ_PROGRAM, str(big)]
     times: dict[str, list[float]] = {"summary": [], "before": [], "jq": []}
     rss: dict[str, list[int]] = {"summary": [], "before": [], "jq": []}
+    cpu: dict[str, list[float]] = {"summary": [], "before": [], "jq": []}
     for run in range(args.runs):
         contenders = [("summary", summary_cmd, CHILD_ENV)]
         if args.before is not None:
@@ -276,10 +280,15 @@ def main() -> None:
         # Each contender takes every place in the order in turn.
         contenders = contenders[run % len(contenders) :] + contenders[: run % len(contenders)]
         for name, cmd, env in contenders:
-            dt, kib = run_timed(cmd, env)
+            dt, kib, cpu_s = run_timed(cmd, env)
             times[name].append(dt)
             rss[name].append(kib)
-            print(f"  run {run + 1} {name}: {dt:.2f} s, peak RSS {kib / 1024:.1f} MiB", flush=True)
+            cpu[name].append(cpu_s)
+            print(
+                f"  run {run + 1} {name}: {dt:.2f} s ({cpu_s:.2f} CPU s), "
+                f"peak RSS {kib / 1024:.1f} MiB",
+                flush=True,
+            )
     if not args.no_jq:
         print(f"  {check_against_jq(summary_cmd, jq_cmd)}", flush=True)
     small_rss = [run_timed([*CLI, "logs", "summary", "--json", str(small)])[1] for _ in range(3)]
@@ -311,9 +320,13 @@ def main() -> None:
     print()
     print(f"load average after: {load_after}")
     print()
-    print("| tool | median wall s | runs | lines/s | peak RSS MiB | speed-up vs jq |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| tool | median wall s | runs | lines/s | peak RSS MiB | speed-up vs jq "
+        "| median CPU s | CPU vs jq |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     jq_median = statistics.median(times["jq"]) if times["jq"] else float("nan")
+    jq_cpu = statistics.median(cpu["jq"]) if cpu["jq"] else float("nan")
     for name, label in (
         ("summary", "trio-micro logs summary --json (full summary)"),
         ("before", f"the same, of {args.before}"),
@@ -323,9 +336,11 @@ def main() -> None:
             continue
         median = statistics.median(times[name])
         runs = ", ".join(f"{t:.2f}" for t in times[name])
+        cpu_median = statistics.median(cpu[name])
         print(
             f"| {label} | {median:.2f} | {runs} | {args.lines / median:,.0f} | "
-            f"{max(rss[name]) / 1024:.1f} | {jq_median / median:.1f}x |"
+            f"{max(rss[name]) / 1024:.1f} | {jq_median / median:.1f}x | "
+            f"{cpu_median:.2f} | {jq_cpu / cpu_median:.1f}x |"
         )
     print()
     print("| input to summary | size MB | peak RSS MiB (max of runs) |")
