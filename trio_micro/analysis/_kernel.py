@@ -264,7 +264,8 @@ class CallCounter:
         except TypeError:  # a None among them
             raise IncompleteRowError from None
 
-        indices = LatencySketch.bucket_indices(batch.durations)
+        smallest = min(low for _total, low, _high in sums)
+        indices = LatencySketch.bucket_indices(batch.durations, smallest)
         self.pairs.update(map(add, batch.bases, indices))
         if batch.failed:
             failed = batch.failed
