@@ -180,3 +180,13 @@ def test_sampled_calls_keep_ids_and_messages_from_a_chunk() -> None:
         "disk on fire",
         "tx",
     )
+
+
+def test_several_events_are_counted_each_per_server() -> None:
+    other = DB_QUERY.replace(b"users.db.query", b"users.cache.evict")
+    builder = SummaryBuilder(count_events=("users.cache.evict", "users.db.query"))
+    builder.add_json_lines(GOOD + DB_QUERY + other + other + GOOD)
+    assert builder.build().event_counts == {
+        "users.cache.evict": {"10.0.0.1:50051": 2},
+        "users.db.query": {"10.0.0.1:50051": 1},
+    }

@@ -325,7 +325,11 @@ def split_calls(
         # A few counted events among calls (the usual mix): find them with list.index
         # and cut them out with slices, instead of testing every row twice.
         tally.other_events += queries
-        found = sorted(i for event in counted for i in _positions(events, event))
+        found = (
+            _positions(events, counted[0])
+            if len(counted) == 1
+            else sorted(i for event in counted for i in _positions(events, event))
+        )
         out: list[_Row] = []
         previous = 0
         for i in found:

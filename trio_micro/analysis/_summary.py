@@ -130,7 +130,8 @@ class SummaryBuilder:
         self._merged: dict[GroupKey, GroupAccumulator] = {}
         self._tally = _Tally()
         # (event, server) -> records
-        self._events: Counter[tuple[str, str | None]] = Counter()
+        # event -> server -> records
+        self._events: dict[str, Counter[str | None]] = {e: Counter() for e in count_events}
         self._filtered = 0
 
     def add_json_lines(self, data: bytes | bytearray | Iterable[bytes | str]) -> None:
@@ -171,15 +172,20 @@ class SummaryBuilder:
         flt = self.filter
         if flt.services or flt.methods or flt.codes:
             return
-        events = self._events
-        if flt.since is None and flt.until is None:
-            events.update(zip(map(_EVENT, rows), map(_SERVER, rows), strict=True))
-            return
-        since, until = flt.bounds()
-        rows, stamps, time_of = parse_times(rows, None)
-        for row, stamp in zip(rows, stamps, strict=True):
-            if since <= time_of(stamp) < until:
-                events[cast(str, row.event), row.server] += 1
+        if flt.since is not None or flt.until is not None:
+            since, until = flt.bounds()
+            rows, stamps, time_of = parse_times(rows, None)
+            rows = [
+                row
+                for row, stamp in zip(rows, stamps, strict=True)
+                if since <= time_of(stamp) < until
+            ]
+        if len(self._events) == 1:  # rows of the one event counted
+            (servers,) = self._events.values()
+            servers.update(map(_SERVER, rows))
+        else:
+            for event, server in zip(map(_EVENT, rows), map(_SERVER, rows), strict=True):
+                self._events[event][server] += 1
 
     def add(self, records: Iterable[CallRecord]) -> None:
         """Add call records (``group_by`` fields are read as attributes, if they have them)."""
@@ -258,8 +264,7 @@ class SummaryBuilder:
         for kind, message in summary.input.malformed_examples.items():
             tally.examples.setdefault(kind, message)
         for event, servers in summary.event_counts.items():
-            for server, n in servers.items():
-                self._events[event, server] += n
+            self._events.setdefault(event, Counter()).update(servers)
         self._filtered += summary.input.filtered_out
 
     def build(self) -> LogSummary:
@@ -269,9 +274,11 @@ class SummaryBuilder:
             groups[key] = GroupAccumulator()
             groups[key].add(merged.stats())
         self._counter.fold(groups)
-        events: dict[str, dict[str | None, int]] = {}
-        for (event, server), n in sorted(self._events.items(), key=_event_order):
-            events.setdefault(event, {})[server] = n
+        events = {
+            event: dict(sorted(servers.items(), key=_server_order))
+            for event, servers in sorted(self._events.items())
+            if servers
+        }
         counter = self._counter
         return LogSummary(
             filter=self.filter,
@@ -300,9 +307,8 @@ def _group_order(key: GroupKey) -> tuple[str, str, str]:
     return key[0], key[1], key[2] or ""
 
 
-def _event_order(item: tuple[tuple[str, str | None], int]) -> tuple[str, str]:
-    (event, server), _n = item
-    return event, server or ""
+def _server_order(item: tuple[str | None, int]) -> str:
+    return item[0] or ""
 
 
 def summarize(
