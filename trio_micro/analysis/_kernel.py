@@ -257,7 +257,7 @@ class CallCounter:
         """Count a batch of call rows (not empty; made with this counter's ``key_ids``)."""
         # Every check that can raise IncompleteRowError comes before the first change.
         # Durations by key, keys in order of appearance: sum, min and max.
-        by_key: dict[int, list[float]] = {base: [] for base in batch.bases}
+        by_key: dict[int, list[float]] = {base: [] for base in dict.fromkeys(batch.bases)}
         deque(map(list.append, map(by_key.__getitem__, batch.bases), batch.durations), maxlen=0)
         try:
             sums = [(sum(values), min(values), max(values)) for values in by_key.values()]
