@@ -25,6 +25,11 @@ measures compiling every module from source on every run instead.
 
     .venv/bin/python benchmarks/logs_bench.py            # full size (about 336 MB of log)
     .venv/bin/python benchmarks/logs_bench.py --lines 100000 --runs 1 --no-big  # smoke run
+
+``--before TREE`` also runs the summary of another checkout (a ``git worktree`` of an
+older commit), interleaved with the others in the same run, to compare a change on a
+noisy machine; ``--summary-args`` passes options to this tree's summary only (so that
+both do the same work when the options changed).
 """
 
 from __future__ import annotations
@@ -196,22 +201,25 @@ def head_bytes(src: Path, dst: Path, size: int) -> Path:
 CHILD_ENV = dict(os.environ, PYTHONPATH=str(HERE.parent))
 
 
-def run_timed(cmd: list[str]) -> tuple[float, int]:
-    """Run ``cmd`` in a child; return (wall seconds, peak RSS of the child in KiB)."""
-    env = CHILD_ENV
+def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Run ``cmd`` in a child; return (wall seconds, peak RSS of the child in KiB, CPU
+    seconds of the child and its workers, user + system: on a busy machine they vary
+    less than the wall time)."""
+    env = CHILD_ENV if env is None else env
     # A fresh interpreter per measurement, so RUSAGE_CHILDREN's maxrss is this run's.
     probe = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
         "dt = time.perf_counter() - t; "
-        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(dt, u.ru_maxrss, r.returncode, u.ru_utime + u.ru_stime)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, check=True
     ).stdout.split()
     if out[2] != "0":
         raise SystemExit(f"command failed with exit code {out[2]}: {cmd}")
-    return float(out[0]), int(out[1])
+    return float(out[0]), int(out[1]), float(out[3])
 
 
 def main() -> None:
@@ -226,6 +234,12 @@ def main() -> None:
         action="store_true",
         help="compile trio_micro from source on every run (as with PYTHONDONTWRITEBYTECODE)",
     )
+    parser.add_argument(
+        "--before", type=Path, metavar="TREE", help="also run the summary of this checkout"
+    )
+    parser.add_argument(
+        "--summary-args", default="", help="options of this tree's summary, e.g. '--group-by x'"
+    )
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +252,11 @@ def main() -> None:
     big = ensure_log(args.dir, args.lines)
     small = head_bytes(big, args.dir / f"access-{args.lines}-10MB.jsonl", 10_000_000)
     run_timed([*CLI, "logs", "summary", "--json", str(small)])  # warm-up: caches
+    before_env = dict(CHILD_ENV, PYTHONPATH=str(args.before))
+    if args.before is not None and "PYTHONPYCACHEPREFIX" in CHILD_ENV:
+        before_env["PYTHONPYCACHEPREFIX"] = str(args.dir / "pycache-before")
+    if args.before is not None:
+        run_timed([*CLI, "logs", "summary", "--json", str(small)], before_env)
     with big.open("rb") as f:  # the page cache, so that no first run reads from disk
         while f.read(16 * 1024 * 1024):
             pass
@@ -246,21 +265,30 @@ def main() -> None:
     if jq is None and not args.no_jq:
         raise SystemExit("jq not found: apt-get update && apt-get install -y jq (or --no-jq)")
 
-    summary_cmd = [*CLI, "logs", "summary", "--json", str(big)]
+    summary_cmd = [*CLI, "logs", "summary", "--json", *args.summary_args.split(), str(big)]
+    before_cmd = [*CLI, "logs", "summary", "--json", str(big)]
     jq_cmd = [jq or "jq", "-n", "-c", JQ_PROGRAM, str(big)]
-    times: dict[str, list[float]] = {"summary": [], "jq": []}
-    rss: dict[str, list[int]] = {"summary": [], "jq": []}
+    times: dict[str, list[float]] = {"summary": [], "before": [], "jq": []}
+    rss: dict[str, list[int]] = {"summary": [], "before": [], "jq": []}
+    cpu: dict[str, list[float]] = {"summary": [], "before": [], "jq": []}
     for run in range(args.runs):
-        contenders = [("summary", summary_cmd)]
+        contenders = [("summary", summary_cmd, CHILD_ENV)]
+        if args.before is not None:
+            contenders.append(("before", before_cmd, before_env))
         if not args.no_jq:
-            contenders.append(("jq", jq_cmd))
-        if run % 2:
-            contenders.reverse()
-        for name, cmd in contenders:
-            dt, kib = run_timed(cmd)
+            contenders.append(("jq", jq_cmd, CHILD_ENV))
+        # Each contender takes every place in the order in turn.
+        contenders = contenders[run % len(contenders) :] + contenders[: run % len(contenders)]
+        for name, cmd, env in contenders:
+            dt, kib, cpu_s = run_timed(cmd, env)
             times[name].append(dt)
             rss[name].append(kib)
-            print(f"  run {run + 1} {name}: {dt:.2f} s, peak RSS {kib / 1024:.1f} MiB", flush=True)
+            cpu[name].append(cpu_s)
+            print(
+                f"  run {run + 1} {name}: {dt:.2f} s ({cpu_s:.2f} CPU s), "
+                f"peak RSS {kib / 1024:.1f} MiB",
+                flush=True,
+            )
     if not args.no_jq:
         print(f"  {check_against_jq(summary_cmd, jq_cmd)}", flush=True)
     small_rss = [run_timed([*CLI, "logs", "summary", "--json", str(small)])[1] for _ in range(3)]
@@ -292,20 +320,27 @@ def main() -> None:
     print()
     print(f"load average after: {load_after}")
     print()
-    print("| tool | median wall s | runs | lines/s | peak RSS MiB | speed-up vs jq |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| tool | median wall s | runs | lines/s | peak RSS MiB | speed-up vs jq "
+        "| median CPU s | CPU vs jq |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     jq_median = statistics.median(times["jq"]) if times["jq"] else float("nan")
+    jq_cpu = statistics.median(cpu["jq"]) if cpu["jq"] else float("nan")
     for name, label in (
         ("summary", "trio-micro logs summary --json (full summary)"),
+        ("before", f"the same, of {args.before}"),
         ("jq", "jq -n 'reduce inputs ...' (count + mean per method only)"),
     ):
         if not times[name]:
             continue
         median = statistics.median(times[name])
         runs = ", ".join(f"{t:.2f}" for t in times[name])
+        cpu_median = statistics.median(cpu[name])
         print(
             f"| {label} | {median:.2f} | {runs} | {args.lines / median:,.0f} | "
-            f"{max(rss[name]) / 1024:.1f} | {jq_median / median:.1f}x |"
+            f"{max(rss[name]) / 1024:.1f} | {jq_median / median:.1f}x | "
+            f"{cpu_median:.2f} | {jq_cpu / cpu_median:.1f}x |"
         )
     print()
     print("| input to summary | size MB | peak RSS MiB (max of runs) |")

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from trio_micro import cli, observe
+from examples.user_service.service import CACHE_HIT, CACHE_MISS
+from trio_micro import cli
 from trio_micro.observe import CALL_EVENTS, CODE_OK
 
 from .config import DB_QUERY_EVENT, METHOD, QUANTILES
@@ -94,8 +95,8 @@ def read_replica_log(path: Path | None) -> ReplicaLog:
                 out.servers.add(line.server)
                 if line.code == CODE_OK:
                     out.ok += 1
-                    out.hits += line.cache == observe.CACHE_HIT
-                    out.misses += line.cache == observe.CACHE_MISS
+                    out.hits += line.cache == CACHE_HIT
+                    out.misses += line.cache == CACHE_MISS
                 else:
                     out.failed[line.code] = out.failed.get(line.code, 0) + 1
     return out
@@ -305,9 +306,15 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def logs_summary(run_dir: Path, report: Path) -> int:
-    """Print ``trio-micro logs summary RUN_DIR --html REPORT``; return its exit code."""
-    print(f"\n$ trio-micro logs summary {run_dir} --html {report}", flush=True)
-    code = cli.main(["logs", "summary", str(run_dir), "--html", str(report)])
+    """Print ``trio-micro logs summary RUN_DIR ...``; return its exit code.
+
+    The user service's own figures come from the generic options: calls grouped by the
+    ``cache`` field it binds, and its ``users.db.query`` events counted, per worker too.
+    """
+    options = ["--group-by", "cache", "--group-by", "worker", "--count-event", DB_QUERY_EVENT]
+    shown = " ".join(options)
+    print(f"\n$ trio-micro logs summary {run_dir} {shown} --html {report}", flush=True)
+    code = cli.main(["logs", "summary", str(run_dir), *options, "--html", str(report)])
     sys.stdout.flush()
     return code
 

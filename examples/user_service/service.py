@@ -56,6 +56,9 @@ __all__ = [
 
 #: Log event: ``GetUser`` queried the database for ``user_id`` (one per cache load).
 DB_QUERY: Final = "users.db.query"
+#: The values of the ``cache`` field each call binds (``trio-micro logs --group-by cache``).
+CACHE_HIT: Final = "hit"
+CACHE_MISS: Final = "miss"
 
 #: Middle part of the cache's metric names: ``trio_micro_user_cache_*``.
 CACHE_METRICS: Final = "user_cache"
@@ -244,7 +247,7 @@ class UserService(rpc.Service, name="users"):
     @rpc.unary(idempotent=True)
     async def get_user(self, req: GetUserRequest) -> User:
         row, hit = await self.cache.get_or_load(req.user_id, self._query_user)
-        structlog.contextvars.bind_contextvars(cache="hit" if hit else "miss")
+        structlog.contextvars.bind_contextvars(cache=CACHE_HIT if hit else CACHE_MISS)
         if row is None:
             raise rpc.RpcError(rpc.Status.NOT_FOUND, f"no user with user_id={req.user_id}")
         return _user(row, "cache" if hit else "database")

@@ -23,7 +23,6 @@ def record(
     trace_id: str | None = "t1",
     span_id: str | None = "s1",
     parent_span_id: str | None = None,
-    cache: str | None = None,
     message: str | None = None,
 ) -> CallRecord:
     """A call record ending ``at`` seconds after :data:`T0`."""
@@ -40,11 +39,13 @@ def record(
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent_span_id,
-        cache=cache,
         message=message,
     )
 
 
-def line(rec: CallRecord) -> bytes:
-    """The JSON line of ``rec`` as the services write it."""
-    return msgspec.json.encode(rec) + b"\n"
+def line(rec: CallRecord, **extra: object) -> bytes:
+    """The JSON line of ``rec`` as the services write it, with the ``extra`` keys that
+    handlers bind (``cache="hit"``; ``None`` values left out)."""
+    fields = msgspec.to_builtins(rec)
+    fields.update((key, value) for key, value in extra.items() if value is not None)
+    return msgspec.json.encode(fields) + b"\n"

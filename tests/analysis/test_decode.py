@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import msgspec
+import pytest
 
 from trio_micro.analysis import LogSummary, RecordFilter, SummaryBuilder, iter_call_records
 
@@ -121,24 +122,43 @@ DB_QUERY = (
 )
 
 
-def test_db_queries_are_counted_per_server_as_other_events() -> None:
+COUNTED = ("users.db.query",)
+
+
+def test_counted_events_are_counted_per_server_as_other_events() -> None:
     no_server = DB_QUERY.replace(b'"server":"10.0.0.1:50051",', b"")
-    summary = summary_of(GOOD + DB_QUERY + DB_QUERY + no_server + GOOD)
+    builder = SummaryBuilder(count_events=COUNTED)
+    builder.add_json_lines(GOOD + DB_QUERY + DB_QUERY + no_server + GOOD)
+    summary = builder.build()
     assert summary.calls == 2
     assert summary.input.other_events == 3
-    assert dict(summary.db_queries) == {None: 1, "10.0.0.1:50051": 2}
+    assert summary.event_counts == {"users.db.query": {None: 1, "10.0.0.1:50051": 2}}
 
 
-def test_db_queries_are_not_counted_under_a_method_filter() -> None:
-    builder = SummaryBuilder(filter=RecordFilter(methods=frozenset({"GetUser"})))
+def test_events_are_not_counted_unless_named() -> None:
+    summary = summary_of(GOOD + DB_QUERY)
+    assert (summary.input.other_events, dict(summary.event_counts)) == (1, {})
+
+
+def test_counted_events_are_not_counted_under_a_method_filter() -> None:
+    builder = SummaryBuilder(
+        filter=RecordFilter(methods=frozenset({"GetUser"})), count_events=COUNTED
+    )
     builder.add_json_lines(GOOD + DB_QUERY)
-    assert dict(builder.build().db_queries) == {}
+    assert dict(builder.build().event_counts) == {}
 
 
-def test_db_queries_honour_a_time_filter() -> None:
-    builder = SummaryBuilder(filter=RecordFilter(since=T0 + timedelta(seconds=1)))
+def test_counted_events_honour_a_time_filter() -> None:
+    builder = SummaryBuilder(
+        filter=RecordFilter(since=T0 + timedelta(seconds=1)), count_events=COUNTED
+    )
     builder.add_json_lines(GOOD + DB_QUERY)
-    assert dict(builder.build().db_queries) == {}
+    assert dict(builder.build().event_counts) == {}
+
+
+def test_a_call_event_cannot_be_counted() -> None:
+    with pytest.raises(ValueError, match="call event"):
+        SummaryBuilder(count_events=("rpc.call.complete",))
 
 
 def test_new_values_after_the_first_chunk_are_decoded() -> None:
@@ -179,3 +199,13 @@ def test_sampled_calls_keep_ids_and_messages_from_a_chunk() -> None:
         "disk on fire",
         "tx",
     )
+
+
+def test_several_events_are_counted_each_per_server() -> None:
+    other = DB_QUERY.replace(b"users.db.query", b"users.cache.evict")
+    builder = SummaryBuilder(count_events=("users.cache.evict", "users.db.query"))
+    builder.add_json_lines(GOOD + DB_QUERY + other + other + GOOD)
+    assert builder.build().event_counts == {
+        "users.cache.evict": {"10.0.0.1:50051": 2},
+        "users.db.query": {"10.0.0.1:50051": 1},
+    }

@@ -3,7 +3,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from ddsketch import DDSketch
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from trio_micro.analysis import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
@@ -102,3 +103,70 @@ def test_copy_is_independent() -> None:
     copy = sketch.copy()
     copy.add(2.0)
     assert sketch.count == 1
+
+
+@given(st.lists(durations))
+def test_add_many_equals_adding_one_at_a_time(values: list[float]) -> None:
+    one_by_one = LatencySketch()
+    for value in values:
+        one_by_one.add(value)
+    bulk = LatencySketch()
+    bulk.add_many(values)
+    assert bulk == one_by_one
+
+
+@given(st.lists(durations))
+def test_add_many_with_precomputed_indices_equals_add_many(values: list[float]) -> None:
+    bulk = LatencySketch()
+    bulk.add_many(values, LatencySketch.bucket_indices(values))
+    assert bulk == LatencySketch(values)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan])
+def test_add_many_rejects_a_bad_value_and_adds_nothing(bad: float) -> None:
+    sketch = LatencySketch()
+    with pytest.raises(ValueError, match="non-negative"):
+        sketch.add_many([1.0, bad, 2.0])
+    assert sketch == LatencySketch()
+
+
+@given(st.lists(durations))
+def test_from_buckets_rebuilds_a_sketch(values: list[float]) -> None:
+    sketch = LatencySketch(values)
+    rebuilt = LatencySketch.from_buckets(
+        sketch.bucket_counts(), total=sketch.total, min=sketch.min, max=sketch.max
+    )
+    assert rebuilt == sketch
+
+
+# DDSketch (Masson et al., 2019) with the same relative accuracy maps values to the same
+# buckets (numbered one higher) and answers a quantile with the same representative, so
+# both give the same quantiles; only a value within rounding of a bucket edge (a power of
+# gamma) may land on the other side in one of them.
+positive = st.floats(min_value=1e-3, max_value=1e7, allow_nan=False)
+
+
+def near_an_edge(value: float) -> bool:
+    position = math.log(value) / math.log((1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR))
+    return abs(position - round(position)) < 1e-6
+
+
+@given(st.lists(positive, min_size=1), quantiles)
+def test_quantiles_equal_ddsketch_with_the_same_relative_accuracy(
+    values: list[float], q: float
+) -> None:
+    assume(not any(near_an_edge(v) for v in values))
+    ours = LatencySketch(values)
+    theirs = DDSketch(relative_accuracy=RELATIVE_ERROR)
+    for value in values:
+        theirs.add(value)
+    expected = theirs.get_quantile_value(q)
+    assert expected is not None
+    # At rank 0 and the last rank the sketch answers the exact min and max; elsewhere it
+    # clamps the representative into [min, max]: both within the same bound.
+    exact = exact_quantile(values, q)
+    assert within_bound(ours.quantile(q), exact)
+    assert within_bound(expected, exact)
+    rank = math.floor(q * (len(values) - 1))
+    if 0 < rank < len(values) - 1:
+        assert ours.quantile(q) == pytest.approx(min(max(expected, ours.min), ours.max), rel=1e-12)

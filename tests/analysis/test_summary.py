@@ -31,7 +31,6 @@ records_strategy = st.lists(
         server=st.sampled_from(["a:1", "b:1", None]),
         code=st.sampled_from(CODES),
         duration_ms=st.floats(min_value=0, max_value=1e5, allow_nan=False),
-        cache=st.sampled_from([None, "hit", "miss"]),
         message=st.sampled_from([None, "boom"]),
     ),
     max_size=60,
@@ -101,16 +100,44 @@ def test_throughput_of_a_single_instant_is_none() -> None:
     assert m.throughput is None
 
 
-def test_cache_hit_ratio_counts_hits_among_logged_cache_values() -> None:
-    (m,) = summarize(
-        [record(cache="hit"), record(cache="hit"), record(cache="miss"), record()]
-    ).methods()
-    assert m.cache_hit_ratio == pytest.approx(2 / 3)
+def grouped(*caches: object, group_by: tuple[str, ...] = ("cache",)) -> LogSummary:
+    builder = SummaryBuilder(group_by=group_by)
+    builder.add_json_lines(b"".join(line(record(), cache=cache) for cache in caches))
+    return builder.build()
 
 
-def test_cache_hit_ratio_is_none_without_cache_field() -> None:
-    (m,) = summarize([record()]).methods()
-    assert m.cache_hit_ratio is None
+def test_group_by_counts_calls_by_the_values_logged() -> None:
+    (m,) = grouped("hit", "hit", "miss", None).methods()
+    assert m.fields == {"cache": {"hit": 2, "miss": 1}}
+
+
+def test_field_shares_are_among_the_calls_that_logged_the_field() -> None:
+    (m,) = grouped("hit", "hit", "miss", None).methods()
+    assert m.field_shares("cache") == [
+        ("hit", pytest.approx(2 / 3)),
+        ("miss", pytest.approx(1 / 3)),
+    ]
+
+
+def test_a_field_never_logged_has_no_counts() -> None:
+    (m,) = grouped(None).methods()
+    assert (m.fields, m.field_shares("cache")) == ({}, [])
+
+
+def test_values_other_than_strings_are_shown_as_json() -> None:
+    (m,) = grouped(2, False, 1.5, "2").methods()
+    assert m.fields == {"cache": {"2": 2, "false": 1, "1.5": 1}}
+
+
+def test_group_by_is_kept_by_merges() -> None:
+    merged = merge_summaries([grouped("hit"), grouped("miss", "miss")])
+    ((_key, stats),) = merged.groups.items()
+    assert (merged.group_by, stats.fields) == (("cache",), {"cache": {"hit": 1, "miss": 2}})
+
+
+def test_group_by_a_column_of_the_summary_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot group by 'duration_ms'"):
+        SummaryBuilder(group_by=("duration_ms",))
 
 
 def test_replicas_split_the_calls_of_a_method_by_server() -> None:
@@ -238,3 +265,17 @@ def test_sorted_chunk_gives_same_summary_as_records() -> None:
     builder = SummaryBuilder(max_time_buckets=8)
     builder.add_json_lines(b"".join(line(r) for r in recs))
     assert comparable(builder.build()) == comparable(summarize(recs, max_time_buckets=8))
+
+
+def test_group_by_a_key_with_a_dot_in_its_name() -> None:
+    builder = SummaryBuilder(group_by=("http.status",))
+    builder.add_json_lines(line(record(), **{"http.status": 200}))
+    (m,) = builder.build().methods()
+    assert m.fields == {"http.status": {"200": 1}}
+
+
+def test_an_object_as_a_group_by_value_makes_the_call_record_wrong_type() -> None:
+    builder = SummaryBuilder(group_by=("cache",))
+    builder.add_json_lines(line(record(), cache="hit") + line(record(), cache={"a": 1}))
+    summary = builder.build()
+    assert (summary.calls, dict(summary.input.malformed)) == (1, {"wrong_type": 1})

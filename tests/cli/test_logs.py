@@ -7,19 +7,28 @@ import sys
 
 import pytest
 
-from trio_micro.cli import _logs, main
+from trio_micro.analysis import _files
+from trio_micro.cli import main
 
 from ..analysis._records import line, record
 
 
 def write_log(path: pathlib.Path, *, extra: bytes = b"") -> pathlib.Path:
     recs = [
-        record(at=0.010, service="gateway", method="Handle", span_id="root", duration_ms=10),
-        record(at=0.004, span_id="u", parent_span_id="root", duration_ms=3, cache="hit"),
-        record(at=0.008, span_id="u2", parent_span_id="root", duration_ms=2, cache="miss"),
-        record(at=1.0, code="NOT_FOUND", message="user 7 not found", trace_id="t2", span_id="x"),
+        (
+            record(at=0.010, service="gateway", method="Handle", span_id="root", duration_ms=10),
+            None,
+        ),
+        (record(at=0.004, span_id="u", parent_span_id="root", duration_ms=3), "hit"),
+        (record(at=0.008, span_id="u2", parent_span_id="root", duration_ms=2), "miss"),
+        (
+            record(
+                at=1.0, code="NOT_FOUND", message="user 7 not found", trace_id="t2", span_id="x"
+            ),
+            None,
+        ),
     ]
-    path.write_bytes(b"".join(line(r) for r in recs) + extra)
+    path.write_bytes(b"".join(line(r, cache=cache) for r, cache in recs) + extra)
     return path
 
 
@@ -164,8 +173,8 @@ def test_parallel_byte_ranges_give_same_summary_as_one_process(
     recs = [record(at=i * 0.01, duration_ms=1 + i % 97, server=f"s{i % 3}") for i in range(3000)]
     log = tmp_path / "big.jsonl"
     log.write_bytes(b"".join(line(r) for r in recs))
-    monkeypatch.setattr(_logs, "CHUNK_SIZE", 4096)
-    monkeypatch.setattr(_logs, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(_files, "CHUNK_SIZE", 4096)
+    monkeypatch.setattr(_files, "PARALLEL_MIN_BYTES", 0)
     one = run_json(capsys, "summary", str(log), "--jobs", "1")
     two = run_json(capsys, "summary", str(log), "--jobs", "2")
     for data in (one, two):
@@ -180,32 +189,46 @@ def test_parallel_byte_ranges_give_same_summary_as_one_process(
     assert one["calls"] == 3000
 
 
-def test_ranges_start_at_line_starts(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_logs, "CHUNK_SIZE", 10)
-    log = tmp_path / "a.log"
-    log.write_bytes(b"".join(b"line %d\n" % i for i in range(100)))
-    data = log.read_bytes()
-    ranges = _logs._ranges(log, 4)
-    assert ranges[0][0] == 0
-    assert ranges[-1][1] == len(data)
-    assert all(data[start - 1 : start] == b"\n" for start, _ in ranges[1:])
-
-
-def test_plain_text_summary_shows_replicas_and_db_queries(
+def test_plain_text_summary_shows_replicas_and_counted_events(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = (
         b'{"timestamp":"2026-11-26T10:00:00Z","event":"users.db.query","server":"10.0.0.1:50051"}\n'
     )
-    assert main(["logs", "summary", str(write_log(tmp_path / "a.jsonl", extra=db))]) == 0
+    log = str(write_log(tmp_path / "a.jsonl", extra=db))
+    assert main(["logs", "summary", log, "--count-event", "users.db.query"]) == 0
     out = capsys.readouterr().out
     assert "replica" in out
-    assert "Database queries (users.db.query)" in out
+    assert "Events counted" in out
     assert "10.0.0.1:50051" in out
     # Both tables name the replica, so check the rows: calls per replica, queries per replica.
     rows = [row.split() for row in out.splitlines()]
     assert "Replicas (by the server that served the call)" in out
     assert ["users/GetUser", "10.0.0.1:50051", "3"] in [row[:3] for row in rows]
-    assert ["10.0.0.1:50051", "1"] in rows
+    assert ["users.db.query", "10.0.0.1:50051", "1"] in rows
+
+
+def test_group_by_counts_each_method_calls_by_field_value(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = run_json(capsys, "summary", str(write_log(tmp_path / "a.jsonl")), "--group-by", "cache")
+    by_method = {f"{m['service']}/{m['method']}": m["fields"] for m in data["methods"]}  # type: ignore[attr-defined]
+    assert by_method == {"gateway/Handle": {}, "users/GetUser": {"cache": {"hit": 1, "miss": 1}}}
+    assert data["group_by"] == ["cache"]
+
+
+def test_group_by_adds_a_column_of_value_shares(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = str(write_log(tmp_path / "a.jsonl"))
+    assert main(["logs", "summary", log, "--group-by", "cache"]) == 0
+    rows = [row.split() for row in capsys.readouterr().out.splitlines()]
+    assert ["hit", "50.0%,", "miss", "50.0%"] in [row[-4:] for row in rows if row]
+
+
+def test_group_by_a_field_the_summary_reads_is_an_error(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = str(write_log(tmp_path / "a.jsonl"))
+    assert main(["logs", "summary", log, "--group-by", "service"]) == 1
+    assert "cannot group by 'service'" in capsys.readouterr().err

@@ -206,9 +206,9 @@ async def test_log_summary_counts_the_queries_under_the_replica(
             await users.get_user(GetUserRequest(user_id=user_id))
     await until(lambda: json_log.getvalue().count(b'"rpc.call.complete"') == 5)
 
-    builder = analysis.SummaryBuilder()
+    builder = analysis.SummaryBuilder(count_events=(DB_QUERY,))
     builder.add_json_lines(json_log.getvalue())
     summary = builder.build()
-    assert dict(summary.db_queries) == {address: 3}
+    assert summary.event_counts == {DB_QUERY: {address: 3}}
     [get_user] = [m for m in summary.methods() if m.method == "get_user"]
     assert [(r.server, r.calls) for r in get_user.replicas] == [(address, 5)]

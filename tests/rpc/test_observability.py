@@ -44,9 +44,7 @@ class CachedUsers(rpc.Service, name="users"):
     @rpc.unary
     async def get_user(self, req: GetUserRequest) -> User:
         if req.user_id >= 0:
-            structlog.contextvars.bind_contextvars(
-                cache=observe.CACHE_HIT if req.user_id % 2 else observe.CACHE_MISS
-            )
+            structlog.contextvars.bind_contextvars(cache="hit" if req.user_id % 2 else "miss")
         return User(req.user_id, "Ada")
 
 
@@ -333,13 +331,14 @@ async def test_access_log_json_lines_feed_the_analysis(json_log: io.BytesIO) -> 
                 await test.unary_call(SimpleRequest(status_code=rpc.Status.NOT_FOUND.value))
         await test.empty_call(Empty())
 
-    builder = analysis.SummaryBuilder()
+    builder = analysis.SummaryBuilder(group_by=("cache",))
     builder.add_json_lines(json_log.getvalue().splitlines())
     summary = builder.build()
     assert summary.input.malformed == {}
     by_method = {(m.service, m.method): m for m in summary.methods()}
     get_user = by_method["users", "get_user"]
-    assert (get_user.calls, get_user.errors, get_user.cache_hit_ratio) == (4, 0, 0.75)
+    assert (get_user.calls, get_user.errors) == (4, 0)
+    assert get_user.fields == {"cache": {"hit": 3, "miss": 1}}
     unary = by_method["grpc.testing.TestService", "unary_call"]
     assert (unary.calls, dict(unary.codes)) == (2, {"NOT_FOUND": 2})
     assert by_method["grpc.testing.TestService", "empty_call"].calls == 1

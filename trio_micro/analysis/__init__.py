@@ -1,14 +1,17 @@
-"""Analysis of the services' JSON-lines access logs: pure functions, no I/O.
+"""Analysis of the services' JSON-lines access logs: pure functions, and one file reader.
 
-Records in, results out; nothing here opens a file (``trio-micro logs`` does that).
+Records in, results out. The one exception is :func:`summarize_files`, the fast reader
+of log files (byte ranges summarised by a pool of processes), which opens the files it is
+given; nothing else here does I/O.
 
 * :class:`SummaryBuilder` / :func:`summarize`: per ``service/method`` calls, errors by
-  code, p50/p90/p99/max latency, throughput, cache hit ratio, per-replica split, the slowest
-  calls, recent errors with messages, a time series, malformed-line counts, database
-  queries per server -- in constant memory. :func:`merge_summaries` combines summaries
-  of parts exactly (parallelism).
+  code, p50/p90/p99/max latency, throughput, per-replica split, the slowest calls, recent
+  errors with messages, a time series, malformed-line counts -- in constant memory -- and,
+  as asked, calls by the values of ``group_by`` fields and records of ``count_events``
+  per server. :func:`merge_summaries` combines summaries of parts exactly (parallelism).
+* :func:`summarize_files`: the summary of log files, read in parallel.
 * :class:`LatencySketch`: the mergeable quantile sketch behind every latency figure
-  (relative error at most :data:`RELATIVE_ERROR`, 1%).
+  (DDSketch's logarithmic mapping; relative error at most :data:`RELATIVE_ERROR`, 1%).
 * :func:`build_trace`: the call tree of one trace across services (a waterfall).
 * :func:`iter_call_records`: JSON lines to :class:`~trio_micro.observe.CallRecord`, bad
   lines and other events skipped.
@@ -25,28 +28,26 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
-    from ._decode import DB_QUERY_EVENT, MALFORMED_KINDS, iter_call_records
-    from ._report import render_html_report
-    from ._sketch import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
-    from ._summary import (
+    from ._decode import MALFORMED_KINDS, iter_call_records
+    from ._files import find_trace_records, summarize_files
+    from ._filter import RecordFilter
+    from ._model import (
         ErrorSample,
         GroupStats,
         InputStats,
         LogSummary,
         MethodStats,
-        RecordFilter,
         ReplicaStats,
         SlowCall,
-        SummaryBuilder,
-        merge_summaries,
-        summarize,
     )
+    from ._report import render_html_report
+    from ._sketch import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
+    from ._summary import SummaryBuilder, merge_summaries, summarize
     from ._timeseries import BASE_WIDTH, TimeBucket
     from ._trace import Trace, TraceSpan, build_trace
 
 __all__ = [
     "BASE_WIDTH",
-    "DB_QUERY_EVENT",
     "MALFORMED_KINDS",
     "MIN_TRACKED",
     "RELATIVE_ERROR",
@@ -64,30 +65,31 @@ __all__ = [
     "Trace",
     "TraceSpan",
     "build_trace",
+    "find_trace_records",
     "iter_call_records",
     "merge_summaries",
     "render_html_report",
     "summarize",
+    "summarize_files",
 ]
 
 # private module -> the names of __all__ it defines
 _MODULES: dict[str, tuple[str, ...]] = {
-    "._decode": ("DB_QUERY_EVENT", "MALFORMED_KINDS", "iter_call_records"),
-    "._report": ("render_html_report",),
-    "._sketch": ("MIN_TRACKED", "RELATIVE_ERROR", "LatencySketch"),
-    "._summary": (
+    "._decode": ("MALFORMED_KINDS", "iter_call_records"),
+    "._files": ("find_trace_records", "summarize_files"),
+    "._filter": ("RecordFilter",),
+    "._model": (
         "ErrorSample",
         "GroupStats",
         "InputStats",
         "LogSummary",
         "MethodStats",
-        "RecordFilter",
         "ReplicaStats",
         "SlowCall",
-        "SummaryBuilder",
-        "merge_summaries",
-        "summarize",
     ),
+    "._report": ("render_html_report",),
+    "._sketch": ("MIN_TRACKED", "RELATIVE_ERROR", "LatencySketch"),
+    "._summary": ("SummaryBuilder", "merge_summaries", "summarize"),
     "._timeseries": ("BASE_WIDTH", "TimeBucket"),
     "._trace": ("Trace", "TraceSpan", "build_trace"),
 }

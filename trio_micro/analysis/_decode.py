@@ -2,10 +2,11 @@
 
 Theory of operation: a whole chunk of lines goes to msgspec at once
 (:meth:`msgspec.json.Decoder.decode_lines`), into :class:`_Row`, a struct with only the
-fields the summary reads, every one optional. Unknown keys are skipped by msgspec without
-building them, and because nothing is required, a line of another event (such as
-``users.db.query``) decodes too instead of failing the chunk; the call records are then
-picked out by their ``event`` with C-level list operations. Only when msgspec raises (a
+fields the summary reads, every one optional, plus the summary's ``group_by`` fields (a
+:class:`RowSchema` per set of them). Unknown keys are skipped by msgspec without building
+them, and because nothing is required, a line of another event decodes too instead of
+failing the chunk; the call records (and the events counted) are then picked out by their
+``event`` with C-level list operations. Only when msgspec raises (a
 line that is not JSON, not UTF-8, or has a value of the wrong type) is the chunk cut into
 pieces of about 64 KiB that are tried the same way, and only the pieces that fail again
 are decoded line by line, so a few bad lines cost little and each is counted exactly.
@@ -18,18 +19,17 @@ any other ISO-8601 form with an offset goes through :meth:`datetime.fromisoforma
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from itertools import compress, islice, repeat
-from operator import attrgetter, eq, itemgetter, le, not_
+from itertools import compress, islice
+from operator import attrgetter, itemgetter, le, not_
 from typing import Annotated, Any, Final, Literal, TypeVar, cast
 
 import msgspec
 
 from ..observe import (
-    CACHE_HIT,
-    CACHE_MISS,
     CALL_EVENTS,
     CODE_OK,
     RPC_CALL_COMPLETE,
@@ -37,12 +37,10 @@ from ..observe import (
     CallRecord,
 )
 
-__all__ = ["DB_QUERY_EVENT", "MALFORMED_KINDS", "iter_call_records"]
+__all__ = ["MALFORMED_KINDS", "iter_call_records"]
 
 #: The reasons a line is counted as malformed.
 MALFORMED_KINDS: Final = ("invalid_json", "not_utf8", "missing_field", "wrong_type")
-#: The event the user service logs once per database query; counted per server.
-DB_QUERY_EVENT: Final = "users.db.query"
 
 _T = TypeVar("_T")
 _PIECE: Final = 64 * 1024
@@ -65,7 +63,6 @@ class _Row(msgspec.Struct, gc=False):
     server: str | None = None
     code: str | None = None
     duration_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    cache: str | None = None
 
 
 class _FullRow(_Row, gc=False):
@@ -77,7 +74,6 @@ class _FullRow(_Row, gc=False):
     message: str | None = None
 
 
-_ROW_DECODER: Final = msgspec.json.Decoder(_Row)
 _FULL_DECODER: Final = msgspec.json.Decoder(_FullRow)
 _RECORD_DECODER: Final = msgspec.json.Decoder(CallRecord)
 
@@ -90,6 +86,10 @@ _EVENT_DECODER: Final = msgspec.json.Decoder(_EventOnly)
 _EVENT: Final = attrgetter("event")
 _TIMESTAMP: Final = attrgetter("timestamp")
 _REQUIRED: Final = ("timestamp", "service", "method", "code", "duration_ms")
+#: Fields a summary cannot group by: its own columns.
+RESERVED_FIELDS: Final = frozenset(_Row.__struct_fields__)
+#: The types a ``group_by`` field's value may have (an object or array is ``wrong_type``).
+GroupValue = str | int | float | bool
 _MINUTE: Final = itemgetter(slice(0, 17))  # "2026-11-26T10:00:"
 _TENS: Final = b"012345"
 _DIGITS_TO_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
@@ -139,17 +139,19 @@ class _Vocabulary:
 
     msgspec returns the one ``str`` object of a ``Literal`` for each occurrence, so every
     later hash and comparison of those fields (counting by ``(service, method, server,
-    cache)``) hits a cached hash or an identity check instead of a fresh string: that
+    *group_by)``) hits a cached hash or an identity check instead of a fresh string: that
     halves the cost of counting. A value not yet known makes msgspec reject the chunk; the
     chunk is then decoded with plain ``str`` fields, its values are learnt and the decoder
-    rebuilt. A field with more than :data:`_MAX_VOCABULARY` values stays ``str``, so that
-    memory stays bounded.
+    rebuilt. A field with more than :data:`_MAX_VOCABULARY` values, or a ``group_by``
+    field with a value that is not a string, keeps its plain type, so that memory stays
+    bounded.
     """
 
-    __slots__ = ("decoder", "values")
+    __slots__ = ("decoder", "row_type", "values")
 
-    def __init__(self) -> None:
-        self.values: dict[str, set[str] | None] = {name: set() for name in _INTERNED}
+    def __init__(self, row_type: type[_Row], names: Iterable[str]) -> None:
+        self.row_type = row_type
+        self.values: dict[str, set[str] | None] = {name: set() for name in names}
         self.decoder: msgspec.json.Decoder[_Row] | None = None
 
     def learn(self, rows: list[_Row]) -> None:
@@ -162,7 +164,9 @@ class _Vocabulary:
             if not new:
                 continue
             changed = True
-            if len(known) + len(new) > _MAX_VOCABULARY:
+            if len(known) + len(new) > _MAX_VOCABULARY or not all(
+                isinstance(value, str) for value in new
+            ):
                 self.values[name] = None
             else:
                 known |= new
@@ -179,50 +183,85 @@ class _Vocabulary:
                 fields.append((name, literal[values] | None, None))
         if not fields:
             return None
-        row_type = msgspec.defstruct("_InternedRow", fields, bases=(_Row,), gc=False)
+        row_type = msgspec.defstruct("_InternedRow", fields, bases=(self.row_type,), gc=False)
         return msgspec.json.Decoder(row_type)
 
 
-_INTERNED: Final = ("event", "service", "method", "server", "code", "cache")
-_CANONICAL: Final = {
-    value: value
-    for value in (
-        RPC_CALL_COMPLETE,
-        RPC_CALL_FAILED,
-        DB_QUERY_EVENT,
-        CODE_OK,
-        CACHE_HIT,
-        CACHE_MISS,
-    )
-}
+_INTERNED: Final = ("event", "service", "method", "server", "code")
+_CANONICAL: Final = {value: value for value in (RPC_CALL_COMPLETE, RPC_CALL_FAILED, CODE_OK)}
 _MAX_VOCABULARY: Final = 1000
-_VOCABULARY: Final = _Vocabulary()
 
 
-def decode_rows(data: bytes | bytearray, tally: _Tally) -> list[_Row]:
+class RowSchema:
+    """The row types and decoders for one set of ``group_by`` fields (see :func:`row_schema`).
+
+    A field is decoded into the attribute ``group_<i>`` (its position in ``group_by``),
+    so that any JSON key works, ``"http.status"`` too.
+    """
+
+    __slots__ = ("attributes", "full", "group_by", "row", "vocabulary")
+
+    def __init__(self, group_by: tuple[str, ...]) -> None:
+        self.group_by = group_by
+        #: The attribute of each ``group_by`` field in a decoded row.
+        self.attributes = tuple(f"group_{i}" for i in range(len(group_by)))
+        extra: list[tuple[str, Any, Any]] = [
+            (name, GroupValue | None, None) for name in self.attributes
+        ]
+        rename = dict(zip(self.attributes, group_by, strict=True))
+        # Flat types (the fields of _Row or _FullRow and the extra ones), not subclasses:
+        # msgspec frees a row faster the shallower its class hierarchy is.
+        row_type: type[_Row] = _Row
+        full_type: type[_Row] = _FullRow
+        if group_by:
+            row_type = cast(type[_Row], _flat_struct("_GroupedRow", _Row, extra, rename))
+            full_type = cast(type[_Row], _flat_struct("_GroupedFullRow", _FullRow, extra, rename))
+        self.row: msgspec.json.Decoder[_Row] = msgspec.json.Decoder(row_type)
+        self.full: msgspec.json.Decoder[_Row] = msgspec.json.Decoder(full_type)
+        self.vocabulary = _Vocabulary(row_type, (*_INTERNED, *self.attributes))
+
+
+def _flat_struct(
+    name: str, base: type[msgspec.Struct], extra: list[tuple[str, Any, Any]], rename: dict[str, str]
+) -> type[msgspec.Struct]:
+    fields = [(f.name, f.type, f.default) for f in msgspec.structs.fields(base)]
+    return msgspec.defstruct(name, [*fields, *extra], gc=False, rename=rename)
+
+
+@functools.cache
+def row_schema(group_by: tuple[str, ...]) -> RowSchema:
+    """The (shared) :class:`RowSchema` of ``group_by``, which has no field of :class:`_Row`."""
+    return RowSchema(group_by)
+
+
+_PLAIN: Final = row_schema(())
+
+
+def decode_rows(data: bytes | bytearray, tally: _Tally, schema: RowSchema = _PLAIN) -> list[_Row]:
     """Decode complete JSON lines into rows, counting lines that are not JSON objects.
 
     Rows are returned in order, for every event (see :func:`split_calls`). Blank lines are
     skipped. The last line may lack its newline.
     """
-    vocabulary = _VOCABULARY
+    vocabulary = schema.vocabulary
     if vocabulary.decoder is not None:
         try:
             return vocabulary.decoder.decode_lines(data)
         except (msgspec.DecodeError, UnicodeDecodeError):
             pass
-    rows = _decode_plain(data, tally)
+    rows = _decode_plain(data, tally, schema)
     vocabulary.learn(rows)
     return rows
 
 
-def _decode_plain(data: bytes | bytearray, tally: _Tally) -> list[_Row]:
+def _decode_plain(data: bytes | bytearray, tally: _Tally, schema: RowSchema) -> list[_Row]:
+    decoder = schema.row
     try:
-        return _ROW_DECODER.decode_lines(data)
+        return decoder.decode_lines(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     if len(data) <= _PIECE:
-        return decode_each_line(data.split(b"\n"), tally)
+        return decode_each_line(data.split(b"\n"), tally, schema=schema)
     out: list[_Row] = []
     start = 0
     end = len(data)
@@ -231,19 +270,23 @@ def _decode_plain(data: bytes | bytearray, tally: _Tally) -> list[_Row]:
         stop = end if cut < 0 else cut + 1
         piece = data[start:stop]
         try:
-            out += _ROW_DECODER.decode_lines(piece)
+            out += decoder.decode_lines(piece)
         except (msgspec.DecodeError, UnicodeDecodeError):
-            out += decode_each_line(piece.split(b"\n"), tally)
+            out += decode_each_line(piece.split(b"\n"), tally, schema=schema)
         start = stop
     return out
 
 
 def decode_each_line(
-    lines: Iterable[bytes | bytearray | str], tally: _Tally, *, full: bool = False
+    lines: Iterable[bytes | bytearray | str],
+    tally: _Tally,
+    *,
+    full: bool = False,
+    schema: RowSchema = _PLAIN,
 ) -> list[_Row]:
     """Decode lines one at a time into rows (:class:`_FullRow` if ``full``); count bad ones."""
     out: list[_Row] = []
-    decode = (_FULL_DECODER if full else _ROW_DECODER).decode
+    decode = (schema.full if full else schema.row).decode
     for line in lines:
         if not line.strip():
             continue
@@ -289,10 +332,12 @@ def _classify_invalid(line: bytes | bytearray | str, message: str, tally: _Tally
         tally.bad("wrong_type", message)
 
 
-def split_calls(rows: list[_Row], tally: _Tally) -> tuple[list[_Row], list[_Row]]:
-    """Return the call records and the :data:`DB_QUERY_EVENT` records among ``rows``.
+def split_calls(
+    rows: list[_Row], tally: _Tally, counted: tuple[str, ...] = ()
+) -> tuple[list[_Row], list[_Row]]:
+    """Return the call records and the records of the ``counted`` events among ``rows``.
 
-    Every other event is counted in ``tally`` (database queries too); a row without
+    Every other event is counted in ``tally`` (the ``counted`` ones too); a row without
     ``event`` is malformed (``missing_field``).
     """
     events = list(map(_EVENT, rows))
@@ -300,12 +345,16 @@ def split_calls(rows: list[_Row], tally: _Tally) -> tuple[list[_Row], list[_Row]
     calls = events.count(RPC_CALL_COMPLETE) + events.count(RPC_CALL_FAILED)
     if calls == n:
         return rows, []
-    queries = events.count(DB_QUERY_EVENT)
+    queries = sum(map(events.count, counted))
     if calls + queries == n and queries * _FEW <= n:
-        # A few database queries among calls (the usual mix): find them with list.index
+        # A few counted events among calls (the usual mix): find them with list.index
         # and cut them out with slices, instead of testing every row twice.
         tally.other_events += queries
-        found = _positions(events, DB_QUERY_EVENT)
+        found = (
+            _positions(events, counted[0])
+            if len(counted) == 1
+            else sorted(i for event in counted for i in _positions(events, event))
+        )
         out: list[_Row] = []
         previous = 0
         for i in found:
@@ -317,8 +366,10 @@ def split_calls(rows: list[_Row], tally: _Tally) -> tuple[list[_Row], list[_Row]
     if missing:
         tally.bad("missing_field", "Object missing required field `event`", missing)
     tally.other_events += n - calls - missing
-    db_rows = list(compress(rows, map(eq, events, repeat(DB_QUERY_EVENT)))) if queries else []
-    return list(compress(rows, map(CALL_EVENTS.__contains__, events))), db_rows
+    counted_rows = (
+        list(compress(rows, map(frozenset(counted).__contains__, events))) if queries else []
+    )
+    return list(compress(rows, map(CALL_EVENTS.__contains__, events))), counted_rows
 
 
 def _positions(items: list[Any], value: object) -> list[int]:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Final
 
+from ._model import LogSummary
 from ._sketch import RELATIVE_ERROR, LatencySketch
-from ._summary import LogSummary
 from ._trace import Trace
 
 __all__ = ["render_html_report"]
@@ -65,7 +65,7 @@ def render_html_report(
             _methods_table(summary),
             "<h2>Replicas</h2>",
             _replica_bars(summary),
-            *(["<h2>Database queries</h2>", _db_table(summary)] if summary.db_queries else []),
+            *(["<h2>Events counted</h2>", _events_table(summary)] if summary.event_counts else []),
             "<h2>Slowest calls</h2>",
             _slowest_table(summary),
             "<h2>Errors</h2>",
@@ -340,12 +340,15 @@ def _methods_table(summary: LogSummary) -> str:
             _fmt_ms(m.p99_ms),
             _fmt_ms(m.max_ms),
             "-" if m.throughput is None else f"{m.throughput:.1f}",
-            "-" if m.cache_hit_ratio is None else f"{m.cache_hit_ratio:.1%}",
+            *(
+                ", ".join(f"{value} {share:.1%}" for value, share in m.field_shares(name)) or "-"
+                for name in summary.group_by
+            ),
         )
         for m in summary.methods()
     ]
-    headers = ("method", "calls", "errors", "err%", "p50", "p90", "p99", "max", "calls/s", "cache")
-    return _table(headers, rows)
+    headers = ("method", "calls", "errors", "err%", "p50", "p90", "p99", "max", "calls/s")
+    return _table(headers + summary.group_by, rows)
 
 
 def _slowest_table(summary: LogSummary) -> str:
@@ -379,9 +382,13 @@ def _errors_table(summary: LogSummary) -> str:
     return counts + "<p>Most recent</p>" + _table(headers, rows, 5)
 
 
-def _db_table(summary: LogSummary) -> str:
-    rows = [(server or "-", f"{n:,}") for server, n in summary.db_queries.items()]
-    return _table(("replica", "queries"), rows)
+def _events_table(summary: LogSummary) -> str:
+    rows = [
+        (event, server or "-", f"{n:,}")
+        for event, servers in summary.event_counts.items()
+        for server, n in servers.items()
+    ]
+    return _table(("event", "replica", "records"), rows, 2)
 
 
 def _input_table(summary: LogSummary) -> str:

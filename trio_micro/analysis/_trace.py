@@ -34,7 +34,6 @@ class TraceSpan:
         start_offset_ms: When the call started, ms after the trace started.
         duration_ms: How long it took.
         message: Error message of a failed call.
-        cache: ``"hit"``/``"miss"`` when logged.
         children: The calls it made, by start time.
     """
 
@@ -48,7 +47,6 @@ class TraceSpan:
     start_offset_ms: float
     duration_ms: float
     message: str | None
-    cache: str | None
     children: tuple[TraceSpan, ...]
 
 
@@ -122,7 +120,6 @@ def build_trace(records: Iterable[CallRecord], trace_id: str) -> Trace:
             start_offset_ms=offset(i),
             duration_ms=r.duration_ms,
             message=r.message,
-            cache=r.cache,
             children=tuple(node(k) for k in kids),
         )
 

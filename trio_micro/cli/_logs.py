@@ -1,37 +1,29 @@
 """``trio-micro logs``: summaries, traces, slow calls and errors of JSON-lines access logs.
 
-Theory of operation: inputs (files, folders, stdin) are read in binary chunks of
-:data:`CHUNK_SIZE`, cut at the last newline, and handed whole to the analysis layer, which
-decodes a chunk with one msgspec call. Large inputs are cut into byte ranges aligned to
-line starts and summarised by a pool of worker processes (one per available CPU); their
-:class:`~trio_micro.analysis.LogSummary` objects merge exactly. Memory per process is about
-one chunk and its decoded records, whatever the size of the log.
+This module parses arguments, expands folders into files and formats results; the
+reading and summarising is :func:`trio_micro.analysis.summarize_files` (and
+:func:`~trio_micro.analysis.find_trace_records`).
 
 Exit codes (:mod:`._common`): 0 done (``trace``: the trace was found); 1 an input can't be
-read or the report can't be written (one line on stderr), or ``trace`` found no call with
-the trace id; 2 malformed arguments; 130/143 stopped by SIGINT/SIGTERM.
+read, an option is refused, or the report can't be written (one line on stderr), or
+``trace`` found no call with the trace id; 2 malformed arguments; 130/143 stopped by
+SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import itertools
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from ..analysis import (
-    DB_QUERY_EVENT,
     RELATIVE_ERROR,
     LogSummary,
     RecordFilter,
     SummaryBuilder,
-    merge_summaries,
+    summarize_files,
 )
 from ._common import (
     CommandError,
@@ -51,19 +43,18 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []  # internal to the cli package
 
-#: Bytes read at a time (one chunk is decoded at once).
-CHUNK_SIZE: Final = 4 * 1024 * 1024
-#: Inputs smaller than this are summarised in-process (a pool costs more than it saves).
-PARALLEL_MIN_BYTES: Final = 24 * 1024 * 1024
 _SUFFIXES: Final = (".jsonl", ".log")
-_PREADV: Final = hasattr(os, "preadv")
-_ADVISE: Final = hasattr(os, "posix_fadvise")
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    filter: RecordFilter
-    slowest: int
+_METHOD_COLUMNS: Final = (  # then one per --group-by field
+    "method",
+    "calls",
+    "errors",
+    "err%",
+    "p50",
+    "p90",
+    "p99",
+    "max",
+    "calls/s",
+)
 
 
 def add_logs_parser(subparsers: Any) -> None:
@@ -80,6 +71,20 @@ def add_logs_parser(subparsers: Any) -> None:
     common.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     common.add_argument(
         "--jobs", type=integer(1), default=None, help="worker processes (default: CPUs)"
+    )
+    common.add_argument(
+        "--group-by",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="also count each method's calls by the values of this log field (e.g. cache)",
+    )
+    common.add_argument(
+        "--count-event",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also count the records of this event per server (e.g. users.db.query)",
     )
 
     # The exit codes, in the --help of `logs` and of each of its commands.
@@ -125,16 +130,13 @@ def run_logs(args: argparse.Namespace) -> int:
 # --- options -------------------------------------------------------------------------------
 
 
-def _options(args: argparse.Namespace) -> _Options:
-    return _Options(
-        filter=RecordFilter(
-            since=args.since,
-            until=args.until,
-            services=frozenset(args.service),
-            methods=frozenset(args.method),
-            codes=frozenset(args.code),
-        ),
-        slowest=args.top,
+def _filter(args: argparse.Namespace) -> RecordFilter:
+    return RecordFilter(
+        since=args.since,
+        until=args.until,
+        services=frozenset(args.service),
+        methods=frozenset(args.method),
+        codes=frozenset(args.code),
     )
 
 
@@ -162,174 +164,22 @@ def _expand(paths: Sequence[str]) -> list[Path | None]:
     return out
 
 
-def _chunks(stream: IO[bytes], limit: int | None = None) -> Iterator[bytes]:
-    """Yield runs of whole lines (the last may lack its newline) from ``stream``.
-
-    Reads at most ``limit`` bytes when given.
-    """
-    pending = b""
-    remaining = limit
-    while True:
-        size = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
-        data = stream.read(size) if size else b""
-        if not data:
-            break
-        if remaining is not None:
-            remaining -= len(data)
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            pending += data
-            continue
-        yield pending + data[: cut + 1]
-        pending = data[cut + 1 :]
-    if pending:
-        yield pending
-
-
-def _range_chunks(path: str, start: int, end: int) -> Iterator[bytearray]:
-    """Yield runs of whole lines (the last may lack its newline) of bytes ``[start, end)``
-    of the file at ``path``: the same chunks as :func:`_chunks`, with less copying.
-
-    Every item is the same ``bytearray``, refilled by the next step: use it before asking
-    for the next. Each read (``os.preadv``) goes into it after the unfinished line that the
-    previous chunk left, so a chunk costs one copy of the data and no allocation (a new
-    4 MiB ``bytes`` per read costs page faults, and joining the unfinished line to it two
-    more copies).
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        buffer = bytearray()
-        kept = 0  # bytes of an unfinished line at the start of the buffer
-        pos = start
-        while pos < end:
-            if _ADVISE:  # the kernel reads the next chunk while this one is summarised
-                os.posix_fadvise(fd, pos + CHUNK_SIZE, CHUNK_SIZE, os.POSIX_FADV_WILLNEED)
-            want = min(CHUNK_SIZE, end - pos)
-            # Resizing by a little within the capacity that the buffer keeps does not
-            # reallocate.
-            if len(buffer) > kept + want:
-                del buffer[kept + want :]
-            else:
-                buffer.extend(bytes(kept + want - len(buffer)))
-            view = memoryview(buffer)
-            try:
-                got = os.preadv(fd, [view[kept:]], pos)
-            finally:
-                view.release()
-            if not got:  # the file shrank
-                break
-            pos += got
-            kept += got
-            del buffer[kept:]
-            cut = buffer.rfind(b"\n")
-            if cut < 0:  # no line end yet: read on
-                continue
-            tail = bytes(buffer[cut + 1 :])
-            del buffer[cut + 1 :]
-            yield buffer
-            # Same length: a buffer cut to a fraction of its size gives its memory back.
-            buffer[: len(tail)] = tail
-            kept = len(tail)
-        if kept:  # the last line, without its newline
-            del buffer[kept:]
-            yield buffer
-    finally:
-        os.close(fd)
-
-
-def _ranges(path: Path, parts: int) -> list[tuple[int, int]]:
-    """Cut ``path`` into at most ``parts`` byte ranges, each starting at a line start."""
-    size = path.stat().st_size
-    if parts <= 1 or size < 2 * CHUNK_SIZE:
-        return [(0, size)]
-    bounds = [0]
-    with path.open("rb") as f:
-        for i in range(1, parts):
-            f.seek(size * i // parts)
-            f.readline()  # to the start of the next line
-            position = f.tell()
-            if bounds[-1] < position < size:
-                bounds.append(position)
-    bounds.append(size)
-    return list(itertools.pairwise(bounds))
-
-
-def _summarize_range(path: str, start: int, end: int, options: _Options) -> LogSummary:
-    """Worker: summarise bytes ``[start, end)`` of ``path``."""
-    # The cyclic GC finds nothing to free here (records are acyclic) but would walk
-    # millions of young objects; pausing it roughly halves the time.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        builder = SummaryBuilder(filter=options.filter, slowest=options.slowest)
-        if _PREADV:
-            for chunk in _range_chunks(path, start, end):
-                builder.add_json_lines(chunk)
-        else:  # pragma: no cover - no os.preadv (Windows)
-            with open(path, "rb") as f:
-                f.seek(start)
-                for data in _chunks(f, end - start):
-                    builder.add_json_lines(data)
-        return builder.build()
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _summarize_stream(stream: IO[bytes], options: _Options) -> LogSummary:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        builder = SummaryBuilder(filter=options.filter, slowest=options.slowest)
-        for chunk in _chunks(stream):
-            builder.add_json_lines(chunk)
-        return builder.build()
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+def _inputs(paths: Sequence[str]) -> list[Path | IO[bytes]]:
+    return [sys.stdin.buffer if item is None else item for item in _expand(paths)]
 
 
 def _summarize(args: argparse.Namespace) -> LogSummary:
-    options = _options(args)
-    inputs = _expand(args.paths)
-    jobs = args.jobs or _cpus()
-    files = [p for p in inputs if p is not None]
-    total = sum(p.stat().st_size for p in files)
-    summaries: list[LogSummary] = []
-    if jobs > 1 and total >= PARALLEL_MIN_BYTES:
-        # Ranges of about total/jobs bytes, so that every worker gets a fair share.
-        units = [
-            (str(p), start, end)
-            for p in files
-            for start, end in _ranges(p, max(1, round(jobs * p.stat().st_size / total)))
-        ]
-        # fork: the workers start with everything imported (a fresh interpreter would
-        # spend longer importing than summarising its share).
-        import concurrent.futures
-        import multiprocessing
-
-        context = multiprocessing.get_context("fork")
-        workers = min(jobs, len(units))
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_summarize_range, *unit, options) for unit in units]
-            file_summaries = [f.result() for f in futures]
-        if None in inputs:
-            file_summaries.append(_summarize_stream(sys.stdin.buffer, options))
-        summaries = file_summaries
-    else:
-        for item in inputs:
-            if item is None:
-                summaries.append(_summarize_stream(sys.stdin.buffer, options))
-            else:
-                summaries.append(_summarize_range(str(item), 0, item.stat().st_size, options))
-    return merge_summaries(summaries)
+    try:
+        return summarize_files(
+            _inputs(args.paths),
+            jobs=args.jobs,
+            filter=_filter(args),
+            slowest=args.top,
+            group_by=args.group_by,
+            count_events=args.count_event,
+        )
+    except ValueError as exc:  # a --group-by or --count-event the summary refuses
+        raise CommandError(str(exc)) from None
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -345,7 +195,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     out.summary_header(summary)
     out.table(
         "Methods",
-        ("method", "calls", "errors", "err%", "p50", "p90", "p99", "max", "calls/s", "cache hit"),
+        (*_METHOD_COLUMNS, *summary.group_by),
         [
             (
                 f"{m.service}/{m.method}",
@@ -357,7 +207,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                 _ms(m.p99_ms),
                 _ms(m.max_ms),
                 "-" if m.throughput is None else f"{m.throughput:,.1f}",
-                "-" if m.cache_hit_ratio is None else f"{m.cache_hit_ratio:.1%}",
+                *(_shares(m.field_shares(name)) for name in summary.group_by),
             )
             for m in summary.methods()
         ],
@@ -382,11 +232,16 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         ],
         left=2,
     )
-    if summary.db_queries:
+    if summary.event_counts:
         out.table(
-            f"Database queries ({DB_QUERY_EVENT})",
-            ("replica", "queries"),
-            [(server or "-", f"{n:,}") for server, n in summary.db_queries.items()],
+            "Events counted",
+            ("event", "replica", "records"),
+            [
+                (event, server or "-", f"{n:,}")
+                for event, servers in summary.event_counts.items()
+                for server, n in servers.items()
+            ],
+            left=2,
         )
     out.input_footer(summary)
     return 0
@@ -465,25 +320,14 @@ def _cmd_errors(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    options = _options(args)
-    needle = args.trace_id.encode("utf-8")
-    inputs = _expand(args.paths)
+    record_filter = _filter(args)
+    from ..analysis import build_trace, find_trace_records
 
-    def matching_lines() -> Iterator[bytes]:
-        # A substring test skips most chunks and lines without decoding them.
-        for item in inputs:
-            opened = contextlib.nullcontext(sys.stdin.buffer) if item is None else item.open("rb")
-            with opened as f:
-                for chunk in _chunks(f):
-                    if needle in chunk:
-                        yield from (line for line in chunk.split(b"\n") if needle in line)
-
-    from ..analysis import build_trace, iter_call_records
-
-    records = [r for r in iter_call_records(matching_lines()) if options.filter.matches(r)]
+    found = find_trace_records(_inputs(args.paths), args.trace_id)
+    records = [r for r in found if record_filter.matches(r)]
     trace = build_trace(records, args.trace_id)
     if args.html is not None:
-        builder = SummaryBuilder(filter=options.filter)
+        builder = SummaryBuilder(filter=record_filter)
         builder.add(records)
         _write_html(args.html, builder.build(), trace)
     if args.json:
@@ -515,7 +359,6 @@ def _trace_dict(trace: Trace) -> dict[str, Any]:
                 "parent_span_id": s.parent_span_id,
                 "start_offset_ms": s.start_offset_ms,
                 "duration_ms": s.duration_ms,
-                "cache": s.cache,
                 "message": s.message,
             }
             for depth, s in trace.walk()
@@ -532,6 +375,10 @@ def _ms(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:.2f} s"
     return f"{value:.3g} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _shares(shares: Sequence[tuple[str, float]]) -> str:
+    return ", ".join(f"{value} {share:.1%}" for value, share in shares) or "-"
 
 
 def _print_json(data: object) -> None:

@@ -44,8 +44,6 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
         resolve_registry,
     )
     from ._schema import (
-        CACHE_HIT,
-        CACHE_MISS,
         CALL_EVENTS,
         CALL_RECORD_FIELDS,
         CODE_OK,
@@ -71,8 +69,6 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     )
 
 __all__ = [
-    "CACHE_HIT",
-    "CACHE_MISS",
     "CALL_EVENTS",
     "CALL_RECORD_FIELDS",
     "CODE_OK",
@@ -135,8 +131,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "resolve_registry",
     ),
     "._schema": (
-        "CACHE_HIT",
-        "CACHE_MISS",
         "CALL_EVENTS",
         "CALL_RECORD_FIELDS",
         "CODE_OK",

@@ -9,12 +9,14 @@ is one line such as::
      "service":"users","method":"GetUser","peer":"10.0.0.9:41234",
      "server":"10.0.0.7:50051","code":"OK",
      "duration_ms":1.25,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
-     "span_id":"00f067aa0ba902b7","parent_span_id":"a2fb4a1d1a96d312","cache":"hit"}
+     "span_id":"00f067aa0ba902b7","parent_span_id":"a2fb4a1d1a96d312"}
 
 :class:`CallRecord` is that record as a type; its field names are the log keys (also
 listed, in order, in :data:`CALL_RECORD_FIELDS`). The writer passes the same names as
 keyword arguments to the structlog logger; ``trio-micro logs`` decodes lines into
-:class:`CallRecord`. Keys that are not fields are allowed (and ignored by readers).
+:class:`CallRecord`. Keys that are not fields are allowed: handlers may bind their own
+(the example user service binds ``cache``), which readers ignore unless asked to count
+them (``trio-micro logs summary --group-by cache``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from typing import Annotated, Final, final
 import msgspec
 
 __all__ = [
-    "CACHE_HIT",
-    "CACHE_MISS",
     "CALL_EVENTS",
     "CALL_RECORD_FIELDS",
     "CODE_OK",
@@ -44,9 +44,6 @@ CALL_EVENTS: Final = frozenset({RPC_CALL_COMPLETE, RPC_CALL_FAILED})
 
 #: The ``code`` of a successful call (gRPC status names, see :class:`~trio_micro.protocol.Status`).
 CODE_OK: Final = "OK"
-#: Values of the handler-bound ``cache`` key.
-CACHE_HIT: Final = "hit"
-CACHE_MISS: Final = "miss"
 
 
 @final
@@ -71,7 +68,6 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         trace_id: W3C trace id (32 hex digits) shared by every call of one request.
         span_id: This call's span (16 hex digits).
         parent_span_id: The span of the call that made this one; absent at the root.
-        cache: Bound by handlers with a cache: :data:`CACHE_HIT` or :data:`CACHE_MISS`.
         message: The error message of a failed call.
     """
 
@@ -87,7 +83,6 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     trace_id: str | None = None
     span_id: str | None = None
     parent_span_id: str | None = None
-    cache: str | None = None
     message: str | None = None
 
 
