@@ -41,6 +41,12 @@ Three things are tracked:
 Flow control is per server-stream and counts ITEMs, not bytes (frames are already bounded by
 ``max_frame_size``): the server starts with the client's ``initial_stream_credit``, spends
 one per ITEM and gets more from CREDIT frames.
+
+Why one module of about 800 lines: every rule has a sending half (``send_*``) and a
+receiving half (``_receive_*``) that must agree, and the stream table, credit and GOAWAY
+bookkeeping are shared by both. Split by direction, each rule would be read in two files;
+split by frame kind, the shared state would need an API of its own. The tests drive two
+connections against each other, as this module is meant to be read.
 """
 
 from __future__ import annotations
