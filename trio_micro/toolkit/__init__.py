@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._lazy import fixup_module_metadata
+from ._amap import amap
 from ._backoff import Backoff
 from ._buffers import BufferPool, BufferPoolStatistics
 from ._channels import open_broadcast, open_fan_out, open_merge, receive_batch
@@ -12,13 +13,15 @@ from ._ratelimit import (
     RateLimiter,
     RateLimiterStatistics,
 )
+from ._receive import FastReceiveChannel
 from ._singleflight import SingleFlight, SingleFlightStatistics
-from ._tasks import TaskGroup, TaskGroupStatistics, amap, open_task_group, run_all
+from ._tasks import TaskGroup, TaskGroupStatistics, open_task_group, run_all
 
 __all__: list[str] = [
     "Backoff",
     "BufferPool",
     "BufferPoolStatistics",
+    "FastReceiveChannel",
     "KeyedRateLimiter",
     "KeyedRateLimiterStatistics",
     "RateLimiter",
