@@ -7,6 +7,7 @@ from ._amap import amap
 from ._backoff import Backoff
 from ._buffers import BufferPool, BufferPoolStatistics
 from ._channels import open_broadcast, open_fan_out, open_merge, receive_batch
+from ._race import first_completed
 from ._ratelimit import (
     KeyedRateLimiter,
     KeyedRateLimiterStatistics,
@@ -16,6 +17,7 @@ from ._ratelimit import (
 from ._receive import FastReceiveChannel
 from ._singleflight import SingleFlight, SingleFlightStatistics
 from ._tasks import TaskGroup, TaskGroupStatistics, open_task_group, run_all
+from ._throttle import open_throttle
 
 __all__: list[str] = [
     "Backoff",
@@ -31,10 +33,12 @@ __all__: list[str] = [
     "TaskGroup",
     "TaskGroupStatistics",
     "amap",
+    "first_completed",
     "open_broadcast",
     "open_fan_out",
     "open_merge",
     "open_task_group",
+    "open_throttle",
     "receive_batch",
     "run_all",
 ]
