@@ -24,6 +24,7 @@ from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin
 from ._channel import Channel, ChannelStatistics, open_channel
 from ._context import ClientCall, ServerCall, current_call
 from ._errors import RpcError
+from ._hedging import hedged
 from ._interceptors import ClientInterceptor, ServerInterceptor
 from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
 from ._observability import AccessLogInterceptor
@@ -74,6 +75,7 @@ __all__ = [
     "Status",
     "Subchannel",
     "current_call",
+    "hedged",
     "open_channel",
     "open_server",
     "register_channel_metrics",
