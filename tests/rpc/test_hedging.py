@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -122,3 +122,50 @@ async def test_bad_arguments_are_refused_before_any_call(
 async def test_fn_must_be_callable() -> None:
     with pytest.raises(TypeError, match="fn"):
         await rpc.hedged("users/get_user", delay=0.1)  # type: ignore[arg-type]
+
+
+class Hangs(rpc.Service, name="hedging.replica"):
+    """Never answers (``answers=False``) or answers at once, naming itself."""
+
+    __test__ = False
+
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    @rpc.unary(idempotent=True)
+    async def lookup(self, req: Request) -> Answer:
+        self.calls += 1
+        if not self.answers:
+            await trio.sleep_forever()
+        return Answer(req.value, self.calls)
+
+
+class Prefer:
+    """A balancer that always picks ``endpoint`` when it is among the candidates."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def pick(self, ready: Sequence[rpc.Subchannel]) -> int:
+        for index, subchannel in enumerate(ready):
+            if str(subchannel.endpoint) == self.endpoint:
+                return index
+        return 0
+
+
+async def test_the_second_attempt_avoids_the_endpoint_of_the_first() -> None:
+    stuck, good = Hangs(answers=False), Hangs(answers=True)
+    async with (
+        rpc.open_server([stuck], host="127.0.0.1", port=0) as stuck_server,
+        rpc.open_server([good], host="127.0.0.1", port=0) as good_server,
+        rpc.open_channel(
+            [address(stuck_server), address(good_server)], balancer=Prefer(address(stuck_server))
+        ) as channel,
+    ):
+        stub = channel.stub(Hangs)
+        while channel.statistics().ready < 2:  # noqa: ASYNC110 - no event for it
+            await trio.sleep(0.001)
+        with trio.fail_after(5):
+            assert await rpc.hedged(stub.lookup, Request(3), delay=0.01) == Answer(3, 1)
+    assert (stuck.calls, good.calls) == (1, 1)

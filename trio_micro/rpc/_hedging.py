@@ -6,16 +6,20 @@ others are cancelled. Cancelling an attempt of a unary call sends CANCEL to its 
 (see :mod:`._client`), so the loser's handler is cancelled on the wire instead of
 running to completion. The race itself is :func:`trio_micro.toolkit.first_completed`.
 
-Each attempt is a separate call through the channel, so it is balanced on its own:
-with power-of-two-choices a replica that is still busy with attempt 1 counts one more
-call in flight and is less likely to get attempt 2. Only idempotent methods may be
-hedged (the server may run the method more than once); a stub method of a method not
-marked ``@rpc.unary(idempotent=True)`` is refused.
+Each attempt is a separate call through the channel, balanced on its own, except that
+it avoids the endpoint the previous attempt went to when another is ready: the
+attempts share a list of endpoints through the context variable `hedge_tried`, which
+:meth:`~._calls.Caller.unary` reads (a slow replica is often idle by the balancer's
+measure, calls in flight, so without this it would get the second attempt too).
+
+Only idempotent methods may be hedged (the server may run the method more than once);
+a stub method of a method not marked ``@rpc.unary(idempotent=True)`` is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import Any, Final, TypeVar, TypeVarTuple, Unpack
 
@@ -25,8 +29,15 @@ from trio_micro._validate import check_callable, check_int, check_number
 from trio_micro.toolkit import first_completed
 
 from ._service import MethodInfo
+from ._transport import Endpoint
 
-__all__ = ["hedged"]
+__all__ = ["hedge_tried", "hedged"]
+
+#: The endpoints the attempts of the current hedged call went to, in order; shared by
+#: the attempts (the list is set before their tasks start, so they see the same one).
+hedge_tried: ContextVar[list[Endpoint] | None] = ContextVar(
+    "trio_micro.rpc.hedge_tried", default=None
+)
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
@@ -53,7 +64,8 @@ async def hedged(
 
     The first attempt to finish decides: its answer is returned, or its exception
     (an ``RpcError`` with the server's status, say) raised as is. The other attempts
-    are cancelled, which sends CANCEL to their servers. The caller's deadline applies
+    are cancelled, which sends CANCEL to their servers. Each attempt goes to another
+    endpoint than the previous one when another is ready. The caller's deadline applies
     to every attempt. Always a checkpoint; cancelling the call cancels every attempt.
 
     Args:
@@ -84,9 +96,13 @@ async def hedged(
             f"{info.wire_name} is not idempotent: a hedged call may run it more than once "
             "(mark it @rpc.unary(idempotent=True))"
         )
-    return await first_completed(
-        *(partial(_attempt, index * pause, fn, args) for index in range(count))
-    )
+    token = hedge_tried.set([])
+    try:
+        return await first_completed(
+            *(partial(_attempt, index * pause, fn, args) for index in range(count))
+        )
+    finally:
+        hedge_tried.reset(token)
 
 
 async def _attempt(after: float, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
