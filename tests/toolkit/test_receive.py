@@ -19,13 +19,7 @@ from trio_micro.toolkit import (
 )
 from trio_micro.toolkit._receive import CONSUMER_BUDGET
 
-
-def prefilled(n: int) -> trio.MemoryReceiveChannel[int]:
-    send_channel, receive_channel = trio.open_memory_channel[int](n)
-    with send_channel:
-        for i in range(n):
-            send_channel.send_nowait(i)
-    return receive_channel
+from .helpers import prefilled
 
 
 async def identity(x: int) -> int:

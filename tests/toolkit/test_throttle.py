@@ -11,13 +11,7 @@ import trio.testing
 
 from trio_micro.toolkit import FastReceiveChannel, open_fan_out, open_merge, open_throttle
 
-
-def prefilled(n: int) -> trio.MemoryReceiveChannel[int]:
-    send_channel, receive_channel = trio.open_memory_channel[int](n)
-    with send_channel:
-        for i in range(n):
-            send_channel.send_nowait(i)
-    return receive_channel
+from .helpers import prefilled
 
 
 class FailingChannel(trio.abc.ReceiveChannel[int]):

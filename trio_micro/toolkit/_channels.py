@@ -47,6 +47,7 @@ from typing import Any, Final, TypeVar
 import trio
 
 from .._validate import check_callable, check_int
+from ._ratelimit import RateLimiter
 from ._receive import FastReceiveChannel
 
 __all__ = [
@@ -476,11 +477,17 @@ async def _merge(
             await _aclose_input(source)
 
 
-async def _forward(source: trio.abc.ReceiveChannel[T], out: trio.MemorySendChannel[T]) -> bool:
+async def _forward(
+    source: trio.abc.ReceiveChannel[T],
+    out: trio.MemorySendChannel[T],
+    limiter: RateLimiter | None = None,
+) -> bool:
     """Copy ``source`` to ``out``; True when the input ended, False when ``out`` broke.
 
     The loop of :func:`_work_memory` without ``fn``, also for channels that are not
     memory channels; written out like it (see the comment above :func:`_work_iter`).
+    With a ``limiter`` (`open_throttle`), each item takes a token before it is sent:
+    without waiting when one is available, so the budget still bounds the steps.
     """
     receive_nowait = _receive_nowait_of(source)
     send_nowait = out.send_nowait
@@ -498,6 +505,12 @@ async def _forward(source: trio.abc.ReceiveChannel[T], out: trio.MemorySendChann
             budget = _CHECKPOINT_EVERY
         except trio.EndOfChannel:
             return True
+        if limiter is not None:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
+                budget = _CHECKPOINT_EVERY
         try:
             send_nowait(item)
         except trio.WouldBlock:

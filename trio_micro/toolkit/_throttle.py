@@ -3,14 +3,15 @@
 Theory of operation
 -------------------
 `open_throttle` is one more channel pattern (``_channels.py``): one task moves items
-from the input channel to a new memory channel, taking one token of a
-:class:`RateLimiter` per item before delivering it. The bucket arithmetic is the
-limiter's own (exact under ``MockClock``: ``floor(rate * t) + burst`` items in ``t``
-seconds), so a throttle is as accurate as a `RateLimiter` and as cheap: a token that is
-available costs no checkpoint (``acquire_nowait``), only a wait for one does. The
-output is a `FastReceiveChannel`, so a throttle composes with `open_fan_out` and
-`open_merge` on either side, and the usual ownership rules hold: the input is closed
-when the throttle stops, so its producer gets ``trio.BrokenResourceError``.
+from the input channel to a new memory channel with the loop of `open_merge`
+(``_forward``), taking one token of a :class:`RateLimiter` per item before delivering
+it. The bucket arithmetic is the limiter's own (exact under ``MockClock``:
+``floor(rate * t) + burst`` items in ``t`` seconds), so a throttle is as accurate as a
+`RateLimiter` and as cheap: a token that is available costs no checkpoint
+(``acquire_nowait``), only a wait for one does. The output is a `FastReceiveChannel`,
+so a throttle composes with `open_fan_out` and `open_merge` on either side, and the
+usual ownership rules hold: the input is closed when the throttle stops, so its
+producer gets ``trio.BrokenResourceError``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import TypeVar
 import trio
 
 from .._validate import check_int
-from ._channels import _aclose_input, _check_buffer, _check_channel, _receive_nowait_of
+from ._channels import _aclose_input, _check_buffer, _check_channel, _forward
 from ._ratelimit import RateLimiter, _check_rate
-from ._receive import CONSUMER_BUDGET, FastReceiveChannel
+from ._receive import FastReceiveChannel
 
 __all__ = ["open_throttle"]
 
@@ -92,7 +93,7 @@ async def _throttle(
     async def pace() -> None:
         with send_channel:
             try:
-                await _pace(source, limiter, send_channel)
+                await _forward(source, send_channel, limiter)
             finally:
                 await _aclose_input(source)
 
@@ -107,46 +108,3 @@ async def _throttle(
         receive_channel.close()
         send_channel.close()
         await _aclose_input(source)
-
-
-async def _pace(
-    source: trio.abc.ReceiveChannel[T], limiter: RateLimiter, out: trio.MemorySendChannel[T]
-) -> None:
-    # The loop of _channels._forward with a token taken per item; a token that is
-    # available is not a checkpoint, so the budget still bounds the steps.
-    receive_nowait = _receive_nowait_of(source)
-    acquire_nowait = limiter.acquire_nowait
-    budget = CONSUMER_BUDGET
-    while True:
-        try:
-            if receive_nowait is None:
-                raise trio.WouldBlock
-            item = receive_nowait()
-        except trio.WouldBlock:
-            try:
-                item = await source.receive()
-            except trio.EndOfChannel:
-                return
-            budget = CONSUMER_BUDGET
-        except trio.EndOfChannel:
-            return
-        try:
-            acquire_nowait()
-        except trio.WouldBlock:
-            await limiter.acquire()
-            budget = CONSUMER_BUDGET
-        try:
-            out.send_nowait(item)
-        except trio.WouldBlock:
-            try:
-                await out.send(item)
-            except trio.BrokenResourceError:
-                return
-            budget = CONSUMER_BUDGET
-            continue
-        except trio.BrokenResourceError:
-            return
-        budget -= 1
-        if not budget:
-            budget = CONSUMER_BUDGET
-            await trio.lowlevel.checkpoint()
