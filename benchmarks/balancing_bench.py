@@ -310,8 +310,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--runs", type=int, default=7, help="interleaved runs per case (7)")
+    parser.add_argument(
+        "--hedging", action="store_true", help="only the hedging table (3,000 calls per run)"
+    )
     args = parser.parse_args()
-    if args.quick:
+    if args.hedging:
+        observe.configure_logging(format="console", level="warning", file=sys.stderr)
+        trio.run(print_hedging, args.runs, 3_000)
+    elif args.quick:
         trio.run(main, 1, 2_000, 3)
     else:
         trio.run(main, args.runs, 30_000, 100)
