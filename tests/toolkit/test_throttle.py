@@ -78,6 +78,7 @@ async def test_an_error_of_the_source_reaches_the_consumer_and_closes_the_source
                 got.append(item)  # noqa: PERF401 - the items before the error count
     assert got == [1, 2]
     assert source.closed
+    assert trio.lowlevel.current_task().child_nurseries == []  # no pacing task left
 
 
 async def test_the_output_ends_when_the_input_ends() -> None:
