@@ -72,13 +72,14 @@ async def test_exactly_floor_rate_times_t_plus_burst_items_pass_in_t_seconds(
 async def test_an_error_of_the_source_reaches_the_consumer_and_closes_the_source() -> None:
     source = FailingChannel([1, 2], ValueError("source broke"))
     got: list[int] = []
+    nurseries_before = list(trio.lowlevel.current_task().child_nurseries)
     with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="source broke")):
         async with open_throttle(source, 1000, burst=10) as paced:
             async for item in paced:
                 got.append(item)  # noqa: PERF401 - the items before the error count
     assert got == [1, 2]
     assert source.closed
-    assert trio.lowlevel.current_task().child_nurseries == []  # no pacing task left
+    assert trio.lowlevel.current_task().child_nurseries == nurseries_before  # no task left
 
 
 async def test_the_output_ends_when_the_input_ends() -> None:
