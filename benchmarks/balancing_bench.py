@@ -16,6 +16,13 @@
   answered by the new replica, with calls running back to back, for ``MemoryRegistry``,
   the registry server (``registry.open_registry_client``) and a real etcd (started on
   free ports with a temporary data dir, when the ``etcd`` binary is installed).
+* **Hedging with one slow replica** (issue #18): 3 replicas, one answering after
+  ``SLOW_S`` seconds, power-of-two-choices, 4 calls in flight (few, so that the one
+  process, which runs servers and client on one core, is not the bottleneck: hedging
+  cuts waiting on a slow replica, not CPU queueing); latency percentiles of
+  plain calls and of ``rpc.hedged(stub.whoami, Empty(), delay=HEDGE_DELAY_S)``, and
+  how many attempts reached a server per call. Runs interleaved, percentiles over the
+  calls of all runs.
 """
 
 from __future__ import annotations
@@ -53,14 +60,54 @@ class Name(msgspec.Struct):
 
 
 class Replica(rpc.Service, name="bench.replica"):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, delay: float = 0.0) -> None:
         self.name = name
+        self.delay = delay
         self.calls = 0
 
     @rpc.unary(idempotent=True)
     async def whoami(self, req: Empty) -> Name:
         self.calls += 1
+        if self.delay:
+            await trio.sleep(self.delay)
         return Name(self.name)
+
+
+SLOW_S = 0.050  # the slow replica's answer time
+HEDGE_DELAY_S = 0.010  # when the hedged call sends its second attempt
+
+
+async def hedging_latency(
+    hedge: bool, calls: int, in_flight: int = 16
+) -> tuple[list[float], float]:
+    """Per-call latencies with one slow replica of three, and attempts per call."""
+    replicas = [Replica("slow", SLOW_S), Replica("a"), Replica("b")]
+    latencies: list[float] = []
+    async with AsyncExitStack() as stack:
+        targets = []
+        for replica in replicas:
+            server = await stack.enter_async_context(
+                rpc.open_server([replica], host="127.0.0.1", port=0)
+            )
+            targets.append(f"127.0.0.1:{server.address[1]}")
+        channel = await stack.enter_async_context(rpc.open_channel(targets))
+        stub = channel.stub(Replica)
+        while channel.statistics().ready < len(replicas):  # noqa: ASYNC110 - no event for it
+            await trio.sleep(0.001)
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                start = time.perf_counter()
+                if hedge:
+                    await rpc.hedged(stub.whoami, Empty(), delay=HEDGE_DELAY_S)
+                else:
+                    await stub.whoami(Empty())
+                latencies.append(time.perf_counter() - start)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(in_flight):
+                nursery.start_soon(worker, calls // in_flight)
+    return latencies, sum(r.calls for r in replicas) / len(latencies)
 
 
 class _SendCounter:
@@ -194,6 +241,8 @@ async def main(runs: int, calls: int, samples: int) -> None:
             f"{statistics.median(sends[name]):.3f} |"
         )
     print()
+    await print_hedging(runs, calls // 10)
+    print()
     print("| registry | discovery latency p50 | p99 | samples |")
     print("|---|---|---|---|")
     rows = [("MemoryRegistry", await discovery_latency(MemoryRegistry(), samples))]
@@ -210,6 +259,28 @@ async def main(runs: int, calls: int, samples: int) -> None:
         p50 = statistics.median(values) * 1000
         p99 = _percentile(values, 0.99) * 1000
         print(f"| {name} | {p50:.2f} ms | {p99:.2f} ms | {len(values)} |")
+
+
+async def print_hedging(runs: int, calls: int) -> None:
+    cases = {"plain calls": False, f"rpc.hedged, delay {HEDGE_DELAY_S * 1000:g} ms": True}
+    latencies: dict[str, list[float]] = {name: [] for name in cases}
+    attempts: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, hedge in cases.items():
+            values, per_call = await hedging_latency(hedge, calls)
+            latencies[name] += values
+            attempts[name].append(per_call)
+    print(
+        f"| 3 replicas, one answering in {SLOW_S * 1000:g} ms, 4 in flight | p50 | p99 "
+        "| max | attempts per call | calls |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, values in latencies.items():
+        print(
+            f"| {name} | {statistics.median(values) * 1000:.2f} ms "
+            f"| {_percentile(values, 0.99) * 1000:.2f} ms | {max(values) * 1000:.2f} ms "
+            f"| {statistics.median(attempts[name]):.3f} | {len(values)} |"
+        )
 
 
 _REPO = str(Path(__file__).resolve().parent.parent)
@@ -239,8 +310,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--runs", type=int, default=7, help="interleaved runs per case (7)")
+    parser.add_argument(
+        "--hedging", action="store_true", help="only the hedging table (3,000 calls per run)"
+    )
     args = parser.parse_args()
-    if args.quick:
+    if args.hedging:
+        observe.configure_logging(format="console", level="warning", file=sys.stderr)
+        trio.run(print_hedging, args.runs, 3_000)
+    elif args.quick:
         trio.run(main, 1, 2_000, 3)
     else:
         trio.run(main, args.runs, 30_000, 100)

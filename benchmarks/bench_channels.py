@@ -1,4 +1,4 @@
-"""Fan-out throughput: ``open_fan_out`` against the naive channel pipeline.
+"""Fan-out, merge and amap throughput against the naive channel pipelines.
 
 Runs side by side in one process, on the same input and the same trivial async
 ``fn``, and reports the median items/s of several runs and the ratio to the naive
@@ -21,7 +21,15 @@ Rows, and the consumer each one uses:
 * ``reference: async for over a pre-filled channel`` - not a pipeline: ``async for``
   over a channel that already holds every item. Trio's ``receive()`` costs one
   scheduler trip per item, so no producer can feed an ``async for`` consumer
-  faster than this row; it is the ceiling of the second row.
+  faster than this row; it was the ceiling of the second row until ``open_fan_out``
+  returned a :class:`~trio_micro.toolkit.FastReceiveChannel` (issue #18), whose
+  ``async for`` takes buffered items without that trip.
+* ``amap (consumer: async for)`` - ``amap(double, range(n), limit=workers)``, ordered.
+
+``bench_merge`` does the same for fan-in: ``workers`` input channels, pre-filled with
+``n / workers`` items each (filling is not timed), merged by the textbook forwarders
+(``async for item in rx: await out.send(item)``, one task per input) or by
+``open_merge``, consumed with ``async for``.
 """
 
 from __future__ import annotations
@@ -37,10 +45,10 @@ from typing import Any
 import trio
 
 try:
-    from trio_micro.toolkit import open_fan_out, receive_batch
+    from trio_micro.toolkit import amap, open_fan_out, open_merge, receive_batch
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from trio_micro.toolkit import open_fan_out, receive_batch
+    from trio_micro.toolkit import amap, open_fan_out, open_merge, receive_batch
 
 Row = dict[str, Any]
 
@@ -118,12 +126,70 @@ async def drain_prefilled(n: int, workers: int, buffer: int) -> tuple[int, float
     return count, time.perf_counter() - started
 
 
+async def amap_async_for(n: int, workers: int, buffer: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    count = 0
+    async with amap(double, range(n), limit=workers) as results:
+        async for _ in results:
+            count += 1
+    return count, time.perf_counter() - started
+
+
+def _prefilled(n: int, inputs: int) -> list[trio.MemoryReceiveChannel[int]]:
+    channels = []
+    for k in range(inputs):
+        share = range(k, n, inputs)
+        send_channel, receive_channel = trio.open_memory_channel[int](len(share))
+        with send_channel:
+            for i in share:
+                send_channel.send_nowait(i)
+        channels.append(receive_channel)
+    return channels
+
+
+async def naive_merge(n: int, inputs: int, buffer: int) -> tuple[int, float]:
+    """The textbook fan-in: one forwarder task per input."""
+    channels = _prefilled(n, inputs)
+    started = time.perf_counter()
+    out_tx, out_rx = trio.open_memory_channel[int](buffer)
+
+    async def forward(rx: trio.MemoryReceiveChannel[int], tx: trio.MemorySendChannel[int]) -> None:
+        async with rx, tx:
+            async for item in rx:
+                await tx.send(item)
+
+    count = 0
+    async with trio.open_nursery() as nursery:
+        async with out_tx:
+            for channel in channels:
+                nursery.start_soon(forward, channel, out_tx.clone())
+        async for _ in out_rx:
+            count += 1
+    return count, time.perf_counter() - started
+
+
+async def merge_async_for(n: int, inputs: int, buffer: int) -> tuple[int, float]:
+    channels = _prefilled(n, inputs)
+    started = time.perf_counter()
+    count = 0
+    async with open_merge(*channels, buffer=buffer) as merged:
+        async for _ in merged:
+            count += 1
+    return count, time.perf_counter() - started
+
+
 # Rows in this order; the first is the baseline of the ratios.
 CASES: dict[str, Case] = {
     "naive pipeline (consumer: async for)": naive,
     "open_fan_out (consumer: async for)": fan_out_async_for,
     "open_fan_out (consumer: receive_batch)": fan_out_receive_batch,
+    "amap, ordered (consumer: async for)": amap_async_for,
     "reference: async for over a pre-filled channel (no workers)": drain_prefilled,
+}
+
+MERGE_CASES: dict[str, Case] = {
+    "naive merge: a forwarder task per input (consumer: async for)": naive_merge,
+    "open_merge (consumer: async for)": merge_async_for,
 }
 
 
@@ -134,19 +200,29 @@ def _rate(case: Case, n: int, workers: int) -> float:
     return n / seconds
 
 
-def bench_fanout(n: int = 1_000_000, workers: int = 4, runs: int = 3) -> list[Row]:
-    """Median items/s of each case over ``runs`` interleaved runs, with the ratio to
-    the naive pipeline."""
-    samples: dict[str, list[float]] = {name: [] for name in CASES}
+def _bench(cases: dict[str, Case], n: int, workers: int, runs: int) -> list[Row]:
+    samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(runs):
-        for name, case in CASES.items():
+        for name, case in cases.items():
             samples[name].append(_rate(case, n, workers))
-    base = statistics.median(samples[next(iter(CASES))])
+    base = statistics.median(samples[next(iter(cases))])
     rows: list[Row] = []
     for name, values in samples.items():
         rate = statistics.median(values)
         rows.append({"name": name, "items/s (median)": rate, "ratio vs naive": rate / base})
     return rows
+
+
+def bench_fanout(n: int = 1_000_000, workers: int = 4, runs: int = 3) -> list[Row]:
+    """Median items/s of each case over ``runs`` interleaved runs, with the ratio to
+    the naive pipeline."""
+    return _bench(CASES, n, workers, runs)
+
+
+def bench_merge(n: int = 1_000_000, inputs: int = 4, runs: int = 3) -> list[Row]:
+    """Median items/s of the naive fan-in and ``open_merge`` over ``runs`` interleaved
+    runs, with the ratio to the naive one."""
+    return _bench(MERGE_CASES, n, inputs, runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     rows = bench_fanout(n=args.n, workers=args.workers, runs=args.runs)
+    rows += bench_merge(n=args.n, inputs=args.workers, runs=args.runs)
     print(
-        f"fan-out of {args.n:,} items, {args.workers} workers, buffer {BUFFER}, "
-        f"median of {args.runs} runs\n"
+        f"fan-out / merge of {args.n:,} items, {args.workers} workers or inputs, "
+        f"buffer {BUFFER}, median of {args.runs} runs\n"
     )
     print("| name | items/s (median) | ratio vs naive |")
     print("|---|---|---|")

@@ -7,6 +7,8 @@ Run as a script (``.venv/bin/python benchmarks/bench_limits.py``) or import the
   refused), beside ``aiolimiter.AsyncLimiter`` on asyncio for reference.
 * `bench_rate_accuracy`: admitted vs configured rate over real time for a client
   hammering ``await acquire()``; the error must stay under 1 %.
+* `bench_throttle_accuracy`: the same for ``open_throttle``: items out of a throttled
+  channel over real time vs ``floor(rate * seconds) + burst``.
 * `bench_buffer_pool`: ``BufferPool.acquire/release`` vs ``bytearray(size)``, with and
   without touching every page, so it is visible where pooling helps and where not.
 
@@ -24,7 +26,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_micro.toolkit import BufferPool, RateLimiter
+from trio_micro.toolkit import BufferPool, RateLimiter, open_throttle
 
 try:
     from aiolimiter import AsyncLimiter
@@ -130,21 +132,53 @@ def bench_rate_accuracy(
                     admitted += 1
             return admitted, trio.current_time() - start
 
-        admitted, elapsed = trio.run(main)
-        expected = math.floor(rate * seconds) + burst
-        error = abs(admitted - expected) / expected
-        rows.append(
-            {
-                "rate": rate,
-                "burst": burst,
-                "seconds": round(elapsed, 3),
-                "admitted": admitted,
-                "expected": expected,
-                "measured_rate": round((admitted - burst) / seconds, 1),
-                "error_pct": round(100 * error, 3),
-                "ok": error < 0.01,
-            }
-        )
+        rows.append(_accuracy_row(rate, burst, seconds, *trio.run(main)))
+    return rows
+
+
+def _accuracy_row(rate: float, burst: int, seconds: float, admitted: int, elapsed: float) -> Row:
+    expected = math.floor(rate * seconds) + burst
+    error = abs(admitted - expected) / expected
+    return {
+        "rate": rate,
+        "burst": burst,
+        "seconds": round(elapsed, 3),
+        "admitted": admitted,
+        "expected": expected,
+        "measured_rate": round((admitted - burst) / seconds, 1),
+        "error_pct": round(100 * error, 3),
+        "ok": error < 0.01,
+    }
+
+
+def bench_throttle_accuracy(
+    seconds: float = 5.0,
+    cases: tuple[tuple[float, int], ...] = ((1000.0, 1), (1000.0, 10), (10_000.0, 100)),
+) -> list[Row]:
+    """Items out of ``open_throttle(source, rate, burst=burst)`` over ``seconds`` of
+    real time vs ``floor(rate * seconds) + burst``, per ``(rate, burst)``.
+
+    The source never runs dry (a channel pre-filled with more items than can pass) and
+    the consumer is an ``async for``; the error must stay under 1 % once
+    ``burst >= rate / 100``, for the reason `bench_rate_accuracy` gives.
+    """
+    rows: list[Row] = []
+    for rate, burst in cases:
+
+        async def main(rate: float = rate, burst: int = burst) -> tuple[int, float]:
+            send_channel, receive_channel = trio.open_memory_channel[int](math.inf)
+            with send_channel:
+                for i in range(int(rate * seconds) + burst + 1000):
+                    send_channel.send_nowait(i)
+            passed = 0
+            start = trio.current_time()
+            async with open_throttle(receive_channel, rate, burst=burst) as paced:
+                with trio.move_on_at(start + seconds):
+                    async for _ in paced:
+                        passed += 1
+            return passed, trio.current_time() - start
+
+        rows.append(_accuracy_row(rate, burst, seconds, *trio.run(main)))
     return rows
 
 
@@ -234,6 +268,10 @@ def main() -> None:
     _print_rows(
         f"rate accuracy over {args.seconds} s of real time",
         bench_rate_accuracy(args.seconds, args.rate),
+    )
+    _print_rows(
+        f"open_throttle accuracy over {args.seconds} s of real time",
+        bench_throttle_accuracy(args.seconds),
     )
     _print_rows("BufferPool vs bytearray (median of 5 runs)", bench_buffer_pool())
 

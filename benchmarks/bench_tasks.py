@@ -10,6 +10,12 @@ so each job yields once) with at most ``limit`` at once, on trio, in one process
   job and the job's task releases it (bounded, like errgroup ``SetLimit``), and the
   naive form that spawns every task up front and lets each wait on the limiter.
 
+:func:`bench_first_completed` times one race of three functions (one answers after a
+checkpoint, two would wait forever): ``first_completed`` against the hand-written
+nursery that cancels itself on the first result. (``aiometer.run_any`` is not a
+contender: it waits for the other functions to finish instead of cancelling them,
+so it never returns from this race.)
+
 Run it as a script (``python benchmarks/bench_tasks.py [n] [limit] [runs]``) or call
 :func:`bench_bounded`. Each figure is the median of ``runs`` runs; the ratio is against
 aiometer measured in the same process.
@@ -26,7 +32,7 @@ from typing import Any
 import aiometer
 import trio
 
-from trio_micro.toolkit import amap, open_task_group, run_all
+from trio_micro.toolkit import amap, first_completed, open_task_group, run_all
 
 Row = dict[str, Any]
 
@@ -132,6 +138,66 @@ def bench_bounded(n: int = 100_000, limit: int = 100, runs: int = 3) -> list[Row
     ]
 
 
+async def _answer() -> int:
+    await trio.lowlevel.checkpoint()
+    return 1
+
+
+async def _never() -> int:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+_RACE = (_never, _answer, _never)
+
+
+async def _hand_written_race() -> int:
+    result = 0
+    async with trio.open_nursery() as nursery:
+
+        async def run(fn: Callable[[], Awaitable[int]]) -> None:
+            nonlocal result
+            result = await fn()
+            nursery.cancel_scope.cancel()
+
+        for fn in _RACE:
+            nursery.start_soon(run, fn)
+    return result
+
+
+async def _first_completed_race() -> int:
+    return await first_completed(*_RACE)
+
+
+RACERS: dict[str, Callable[[], Awaitable[int]]] = {
+    "hand-written nursery, cancelled by the first result": _hand_written_race,
+    "trio_micro.first_completed": _first_completed_race,
+}
+
+
+def bench_first_completed(races: int = 20_000, runs: int = 3) -> list[Row]:
+    """Microseconds per race of three functions, median of ``runs`` interleaved runs,
+    with the ratio to the hand-written nursery (lower is better)."""
+    times: dict[str, list[float]] = {name: [] for name in RACERS}
+
+    async def main(race: Callable[[], Awaitable[int]]) -> float:
+        start = trio.current_time()
+        for _ in range(races):
+            if await race() != 1:
+                raise AssertionError("wrong winner")
+        return trio.current_time() - start
+
+    for _ in range(runs):
+        for name, race in RACERS.items():
+            times[name].append(trio.run(main, race))
+    per_race = {name: statistics.median(t) / races * 1e6 for name, t in times.items()}
+    base = per_race[next(iter(RACERS))]
+    return [
+        {"name": name, "µs per race": us, "cost vs hand-written": us / base}
+        for name, us in per_race.items()
+    ]
+
+
 def main(argv: list[str]) -> int:
     defaults = [100_000, 100, 3]
     n, limit, runs = [int(arg) for arg in argv[:3]] + defaults[len(argv[:3]) :]
@@ -139,6 +205,9 @@ def main(argv: list[str]) -> int:
     print("| name | jobs/s | ratio vs aiometer |\n|---|---:|---:|")
     for row in bench_bounded(n=n, limit=limit, runs=runs):
         print(f"| {row['name']} | {row['jobs/s']:,.0f} | {row['ratio vs aiometer']:.2f} |")
+    print("\n| race of 3 functions | µs per race | cost vs hand-written |\n|---|---:|---:|")
+    for row in bench_first_completed(runs=runs):
+        print(f"| {row['name']} | {row['µs per race']:.1f} | {row['cost vs hand-written']:.2f} |")
     return 0
 
 

@@ -41,6 +41,15 @@ def _benchmarks(quick: bool) -> dict[str, tuple[str, Callable[[], list[Row]]]]:
             f"Fan-out/fan-in: {1_000_000 // scale:,} items from an iterable through 4 workers",
             lambda: bench_channels.bench_fanout(n=1_000_000 // scale, workers=4, runs=3),
         ),
+        "merge": (
+            f"Fan-in: {1_000_000 // scale:,} items from 4 pre-filled channels, consumed "
+            "with async for",
+            lambda: bench_channels.bench_merge(n=1_000_000 // scale, inputs=4, runs=3),
+        ),
+        "race": (
+            "first_completed: one race of 3 functions vs a hand-written nursery",
+            lambda: bench_tasks.bench_first_completed(races=20_000 // scale, runs=3),
+        ),
         "acquire": (
             "Rate limiter: cost of one non-blocking acquire",
             lambda: bench_limits.bench_acquire_nowait(),
@@ -48,6 +57,10 @@ def _benchmarks(quick: bool) -> dict[str, tuple[str, Callable[[], list[Row]]]]:
         "accuracy": (
             "Rate limiter: admitted rate vs configured (real time)",
             lambda: bench_limits.bench_rate_accuracy(seconds=1.0 if quick else 5.0),
+        ),
+        "throttle": (
+            "open_throttle: items out vs configured (real time)",
+            lambda: bench_limits.bench_throttle_accuracy(seconds=1.0 if quick else 5.0),
         ),
         "buffers": (
             "BufferPool acquire/release vs a fresh bytearray",

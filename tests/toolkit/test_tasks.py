@@ -1,4 +1,4 @@
-"""Tests for ``open_task_group``, ``run_all`` and ``amap`` (trio_micro.toolkit._tasks)."""
+"""Tests for ``open_task_group``, ``run_all`` (toolkit._tasks) and ``amap`` (toolkit._amap)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from trio.testing import wait_all_tasks_blocked
 
 from trio_micro import toolkit
-from trio_micro.toolkit import _tasks
+from trio_micro.toolkit import _amap, _tasks
+from trio_micro.toolkit._amap import amap
 from trio_micro.toolkit._tasks import (
     TaskGroupStatistics,
-    amap,
     open_task_group,
     run_all,
 )
@@ -71,8 +71,9 @@ async def fail_with(exc: BaseException, seconds: float | None = None) -> None:
 
 
 def test_toolkit_reexports_every_public_name() -> None:
-    for name in _tasks.__all__:
-        assert getattr(toolkit, name) is getattr(_tasks, name)
+    for module in (_tasks, _amap):
+        for name in module.__all__:
+            assert getattr(toolkit, name) is getattr(module, name)
 
 
 # ------------------------------------------------------------------- open_task_group
@@ -479,9 +480,10 @@ async def double(x: int) -> int:
     pauses=st.lists(st.integers(0, 2), max_size=25),
     limit=st.integers(1, 6),
     ordered=st.booleans(),
+    buffer=st.integers(0, 4),
 )
-def test_amap_never_has_more_than_limit_items_in_flight_or_buffered(
-    durations: list[int], pauses: list[int], limit: int, ordered: bool
+def test_amap_never_has_more_than_limit_in_flight_nor_limit_plus_buffer_pulled(
+    durations: list[int], pauses: list[int], limit: int, ordered: bool, buffer: int
 ) -> None:
     tracker = Tracker()
     yielded = 0
@@ -496,7 +498,9 @@ def test_amap_never_has_more_than_limit_items_in_flight_or_buffered(
     async def main() -> list[int]:
         nonlocal yielded
         got = []
-        async with amap(tracker.run, source(), limit=limit, ordered=ordered) as results:
+        async with amap(
+            tracker.run, source(), limit=limit, ordered=ordered, buffer=buffer
+        ) as results:
             async for _ in results:
                 yielded += 1
                 got.append(yielded)
@@ -505,7 +509,7 @@ def test_amap_never_has_more_than_limit_items_in_flight_or_buffered(
 
     assert len(run_with_mock_clock(main)) == len(durations)
     assert tracker.peak <= limit
-    assert window_peak <= limit
+    assert window_peak <= limit + buffer
 
 
 @given(durations=st.lists(st.integers(0, 3), max_size=25), limit=st.integers(1, 6))
@@ -582,9 +586,9 @@ async def test_ordered_amap_stalls_new_starts_behind_a_slow_head() -> None:
             await head_done.wait()
         return i
 
-    async with amap(fn, source(), limit=4) as results:
+    async with amap(fn, source(), limit=4, buffer=2) as results:
         await wait_all_tasks_blocked()
-        assert pulled == [0, 1, 2, 3]
+        assert pulled == [0, 1, 2, 3, 4, 5]
         head_done.set()
         assert [await anext(results) for _ in range(8)] == list(range(8))
 
@@ -687,3 +691,48 @@ def test_amap_rejects_a_non_int_limit(limit: Any) -> None:
 def test_amap_rejects_a_limit_below_one(limit: int) -> None:
     with pytest.raises(ValueError, match=str(limit)):
         amap(double, [], limit=limit)
+
+
+# ----------------------------------------------------------------------- max_per_second
+
+
+async def test_run_all_paces_starts_with_max_per_second(autojump_clock: Any) -> None:
+    starts: list[float] = []
+
+    async def job() -> None:
+        starts.append(trio.current_time())
+
+    await run_all([job] * 21, limit=5, max_per_second=10)
+    origin = starts[0]
+    assert [round(t - origin, 9) for t in starts] == [round(k / 10, 9) for k in range(21)]
+
+
+async def test_amap_paces_starts_with_max_per_second(autojump_clock: Any) -> None:
+    async def stamp(_: int) -> float:
+        return trio.current_time()
+
+    async with amap(stamp, range(11), limit=3, max_per_second=4) as results:
+        starts = [t async for t in results]
+    assert [round(t - starts[0], 9) for t in starts] == [round(k / 4, 9) for k in range(11)]
+
+
+@pytest.mark.parametrize("bad", ["10", True, object(), [1]])
+async def test_max_per_second_of_a_wrong_type_is_a_type_error(bad: object) -> None:
+    with pytest.raises(TypeError, match="max_per_second"):
+        await run_all([], limit=1, max_per_second=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_per_second"):
+        amap(double, [], limit=1, max_per_second=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
+async def test_max_per_second_not_finite_and_positive_is_a_value_error(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_per_second"):
+        await run_all([], limit=1, max_per_second=bad)
+    with pytest.raises(ValueError, match="max_per_second"):
+        amap(double, [], limit=1, max_per_second=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, "2", 1.5])
+def test_amap_rejects_a_bad_buffer(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="buffer"):
+        amap(double, [], limit=1, buffer=bad)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._channel import Channel, ChannelStatistics, open_channel
     from ._context import ClientCall, ServerCall, current_call
     from ._errors import RpcError
+    from ._hedging import hedged
     from ._interceptors import ClientInterceptor, ServerInterceptor
     from ._listeners import open_tcp_listeners
     from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
@@ -88,6 +89,7 @@ __all__ = [
     "TlsFileError",
     "client_ssl_context",
     "current_call",
+    "hedged",
     "open_channel",
     "open_server",
     "open_tcp_listeners",
@@ -122,6 +124,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "current_call",
     ),
     "._errors": ("RpcError",),
+    "._hedging": ("hedged",),
     "._interceptors": (
         "ClientInterceptor",
         "ServerInterceptor",

@@ -14,7 +14,8 @@ ejection; any answer resets it.
 
 Deadlines: each call sends the time left in the caller's effective deadline
 (:func:`trio.current_effective_deadline`), rounded *up* to the millisecond so the server's
-deadline never fires before the caller's. Cancellation: see :mod:`._client`.
+deadline never fires before the caller's. Cancellation: see :mod:`._client`. The attempts
+of a hedged call (:mod:`._hedging`) each prefer an endpoint the previous one did not use.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ._client import ClientConnection, RefusedError, _Call
 from ._context import ClientCall
 from ._endpoints import EndpointPool
 from ._errors import RpcError
+from ._hedging import hedge_tried
 from ._interceptors import ClientInterceptor
 from ._retry import RetryBudget, RetryPolicy
 from ._transport import Endpoint
@@ -113,7 +115,8 @@ class Caller:
         if budget is not None:
             budget.deposit()
         attempt = 1
-        avoid: Endpoint | None = None
+        tried = hedge_tried.get()  # a hedged call's attempts avoid each other's endpoint
+        avoid: Endpoint | None = tried[-1] if tried else None
         while True:
             ready = self._ready
             if ready and avoid is None:  # pick()'s common case, without its coroutine
@@ -123,6 +126,8 @@ class Caller:
                 conn = await self._pool.pick(avoid)
             if call is not None:
                 call.peer = conn.peer
+            if tried is not None:
+                tried.append(conn.endpoint)
             # Calls in flight over the whole channel: with several connections, each may
             # see a lone call while its frames could still share a write with others'.
             self._in_flight = in_flight = self._in_flight + 1

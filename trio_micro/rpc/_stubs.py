@@ -84,6 +84,7 @@ def unary_method(
             raise RpcError(Status.INTERNAL, f"bad response from {wire_name}: {exc}") from None
 
     call.__name__ = call.__qualname__ = info.name
+    call.__rpc_method__ = info  # type: ignore[attr-defined]  # for rpc.hedged's check
     return call
 
 

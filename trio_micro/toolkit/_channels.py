@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Every pattern here is an async context manager that opens one nursery and runs its
 helper tasks in it, so no task outlives the ``async with`` (DESIGN.md section 3).
-The caller receives plain :class:`trio.MemoryReceiveChannel` objects; all buffers
-are bounded, so a slow consumer slows the producers down instead of growing memory.
+The caller receives :class:`FastReceiveChannel` objects (trio memory channels with an
+``async for`` that drains the buffer); all buffers are bounded, so a slow consumer
+slows the producers down instead of growing memory.
 
 Ownership. A pattern takes ownership of the receive channels (and async iterators)
 it reads from: it closes them when it stops for any reason. That is what turns
@@ -33,9 +34,9 @@ items, so cancellation is honoured promptly and other tasks get to run. Fan-out
 workers pull straight from a sync iterable or a memory channel (both are safe to
 share between tasks without a lock); pulls from any other channel or async
 iterator are serialized with a :class:`trio.Lock`. On the consuming side,
-:func:`receive_batch` drains everything buffered with one checkpoint; a consumer
-using ``async for`` pays trio's one scheduler trip per item whatever the producer
-does, which caps it well below what the workers can deliver.
+``async for`` over the :class:`FastReceiveChannel` takes buffered items without a
+scheduler trip each (a schedule point every ``CONSUMER_BUDGET`` items), and
+:func:`receive_batch` drains everything buffered with one checkpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ import trio
 
 from .._background import open_background_nursery
 from .._validate import check_callable, check_int
+from ._ratelimit import RateLimiter
+from ._receive import FastReceiveChannel
 
 __all__ = [
     "open_broadcast",
@@ -90,7 +93,7 @@ async def _aclose_input(source: object) -> None:
     (like ``trio.aclose_forcefully``) that is also shielded, so that an outer
     cancellation does not escape and skip the other inputs a caller closes next.
     """
-    if isinstance(source, trio.MemoryReceiveChannel):
+    if isinstance(source, trio.MemoryReceiveChannel | FastReceiveChannel):
         source.close()
         return
     aclose = getattr(source, "aclose", None)
@@ -101,9 +104,16 @@ async def _aclose_input(source: object) -> None:
         await aclose()
 
 
+def _is_memory(source: object) -> bool:
+    """Whether ``source`` is a memory channel (one with ``receive_nowait``)."""
+    return isinstance(source, trio.MemoryReceiveChannel | FastReceiveChannel)
+
+
 def _receive_nowait_of(source: trio.abc.ReceiveChannel[T]) -> Callable[[], T] | None:
     """The fast path of a memory channel, or None for a channel without one."""
-    return source.receive_nowait if isinstance(source, trio.MemoryReceiveChannel) else None
+    if isinstance(source, trio.MemoryReceiveChannel | FastReceiveChannel):
+        return source.receive_nowait
+    return None
 
 
 class _Crew:
@@ -143,7 +153,7 @@ def open_fan_out(
     *,
     workers: int,
     buffer: int = _FAN_OUT_BUFFER,
-) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[R]]:
+) -> AbstractAsyncContextManager[FastReceiveChannel[R]]:
     """Apply ``fn`` to every item of ``source`` in ``workers`` concurrent tasks.
 
     Usage::
@@ -170,7 +180,8 @@ def open_fan_out(
         buffer: Size of the results buffer (>= 0). When it is full the workers wait.
 
     Returns:
-        An async context manager yielding the results ``trio.MemoryReceiveChannel``.
+        An async context manager yielding the results channel, a
+        :class:`FastReceiveChannel` (a memory channel with a fast ``async for``).
 
     Raises:
         TypeError: ``source`` is not a channel or (async) iterable, ``fn`` is not
@@ -188,7 +199,7 @@ def open_fan_out(
     exits normally. Workers that never block still checkpoint every few dozen items.
     """
     if isinstance(source, trio.abc.ReceiveChannel):
-        kind = "memory" if isinstance(source, trio.MemoryReceiveChannel) else "locked"
+        kind = "memory" if _is_memory(source) else "locked"
     elif isinstance(source, AsyncIterable):
         kind = "locked"
     elif isinstance(source, Iterable):
@@ -211,7 +222,7 @@ async def _fan_out(
     fn: Callable[[T], Awaitable[R]],
     workers: int,
     buffer: int,
-) -> AsyncIterator[trio.MemoryReceiveChannel[R]]:
+) -> AsyncIterator[FastReceiveChannel[R]]:
     send_channel, receive_channel = trio.open_memory_channel[R](buffer)
     crew = _Crew(workers)
     owned: object = source
@@ -224,7 +235,7 @@ async def _fan_out(
             return await _work_iter(iterator, fn, send_channel)
 
     elif kind == "memory":
-        assert isinstance(source, trio.MemoryReceiveChannel)
+        assert isinstance(source, trio.MemoryReceiveChannel | FastReceiveChannel)
         channel = source
 
         async def work() -> bool:
@@ -260,7 +271,7 @@ async def _fan_out(
             for _ in range(workers):
                 nursery.start_soon(worker)
             try:
-                yield receive_channel
+                yield FastReceiveChannel(receive_channel)
             finally:
                 nursery.cancel_scope.cancel()
     finally:
@@ -306,7 +317,7 @@ async def _work_iter(
 
 
 async def _work_memory(
-    source: trio.MemoryReceiveChannel[T],
+    source: trio.MemoryReceiveChannel[T] | FastReceiveChannel[T],
     fn: Callable[[T], Awaitable[R]],
     out: trio.MemorySendChannel[R],
 ) -> bool:
@@ -392,7 +403,7 @@ async def _work_locked(
 def open_merge(
     *receive_channels: trio.abc.ReceiveChannel[T],
     buffer: int = 0,
-) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[T]]:
+) -> AbstractAsyncContextManager[FastReceiveChannel[T]]:
     """Merge independent channels into one (fan-in).
 
     Usage::
@@ -411,7 +422,8 @@ def open_merge(
         buffer: Size of the merged channel's buffer (>= 0).
 
     Returns:
-        An async context manager yielding the merged ``trio.MemoryReceiveChannel``.
+        An async context manager yielding the merged channel, a
+        :class:`FastReceiveChannel`.
 
     Raises:
         TypeError: An input is not a trio receive channel, or ``buffer`` is not an int.
@@ -437,7 +449,7 @@ def open_merge(
 async def _merge(
     inputs: tuple[trio.abc.ReceiveChannel[T], ...],
     buffer: int,
-) -> AsyncIterator[trio.MemoryReceiveChannel[T]]:
+) -> AsyncIterator[FastReceiveChannel[T]]:
     send_channel, receive_channel = trio.open_memory_channel[T](buffer)
     crew = _Crew(len(inputs))
 
@@ -459,7 +471,7 @@ async def _merge(
                 for source in inputs:
                     nursery.start_soon(forwarder, source, send_channel.clone())
             try:
-                yield receive_channel
+                yield FastReceiveChannel(receive_channel)
             finally:
                 nursery.cancel_scope.cancel()
     finally:
@@ -468,11 +480,17 @@ async def _merge(
             await _aclose_input(source)
 
 
-async def _forward(source: trio.abc.ReceiveChannel[T], out: trio.MemorySendChannel[T]) -> bool:
+async def _forward(
+    source: trio.abc.ReceiveChannel[T],
+    out: trio.MemorySendChannel[T],
+    limiter: RateLimiter | None = None,
+) -> bool:
     """Copy ``source`` to ``out``; True when the input ended, False when ``out`` broke.
 
     The loop of :func:`_work_memory` without ``fn``, also for channels that are not
     memory channels; written out like it (see the comment above :func:`_work_iter`).
+    With a ``limiter`` (`open_throttle`), each item takes a token before it is sent:
+    without waiting when one is available, so the budget still bounds the steps.
     """
     receive_nowait = _receive_nowait_of(source)
     send_nowait = out.send_nowait
@@ -490,6 +508,12 @@ async def _forward(source: trio.abc.ReceiveChannel[T], out: trio.MemorySendChann
             budget = _CHECKPOINT_EVERY
         except trio.EndOfChannel:
             return True
+        if limiter is not None:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
+                budget = _CHECKPOINT_EVERY
         try:
             send_nowait(item)
         except trio.WouldBlock:
@@ -515,7 +539,7 @@ def open_broadcast(
     *,
     consumers: int,
     buffer: int = 0,
-) -> AbstractAsyncContextManager[tuple[trio.MemoryReceiveChannel[T], ...]]:
+) -> AbstractAsyncContextManager[tuple[FastReceiveChannel[T], ...]]:
     """Copy every item of ``receive_channel`` to ``consumers`` output channels.
 
     Usage::
@@ -536,7 +560,8 @@ def open_broadcast(
         buffer: Size of each output's buffer (>= 0).
 
     Returns:
-        An async context manager yielding a tuple of ``consumers`` receive channels.
+        An async context manager yielding a tuple of ``consumers`` receive channels
+        (:class:`FastReceiveChannel`).
 
     Raises:
         TypeError: ``receive_channel`` is not a trio receive channel, or
@@ -564,7 +589,7 @@ async def _broadcast(
     source: trio.abc.ReceiveChannel[T],
     consumers: int,
     buffer: int,
-) -> AsyncIterator[tuple[trio.MemoryReceiveChannel[T], ...]]:
+) -> AsyncIterator[tuple[FastReceiveChannel[T], ...]]:
     pairs = [trio.open_memory_channel[T](buffer) for _ in range(consumers)]
     senders = [send for send, _ in pairs]
     outputs = tuple(receive for _, receive in pairs)
@@ -581,7 +606,7 @@ async def _broadcast(
         async with open_background_nursery() as nursery:
             nursery.start_soon(distributor)
             try:
-                yield outputs
+                yield tuple(FastReceiveChannel(output) for output in outputs)
             finally:
                 nursery.cancel_scope.cancel()
     finally:
@@ -636,7 +661,9 @@ async def _distribute(
 # --- batching --------------------------------------------------------------------------
 
 
-async def receive_batch(channel: trio.MemoryReceiveChannel[T], max_items: int) -> list[T]:
+async def receive_batch(
+    channel: trio.MemoryReceiveChannel[T] | FastReceiveChannel[T], max_items: int
+) -> list[T]:
     """Receive at least one item, plus whatever else is already buffered.
 
     Waits for the first item with ``await channel.receive()``, then takes more with
@@ -651,7 +678,7 @@ async def receive_batch(channel: trio.MemoryReceiveChannel[T], max_items: int) -
             await write_rows(batch)
 
     Args:
-        channel: The memory channel to read.
+        channel: The memory channel (or `FastReceiveChannel`) to read.
         max_items: Upper bound on the length of the returned list (>= 1).
 
     Returns:
@@ -661,7 +688,7 @@ async def receive_batch(channel: trio.MemoryReceiveChannel[T], max_items: int) -
         trio.EndOfChannel: The channel is closed and empty. Items received before
             the end are returned first; the next call raises.
         trio.ClosedResourceError: ``channel`` was closed by this side.
-        TypeError: ``channel`` is not a ``trio.MemoryReceiveChannel`` or
+        TypeError: ``channel`` is not a memory channel or
             ``max_items`` is not an int.
         ValueError: ``max_items`` < 1.
 
@@ -670,8 +697,12 @@ async def receive_batch(channel: trio.MemoryReceiveChannel[T], max_items: int) -
     once the first item has arrived the rest is taken synchronously, so a batch is
     never lost to cancellation.
     """
+    if isinstance(channel, FastReceiveChannel):
+        channel = channel.channel
     if not isinstance(channel, trio.MemoryReceiveChannel):
-        raise TypeError(f"channel must be a trio.MemoryReceiveChannel, got {channel!r}")
+        raise TypeError(
+            f"channel must be a trio.MemoryReceiveChannel or a FastReceiveChannel, got {channel!r}"
+        )
     limit = check_int("max_items", max_items, minimum=1)
     batch = [await channel.receive()]
     receive_nowait = channel.receive_nowait

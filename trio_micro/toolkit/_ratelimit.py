@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar, final
 
@@ -61,6 +61,22 @@ _SWEEP_PER_CALL = 2
 
 def _check_rate(rate: object) -> float:
     return check_number("rate", rate, unit="tokens per second")
+
+
+def pacer(max_per_second: object) -> Callable[[], Awaitable[None]] | None:
+    """The ``acquire`` of a new ``RateLimiter(max_per_second, burst=1)``; None for None.
+
+    What ``run_all`` / ``amap`` await before starting each job (aiometer's
+    ``max_per_second``).
+
+    Raises:
+        TypeError: ``max_per_second`` is not an int, a float or None.
+        ValueError: ``max_per_second`` is not finite and > 0.
+    """
+    if max_per_second is None:
+        return None
+    rate = check_number("max_per_second", max_per_second, unit="jobs per second")
+    return RateLimiter(rate, burst=1).acquire
 
 
 def _check_n(n: object, burst: int) -> int:

@@ -1,4 +1,4 @@
-"""Bounded concurrency: a task group with a limit, ``run_all`` and ``amap``.
+"""Bounded concurrency: a task group with a limit, and ``run_all``.
 
 The article's ``ConcurrentProcessor`` and Go's ``errgroup`` with ``SetLimit``, the
 Trio way: every task lives in a nursery the caller can see, producers wait for a free
@@ -14,35 +14,26 @@ or parks, and a finishing task hands its slot *directly* to the longest waiter
 producer cannot barge past them. Each task runs inside a small wrapper that counts
 the outcome and releases the slot.
 
-``run_all`` and ``amap`` do not spawn a task per job: spawning a task and waiting on
-a limiter costs several scheduling rounds per job. Instead they run at most ``limit``
-worker tasks that pull jobs from one shared iterator. Pulling from a synchronous
-iterator never awaits, so no lock is needed: Trio only switches tasks at checkpoints.
-Results go straight into a preallocated list (``run_all``) or a dict keyed by input
-index (``amap``); nothing travels through a memory channel, so the only scheduling
-cost per job is the job's own checkpoints.
-
-``amap`` keeps a *window*: a worker may pull the next item only while fewer than
-``limit`` items are in flight or finished but not yet consumed. In ordered mode a slow
-head item therefore stalls new starts instead of buffering results without bound.
-Pulls from an async iterable are serialized by a flag (a pull in progress makes the
-other workers park), because ``__anext__`` must not run concurrently. Workers are
-spawned lazily, one per pulled item, up to ``limit``, so a short input never costs
-``limit`` tasks.
+``run_all`` (and ``amap``, in ``_amap.py``) do not spawn a task per job: spawning a
+task and waiting on a limiter costs several scheduling rounds per job. Instead they
+run at most ``limit`` worker tasks that pull jobs from one shared iterator. Pulling
+from a synchronous iterator never awaits, so no lock is needed: Trio only switches
+tasks at checkpoints. Results go straight into a preallocated list; nothing travels
+through a memory channel, so the only scheduling cost per job is the job's own
+checkpoints. With ``max_per_second`` every worker takes a token from one shared
+:class:`~trio_micro.toolkit.RateLimiter` (``burst=1``) before starting a job.
 
 Errors follow errgroup semantics: an exception in one job escapes its worker, the
-nursery cancels every other worker, and the ``async with`` (or ``run_all``) raises
-the nursery's ``ExceptionGroup``. Nurseries here are always opened with
+nursery cancels every other worker, and ``run_all`` raises the nursery's
+``ExceptionGroup``. Nurseries here are always opened with
 ``strict_exception_groups=True``, so the group is raised even for a single error, and
 it may hold several exceptions when jobs fail concurrently.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import (
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -52,16 +43,16 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar, TypeVarTuple, Unpack, final, overload
+from typing import Any, Literal, TypeVar, TypeVarTuple, Unpack, final, overload
 
 import trio
 
 from .._validate import check_callable, check_int, check_optional_int
+from ._ratelimit import pacer
 
 __all__ = [
     "TaskGroup",
     "TaskGroupStatistics",
-    "amap",
     "open_task_group",
     "run_all",
 ]
@@ -69,8 +60,6 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 PosArgsT = TypeVarTuple("PosArgsT")
-
-_EMPTY: Any = object()  # marks "no result yet"; never a job's return value
 
 
 # --------------------------------------------------------------------------- TaskGroup
@@ -346,17 +335,25 @@ async def _task_group(limit: int | None) -> AsyncIterator[TaskGroup]:
 
 
 async def _run_all_fail_fast(
-    jobs: Iterator[tuple[int, Callable[[], Awaitable[Any]]]], results: list[Any]
+    jobs: Iterator[tuple[int, Callable[[], Awaitable[Any]]]],
+    results: list[Any],
+    pace: Callable[[], Awaitable[None]] | None,
 ) -> None:
     # Workers share one iterator; next() never awaits, so pulls cannot interleave.
     for index, fn in jobs:
+        if pace is not None:
+            await pace()
         results[index] = await fn()
 
 
 async def _run_all_collect(
-    jobs: Iterator[tuple[int, Callable[[], Awaitable[Any]]]], results: list[Any]
+    jobs: Iterator[tuple[int, Callable[[], Awaitable[Any]]]],
+    results: list[Any],
+    pace: Callable[[], Awaitable[None]] | None,
 ) -> None:
     for index, fn in jobs:
+        if pace is not None:
+            await pace()
         try:
             results[index] = await fn()
         except Exception as exc:  # BaseException (Cancelled, KeyboardInterrupt) propagates
@@ -369,6 +366,7 @@ async def run_all(
     *,
     limit: int,
     return_exceptions: Literal[False] = False,
+    max_per_second: float | None = None,
 ) -> list[T]: ...
 
 
@@ -378,6 +376,7 @@ async def run_all(
     *,
     limit: int,
     return_exceptions: Literal[True],
+    max_per_second: float | None = None,
 ) -> list[T | Exception]: ...
 
 
@@ -387,6 +386,7 @@ async def run_all(
     *,
     limit: int,
     return_exceptions: bool,
+    max_per_second: float | None = None,
 ) -> list[T | Exception]: ...
 
 
@@ -395,6 +395,7 @@ async def run_all(
     *,
     limit: int,
     return_exceptions: bool = False,
+    max_per_second: float | None = None,
 ) -> list[Any]:
     """Run zero-argument async callables, at most ``limit`` at once; return results.
 
@@ -421,18 +422,24 @@ async def run_all(
         fns: Zero-argument async callables, e.g. ``functools.partial(fetch, i)``.
         limit: The most jobs that may run at once.
         return_exceptions: Collect exceptions as results instead of failing fast.
+        max_per_second: Start at most this many jobs per second (aiometer's
+            ``max_per_second``): starts are paced by one shared
+            ``RateLimiter(max_per_second, burst=1)``, so they are at least
+            ``1 / max_per_second`` seconds apart. ``None``: no pacing.
 
     Returns:
         The results, in the order of ``fns`` (with ``Exception``s in place of results
         when ``return_exceptions=True``).
 
     Raises:
-        TypeError: ``fns`` is not iterable, an element is not callable, or ``limit``
-            is not an int.
-        ValueError: ``limit`` is less than 1.
+        TypeError: ``fns`` is not iterable, an element is not callable, ``limit``
+            is not an int, or ``max_per_second`` is not a number or ``None``.
+        ValueError: ``limit`` is less than 1, or ``max_per_second`` is not finite
+            and > 0.
         ExceptionGroup: A job raised (only when ``return_exceptions`` is false).
     """
     check_int("limit", limit, minimum=1)
+    pace = pacer(max_per_second)
     try:
         iterator = iter(fns)
     except TypeError:
@@ -451,213 +458,5 @@ async def run_all(
     shared = enumerate(jobs)
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
         for _ in range(min(limit, len(jobs))):
-            nursery.start_soon(worker, shared, results)
+            nursery.start_soon(worker, shared, results, pace)
     return results
-
-
-# -------------------------------------------------------------------------------- amap
-
-
-@final
-class _AmapResults(Generic[T, R]):
-    """The async iterator that ``amap`` yields; also owns the worker logic."""
-
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        fn: Callable[[T], Awaitable[R]],
-        iterator: Iterator[T] | None,
-        aiterator: AsyncIterator[T] | None,
-        limit: int,
-        ordered: bool,
-    ) -> None:
-        self._nursery = nursery
-        self._fn = fn
-        self._iterator = iterator
-        self._aiterator = aiterator
-        self._limit = limit
-        self._ordered = ordered
-        self._workers = 0
-        self._pulled = 0  # items taken from the source; the next item's index
-        self._head = 0  # index of the next result to yield (ordered mode)
-        self._outstanding = 0  # pulled (or being pulled) but not yet yielded
-        self._pulling = False  # an async pull is in progress
-        self._exhausted = False
-        self._by_index: dict[int, R] = {}  # ordered mode: finished results
-        self._queue: collections.deque[R] = collections.deque()  # unordered mode
-        self._pull_lot = trio.lowlevel.ParkingLot()  # workers waiting to pull
-        self._result_lot = trio.lowlevel.ParkingLot()  # the consumer, waiting
-        self._busy = False
-        self._closed = False
-
-    def _start_worker(self) -> None:
-        self._workers += 1
-        self._nursery.start_soon(self._worker)
-
-    def _exhaust(self) -> None:
-        self._exhausted = True
-        self._outstanding -= 1  # give back the reservation of the failed pull
-        self._pull_lot.unpark_all()  # parked workers see the end and exit
-        self._result_lot.unpark_all()  # the consumer may be waiting for the end
-
-    async def _worker(self) -> None:
-        fn = self._fn
-        limit = self._limit
-        while True:
-            while self._outstanding >= limit or self._pulling:
-                if self._exhausted:
-                    return
-                await self._pull_lot.park()
-            if self._exhausted:
-                return
-            self._outstanding += 1  # reserve a place in the window before pulling
-            if self._iterator is not None:
-                try:
-                    item = next(self._iterator)
-                except StopIteration:
-                    self._exhaust()
-                    return
-            else:
-                assert self._aiterator is not None
-                self._pulling = True
-                try:
-                    item = await self._aiterator.__anext__()
-                except StopAsyncIteration:
-                    self._exhaust()
-                    return
-                finally:
-                    self._pulling = False
-                    if self._pull_lot:
-                        self._pull_lot.unpark()
-            index = self._pulled
-            self._pulled += 1
-            if self._workers < limit:
-                self._start_worker()
-            value = await fn(item)
-            if self._ordered:
-                self._by_index[index] = value
-                if index == self._head and self._result_lot:
-                    self._result_lot.unpark()
-            else:
-                self._queue.append(value)
-                if self._result_lot:
-                    self._result_lot.unpark()
-
-    def __aiter__(self) -> _AmapResults[T, R]:
-        return self
-
-    async def __anext__(self) -> R:
-        """Return the next result, waiting for it if necessary.
-
-        A cancellation point on every call, and a schedule point whenever it has to
-        wait; a consumer that never waits still yields at least every ``limit``
-        results, because the window then runs dry.
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("amap results used after their `async with` exited")
-        if self._busy:
-            raise trio.BusyResourceError("another task is already iterating over these results")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            if self._ordered:
-                value = self._by_index.pop(self._head, _EMPTY)
-            else:
-                value = self._queue.popleft() if self._queue else _EMPTY
-            if value is not _EMPTY:
-                break
-            if self._exhausted and self._outstanding == 0:
-                raise StopAsyncIteration
-            self._busy = True
-            try:
-                await self._result_lot.park()
-            finally:
-                self._busy = False
-        self._head += 1
-        self._outstanding -= 1
-        if self._pull_lot:
-            self._pull_lot.unpark()
-        return value  # type: ignore[no-any-return]
-
-
-def amap(
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T] | AsyncIterable[T],
-    *,
-    limit: int,
-    ordered: bool = True,
-) -> AbstractAsyncContextManager[AsyncIterator[R]]:
-    """Map ``fn`` over ``items`` with at most ``limit`` calls at once; iterate the results.
-
-    ::
-
-        async with amap(fetch, urls, limit=10) as results:
-            async for page in results:
-                ...
-
-    A context manager rather than an async generator, because it owns tasks and an
-    async generator must not own a nursery in Trio.
-
-    ``items`` may be a sync or async iterable of any length, even infinite; it is read
-    lazily, one item per free slot. Memory is bounded by ``limit``: at most ``limit``
-    items are in flight or finished but not yet yielded, in both modes. With
-    ``ordered=True`` (the default) results come in input order, so a slow item stalls
-    new starts once the window is full; with ``ordered=False`` they come in
-    completion order. ``amap`` does not close ``items``; wrap an async generator in
-    ``contextlib.aclosing`` if it must be closed promptly after an early exit.
-
-    Leaving the block early (``break``, an exception) or cancelling it cancels the
-    pending calls; no task outlives the block. The results iterator is single-consumer
-    (a second concurrent ``__anext__`` raises :class:`trio.BusyResourceError`) and
-    raises :class:`trio.ClosedResourceError` once the block has exited. Each step of it
-    is a cancellation point, and a schedule point whenever it has to wait.
-
-    Errors: an exception in ``fn`` (or in iterating ``items``) cancels the other calls
-    and the body of the block, so iteration stops; the ``async with`` then raises an
-    :class:`ExceptionGroup` holding it (several if calls fail concurrently), as
-    :func:`open_task_group` does. An exception raised by the body is wrapped in the
-    group too.
-
-    Args:
-        fn: An async function of one argument.
-        items: The arguments, a sync or async iterable.
-        limit: The most calls that may run at once (and the window size).
-        ordered: Yield results in input order (``True``) or as they complete.
-
-    Returns:
-        An async context manager yielding an async iterator of results.
-
-    Raises:
-        TypeError: ``fn`` is not callable, ``items`` is not iterable, or ``limit`` is
-            not an int.
-        ValueError: ``limit`` is less than 1.
-    """
-    check_callable("fn", fn, expected="an async callable")
-    check_int("limit", limit, minimum=1)
-    iterator: Iterator[T] | None = None
-    aiterator: AsyncIterator[T] | None = None
-    if isinstance(items, AsyncIterable):
-        aiterator = aiter(items)
-    else:
-        try:
-            iterator = iter(items)
-        except TypeError:
-            raise TypeError(f"items must be an iterable or async iterable, got {items!r}") from None
-    return _amap(fn, iterator, aiterator, limit, ordered)
-
-
-@asynccontextmanager
-async def _amap(
-    fn: Callable[[T], Awaitable[R]],
-    iterator: Iterator[T] | None,
-    aiterator: AsyncIterator[T] | None,
-    limit: int,
-    ordered: bool,
-) -> AsyncIterator[AsyncIterator[R]]:
-    async with trio.open_nursery(strict_exception_groups=True) as nursery:
-        results = _AmapResults(nursery, fn, iterator, aiterator, limit, ordered)
-        results._start_worker()
-        try:
-            yield results
-        finally:
-            results._closed = True
-            nursery.cancel_scope.cancel()
