@@ -285,9 +285,19 @@ def kill_all_now(children: Sequence[Child]) -> None:
             child.kill_tree()
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie is not: the killed replica's workers
+    are re-parented when their supervisor dies, and init reaps them in its own time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def leftovers(children: Sequence[Child]) -> list[str]:
-    """Describe each process group of a child (or of its workers) that still has a process;
-    kill those groups."""
+    """Describe each process group of a child (or of its workers) that still has a running
+    process; kill those groups."""
     left = []
     for child in children:
         for group in child.groups():
@@ -297,10 +307,26 @@ def leftovers(children: Sequence[Child]) -> list[str]:
                 continue
             except PermissionError:  # the group id was reused by someone else's process
                 continue
+            if not _group_running(group):
+                continue  # only zombies are left, waiting for init
             left.append(f"{child.name} (process group {group})")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
     return left
+
+
+def _group_running(group: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[2]) == group and fields[0] != "Z":  # state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def remove_empty_outputs(children: Sequence[Child]) -> None:
