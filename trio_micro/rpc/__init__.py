@@ -20,10 +20,18 @@ from __future__ import annotations
 from trio_micro.protocol import Status
 
 from .._lazy import fixup_module_metadata
+from ._admission import RateLimitInterceptor, RateLimitStatistics
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
 from ._channel import Channel, ChannelStatistics, open_channel
 from ._context import ClientCall, ServerCall, current_call
 from ._errors import RpcError
+from ._health import (
+    HealthCheckRequest,
+    HealthCheckResponse,
+    HealthService,
+    HealthState,
+    HealthStatus,
+)
 from ._interceptors import ClientInterceptor, ServerInterceptor
 from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
 from ._observability import AccessLogInterceptor
@@ -50,6 +58,11 @@ __all__ = [
     "ClientCall",
     "ClientInterceptor",
     "Endpoint",
+    "HealthCheckRequest",
+    "HealthCheckResponse",
+    "HealthService",
+    "HealthState",
+    "HealthStatus",
     "ListServicesRequest",
     "ListServicesResponse",
     "MethodDescription",
@@ -57,6 +70,8 @@ __all__ = [
     "MetricsInterceptor",
     "OutlierEjection",
     "PowerOfTwoChoices",
+    "RateLimitInterceptor",
+    "RateLimitStatistics",
     "ReflectionService",
     "ResolvedEndpoint",
     "Resolver",
