@@ -273,7 +273,9 @@ async def open_channel(
         interceptors: :class:`ClientInterceptor` objects wrapped around every call, the
             first outermost.
         balancer: Chooses the connection per call; default :class:`PowerOfTwoChoices`.
-        retry: How idempotent calls are retried on ``UNAVAILABLE``; ``None``: never.
+        retry: How idempotent calls are retried on ``UNAVAILABLE``, and any call refused by
+            admission control (``max_inflight``, rate limits) on another endpoint; ``None``:
+            never.
         outlier_ejection: When failing endpoints are set aside; ``None``: never.
         discovery_timeout: Longest a call waits for a service to have endpoints (seconds).
         handshake_timeout: Seconds to connect, TLS-handshake and exchange HELLOs.
