@@ -25,51 +25,57 @@ async def test_a_call_beyond_max_inflight_is_refused_at_once_with_a_hint(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     service = TestService()
-    async with rpc.open_server([service], host="127.0.0.1", port=0, max_inflight=1) as server:
-        async with rpc.open_channel(address(server), retry=None) as channel:
-            stub = channel.stub(TestService)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stub.hold, Empty())
-                await service.started.wait()
-                start = trio.current_time()
-                with capture_logs() as logs, pytest.raises(rpc.RpcError) as info:
-                    await stub.empty_call(Empty())
-                assert trio.current_time() == start  # no waiting at all
-                service.release.set()
-            assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
-            assert info.value.details == {"refused": "max_inflight"}
-            assert server.statistics().refused_calls == 1
-            [refused] = [e for e in logs if e["event"] == "rpc.call.refused"]
-            assert refused["reason"] == "max_inflight"
-            assert refused["key"] == "127.0.0.1"
-            # Capacity came back with the call that ended.
-            await stub.empty_call(Empty())
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0, max_inflight=1) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stub = channel.stub(TestService)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stub.hold, Empty())
+            await service.started.wait()
+            start = trio.current_time()
+            with capture_logs() as logs, pytest.raises(rpc.RpcError) as info:
+                await stub.empty_call(Empty())
+            assert trio.current_time() == start  # no waiting at all
+            service.release.set()
+        assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
+        assert info.value.details == {"refused": "max_inflight"}
+        assert server.statistics().refused_calls == 1
+        [refused] = [e for e in logs if e["event"] == "rpc.call.refused"]
+        assert refused["reason"] == "max_inflight"
+        assert refused["key"] == "127.0.0.1"
+        # Capacity came back with the call that ended.
+        await stub.empty_call(Empty())
 
 
 async def test_health_calls_are_admitted_at_max_inflight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     service = TestService()
-    async with rpc.open_server([service], host="127.0.0.1", port=0, max_inflight=1) as server:
-        async with rpc.open_channel(address(server), retry=None) as channel:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(channel.stub(TestService).hold, Empty())
-                await service.started.wait()
-                answer = await channel.stub(rpc.HealthService).check(rpc.HealthCheckRequest())
-                assert answer.status is rpc.HealthStatus.SERVING
-                service.release.set()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0, max_inflight=1) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(channel.stub(TestService).hold, Empty())
+        await service.started.wait()
+        answer = await channel.stub(rpc.HealthService).check(rpc.HealthCheckRequest())
+        assert answer.status is rpc.HealthStatus.SERVING
+        service.release.set()
 
 
 async def test_health_watches_do_not_count_against_max_inflight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with rpc.open_server([TestService()], host="127.0.0.1", port=0, max_inflight=1) as server:
-        async with rpc.open_channel(address(server), retry=None) as channel:
-            stream = channel.stub(rpc.HealthService).watch(rpc.HealthCheckRequest())
-            async with stream:
-                await stream.__anext__()
-                assert server.statistics().health_watches == 1
-                await channel.stub(TestService).empty_call(Empty())
+    async with (
+        rpc.open_server([TestService()], host="127.0.0.1", port=0, max_inflight=1) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stream = channel.stub(rpc.HealthService).watch(rpc.HealthCheckRequest())
+        async with stream:
+            await stream.__anext__()
+            assert server.statistics().health_watches == 1
+            await channel.stub(TestService).empty_call(Empty())
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "10"])
@@ -114,24 +120,28 @@ async def test_a_refused_call_is_not_retried_without_a_retry_policy(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     busy = Busy("busy")
-    async with rpc.open_server([busy], host="127.0.0.1", port=0) as server:
-        async with rpc.open_channel(replica_address(server), retry=None) as channel:
-            with pytest.raises(rpc.RpcError, match="RESOURCE_EXHAUSTED"):
-                await channel.stub(ReplicaService).whoami(ReplicaEmpty())
-            assert busy.calls == 1
+    async with (
+        rpc.open_server([busy], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(replica_address(server), retry=None) as channel,
+    ):
+        with pytest.raises(rpc.RpcError, match="RESOURCE_EXHAUSTED"):
+            await channel.stub(ReplicaService).whoami(ReplicaEmpty())
+        assert busy.calls == 1
 
 
 async def test_a_refused_call_on_the_only_endpoint_backs_off_until_max_attempts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     busy = Busy("busy")
-    async with rpc.open_server([busy], host="127.0.0.1", port=0) as server:
-        async with rpc.open_channel(replica_address(server)) as channel:
-            start = trio.current_time()
-            with pytest.raises(rpc.RpcError, match="RESOURCE_EXHAUSTED"):
-                await channel.stub(ReplicaService).write(ReplicaEmpty())
-            assert busy.calls == rpc.RetryPolicy().max_attempts
-            assert trio.current_time() > start  # it waited between attempts
+    async with (
+        rpc.open_server([busy], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(replica_address(server)) as channel,
+    ):
+        start = trio.current_time()
+        with pytest.raises(rpc.RpcError, match="RESOURCE_EXHAUSTED"):
+            await channel.stub(ReplicaService).write(ReplicaEmpty())
+        assert busy.calls == rpc.RetryPolicy().max_attempts
+        assert trio.current_time() > start  # it waited between attempts
 
 
 # ---------------------------------------------------------------------- rate limit
@@ -141,19 +151,21 @@ async def test_rate_limit_refuses_a_caller_beyond_its_burst_with_retry_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limiter = rpc.RateLimitInterceptor(10, burst=2)
-    async with rpc.open_server(
-        [TestService()], host="127.0.0.1", port=0, interceptors=[limiter]
-    ) as server:
-        async with rpc.open_channel(address(server), retry=None) as channel:
-            stub = channel.stub(TestService)
+    async with (
+        rpc.open_server(
+            [TestService()], host="127.0.0.1", port=0, interceptors=[limiter]
+        ) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stub = channel.stub(TestService)
+        await stub.empty_call(Empty())
+        await stub.empty_call(Empty())
+        with capture_logs() as logs, pytest.raises(rpc.RpcError) as info:
             await stub.empty_call(Empty())
-            await stub.empty_call(Empty())
-            with capture_logs() as logs, pytest.raises(rpc.RpcError) as info:
-                await stub.empty_call(Empty())
-            assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
-            assert info.value.details == {"refused": "rate_limit", "retry-after-ms": "100"}
-            await trio.sleep(0.1)
-            await stub.empty_call(Empty())  # a token came back
+        assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
+        assert info.value.details == {"refused": "rate_limit", "retry-after-ms": "100"}
+        await trio.sleep(0.1)
+        await stub.empty_call(Empty())  # a token came back
     assert limiter.statistics().refused == 1
     assert limiter.statistics().admitted == 3
     [refused] = [e for e in logs if e["event"] == "rpc.call.refused"]
@@ -164,16 +176,18 @@ async def test_rate_limit_by_metadata_key_limits_each_key_apart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limiter = rpc.RateLimitInterceptor(1, burst=1, key="metadata:x-api-key")
-    async with rpc.open_server(
-        [TestService()], host="127.0.0.1", port=0, interceptors=[limiter]
-    ) as server:
-        async with rpc.open_channel(address(server), retry=None) as channel:
-            a = channel.stub(TestService, metadata={"x-api-key": "a"})
-            b = channel.stub(TestService, metadata={"x-api-key": "b"})
+    async with (
+        rpc.open_server(
+            [TestService()], host="127.0.0.1", port=0, interceptors=[limiter]
+        ) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        a = channel.stub(TestService, metadata={"x-api-key": "a"})
+        b = channel.stub(TestService, metadata={"x-api-key": "b"})
+        await a.empty_call(Empty())
+        await b.empty_call(Empty())
+        with pytest.raises(rpc.RpcError, match="rate limit"):
             await a.empty_call(Empty())
-            await b.empty_call(Empty())
-            with pytest.raises(rpc.RpcError, match="rate limit"):
-                await a.empty_call(Empty())
 
 
 @pytest.mark.parametrize(

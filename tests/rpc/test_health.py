@@ -71,53 +71,57 @@ async def test_watchers_hear_not_serving_before_the_goaway_and_their_stream_ends
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     service = TestService()
-    async with rpc.open_server([service], host="127.0.0.1", port=0) as server:
-        async with rpc.open_channel(address(server)) as channel:
-            seen: list[HealthStatus] = []
-            shutdown_started = trio.Event()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        seen: list[HealthStatus] = []
+        shutdown_started = trio.Event()
 
-            async def watch() -> None:
-                stream = channel.stub(rpc.HealthService).watch(Req(""))
-                async with stream:
-                    async for item in stream:
-                        seen.append(item.status)
-                        if len(seen) == 1:
-                            shutdown_started.set()
+        async def watch() -> None:
+            stream = channel.stub(rpc.HealthService).watch(Req(""))
+            async with stream:
+                async for item in stream:
+                    seen.append(item.status)
+                    if len(seen) == 1:
+                        shutdown_started.set()
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-                await shutdown_started.wait()
-                # A call in flight keeps the connection draining, not closed.
-                nursery.start_soon(channel.stub(TestService).hold, Empty())
-                await service.started.wait()
-                nursery.start_soon(server.shutdown)
-                await trio.testing.wait_all_tasks_blocked()
-                # The watch ended (its stream is over) while the server still drains.
-                assert seen == [SERVING, NOT_SERVING]
-                assert server.statistics().shutting_down
-                assert server.statistics().health_watches == 0
-                service.release.set()
-            assert server.health is not None
-            assert not server.health.serving
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await shutdown_started.wait()
+            # A call in flight keeps the connection draining, not closed.
+            nursery.start_soon(channel.stub(TestService).hold, Empty())
+            await service.started.wait()
+            nursery.start_soon(server.shutdown)
+            await trio.testing.wait_all_tasks_blocked()
+            # The watch ended (its stream is over) while the server still drains.
+            assert seen == [SERVING, NOT_SERVING]
+            assert server.statistics().shutting_down
+            assert server.statistics().health_watches == 0
+            service.release.set()
+        assert server.health is not None
+        assert not server.health.serving
 
 
 async def test_a_check_against_a_draining_server_says_not_serving(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     service = TestService()
-    async with rpc.open_server([service], host="127.0.0.1", port=0) as server:
-        async with rpc.open_channel(address(server)) as channel:
-            health = channel.stub(rpc.HealthService)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(channel.stub(TestService).hold, Empty())
-                await service.started.wait()
-                await health.check(Req(""))  # connected before the GOAWAY
-                assert server.health is not None
-                await server.health.shutdown()  # the first step of Server.shutdown
-                assert (await health.check(Req(""))).status is NOT_SERVING
-                server.health.set_status("", SERVING)  # ignored once shut down
-                assert (await health.check(Req(""))).status is NOT_SERVING
-                service.release.set()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        health = channel.stub(rpc.HealthService)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.stub(TestService).hold, Empty())
+            await service.started.wait()
+            await health.check(Req(""))  # connected before the GOAWAY
+            assert server.health is not None
+            await server.health.shutdown()  # the first step of Server.shutdown
+            assert (await health.check(Req(""))).status is NOT_SERVING
+            server.health.set_status("", SERVING)  # ignored once shut down
+            assert (await health.check(Req(""))).status is NOT_SERVING
+            service.release.set()
 
 
 async def test_health_false_serves_no_health_service() -> None:

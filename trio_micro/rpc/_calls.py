@@ -33,8 +33,8 @@ import trio
 
 from trio_micro.protocol import Status
 
-from ._balancing import Balancer
 from ._admission import REFUSED, RETRY_AFTER_MS
+from ._balancing import Balancer
 from ._client import ClientConnection, RefusedError, _Call
 from ._context import ClientCall
 from ._endpoints import EndpointPool

@@ -153,6 +153,11 @@ class HealthService(Service, name=HEALTH_SERVICE):
         return self._watches
 
     @property
+    def shut_down(self) -> bool:
+        """:meth:`shutdown` was called: every status is ``NOT_SERVING`` for good."""
+        return self._shut_down
+
+    @property
     def serving(self) -> bool:
         """The whole server (service ``""``) is ``SERVING``."""
         return self.state.get("") is HealthStatus.SERVING
@@ -245,12 +250,12 @@ class HealthService(Service, name=HEALTH_SERVICE):
                 if status is not last:
                     last = status
                     yield HealthCheckResponse(status)
-                if self._shut_down:
+                if self.shut_down:  # a property: mypy would keep the attribute narrowed
                     told = True
                     self._told()
                     return
                 await self.state.wait_changed()
         finally:
             self._watches -= 1
-            if self._shut_down and not told:
+            if self.shut_down and not told:
                 self._told()

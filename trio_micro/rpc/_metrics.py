@@ -180,8 +180,8 @@ def register_server_metrics(
 
     ``connections`` (open connections), ``active_calls`` (calls in flight),
     ``queued_bytes``, ``shutting_down`` (0/1) and ``health_watches``, and the counter
-    ``refused_calls_total`` (calls refused at ``max_inflight``), labelled ``server="host:port"``. The
-    server is held weakly. Not a checkpoint.
+    ``refused_calls_total`` (calls refused at ``max_inflight``), labelled
+    ``server="host:port"``. The server is held weakly. Not a checkpoint.
 
     Returns:
         A function that unregisters the server.

@@ -23,8 +23,8 @@ that read it. Health (:mod:`._health`): a ``trio_micro.health`` service is serve
 
 Graceful shutdown (:meth:`Server.shutdown`): the accept loops stop, every health status
 turns ``NOT_SERVING`` and the health watches queue that answer and end, then every
-connection sends ``GOAWAY(NO_ERROR)`` and closes as soon as its last call ends; after ``grace_period`` the
-calls still running are cancelled.
+connection sends ``GOAWAY(NO_ERROR)`` and closes as soon as its last call ends; after
+``grace_period`` the calls still running are cancelled.
 
 Log events: ``rpc.server.started``, ``rpc.server.shutdown``, ``rpc.server.grace_expired``,
 ``rpc.server.accept_failed``, ``rpc.connection.refused``, ``rpc.connection.crashed``; the
@@ -168,8 +168,9 @@ class Server:
 
         Stops accepting connections, turns every health status ``NOT_SERVING`` and ends
         the health watches (after they queued that answer, at most a second), then sends
-        ``GOAWAY(NO_ERROR)`` on every connection (no new calls), lets calls in progress finish for up to ``grace_period`` seconds, then
-        cancels the rest and closes everything. Calling it again (or concurrently) just
+        ``GOAWAY(NO_ERROR)`` on every connection (no new calls), lets calls in progress
+        finish for up to ``grace_period`` seconds, then cancels the rest and closes
+        everything. Calling it again (or concurrently) just
         waits for the same shutdown.
 
         Cancellation: cancelling ``shutdown`` stops the waiting, not the shutdown; the
