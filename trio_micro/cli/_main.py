@@ -29,6 +29,7 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "call": ("._call", "add_call_parsers", "run_call"),
     "list": ("._call", "add_call_parsers", "run_list"),
     "bench": ("._bench", "add_bench_parser", "run_bench"),
+    "health": ("._health", "add_health_parser", "run_health"),
     "demo": ("._demo", "add_demo_parser", "run_demo"),
 }
 

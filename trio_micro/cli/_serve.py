@@ -20,11 +20,12 @@ Lifecycle
 Listen (``rpc.open_server`` with reflection and, unless ``--no-access-log``, the access
 log), register every service with ``--registry`` if given, then print exactly one line
 to stdout, ``serving SERVICE[,SERVICE...] on HOST:PORT`` (the address clients use: the
-``--advertise`` address, else the bound one). On SIGINT or SIGTERM: deregister, then
-shut the server down gracefully (``GOAWAY``, in-flight calls get ``--grace`` seconds,
-then are cancelled), close the service, log ``serve.stopped`` and exit ``128 +`` the
-signal number (130, 143), as every command does (:mod:`._common`). A second signal
-during that drain cancels everything at once (logged as ``serve.forced``, with
+``--advertise`` address, else the bound one). On SIGINT or SIGTERM, in this order:
+deregister (``/readyz`` turns 503), turn every health status ``NOT_SERVING`` (health
+watchers hear it), then shut the server down gracefully (``GOAWAY``, in-flight calls get
+``--grace`` seconds, then are cancelled), close the service, log ``serve.stopped`` and
+exit ``128 +`` the signal number (130, 143), as every command does (:mod:`._common`). A
+second signal during that drain cancels everything at once (logged as ``serve.forced``, with
 ``forced=true`` in ``serve.stopped``). A signal before the line was printed stops at once
 (nothing was being served).
 
@@ -32,7 +33,14 @@ Exit status: 130/143 after a stop by signal, 1 when the service could not be sta
 (import, options, bind, registry), 2 for malformed arguments. Errors are one line on
 stderr: ``trio-micro serve: error: ...``.
 
-Log events: ``serve.started``, ``serve.stopping``, ``serve.forced``, ``serve.stopped``.
+Admission control (see docs/rpc.md): ``--max-inflight N`` refuses calls beyond N
+running at once; ``--rate-limit RATE[/BURST]`` gives each caller (``--rate-limit-key
+peer`` or ``metadata:NAME``) RATE calls a second. Both answer ``RESOURCE_EXHAUSTED`` at
+once; with ``--debug-port`` both are counted on ``/metrics``
+(``trio_micro_rpc_server_refused_calls_total``, ``trio_micro_rpc_rate_limit_*``).
+
+Log events: ``serve.started``, ``serve.stopping``, ``serve.deregistered``,
+``serve.not_serving``, ``serve.forced``, ``serve.stopped``.
 """
 
 from __future__ import annotations
@@ -62,7 +70,9 @@ from ._common import (
     CommandError,
     Stopper,
     epilog,
+    integer,
     key_value,
+    number,
     port,
     run_trio,
     seconds,
@@ -329,6 +339,68 @@ def add_serve_parser(subparsers: Any) -> None:
         action="store_true",
         help="do not log one record per call (rpc.AccessLogInterceptor)",
     )
+    add_admission_arguments(parser)
+
+
+# ---------------------------------------------------------------------- admission control
+
+
+def rate_limit(text: str) -> tuple[float, int]:
+    """argparse type: ``RATE[/BURST]``, calls per second (> 0) and a burst (>= 1, default 1)."""
+    rate_text, sep, burst_text = text.partition("/")
+    try:
+        rate = number("a rate in calls per second")(rate_text)
+        burst = integer(1)(burst_text) if sep else 1
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected RATE[/BURST] such as 100 or 100/20 (calls per second > 0, burst >= 1), "
+            f"got {text!r}"
+        ) from None
+    return rate, burst
+
+
+def rate_limit_key(text: str) -> str:
+    """argparse type: ``peer`` or ``metadata:NAME``."""
+    if text == "peer" or (text.startswith("metadata:") and len(text) > len("metadata:")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected peer or metadata:NAME, got {text!r}")
+
+
+def add_admission_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-inflight``, ``--rate-limit`` and ``--rate-limit-key``."""
+    parser.add_argument(
+        "--max-inflight",
+        type=integer(1),
+        default=None,
+        metavar="N",
+        help="refuse calls beyond N running at once with RESOURCE_EXHAUSTED, at once "
+        "(clients retry elsewhere); default: no limit",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=rate_limit,
+        default=None,
+        metavar="RATE[/BURST]",
+        help="give each caller RATE calls per second, bursts of BURST (default 1); more "
+        "are refused with RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--rate-limit-key",
+        type=rate_limit_key,
+        default="peer",
+        metavar="peer|metadata:NAME",
+        help="who a caller is for --rate-limit: its host, or the value of metadata NAME "
+        "such as an API key (default: peer)",
+    )
+
+
+def admission_interceptors(
+    rate: tuple[float, int] | None, key: str
+) -> list[rpc.RateLimitInterceptor]:
+    """The rate-limit interceptor ``--rate-limit`` asks for (outermost), or none."""
+    if rate is None:
+        return []
+    return [rpc.RateLimitInterceptor(rate[0], rate[1], key=key)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +417,9 @@ class _ServeConfig:
     grace: float
     access_log: bool
     debug_port: int | None = None
+    max_inflight: int | None = None
+    rate_limit: tuple[float, int] | None = None
+    rate_limit_key: str = "peer"
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -377,6 +452,9 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         grace=args.grace,
         access_log=not args.no_access_log,
         debug_port=args.debug_port,
+        max_inflight=args.max_inflight,
+        rate_limit=args.rate_limit,
+        rate_limit_key=args.rate_limit_key,
     )
 
 
@@ -395,9 +473,10 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
         # down gracefully (open_server does it on a normal exit), close the service.
         service = await _enter_service(stack, config.spec, config.target, config.options)
         names = [service.__rpc_name__]
-        interceptors: list[rpc.ServerInterceptor] = (
-            [rpc.AccessLogInterceptor()] if config.access_log else []
-        )
+        limiters = admission_interceptors(config.rate_limit, config.rate_limit_key)
+        interceptors: list[rpc.ServerInterceptor] = [*limiters]
+        if config.access_log:
+            interceptors.append(rpc.AccessLogInterceptor())
         if config.debug_port is not None:
             interceptors.append(rpc.MetricsInterceptor())
         try:
@@ -409,36 +488,51 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
                     interceptors=interceptors,
                     reflection=True,
                     grace_period=config.grace,
+                    max_inflight=config.max_inflight,
                 )
             )
         except* OSError as group:
             raise listen_error(config.host, config.port, group) from None
         address = config.advertise or _format_address(*server.address[:2])
+        readiness = _Readiness(server, registering=config.registry is not None)
         if config.debug_port is not None:
             stack.callback(rpc.register_server_metrics(server))
+            for limiter in limiters:
+                stack.callback(
+                    observe.register_stats_source(
+                        "rpc_rate_limit",
+                        limiter.statistics,
+                        counters=("admitted", "refused", "keys_evicted"),
+                    )
+                )
             observe.register_process_metrics()
             # Live tasks and blocked-loop events on /metrics; the monitor times every task
             # step, a cost paid only with --debug-port.
             monitor = await stack.enter_async_context(observe.open_task_monitor())
             stack.callback(observe.register_task_monitor(monitor))
             debug = await stack.enter_async_context(
-                observe.open_debug_server(port=config.debug_port)
+                observe.open_debug_server(port=config.debug_port, ready=readiness)
             )
             log.info("serve.debug_endpoint", url=debug.url)
             print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
         stopper.fields.update(services=names, address=address)
+        registrations = AsyncExitStack()  # closed by _drain, first thing on the way out
         where = None
         if config.registry is not None:
             scheme, authority = config.registry
             where = f"{scheme}://{authority}"
             try:
                 registry = await stack.enter_async_context(_open_registry(scheme, authority))
+                # Deregisters before the client closes, also when a registration fails.
+                stack.push_async_callback(registrations.aclose)
                 for name in names:
-                    await stack.enter_async_context(
+                    await registrations.enter_async_context(
                         registry.register(name, address, ttl=config.ttl, metadata=config.metadata)
                     )
             except* RegistryError as group:
                 raise CommandError(f"cannot register with {where}: {group.exceptions[0]}") from None
+            readiness.registered = True
+        stack.push_async_callback(_drain, server, registrations, readiness)
         stopper.serving()
         log.info(
             "serve.started",
@@ -449,6 +543,37 @@ async def _serve(config: _ServeConfig, stopper: Stopper) -> None:
         )
         print(f"serving {','.join(names)} on {address}", flush=True)
         await stopper.wait()
+
+
+class _Readiness:
+    """``/readyz``: serving (health ``SERVING``) and, with ``--registry``, registered."""
+
+    def __init__(self, server: rpc.Server, *, registering: bool) -> None:
+        self._server = server
+        self._registering = registering
+        self.registered = False
+        self.stopping = False
+
+    def __call__(self) -> bool:
+        health = self._server.health
+        return (
+            not self.stopping
+            and (health is None or health.serving)
+            and (self.registered or not self._registering)
+        )
+
+
+async def _drain(server: rpc.Server, registrations: AsyncExitStack, readiness: _Readiness) -> None:
+    """The first steps of a stop: not ready, deregister, NOT_SERVING -- then (the caller's
+    exit stack goes on) the server's GOAWAY and grace period."""
+    readiness.stopping = True
+    if readiness.registered:
+        await registrations.aclose()
+        readiness.registered = False
+        log.info("serve.deregistered")
+    if server.health is not None:
+        await server.health.shutdown()  # at most a second; a second signal cuts it short
+        log.info("serve.not_serving")
 
 
 def run_serve(args: argparse.Namespace) -> int:

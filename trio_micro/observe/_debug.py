@@ -13,7 +13,14 @@ a small ASGI application with hypercorn's trio worker, in the caller's trio run:
                     :mod:`tracemalloc` is tracing; ``?top=N`` lists N sites (text)
 ``/debug/stats``    process id, uptime, RSS, live tasks and every registered stats
                     source -- servers, channels, task monitor, caches (JSON)
+``/healthz``        liveness: ``200 ok`` whenever the event loop answers (text)
+``/readyz``         readiness: ``200 ready`` when the ``ready`` callable passed in
+                    says so, else ``503 not ready`` (text); for Kubernetes probes
 ==================  ===============================================================
+
+What "ready" means is the caller's: ``trio-micro serve`` passes a callable that is true
+while its server's health is ``SERVING`` and it is registered (this package does not
+import the RPC layer). Without one, ``/readyz`` answers like ``/healthz``.
 
 Other paths get 404; methods other than GET and HEAD get 405.
 
@@ -39,7 +46,7 @@ import socket
 import time
 import tracemalloc
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, final
 
@@ -49,7 +56,7 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from .._validate import check_bool, check_int
+from .._validate import check_bool, check_callable, check_int
 from ._memory import _top_allocations, memory_snapshot
 from ._metrics import hub_for, register_process_metrics, resolve_registry, uptime_seconds
 from ._tasks import _walk, format_task_tree
@@ -66,6 +73,8 @@ _PAGES: Final = (
     ("/debug/tasks", "live task tree"),
     ("/debug/memory", "memory: RSS, gc, top allocations (tracemalloc)"),
     ("/debug/stats", "stats as JSON: uptime, RSS, tasks, servers, channels, caches"),
+    ("/healthz", "liveness (200 while the event loop answers)"),
+    ("/readyz", "readiness (200 when ready, else 503)"),
 )
 _DEFAULT_TOP: Final = 25
 _MAX_TOP: Final = 1000
@@ -107,6 +116,7 @@ async def serve_debug(
     port: int = 0,
     registry: CollectorRegistry | None = None,
     allow_remote: bool = False,
+    ready: Callable[[], bool] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the debug pages over HTTP until cancelled.
@@ -129,6 +139,8 @@ async def serve_debug(
             ``/debug/stats``; default ``prometheus_client.REGISTRY``.
         allow_remote: Allow binding to a non-loopback address (``"0.0.0.0"``, a public
             interface): anyone who can reach it can read the pages.
+        ready: Called (synchronously, in the trio thread) for each ``/readyz``; true
+            means ready. ``None``: ready whenever live.
         task_status: Receives ``(host, port)``.
 
     Raises:
@@ -138,14 +150,20 @@ async def serve_debug(
         OSError: The address could not be resolved or bound (e.g. the port is in use),
             raised before ``task_status.started``.
     """
-    sock, registry = await _prepare(host, port, registry, allow_remote)
-    await _serve_bound(sock, registry, task_status=task_status)
+    sock, registry = await _prepare(host, port, registry, allow_remote, ready)
+    await _serve_bound(sock, registry, ready, task_status=task_status)
 
 
 async def _prepare(
-    host: str, port: int, registry: CollectorRegistry | None, allow_remote: bool
+    host: str,
+    port: int,
+    registry: CollectorRegistry | None,
+    allow_remote: bool,
+    ready: Callable[[], bool] | None,
 ) -> tuple[socket.socket, CollectorRegistry]:
     """Check the arguments and bind the socket (the part that can fail on bad input)."""
+    if ready is not None:
+        check_callable("ready", ready)
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, got {host!r}")
     check_int("port", port, minimum=0)
@@ -160,6 +178,7 @@ async def _prepare(
 async def _serve_bound(
     sock: socket.socket,
     registry: CollectorRegistry,
+    ready: Callable[[], bool] | None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -180,7 +199,9 @@ async def _serve_bound(
     config.errorlog = logging.getLogger(HTTP_LOGGER)
     relay = _Relay(task_status, address)
     try:
-        await hypercorn.trio.serve(_DebugApp(registry), config, mode="asgi", task_status=relay)
+        await hypercorn.trio.serve(
+            _DebugApp(registry, ready), config, mode="asgi", task_status=relay
+        )
     finally:
         if not relay.handed_over:
             # Cancelled or failed before hypercorn made its socket: the descriptor is ours.
@@ -234,6 +255,7 @@ async def open_debug_server(
     port: int = 0,
     registry: CollectorRegistry | None = None,
     allow_remote: bool = False,
+    ready: Callable[[], bool] | None = None,
 ) -> AsyncIterator[DebugServer]:
     """Run :func:`serve_debug` for the ``async with`` body; yield a :class:`DebugServer`.
 
@@ -248,16 +270,17 @@ async def open_debug_server(
         port: See :func:`serve_debug`.
         registry: See :func:`serve_debug`.
         allow_remote: See :func:`serve_debug`.
+        ready: See :func:`serve_debug`.
 
     Raises:
         TypeError, ValueError, OSError: As :func:`serve_debug`, on entry (not wrapped).
     """
     # Checking and binding happen here, outside the nursery, so that their errors are not
     # wrapped in an ExceptionGroup.
-    sock, resolved = await _prepare(host, port, registry, allow_remote)
+    sock, resolved = await _prepare(host, port, registry, allow_remote, ready)
     try:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(functools.partial(_serve_bound, sock, resolved))
+            address = await nursery.start(functools.partial(_serve_bound, sock, resolved, ready))
             try:
                 yield DebugServer(address)
             finally:
@@ -294,8 +317,9 @@ def _text(status: int, text: str) -> _Response:
 class _DebugApp:
     """The ASGI 3 application behind :func:`serve_debug`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool] | None) -> None:
         self._registry = registry
+        self._ready = ready
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -394,12 +418,22 @@ class _DebugApp:
         }
         return _Response(200, _json_encode(stats) + b"\n", b"application/json")
 
+    async def _healthz(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        return _text(200, "ok\n")
+
+    async def _readyz(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        if self._ready is None or self._ready():
+            return _text(200, "ready\n")
+        return _text(503, "not ready\n")
+
     _pages: Final = {
         "/": _index,
         "/metrics": _metrics,
         "/debug/tasks": _tasks,
         "/debug/memory": _memory,
         "/debug/stats": _stats,
+        "/healthz": _healthz,
+        "/readyz": _readyz,
     }
 
 
