@@ -102,11 +102,19 @@ class Channel:
         ejection: OutlierEjection | None = _DEFAULT_EJECTION,
         service: str | None = None,
         discovery_timeout: float = 10.0,
+        health_check: str | None = None,
     ) -> None:
         self._service = service
         self._balancer = balancer
         self._pool = EndpointPool(
-            endpoints, pool_size, options, balancer, ejection, service, discovery_timeout
+            endpoints,
+            pool_size,
+            options,
+            balancer,
+            ejection,
+            service,
+            discovery_timeout,
+            health_check,
         )
         self._caller = Caller(self._pool, balancer, interceptors, retry)
 
@@ -216,6 +224,12 @@ def _endpoints(target: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoi
     return [item if isinstance(item, Endpoint) else Endpoint.parse(item) for item in items]
 
 
+def _check_health_check(name: object) -> str | None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"health_check must be a service name (str) or None, got {name!r}")
+    return name
+
+
 @asynccontextmanager
 async def open_channel(
     target: str | Endpoint | Sequence[str | Endpoint],
@@ -234,6 +248,7 @@ async def open_channel(
     keepalive_timeout: float = 20.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     initial_stream_credit: int = 64,
+    health_check: str | None = None,
 ) -> AsyncIterator[Channel]:
     """Open a channel to a server, several replicas of one, or a service found in a registry.
 
@@ -286,6 +301,10 @@ async def open_channel(
             connection (its calls fail with ``UNAVAILABLE``).
         max_frame_size: Largest frame this side accepts (bytes).
         initial_stream_credit: Items a server-stream may send ahead of the consumer.
+        health_check: Watch this service's health on every connection (``""``: the whole
+            server; gRPC's health protocol, docs/rpc.md §13) and pick no endpoint that is
+            not ``SERVING``; when none is, calls fail with ``UNAVAILABLE``. ``None`` (the
+            default): don't watch.
 
     Raises:
         TypeError / ValueError: A bad argument, or an unknown target scheme.
@@ -345,6 +364,7 @@ async def open_channel(
         ejection=outlier_ejection,
         service=service,
         discovery_timeout=check_seconds("discovery_timeout", discovery_timeout),
+        health_check=_check_health_check(health_check),
     )
     async with AsyncExitStack() as stack:
         resolver = registry
