@@ -44,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 100_000
 CACHE_SIZE = 100  # most calls miss: the database is the bottleneck, as in a real service
+THREADS = 1  # one database thread: a capacity the client can offer three times over
 
 
 # --- the client (a child process) ---------------------------------------------------------
@@ -161,7 +162,8 @@ def _rss(pid: int) -> int:
 def _server(db: Path, cpu: int | None, max_inflight: int | None) -> Iterator[tuple[int, int]]:
     command = [
         sys.executable, "-m", "trio_micro", "serve", "examples.user_service:UserService",
-        "-o", f"db={db}", "-o", f"cache_size={CACHE_SIZE}", "--port", "0", "--no-access-log",
+        "-o", f"db={db}", "-o", f"cache_size={CACHE_SIZE}", "-o", f"threads={THREADS}",
+        "--port", "0", "--no-access-log",
         "--log-level", "error",
     ]  # fmt: skip
     if max_inflight is not None:
@@ -240,9 +242,10 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(
         f"{os.cpu_count()} cores; "
         + (f"server on core {cpus[0]}, client on core {cpus[1]}" if cpus else "not pinned")
-        + f"; {USERS:,} users, cache_size={CACHE_SIZE}, deadline {args.deadline:g} s, "
-        f"{args.seconds:g} s per phase, max_inflight={args.max_inflight}; medians of "
-        f"{args.runs} run(s); load average before: {os.getloadavg()[0]:.1f}\n",
+        + f"; {USERS:,} users, cache_size={CACHE_SIZE}, threads={THREADS}, "
+        f"deadline {args.deadline:g} s, {args.seconds:g} s per phase, "
+        f"max_inflight={args.max_inflight}; medians of {args.runs} run(s); "
+        f"load average before: {os.getloadavg()[0]:.1f}\n",
         flush=True,
     )
     rows: dict[str, list[dict[str, Any]]] = {"unloaded": [], "without": [], "with": []}
