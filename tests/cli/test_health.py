@@ -20,6 +20,9 @@ from trio_micro.registry import open_registry_client, open_registry_server
 from .test_call import cli, free_port
 from .test_serve import SLOW, running
 
+# The commands configure structlog for the whole process: restored after each test.
+pytestmark = pytest.mark.usefixtures("quiet_logging")
+
 # --- the health command, in process ------------------------------------------------------
 
 
