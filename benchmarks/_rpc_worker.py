@@ -440,6 +440,10 @@ def trio_micro_server(args: argparse.Namespace) -> None:
             flush_interval=args.log_flush_interval,
         )
         options[keyword] = [interceptor()]
+    if args.rate_limit:
+        # A limit no caller reaches: what the interceptor costs per admitted call.
+        limiter = rpc.RateLimitInterceptor(1e9, burst=1_000_000)
+        options["interceptors"] = [limiter, *options.get("interceptors", [])]
     service = _bench_service()
 
     async def main() -> None:
@@ -529,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="server: buffer the access log, flushed this often (seconds)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        action="store_true",
+        help="server (trio_micro): add rpc.RateLimitInterceptor, keyed by peer, never reached",
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--in-flight", type=int, default=64)

@@ -25,6 +25,8 @@ Contenders (``--only`` names):
   asyncio client :mod:`trio_micro.aio` (one connection, ``asyncio.gather`` workers like the
   grpcio client) on asyncio's default loop / on uvloop: an asyncio program's client, next
   to grpcio-aio's.
+* ``trio_micro_ratelimit``: ``trio_micro`` with ``rpc.RateLimitInterceptor`` (keyed by
+  peer, a rate no caller reaches): the interceptor's cost per admitted call.
 
 Workloads: throughput with 64 calls in flight on one connection; sequential latency (one
 call at a time, p50/p99); throughput with 256 in flight and the server's peak RSS. Every
@@ -77,7 +79,10 @@ CONTENDERS: dict[str, tuple[str, str, str | None]] = {
     # issue #19: the asyncio client of trio_micro.aio against the same trio_micro server
     "trio_micro_aio": ("trio_micro.aio client (asyncio)", "trio_micro_aio", None),
     "trio_micro_uvloop": ("trio_micro.aio client (uvloop)", "trio_micro_uvloop", None),
+    "trio_micro_ratelimit": ("trio_micro + rate-limit interceptor", "trio_micro", None),
 }
+# Contenders whose server adds the rate-limit interceptor (worker flag --rate-limit).
+RATE_LIMITED = frozenset({"trio_micro_ratelimit"})
 BASELINE, CEILING, SUBJECT = "grpcio", "raw", "trio_micro"
 
 SERVER_START_TIMEOUT = 30.0
@@ -191,10 +196,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def _server(
-    contender: str, cpu: int | None, log_file: Path | None, buffered: bool, stderr_path: Path
+    contender: str,
+    cpu: int | None,
+    log_file: Path | None,
+    buffered: bool,
+    stderr_path: Path,
+    rate_limit: bool = False,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start a server; yield it with its first stdout line; always stop it."""
     command = [sys.executable, str(WORKER), "server", contender]
+    if rate_limit:
+        command.append("--rate-limit")
     if cpu is not None:
         command += ["--cpu", str(cpu)]
     if log_file is not None:
@@ -220,7 +232,9 @@ def measure(key: str, workload: Workload, cpus: tuple[int, int] | None, scratch:
         log_file.unlink(missing_ok=True)
     server_err = scratch / "server.stderr"
     sample = Sample()
-    with _server(contender, server_cpu, log_file, logged == BUFFERED, server_err) as (proc, line):
+    with _server(
+        contender, server_cpu, log_file, logged == BUFFERED, server_err, key in RATE_LIMITED
+    ) as (proc, line):
         if line.startswith("NA "):
             sample.not_available = line[3:]
             return sample
@@ -334,12 +348,19 @@ def latency_table(results: dict[str, Summary]) -> str:
 def targets(results: dict[str, dict[str, Summary]]) -> list[str]:
     """The pass/fail lines of issue #3, where both sides were measured."""
 
-    def check(workload: str, attribute: str, peer: str, limit: float, at_least: bool) -> str:
-        mine, other = results[workload].get(SUBJECT), results[workload].get(peer)
+    def check(
+        workload: str,
+        attribute: str,
+        peer: str,
+        limit: float,
+        at_least: bool,
+        subject: str = SUBJECT,
+    ) -> str:
+        mine, other = results[workload].get(subject), results[workload].get(peer)
         if mine is None or other is None:
             return "not measured (use both contenders)"
         if mine.failure or other.failure:
-            failed = CONTENDERS[SUBJECT if mine.failure else peer][0]
+            failed = CONTENDERS[subject if mine.failure else peer][0]
             return f"not measured ({failed} has no figure)"
         value, reference = mine.median(attribute), other.median(attribute)
         ratio = value / reference
@@ -360,6 +381,9 @@ def targets(results: dict[str, dict[str, Summary]]) -> list[str]:
         + check("latency", "p50_us", BASELINE, 0.5, at_least=False),
         "- server peak RSS at 256 in flight not above grpcio-aio's: "
         + check("tput256", "peak_rss", BASELINE, 1.0, at_least=False),
+        "- (issue #14) the rate-limit interceptor keeps at least 90% of the throughput at 64 "
+        "in flight: "
+        + check("tput64", "rate", SUBJECT, 0.9, at_least=True, subject="trio_micro_ratelimit"),
     ]
 
 

@@ -187,7 +187,7 @@ async def test_call_without_reflection_says_so(capsys: pytest.CaptureFixture[str
             "users.get_user",
             "{}",
             "the target serves no service 'users' (it serves: grpc.testing.TestService, "
-            "trio_micro.reflection)",
+            "trio_micro.health, trio_micro.reflection)",
         ),
     ],
 )
@@ -254,7 +254,7 @@ async def test_list_prints_a_table_of_methods(
 ) -> None:
     assert await cli("list", target) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "2 services, 9 methods"
+    assert lines[0] == "3 services, 11 methods"
     assert lines[1].split() == ["service", "method", "kind", "idempotent", "request"]
     rows = {tuple(line.split()[:4]): line for line in lines[3:]}
     get_user = rows["grpc.testing.TestService", "get_user", "unary", "yes"]
@@ -270,7 +270,11 @@ async def test_list_json(target: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert await cli("list", target, "--json") == 0
     reply = json.loads(capsys.readouterr().out)
     services = {s["name"]: s for s in reply["services"]}
-    assert set(services) == {"grpc.testing.TestService", "trio_micro.reflection"}
+    assert set(services) == {
+        "grpc.testing.TestService",
+        "trio_micro.health",
+        "trio_micro.reflection",
+    }
     methods = {m["name"]: m for m in services["grpc.testing.TestService"]["methods"]}
     assert methods["get_user"]["kind"] == "unary"
     assert methods["get_user"]["idempotent"] is True

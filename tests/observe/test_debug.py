@@ -340,6 +340,8 @@ async def test_stats_page_is_json_with_process_tasks_and_sources(
         "active_calls": 0,
         "queued_bytes": 0,
         "shutting_down": False,
+        "refused_calls": 0,
+        "health_watches": 0,
     }
 
 

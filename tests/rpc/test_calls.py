@@ -176,7 +176,11 @@ async def test_calls_spread_over_the_pool(server: rpc.Server) -> None:
 async def test_reflection_lists_services_and_schemas(channel: rpc.Channel) -> None:
     response = await channel.stub(rpc.ReflectionService).list_services(rpc.ListServicesRequest())
     services = {service.name: service for service in response.services}
-    assert set(services) == {"grpc.testing.TestService", "trio_micro.reflection"}
+    assert set(services) == {
+        "grpc.testing.TestService",
+        "trio_micro.health",
+        "trio_micro.reflection",
+    }
     methods = {method.name: method for method in services["grpc.testing.TestService"].methods}
     assert methods["get_user"].kind == "unary"
     assert methods["get_user"].idempotent

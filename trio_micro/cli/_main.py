@@ -31,6 +31,7 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "list": ("._call", "add_call_parsers", "run_list"),
     "schema": ("._schema", "add_schema_parser", "run_schema"),
     "bench": ("._bench", "add_bench_parser", "run_bench"),
+    "health": ("._health", "add_health_parser", "run_health"),
     "demo": ("._demo", "add_demo_parser", "run_demo"),
 }
 

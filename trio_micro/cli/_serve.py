@@ -20,11 +20,12 @@ Lifecycle
 Listen (``rpc.open_server`` with reflection and, unless ``--no-access-log``, the access
 log), register every service with ``--registry`` if given, then print exactly one line
 to stdout, ``serving SERVICE[,SERVICE...] on HOST:PORT`` (the address clients use: the
-``--advertise`` address, else the bound one). On SIGINT or SIGTERM: deregister, then
-shut the server down gracefully (``GOAWAY``, in-flight calls get ``--grace`` seconds,
-then are cancelled), close the service, log ``serve.stopped`` and exit ``128 +`` the
-signal number (130, 143), as every command does (:mod:`._common`). A second signal
-during that drain cancels everything at once (logged as ``serve.forced``, with
+``--advertise`` address, else the bound one). On SIGINT or SIGTERM, in this order:
+deregister (``/readyz`` turns 503), turn every health status ``NOT_SERVING`` (health
+watchers hear it), then shut the server down gracefully (``GOAWAY``, in-flight calls get
+``--grace`` seconds, then are cancelled), close the service, log ``serve.stopped`` and
+exit ``128 +`` the signal number (130, 143), as every command does (:mod:`._common`). A
+second signal during that drain cancels everything at once (logged as ``serve.forced``, with
 ``forced=true`` in ``serve.stopped``). A signal before the line was printed stops at once
 (nothing was being served).
 
@@ -32,7 +33,14 @@ Exit status: 130/143 after a stop by signal, 1 when the service could not be sta
 (import, options, bind, registry), 2 for malformed arguments. Errors are one line on
 stderr: ``trio-micro serve: error: ...``.
 
-Log events: ``serve.started``, ``serve.stopping``, ``serve.forced``, ``serve.stopped``.
+Admission control (see docs/rpc.md): ``--max-inflight N`` refuses calls beyond N
+running at once; ``--rate-limit RATE[/BURST]`` gives each caller (``--rate-limit-key
+peer`` or ``metadata:NAME``) RATE calls a second. Both answer ``RESOURCE_EXHAUSTED`` at
+once; with ``--debug-port`` both are counted on ``/metrics``
+(``trio_micro_rpc_server_refused_calls_total``, ``trio_micro_rpc_rate_limit_*``).
+
+Log events: ``serve.started``, ``serve.stopping``, ``serve.deregistered``,
+``serve.not_serving``, ``serve.forced``, ``serve.stopped``.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from trio_micro.registry import (
 )
 from trio_micro.supervise import WorkerContext
 
+from ._admission import add_admission_arguments, admission_interceptors
 from ._common import (
     EXIT_OK,
     CommandError,
@@ -346,6 +355,7 @@ def add_serve_parser(subparsers: Any) -> None:
     )
     add_http_port_argument(parser)  # --http-port (issue #19)
     add_tls_arguments(parser)
+    add_admission_arguments(parser)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +378,9 @@ class _ServeConfig:
     # TLS: the server's context (None: plain TCP), and how to reach --registry.
     server_tls: ssl.SSLContext | None = None
     client_tls: ClientTls = field(default_factory=ClientTls)
+    max_inflight: int | None = None
+    rate_limit: tuple[float, int] | None = None
+    rate_limit_key: str = "peer"
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -410,6 +423,9 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         http_port=args.http_port,
         server_tls=server_tls(args),
         client_tls=client_tls(args),
+        max_inflight=args.max_inflight,
+        rate_limit=args.rate_limit,
+        rate_limit_key=args.rate_limit_key,
     )
 
 
@@ -431,9 +447,10 @@ async def _serve(
         # down gracefully (open_server does it on a normal exit), close the service.
         service = await _enter_service(stack, config.spec, config.target, config.options)
         names = [service.__rpc_name__]
-        interceptors: list[rpc.ServerInterceptor] = (
-            [rpc.AccessLogInterceptor()] if config.access_log else []
-        )
+        limiters = admission_interceptors(config.rate_limit, config.rate_limit_key)
+        interceptors: list[rpc.ServerInterceptor] = [*limiters]
+        if config.access_log:
+            interceptors.append(rpc.AccessLogInterceptor())
         debug_port = config.debug_port
         if worker is not None:  # the supervisor serves the --debug-port; ours is private
             debug_port = 0 if os.environ.get(ENV_WORKER_DEBUG) == "1" else None
@@ -450,6 +467,7 @@ async def _serve(
                         reflection=True,
                         grace_period=config.grace,
                         ssl_context=config.server_tls,
+                        max_inflight=config.max_inflight,
                     )
                 )
             else:
@@ -466,6 +484,7 @@ async def _serve(
                         reflection=True,
                         grace_period=config.grace,
                         ssl_context=config.server_tls,
+                        max_inflight=config.max_inflight,
                     )
                 )
         except* OSError as group:
@@ -476,21 +495,33 @@ async def _serve(
             own_port = server.addresses[-1][1]
             host = parse_address(config.advertise)[0] if config.advertise else config.host
             address = _format_address(host, own_port)
+        readiness = _Readiness(server, registering=config.registry is not None)
         debug = None
         if debug_port is not None:
             stack.callback(rpc.register_server_metrics(server))
+            for limiter in limiters:
+                stack.callback(
+                    observe.register_stats_source(
+                        "rpc_rate_limit",
+                        limiter.statistics,
+                        counters=("admitted", "refused", "keys_evicted"),
+                    )
+                )
             observe.register_process_metrics()
             # Live tasks and blocked-loop events on /metrics; the monitor times every task
             # step, a cost paid only with --debug-port.
             monitor = await stack.enter_async_context(observe.open_task_monitor())
             stack.callback(observe.register_task_monitor(monitor))
-            debug = await stack.enter_async_context(observe.open_debug_server(port=debug_port))
+            debug = await stack.enter_async_context(
+                observe.open_debug_server(port=debug_port, ready=readiness)
+            )
             log.info("serve.debug_endpoint", url=debug.url)
             if worker is None:
                 print(f"debug endpoint: {debug.url}", file=sys.stderr, flush=True)
         if config.http_port is not None:  # issue #19: the Connect gateway, same process
             await enter_http_gateway(stack, server, [service], config.host, config.http_port)
         stopper.fields.update(services=names, address=address)
+        registrations = AsyncExitStack()  # closed by _drain, first thing on the way out
         where = None
         if config.registry is not None:
             scheme, authority = config.registry
@@ -499,12 +530,16 @@ async def _serve(
                 registry = await stack.enter_async_context(
                     open_registry(scheme, authority, config.client_tls)
                 )
+                # Deregisters before the client closes, also when a registration fails.
+                stack.push_async_callback(registrations.aclose)
                 for name in names:
-                    await stack.enter_async_context(
+                    await registrations.enter_async_context(
                         registry.register(name, address, ttl=config.ttl, metadata=config.metadata)
                     )
             except* RegistryError as group:
                 raise CommandError(f"cannot register with {where}: {group.exceptions[0]}") from None
+            readiness.registered = True
+        stack.push_async_callback(_drain, server, registrations, readiness)
         stopper.serving()
         log.info(
             "serve.started",
@@ -523,6 +558,37 @@ async def _serve(
                 debug_port=None if debug is None else debug.address[1],
             )
         await stopper.wait()
+
+
+class _Readiness:
+    """``/readyz``: serving (health ``SERVING``) and, with ``--registry``, registered."""
+
+    def __init__(self, server: rpc.Server, *, registering: bool) -> None:
+        self._server = server
+        self._registering = registering
+        self.registered = False
+        self.stopping = False
+
+    def __call__(self) -> bool:
+        health = self._server.health
+        return (
+            not self.stopping
+            and (health is None or health.serving)
+            and (self.registered or not self._registering)
+        )
+
+
+async def _drain(server: rpc.Server, registrations: AsyncExitStack, readiness: _Readiness) -> None:
+    """The first steps of a stop: not ready, deregister, NOT_SERVING -- then (the caller's
+    exit stack goes on) the server's GOAWAY and grace period."""
+    readiness.stopping = True
+    if readiness.registered:
+        await registrations.aclose()
+        readiness.registered = False
+        log.info("serve.deregistered")
+    if server.health is not None:
+        await server.health.shutdown()  # at most a second; a second signal cuts it short
+        log.info("serve.not_serving")
 
 
 def run_serve(args: argparse.Namespace) -> int:

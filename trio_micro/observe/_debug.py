@@ -13,7 +13,14 @@ a small ASGI application with hypercorn's trio worker, in the caller's trio run:
                     :mod:`tracemalloc` is tracing; ``?top=N`` lists N sites (text)
 ``/debug/stats``    process id, uptime, RSS, live tasks and every registered stats
                     source -- servers, channels, task monitor, caches (JSON)
+``/healthz``        liveness: ``200 ok`` whenever the event loop answers (text)
+``/readyz``         readiness: ``200 ready`` when the ``ready`` callable passed in
+                    says so, else ``503 not ready`` (text); for Kubernetes probes
 ==================  ===============================================================
+
+What "ready" means is the caller's: ``trio-micro serve`` passes a callable that is true
+while its server's health is ``SERVING`` and it is registered (this package does not
+import the RPC layer). Without one, ``/readyz`` answers like ``/healthz``.
 
 Other paths get 404; methods other than GET and HEAD get 405.
 
@@ -67,6 +74,8 @@ _PAGES: Final = (
     ("/debug/tasks", "live task tree"),
     ("/debug/memory", "memory: RSS, gc, top allocations (tracemalloc)"),
     ("/debug/stats", "stats as JSON: uptime, RSS, tasks, servers, channels, caches"),
+    ("/healthz", "liveness (200 while the event loop answers)"),
+    ("/readyz", "readiness (200 when ready, else 503)"),
 )
 _DEFAULT_TOP: Final = 25
 _MAX_TOP: Final = 1000
@@ -109,6 +118,7 @@ async def serve_debug(
     registry: CollectorRegistry | None = None,
     allow_remote: bool = False,
     before_scrape: Callable[[], Awaitable[object]] | None = None,
+    ready: Callable[[], bool] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the debug pages over HTTP until cancelled.
@@ -135,6 +145,8 @@ async def serve_debug(
             figures need I/O (a supervisor scraping its workers) can refresh them; a
             collector's ``collect()`` is synchronous. Its errors are logged and the
             scrape goes on.
+        ready: Called (synchronously, in the trio thread) for each ``/readyz``; true
+            means ready. ``None``: ready whenever live.
         task_status: Receives ``(host, port)``.
 
     Raises:
@@ -144,8 +156,8 @@ async def serve_debug(
         OSError: The address could not be resolved or bound (e.g. the port is in use),
             raised before ``task_status.started``.
     """
-    sock, registry = await _prepare(host, port, registry, allow_remote, before_scrape)
-    await _serve_bound(sock, registry, before_scrape, task_status=task_status)
+    sock, registry = await _prepare(host, port, registry, allow_remote, before_scrape, ready)
+    await _serve_bound(sock, registry, before_scrape, ready, task_status=task_status)
 
 
 async def _prepare(
@@ -154,8 +166,11 @@ async def _prepare(
     registry: CollectorRegistry | None,
     allow_remote: bool,
     before_scrape: Callable[[], Awaitable[object]] | None,
+    ready: Callable[[], bool] | None,
 ) -> tuple[socket.socket, CollectorRegistry]:
     """Check the arguments and bind the socket (the part that can fail on bad input)."""
+    if ready is not None:
+        check_callable("ready", ready)
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, got {host!r}")
     if before_scrape is not None:
@@ -173,6 +188,7 @@ async def _serve_bound(
     sock: socket.socket,
     registry: CollectorRegistry,
     before_scrape: Callable[[], Awaitable[object]] | None,
+    ready: Callable[[], bool] | None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -194,7 +210,7 @@ async def _serve_bound(
     relay = _Relay(task_status, address)
     try:
         await hypercorn.trio.serve(
-            _DebugApp(registry, before_scrape), config, mode="asgi", task_status=relay
+            _DebugApp(registry, before_scrape, ready), config, mode="asgi", task_status=relay
         )
     finally:
         if not relay.handed_over:
@@ -250,6 +266,7 @@ async def open_debug_server(
     registry: CollectorRegistry | None = None,
     allow_remote: bool = False,
     before_scrape: Callable[[], Awaitable[object]] | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> AsyncIterator[DebugServer]:
     """Run :func:`serve_debug` for the ``async with`` body; yield a :class:`DebugServer`.
 
@@ -265,17 +282,18 @@ async def open_debug_server(
         registry: See :func:`serve_debug`.
         allow_remote: See :func:`serve_debug`.
         before_scrape: See :func:`serve_debug`.
+        ready: See :func:`serve_debug`.
 
     Raises:
         TypeError, ValueError, OSError: As :func:`serve_debug`, on entry (not wrapped).
     """
     # Checking and binding happen here, outside the nursery, so that their errors are not
     # wrapped in an ExceptionGroup.
-    sock, resolved = await _prepare(host, port, registry, allow_remote, before_scrape)
+    sock, resolved = await _prepare(host, port, registry, allow_remote, before_scrape, ready)
     try:
         async with open_background_nursery() as nursery:
             address = await nursery.start(
-                functools.partial(_serve_bound, sock, resolved, before_scrape)
+                functools.partial(_serve_bound, sock, resolved, before_scrape, ready)
             )
             try:
                 yield DebugServer(address)
@@ -314,10 +332,14 @@ class _DebugApp:
     """The ASGI 3 application behind :func:`serve_debug`."""
 
     def __init__(
-        self, registry: CollectorRegistry, before_scrape: Callable[[], Awaitable[object]] | None
+        self,
+        registry: CollectorRegistry,
+        before_scrape: Callable[[], Awaitable[object]] | None,
+        ready: Callable[[], bool] | None,
     ) -> None:
         self._registry = registry
         self._before_scrape = before_scrape
+        self._ready = ready
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -421,12 +443,22 @@ class _DebugApp:
         }
         return _Response(200, _json_encode(stats) + b"\n", b"application/json")
 
+    async def _healthz(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        return _text(200, "ok\n")
+
+    async def _readyz(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        if self._ready is None or self._ready():
+            return _text(200, "ready\n")
+        return _text(503, "not ready\n")
+
     _pages: Final = {
         "/": _index,
         "/metrics": _metrics,
         "/debug/tasks": _tasks,
         "/debug/memory": _memory,
         "/debug/stats": _stats,
+        "/healthz": _healthz,
+        "/readyz": _readyz,
     }
 
 

@@ -30,10 +30,18 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._address import Endpoint
+    from ._admission import RateLimitInterceptor, RateLimitStatistics
     from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
     from ._channel import Channel, ChannelStatistics, open_channel
     from ._context import ClientCall, ServerCall, current_call
     from ._errors import RpcError
+    from ._health import (
+        HealthCheckRequest,
+        HealthCheckResponse,
+        HealthService,
+        HealthState,
+        HealthStatus,
+    )
     from ._hedging import hedged
     from ._interceptors import ClientInterceptor, ServerInterceptor
     from ._listeners import open_tcp_listeners
@@ -62,6 +70,11 @@ __all__ = [
     "ClientCall",
     "ClientInterceptor",
     "Endpoint",
+    "HealthCheckRequest",
+    "HealthCheckResponse",
+    "HealthService",
+    "HealthState",
+    "HealthStatus",
     "ListServicesRequest",
     "ListServicesResponse",
     "MethodDescription",
@@ -70,6 +83,8 @@ __all__ = [
     "OutlierEjection",
     "PeerIdentity",
     "PowerOfTwoChoices",
+    "RateLimitInterceptor",
+    "RateLimitStatistics",
     "ReflectionService",
     "ResolvedEndpoint",
     "Resolver",
@@ -106,6 +121,7 @@ __all__ = [
 # private module -> the names of __all__ it defines
 _MODULES: dict[str, tuple[str, ...]] = {
     "._address": ("Endpoint",),
+    "._admission": ("RateLimitInterceptor", "RateLimitStatistics"),
     "._balancing": (
         "Balancer",
         "OutlierEjection",
@@ -124,6 +140,13 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "current_call",
     ),
     "._errors": ("RpcError",),
+    "._health": (
+        "HealthCheckRequest",
+        "HealthCheckResponse",
+        "HealthService",
+        "HealthState",
+        "HealthStatus",
+    ),
     "._hedging": ("hedged",),
     "._interceptors": (
         "ClientInterceptor",

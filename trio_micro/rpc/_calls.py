@@ -7,6 +7,12 @@ Payloads arrive encoded and answers leave encoded: types, interceptors and decod
 
 Retries (:mod:`._retry`): calls refused by a server's GOAWAY (never processed) are retried
 at once on another connection, for any method, at most ``_MAX_REFUSED_RETRIES`` times.
+Unary calls a server refused by admission control (``RESOURCE_EXHAUSTED`` with a
+``refused`` detail: ``max_inflight`` or a rate limit; the handler never ran) are retried
+for any method on another endpoint at once, under the retry policy's ``max_attempts``,
+the deadline and the retry budget; when the only endpoint left is the one that refused,
+the retry waits the server's ``retry-after-ms`` or the policy's backoff, whichever is
+longer. A refusal counts neither for nor against the endpoint's ejection.
 Idempotent unary calls failing with ``UNAVAILABLE`` are retried with full-jitter backoff
 (:meth:`~trio_micro.rpc.RetryPolicy.backoff`) under the deadline and the retry budget,
 preferring another endpoint. Every ``UNAVAILABLE`` counts towards the endpoint's outlier
@@ -28,6 +34,7 @@ import trio
 
 from trio_micro.protocol import Status
 
+from ._admission import REFUSED, RETRY_AFTER_MS
 from ._balancing import Balancer
 from ._client import ClientConnection, RefusedError, _Call
 from ._context import ClientCall
@@ -117,6 +124,7 @@ class Caller:
         attempt = 1
         tried = hedge_tried.get()  # a hedged call's attempts avoid each other's endpoint
         avoid: Endpoint | None = tried[-1] if tried else None
+        refused: RpcError | None = None  # the last attempt was refused by admission control
         while True:
             ready = self._ready
             if ready and avoid is None:  # pick()'s common case, without its coroutine
@@ -124,6 +132,8 @@ class Caller:
                 await trio.lowlevel.checkpoint_if_cancelled()
             else:
                 conn = await self._pool.pick(avoid)
+                if refused is not None and conn.endpoint == avoid:
+                    await self._wait_refused(refused, attempt)
             if call is not None:
                 call.peer = conn.peer
             if tried is not None:
@@ -139,28 +149,56 @@ class Caller:
                 finally:
                     self._in_flight -= 1
             except RefusedError as exc:
+                refused = None
                 if attempt >= _MAX_REFUSED_RETRIES:
                     raise RpcError(Status.UNAVAILABLE, exc.message) from None
             except RpcError as exc:
-                if exc.code is not Status.UNAVAILABLE:
-                    self._pool.succeeded(conn.endpoint)  # it answered: reachable
-                    raise
-                self._pool.failed(conn.endpoint)
+                refused = None
                 policy = self._retry
-                if not idempotent or policy is None or attempt >= policy.max_attempts:
-                    raise
-                delay = policy.backoff(attempt, self._rng)
-                if trio.current_time() + delay >= trio.current_effective_deadline():
-                    raise
-                assert budget is not None
-                if not budget.withdraw():
-                    raise
-                await trio.sleep(delay)
+                if exc.code is Status.RESOURCE_EXHAUSTED and REFUSED in exc.details:
+                    # Admission control: never ran, so any method may go elsewhere.
+                    if policy is None or attempt >= policy.max_attempts:
+                        raise
+                    assert budget is not None
+                    if not budget.withdraw():
+                        raise
+                    refused = exc
+                else:
+                    if exc.code is not Status.UNAVAILABLE:
+                        self._pool.succeeded(conn.endpoint)  # it answered: reachable
+                        raise
+                    self._pool.failed(conn.endpoint)
+                    if not idempotent or policy is None or attempt >= policy.max_attempts:
+                        raise
+                    delay = policy.backoff(attempt, self._rng)
+                    if trio.current_time() + delay >= trio.current_effective_deadline():
+                        raise
+                    assert budget is not None
+                    if not budget.withdraw():
+                        raise
+                    await trio.sleep(delay)
             else:
                 self._pool.succeeded(conn.endpoint)
                 return data
             attempt += 1
             avoid = conn.endpoint
+
+    async def _wait_refused(self, refused: RpcError, attempt: int) -> None:
+        """Before retrying a refused call on the endpoint that refused it: wait.
+
+        The server's ``retry-after-ms`` (at most the policy's ``max_backoff``) or the
+        policy's jittered backoff, whichever is longer; raises ``refused`` at once if
+        that would pass the deadline. A checkpoint.
+        """
+        policy = self._retry
+        assert policy is not None
+        delay = policy.backoff(attempt - 1, self._rng)
+        hint = refused.details.get(RETRY_AFTER_MS, "")
+        if hint.isdigit():
+            delay = max(delay, min(int(hint) / 1000, policy.max_backoff))
+        if trio.current_time() + delay >= trio.current_effective_deadline():
+            raise refused
+        await trio.sleep(delay)
 
     async def open_stream(
         self, method: str, payload: bytes, metadata: dict[str, str] | None, call: ClientCall | None

@@ -101,11 +101,19 @@ class Channel:
         ejection: OutlierEjection | None = _DEFAULT_EJECTION,
         service: str | None = None,
         discovery_timeout: float = 10.0,
+        health_check: str | None = None,
     ) -> None:
         self._service = service
         self._balancer = balancer
         self._pool = EndpointPool(
-            endpoints, pool_size, options, balancer, ejection, service, discovery_timeout
+            endpoints,
+            pool_size,
+            options,
+            balancer,
+            ejection,
+            service,
+            discovery_timeout,
+            health_check,
         )
         self._caller = Caller(self._pool, balancer, interceptors, retry)
 
@@ -215,6 +223,12 @@ def _endpoints(target: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoi
     return [item if isinstance(item, Endpoint) else Endpoint.parse(item) for item in items]
 
 
+def _check_health_check(name: object) -> str | None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"health_check must be a service name (str) or None, got {name!r}")
+    return name
+
+
 @asynccontextmanager
 async def open_channel(
     target: str | Endpoint | Sequence[str | Endpoint],
@@ -233,6 +247,7 @@ async def open_channel(
     keepalive_timeout: float = 20.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     initial_stream_credit: int = 64,
+    health_check: str | None = None,
 ) -> AsyncIterator[Channel]:
     """Open a channel to a server, several replicas of one, or a service found in a registry.
 
@@ -272,7 +287,9 @@ async def open_channel(
         interceptors: :class:`ClientInterceptor` objects wrapped around every call, the
             first outermost.
         balancer: Chooses the connection per call; default :class:`PowerOfTwoChoices`.
-        retry: How idempotent calls are retried on ``UNAVAILABLE``; ``None``: never.
+        retry: How idempotent calls are retried on ``UNAVAILABLE``, and any call refused by
+            admission control (``max_inflight``, rate limits) on another endpoint; ``None``:
+            never.
         outlier_ejection: When failing endpoints are set aside; ``None``: never.
         discovery_timeout: Longest a call waits for a service to have endpoints (seconds).
         handshake_timeout: Seconds to connect, TLS-handshake and exchange HELLOs.
@@ -283,6 +300,10 @@ async def open_channel(
             connection (its calls fail with ``UNAVAILABLE``).
         max_frame_size: Largest frame this side accepts (bytes).
         initial_stream_credit: Items a server-stream may send ahead of the consumer.
+        health_check: Watch this service's health on every connection (``""``: the whole
+            server; gRPC's health protocol, docs/rpc.md §13) and pick no endpoint that is
+            not ``SERVING``; when none is, calls fail with ``UNAVAILABLE``. ``None`` (the
+            default): don't watch.
 
     Raises:
         TypeError / ValueError: A bad argument, or an unknown target scheme.
@@ -344,6 +365,7 @@ async def open_channel(
         ejection=outlier_ejection,
         service=service,
         discovery_timeout=check_seconds("discovery_timeout", discovery_timeout),
+        health_check=_check_health_check(health_check),
     )
     async with AsyncExitStack() as stack:
         resolver = registry

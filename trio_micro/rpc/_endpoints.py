@@ -25,7 +25,15 @@ reset by :meth:`EndpointPool.succeeded`); at the limit its connections leave the
 for the ejection time, restored by a short task that sleeps until then. When every
 non-ejected connection is gone the ejected ones are used rather than failing.
 
-Log events: ``rpc.channel.connect_failed``, ``rpc.channel.connected``,
+Health (opt-in, ``open_channel(health_check=SERVICE)``): each connection also runs the
+server's health ``watch`` for SERVICE (gRPC's health-checking client); while the answer is
+not ``SERVING``, the endpoint's connections leave the ready list as for ejection, and when
+every endpoint is out that way calls fail fast with ``UNAVAILABLE``. A server without the
+health service (``UNIMPLEMENTED``) counts as serving. One stream per connection, no task
+per call.
+
+Log events: ``rpc.channel.connect_failed``, ``rpc.channel.not_serving``,
+``rpc.channel.serving``, ``rpc.channel.connected``,
 ``rpc.channel.endpoint_ejected``, ``rpc.channel.endpoint_restored``,
 ``rpc.channel.bad_address``, ``rpc.channel.resolver_failed``; a connection's own
 (``rpc.channel.connection_lost``, ``rpc.channel.protocol_error``,
@@ -40,6 +48,7 @@ from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from typing import Final, final
 
+import msgspec
 import structlog
 import trio
 
@@ -49,6 +58,7 @@ from trio_micro.toolkit import Backoff
 from ._balancing import Balancer, OutlierEjection
 from ._client import ClientConnection, RefusedError, connect
 from ._errors import RpcError
+from ._health import HEALTH_SERVICE, HealthCheckRequest, HealthCheckResponse, HealthStatus
 from ._resolver import ResolvedEndpoint, Resolver
 from ._transport import Endpoint
 
@@ -67,6 +77,8 @@ _WORKED_FOR: Final = 1.0
 _DRAIN_TIMEOUT: Final = 30.0
 # How long before the caller's deadline a call waiting for endpoints gives up.
 _DEADLINE_MARGIN: Final = 0.001
+_HEALTH_WATCH: Final = f"{HEALTH_SERVICE}/watch"
+_decode_health: Final = msgspec.msgpack.Decoder(HealthCheckResponse).decode
 
 
 def _backoff() -> Backoff:
@@ -83,6 +95,7 @@ class EndpointState:
         "endpoint",
         "failures",
         "metadata",
+        "not_serving",
         "removed",
         "slots",
     )
@@ -95,6 +108,7 @@ class EndpointState:
         self.ejections = 0
         self.ejected_until: float | None = None
         self.removed = False
+        self.not_serving = False  # its health watch says NOT_SERVING (health_check=)
 
     def gone(self) -> bool:
         # A method, not the attribute: mypy would keep it narrowed across awaits.
@@ -153,8 +167,10 @@ class EndpointPool:
         ejection: OutlierEjection | None,
         service: str | None,
         discovery_timeout: float,
+        health_check: str | None = None,
     ) -> None:
         self._pool_size = pool_size
+        self._health_check = health_check
         self._options = options
         self._balancer = balancer
         self._ejection = ejection
@@ -324,8 +340,11 @@ class EndpointPool:
                 slot.failed = False
                 slot.error = None
                 state.failures = 0
-                if state.ejected_until is None and not state.removed:
+                if state.ejected_until is None and not state.removed and not state.not_serving:
                     self.ready.append(conn)
+                if self._health_check is not None:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._watch_health, state, conn, self._health_check)
                 self._changed.unpark_all()
                 started = trio.current_time()
                 try:
@@ -388,7 +407,12 @@ class EndpointPool:
         state.ejected_until = None
         for slot in state.slots:
             conn = slot.connection
-            if conn is not None and conn.usable and conn not in self.ready:
+            if (
+                conn is not None
+                and conn.usable
+                and not state.not_serving
+                and conn not in self.ready
+            ):
                 self.ready.append(conn)
         log.info("rpc.channel.endpoint_restored", peer=str(state.endpoint), service=self._service)
         self._changed.unpark_all()
@@ -402,11 +426,56 @@ class EndpointPool:
             if slot.connection is not None and slot.connection.usable
         ]
 
+    # ------------------------------------------------------------------ health
+
+    async def _watch_health(self, state: EndpointState, conn: ClientConnection, name: str) -> None:
+        """Follow the health of ``name`` over ``conn`` until the connection ends."""
+        payload = msgspec.msgpack.encode(HealthCheckRequest(name))
+        try:
+            stream_id, call = await conn.open_stream(_HEALTH_WATCH, payload, None, None)
+            try:
+                while (item := await conn.next_item(stream_id, call)) is not None:
+                    self._set_serving(state, _decode_health(item).status is HealthStatus.SERVING)
+            finally:
+                conn.cancel_stream(stream_id, call)
+        except RpcError as exc:
+            if exc.code is Status.UNIMPLEMENTED:  # no health service: serving
+                self._set_serving(state, True)
+            return  # the connection failed: its slot reconnects and watches again
+        except msgspec.DecodeError:
+            self._set_serving(state, True)  # a health service we don't understand
+            return
+        # The stream ended: the server is shutting down; its GOAWAY follows.
+        self._set_serving(state, False)
+
+    def _set_serving(self, state: EndpointState, serving: bool) -> None:
+        if state.not_serving is not serving or state.removed:
+            return
+        state.not_serving = not serving
+        if serving:
+            log.info("rpc.channel.serving", peer=str(state.endpoint), service=self._service)
+            if state.ejected_until is None:
+                for slot in state.slots:
+                    conn = slot.connection
+                    if conn is not None and conn.usable and conn not in self.ready:
+                        self.ready.append(conn)
+        else:
+            log.warning("rpc.channel.not_serving", peer=str(state.endpoint), service=self._service)
+            for slot in state.slots:
+                if slot.connection is not None:
+                    with suppress(ValueError):
+                        self.ready.remove(slot.connection)
+        self._changed.unpark_all()
+
     # ------------------------------------------------------------------ picking
 
     def _unavailable(self) -> RpcError | None:
         """Why a call can't be made now, or ``None`` if it should wait."""
-        slots = [slot for state in self.states.values() for slot in state.slots]
+        states = self.states.values()
+        if states and all(state.not_serving for state in states):
+            where = f"service {self._service!r}" if self._service is not None else "the target"
+            return RpcError(Status.UNAVAILABLE, f"every endpoint of {where} is NOT_SERVING")
+        slots = [slot for state in states for slot in state.slots]
         if slots and all(slot.failed for slot in slots):
             reasons = "; ".join(sorted({slot.error.message for slot in slots if slot.error}))
             if self._service is not None:

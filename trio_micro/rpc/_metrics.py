@@ -179,8 +179,9 @@ def register_server_metrics(
     """Export a server's :meth:`~Server.statistics` as ``trio_micro_rpc_server_*`` gauges.
 
     ``connections`` (open connections), ``active_calls`` (calls in flight),
-    ``queued_bytes`` and ``shutting_down`` (0/1), labelled ``server="host:port"``. The
-    server is held weakly. Not a checkpoint.
+    ``queued_bytes``, ``shutting_down`` (0/1) and ``health_watches``, and the counter
+    ``refused_calls_total`` (calls refused at ``max_inflight``), labelled
+    ``server="host:port"``. The server is held weakly. Not a checkpoint.
 
     Returns:
         A function that unregisters the server.
@@ -193,7 +194,11 @@ def register_server_metrics(
         raise TypeError(f"server must be an rpc.Server, got {server!r}")
     address = str(Endpoint(*server.address))
     return register_stats_source(
-        "rpc_server", server.statistics, labels={"server": address}, registry=registry
+        "rpc_server",
+        server.statistics,
+        labels={"server": address},
+        counters=("refused_calls",),
+        registry=registry,
     )
 
 

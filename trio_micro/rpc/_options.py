@@ -34,7 +34,9 @@ class ServerOptions(TypedDict, total=False):
     ssl_context: ssl.SSLContext | None
     interceptors: Sequence[ServerInterceptor]
     reflection: bool
+    health: bool
     max_connections: int | None
+    max_inflight: int | None
     max_concurrent_streams: int
     max_frame_size: int
     max_metadata_size: int

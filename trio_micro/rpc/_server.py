@@ -16,9 +16,15 @@ connection in a task of its own (a failure there is logged and ends that connect
 and shuts down. A connection reads frames and dispatches each REQUEST to a call worker,
 which runs the call in a context and under a cancel scope of its own; see those modules.
 
-Graceful shutdown (:meth:`Server.shutdown`): the accept loops stop, every connection sends
-``GOAWAY(NO_ERROR)`` and closes as soon as its last call ends; after ``grace_period`` the
-calls still running are cancelled.
+Admission (:mod:`._admission`): with ``max_inflight``, a REQUEST arriving while that many
+calls run on the whole server is answered ``RESOURCE_EXHAUSTED`` at once by the connection
+that read it. Health (:mod:`._health`): a ``trio_micro.health`` service is served unless
+``health=False``.
+
+Graceful shutdown (:meth:`Server.shutdown`): the accept loops stop, every health status
+turns ``NOT_SERVING`` and the health watches queue that answer and end, then every
+connection sends ``GOAWAY(NO_ERROR)`` and closes as soon as its last call ends; after
+``grace_period`` the calls still running are cancelled.
 
 Log events: ``rpc.server.started``, ``rpc.server.shutdown``, ``rpc.server.grace_expired``,
 ``rpc.server.accept_failed``, ``rpc.connection.refused``, ``rpc.connection.crashed``; the
@@ -45,7 +51,7 @@ import structlog
 import trio
 
 from trio_micro._background import open_background_nursery
-from trio_micro._validate import check_int, check_optional_int, check_seconds
+from trio_micro._validate import check_bool, check_int, check_optional_int, check_seconds
 from trio_micro.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     Connection,
@@ -54,6 +60,8 @@ from trio_micro.protocol import (
     Settings,
 )
 
+from ._admission import Admission
+from ._health import HEALTH_SERVICE, HealthService
 from ._interceptors import ServerInterceptor
 from ._options import ServerOptions
 from ._reflection import ReflectionService
@@ -84,12 +92,16 @@ class ServerStatistics:
         queued_bytes: Bytes queued for sending, over all connections. Each connection's
             queue is bounded (about 1 MiB plus one frame) whether or not clients read.
         shutting_down: :meth:`Server.shutdown` has started.
+        refused_calls: Calls refused at ``max_inflight`` since the server started.
+        health_watches: Health ``watch`` streams running.
     """
 
     connections: int
     active_calls: int
     queued_bytes: int
     shutting_down: bool
+    refused_calls: int = 0
+    health_watches: int = 0
 
 
 @final
@@ -101,7 +113,10 @@ class Server:
         address: ``(host, port)`` of the first listening socket; with ``port=0``, the port
             the system chose.
         addresses: ``(host, port)`` of every listening socket.
-        services: Wire name -> service instance, the reflection service included.
+        services: Wire name -> service instance, the reflection and health services
+            included.
+        health: The :class:`HealthService` (``None`` with ``health=False``): set a
+            service's status with :meth:`HealthService.set_status`.
     """
 
     def __init__(
@@ -125,6 +140,14 @@ class Server:
         self._shutting_down = False
         self._drained = trio.Event()
         self._stopped = trio.Event()
+        health = services.get(HEALTH_SERVICE)
+        self.health = health if isinstance(health, HealthService) else None
+        self._admission = Admission(
+            options.max_inflight, None if self.health is None else HEALTH_SERVICE
+        )
+        if isinstance(health, HealthService):
+            watched = health
+            self._admission.uncounted = lambda: watched.watches
 
     def __repr__(self) -> str:
         host, port = self.address
@@ -137,14 +160,18 @@ class Server:
             active_calls=sum(len(conn.calls) for conn in self._connections),
             queued_bytes=sum(conn.writer.pending for conn in self._connections),
             shutting_down=self._shutting_down,
+            refused_calls=self._admission.refused,
+            health_watches=0 if self.health is None else self.health.watches,
         )
 
     async def shutdown(self) -> None:
         """Shut down gracefully; return when the server has stopped.
 
-        Stops accepting connections, sends ``GOAWAY(NO_ERROR)`` on every connection (no new
-        calls), lets calls in progress finish for up to ``grace_period`` seconds, then
-        cancels the rest and closes everything. Calling it again (or concurrently) just
+        Stops accepting connections, turns every health status ``NOT_SERVING`` and ends
+        the health watches (after they queued that answer, at most a second), then sends
+        ``GOAWAY(NO_ERROR)`` on every connection (no new calls), lets calls in progress
+        finish for up to ``grace_period`` seconds, then cancels the rest and closes
+        everything. Calling it again (or concurrently) just
         waits for the same shutdown.
 
         Cancellation: cancelling ``shutdown`` stops the waiting, not the shutdown; the
@@ -154,6 +181,11 @@ class Server:
             self._shutting_down = True
             log.info("rpc.server.shutdown", address=list(self.address))
             self._accept_scope.cancel()
+            if self.health is not None:
+                # Watchers hear NOT_SERVING before the GOAWAY; shielded, or a cancelled
+                # caller would leave the connections undrained.
+                with trio.CancelScope(shield=True):
+                    await self.health.shutdown()
             for conn in list(self._connections):
                 conn.start_drain("server shutting down")
             self._check_drained()
@@ -253,7 +285,7 @@ class Server:
 
 
 def _build(
-    services: Iterable[Service], reflection: bool
+    services: Iterable[Service], reflection: bool, health: bool = False
 ) -> tuple[dict[str, Service], dict[str, Method]]:
     if isinstance(services, Service) or not isinstance(services, Iterable):
         raise TypeError(f"services must be an iterable of rpc.Service instances, got {services!r}")
@@ -265,6 +297,10 @@ def _build(
         if name in by_name:
             raise ValueError(f"two services named {name!r}: {by_name[name]!r} and {service!r}")
         by_name[name] = service
+    if health:
+        if HEALTH_SERVICE in by_name:
+            raise ValueError(f"a service is named {HEALTH_SERVICE!r}; pass health=False")
+        by_name[HEALTH_SERVICE] = HealthService(by_name)
     if reflection:
         reflector = ReflectionService(by_name.values())
         if reflector.__rpc_name__ in by_name:
@@ -288,7 +324,9 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     interceptors: Sequence[ServerInterceptor] = (),
     reflection: bool = True,
+    health: bool = True,
     max_connections: int | None = None,
+    max_inflight: int | None = None,
     max_concurrent_streams: int = 1000,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     max_metadata_size: int = 8 * 1024,
@@ -315,8 +353,15 @@ async def serve(
         interceptors: :class:`ServerInterceptor` objects wrapped around every call, the
             first outermost.
         reflection: Also serve ``trio_micro.reflection`` (:class:`ReflectionService`).
+        health: Also serve ``trio_micro.health`` (:class:`HealthService`, gRPC's health
+            protocol), every service ``SERVING``; see :attr:`Server.health`.
         max_connections: Connections beyond this are refused (GOAWAY, then closed) and
             logged; ``None`` for no limit.
+        max_inflight: Calls the whole server runs at once; a call beyond it is refused at
+            once with ``RESOURCE_EXHAUSTED`` (details ``refused=max_inflight``, which a
+            channel with a retry policy retries on another endpoint) and logged as
+            ``rpc.call.refused``. Health calls are exempt. ``None``: no limit. Unlike
+            ``max_concurrent_streams``, which makes a client wait, this sheds load.
         max_concurrent_streams: Calls one connection may have running at once; advertised to
             clients, which wait for a free slot.
         max_frame_size: Largest frame accepted, bytes (at least 16384).
@@ -356,6 +401,7 @@ async def serve(
     check_int("port", port, minimum=0)
     if max_connections is not None:
         check_optional_int("max_connections", max_connections, minimum=1)
+    check_optional_int("max_inflight", max_inflight, minimum=1)
     try:
         settings = Settings(
             max_frame_size=check_int("max_frame_size", max_frame_size),
@@ -380,8 +426,9 @@ async def serve(
         idle_timeout=check_seconds("idle_timeout", idle_timeout),
         min_ping_interval=min_ping_interval,
         grace_period=check_seconds("grace_period", grace_period),
+        max_inflight=max_inflight,
     )
-    by_name, methods = _build(services, reflection)
+    by_name, methods = _build(services, reflection, check_bool("health", health))
     if listeners is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:

@@ -32,6 +32,7 @@ import trio
 
 from trio_micro.protocol import DECODE_ERRORS, Connection, ErrorCode, LocalProtocolError, Status
 
+from ._admission import Admission
 from ._context import ServerCall
 from ._context import _current as _current_call
 from ._errors import RpcError
@@ -61,12 +62,21 @@ class CallRunner:
         writer: Its writer queue.
         interceptors: Wrapped around every call, the first outermost.
         on_last_call: Called (synchronously) when the last call in progress has ended.
+        admission: The server's count of calls in flight, decremented as each call ends.
 
     Attributes:
         calls: Stream id -> the call in progress; the dispatcher adds, :meth:`run` removes.
     """
 
-    __slots__ = ("_credit_waiters", "_interceptors", "_on_last_call", "calls", "proto", "writer")
+    __slots__ = (
+        "_admission",
+        "_credit_waiters",
+        "_interceptors",
+        "_on_last_call",
+        "calls",
+        "proto",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -74,7 +84,9 @@ class CallRunner:
         writer: Writer,
         interceptors: tuple[ServerInterceptor, ...],
         on_last_call: Callable[[], None],
+        admission: Admission,
     ) -> None:
+        self._admission = admission
         self.proto = proto
         self.writer = writer
         self.calls: dict[int, ServerCall] = {}
@@ -187,6 +199,7 @@ class CallRunner:
             if answer is not ANSWER_UNARY:
                 self.writer.write(self.proto.send_end(call.stream_id))
         finally:
+            self._admission.inflight -= 1
             calls = self.calls
             del calls[call.stream_id]
             if not calls:

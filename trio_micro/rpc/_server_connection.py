@@ -66,6 +66,7 @@ from trio_micro.protocol import (
     Status,
 )
 
+from ._admission import Admission
 from ._context import ServerCall
 from ._interceptors import ServerInterceptor
 from ._server_calls import ANSWER_STREAM, ANSWER_UNARY, CallRunner, Handler
@@ -115,6 +116,7 @@ class ServerConfig:
     idle_timeout: float
     min_ping_interval: float
     grace_period: float
+    max_inflight: int | None = None
 
 
 @final
@@ -135,7 +137,10 @@ class ServerConnection:
         )
         self.proto = Connection(Role.SERVER, settings=options.settings)
         self.writer = Writer(self.stream)
-        self.runner = CallRunner(self.proto, self.writer, options.interceptors, self._no_calls_left)
+        self.admission: Admission = server._admission
+        self.runner = CallRunner(
+            self.proto, self.writer, options.interceptors, self._no_calls_left, self.admission
+        )
         self.calls = self.runner.calls
         self._methods = server._methods
         self._nursery: trio.Nursery | None = None
@@ -415,6 +420,15 @@ class ServerConnection:
                 f"{frame.call_type.name.lower()}",
             )
             return
+        admission = self.admission
+        if admission.inflight >= admission.limit:
+            refusal = admission.over_limit(info.service, self.peer, frame.method)
+            if refusal is not None:
+                self.writer.write(
+                    self.proto.send_error(frame.id, refusal.code, refusal.message, refusal.details)
+                )
+                return
+        admission.inflight += 1
         workers = self._workers
         assert workers is not None
         worker = workers.acquire()

@@ -383,18 +383,21 @@ class KeyedRateLimiter(Generic[KeyT]):
 
     def _bucket(self, key: KeyT, now: float) -> RateLimiter:
         buckets = self._buckets
-        # Sweep before the lookup, so that we never forget the bucket we hand out.
+        bucket = buckets.get(key)
+        if bucket is not None:
+            buckets.move_to_end(key)
+        # Sweep after the lookup and never the bucket we hand out: a caller below its rate
+        # finds its bucket full at every call, and forgetting it then would cost a new one
+        # per call.
         for _ in range(_SWEEP_PER_CALL):
             if not buckets:
                 break
             oldest = next(iter(buckets.values()))
-            if not oldest._is_idle_and_full(now):
+            if oldest is bucket or not oldest._is_idle_and_full(now):
                 break
             buckets.popitem(last=False)
             self._forgotten += 1
-        bucket = buckets.get(key)
         if bucket is not None:
-            buckets.move_to_end(key)
             return bucket
         if len(buckets) >= self._max_keys:
             _, evicted = buckets.popitem(last=False)
@@ -419,7 +422,8 @@ class KeyedRateLimiter(Generic[KeyT]):
             TypeError: If ``n`` is not an int, or ``key`` is unhashable.
             ValueError: If ``n`` < 1 or ``n`` > ``burst``.
         """
-        _check_n(n, self._burst)
+        if type(n) is not int or not 0 < n <= self._burst:
+            _check_n(n, self._burst)  # raises, or accepts an int subclass
         self._bucket(key, trio.current_time()).acquire_nowait(n)
         self._admitted += n
 

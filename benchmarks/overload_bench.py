@@ -1,0 +1,339 @@
+"""Overload: the user service at 3x the load it can serve, with and without max_inflight.
+
+Issue #14's targets: with ``max_inflight``, the admitted calls' p99 stays within 2x the
+unloaded p99, refused calls fail in under 1 ms, and the server's RSS stays flat; without
+it, say what happens.
+
+The server is ``trio-micro serve examples.user_service:UserService`` (a seeded SQLite
+database, a small cache so most calls go to the database, no access log), pinned to one
+core; the load comes from a client process pinned to another, *open loop*: calls start at
+a fixed rate whatever the answers do, as real callers do (a closed loop would slow down
+with the server and hide the overload). Every call has a deadline (``--deadline``) and the
+client's channel does not retry (``retry=None``), so a refused call's time is the server's
+refusal, not a retry's. Steps, for each run:
+
+1. capacity ``C``: calls/s with 64 in flight, closed loop, on a fresh server;
+2. unloaded: open loop at 0.1 C (p50/p99 of the calls);
+3. overload: open loop at 3 C for ``--seconds``, once without and once with
+   ``--max-inflight`` (fresh servers), interleaved; the parent samples the server's RSS
+   every 0.2 s.
+
+::
+
+    .venv/bin/python benchmarks/overload_bench.py                # 3 runs
+    .venv/bin/python benchmarks/overload_bench.py --quick        # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = 100_000
+CACHE_SIZE = 100  # most calls miss: the database is the bottleneck, as in a real service
+THREADS = 1  # one database thread: a capacity the client can offer three times over
+
+
+# --- the client (a child process) ---------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def client(args: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    import trio
+
+    from examples.user_service.service import GetUserRequest, UserService
+    from trio_micro import rpc
+
+    rng = random.Random(1)
+    ok: list[float] = []
+    refused: list[float] = []
+    counts = {"ok": 0, "refused": 0, "deadline": 0, "other": 0}
+
+    async def one(stub: Any) -> None:
+        start = time.perf_counter()
+        try:
+            with trio.fail_after(args.deadline):
+                await stub.get_user(GetUserRequest(rng.randint(1, USERS)))
+        except trio.TooSlowError:
+            counts["deadline"] += 1
+            return
+        except rpc.RpcError as exc:
+            if exc.code is rpc.Status.RESOURCE_EXHAUSTED:
+                counts["refused"] += 1
+                refused.append(time.perf_counter() - start)
+            elif exc.code is rpc.Status.DEADLINE_EXCEEDED:
+                counts["deadline"] += 1
+            else:
+                counts["other"] += 1
+            return
+        counts["ok"] += 1
+        ok.append(time.perf_counter() - start)
+
+    async def closed_loop(stub: Any) -> float:
+        done = 0
+        deadline = time.perf_counter() + args.seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await stub.get_user(GetUserRequest(rng.randint(1, USERS)))
+                done += 1
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(64):
+                nursery.start_soon(worker)
+        return done / (time.perf_counter() - start)
+
+    async def open_loop(stub: Any) -> float:
+        started = 0
+        start = trio.current_time()
+        end = start + args.seconds
+        async with trio.open_nursery() as nursery:
+            while (now := trio.current_time()) < end:
+                due = int((now - start) * args.rate)
+                for _ in range(due - started):
+                    nursery.start_soon(one, stub)
+                started = max(started, due)
+                await trio.sleep(0.001)
+        return started / args.seconds
+
+    async def main() -> dict[str, Any]:
+        async with rpc.open_channel(f"127.0.0.1:{args.port}", retry=None) as channel:
+            stub = channel.stub(UserService)
+            for _ in range(200):  # warm up: connect, fill what caches there are
+                await stub.get_user(GetUserRequest(rng.randint(1, USERS)))
+            if args.rate == 0:
+                return {"capacity": await closed_loop(stub)}
+            sent = await open_loop(stub)
+        return {
+            "sent_rate": sent,
+            **counts,
+            "ok_p50_ms": _percentile(ok, 0.5) * 1000,
+            "ok_p99_ms": _percentile(ok, 0.99) * 1000,
+            "refused_p50_ms": _percentile(refused, 0.5) * 1000,
+            "refused_p99_ms": _percentile(refused, 0.99) * 1000,
+        }
+
+    return trio.run(main)
+
+
+# --- the parent ---------------------------------------------------------------------------
+
+
+def _cpus() -> tuple[int, int] | None:
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    return (available[0], available[1]) if len(available) >= 2 else None
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def _server(db: Path, cpu: int | None, max_inflight: int | None) -> Iterator[tuple[int, int]]:
+    command = [
+        sys.executable, "-m", "trio_micro", "serve", "examples.user_service:UserService",
+        "-o", f"db={db}", "-o", f"cache_size={CACHE_SIZE}", "-o", f"threads={THREADS}",
+        "--port", "0", "--no-access-log",
+        "--log-level", "error",
+    ]  # fmt: skip
+    if max_inflight is not None:
+        command += ["--max-inflight", str(max_inflight)]
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line.startswith("serving "):
+            raise RuntimeError(f"server did not start: {line!r}")
+        yield proc.pid, int(line.rpartition(":")[2])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _client_command(
+    port: int, cpu: int | None, rate: float, seconds: float, deadline: float
+) -> list[str]:
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
+        "--rate", str(rate), "--seconds", str(seconds), "--deadline", str(deadline),
+    ]  # fmt: skip
+    return command if cpu is None else ["taskset", "-c", str(cpu), *command]
+
+
+def _client(port: int, cpu: int | None, rate: float, seconds: float, deadline: float) -> Any:
+    command = _client_command(port, cpu, rate, seconds, deadline)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, check=True, timeout=600)
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def _measure(
+    db: Path, cpus: tuple[int, int] | None, max_inflight: int | None, rate: float, args: Any
+) -> dict[str, Any]:
+    server_cpu, client_cpu = cpus if cpus else (None, None)
+    with _server(db, server_cpu, max_inflight) as (pid, port):
+        rss: list[int] = []
+        child = subprocess.Popen(
+            _client_command(port, client_cpu, rate, args.seconds, args.deadline),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        while child.poll() is None:
+            rss.append(_rss(pid))
+            time.sleep(0.2)
+        out, err = child.communicate()
+        if child.returncode:
+            raise RuntimeError(f"client failed: {err.decode()[-500:]}")
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        result["rss_first_mib"] = rss[0] / 2**20 if rss else math.nan
+        result["rss_last_mib"] = rss[-1] / 2**20 if rss else math.nan
+        result["rss_max_mib"] = max(rss) / 2**20 if rss else math.nan
+        return result
+
+
+def _seed(db: Path) -> None:
+    import trio
+
+    from examples.user_service.database import UserDatabase
+
+    async def main() -> None:
+        async with UserDatabase(db) as database:
+            await database.seed(USERS)
+
+    trio.run(main)
+
+
+def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    cpus = _cpus()
+    shown = shlex.join([".venv/bin/python", "benchmarks/overload_bench.py", *argv])
+    print(f"# overload_bench: `{shown}`\n")
+    print(
+        f"{os.cpu_count()} cores; "
+        + (f"server on core {cpus[0]}, client on core {cpus[1]}" if cpus else "not pinned")
+        + f"; {USERS:,} users, cache_size={CACHE_SIZE}, threads={THREADS}, "
+        f"deadline {args.deadline:g} s, {args.seconds:g} s per phase, "
+        f"max_inflight={args.max_inflight}; medians of {args.runs} run(s); "
+        f"load average before: {os.getloadavg()[0]:.1f}\n",
+        flush=True,
+    )
+    rows: dict[str, list[dict[str, Any]]] = {"unloaded": [], "without": [], "with": []}
+    capacities: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="overload-") as scratch:
+        db = Path(scratch) / "users.db"
+        _seed(db)
+        for run in range(args.runs):
+            with _server(db, cpus[0] if cpus else None, None) as (_, port):
+                capacity = _client(port, cpus[1] if cpus else None, 0, 3.0, 10.0)["capacity"]
+            capacities.append(capacity)
+            phases = [
+                ("unloaded", None, 0.1 * capacity),
+                ("without", None, 3 * capacity),
+                ("with", args.max_inflight, 3 * capacity),
+            ]
+            for name, limit, rate in phases:
+                result = _measure(db, cpus, limit, rate, args)
+                result["rate"] = rate
+                rows[name].append(result)
+                print(f"<!-- run {run + 1} {name}: {json.dumps(result)} -->", file=sys.stderr)
+
+    def med(name: str, key: str) -> float:
+        values = [r[key] for r in rows[name] if not math.isnan(r[key])]
+        return statistics.median(values) if values else math.nan
+
+    print(f"Capacity (64 in flight, closed loop): {statistics.median(capacities):,.0f} calls/s\n")
+    header = (
+        "| phase | offered calls/s | sent calls/s | ok | refused | deadline exceeded | "
+        "ok p50 ms | ok p99 ms | refused p50 ms | refused p99 ms | RSS first / last / max MiB |"
+    )
+    print(header)
+    print("|---" * 11 + "|")
+    labels = {
+        "unloaded": "unloaded (0.1 C)",
+        "without": "3 C, no max_inflight",
+        "with": f"3 C, max_inflight={args.max_inflight}",
+    }
+    for name, label in labels.items():
+        print(
+            f"| {label} | {med(name, 'rate'):,.0f} | {med(name, 'sent_rate'):,.0f} | "
+            f"{med(name, 'ok'):,.0f} | {med(name, 'refused'):,.0f} | "
+            f"{med(name, 'deadline'):,.0f} | {med(name, 'ok_p50_ms'):.2f} | "
+            f"{med(name, 'ok_p99_ms'):.2f} | {med(name, 'refused_p50_ms'):.3f} | "
+            f"{med(name, 'refused_p99_ms'):.3f} | {med(name, 'rss_first_mib'):.1f} / "
+            f"{med(name, 'rss_last_mib'):.1f} / {med(name, 'rss_max_mib'):.1f} |"
+        )
+    unloaded_p99 = med("unloaded", "ok_p99_ms")
+    with_p99 = med("with", "ok_p99_ms")
+    ratio = with_p99 / unloaded_p99
+    refused_p99 = med("with", "refused_p99_ms")
+    growth = med("with", "rss_max_mib") - med("with", "rss_first_mib")
+    print("\n## Targets (issue #14)\n")
+    print(
+        f"- admitted p99 within 2x the unloaded p99: {'PASS' if ratio <= 2 else 'FAIL'}: "
+        f"{ratio:.2f}x ({with_p99:.2f} ms vs {unloaded_p99:.2f} ms)"
+    )
+    print(
+        f"- refused calls fail in under 1 ms (p99, client-side): "
+        f"{'PASS' if refused_p99 < 1 else 'FAIL'}: {refused_p99:.3f} ms"
+    )
+    print(
+        f"- server RSS flat under overload: {'PASS' if growth < 5 else 'FAIL'}: "
+        f"+{growth:.1f} MiB from the first sample to the largest"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("role", nargs="?", default="parent", choices=("parent", "client"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per overload phase")
+    parser.add_argument("--deadline", type=float, default=1.0, help="per call, seconds")
+    parser.add_argument("--max-inflight", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="1 run of 3 s phases")
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "client":
+        sys.path.insert(0, str(ROOT))
+        print(json.dumps(client(args)), flush=True)
+        return 0
+    if args.quick:
+        args.runs, args.seconds = 1, 3.0
+    return parent(args, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Admission control: max_inflight and the rate-limit interceptor refuse at once, clients
+retry the refused calls elsewhere, and hostile keys keep memory bounded."""
+
+from __future__ import annotations
+
+import tracemalloc
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+import trio.testing
+from structlog.testing import capture_logs
+
+from trio_micro import rpc
+from trio_micro.rpc._context import ServerCall
+
+from .conftest import address
+from .replicas import Empty as ReplicaEmpty
+from .replicas import Name, ReplicaService
+from .replicas import address as replica_address
+from .services import Empty, TestService
+
+
+async def test_a_call_beyond_max_inflight_is_refused_at_once_with_a_hint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = TestService()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0, max_inflight=1) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stub = channel.stub(TestService)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stub.hold, Empty())
+            await service.started.wait()
+            start = trio.current_time()
+            with capture_logs() as logs, pytest.raises(rpc.RpcError) as info:
+                await stub.empty_call(Empty())
+            assert trio.current_time() == start  # no waiting at all
+            service.release.set()
+        assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
+        assert info.value.details == {"refused": "max_inflight"}
+        assert server.statistics().refused_calls == 1
+        [refused] = [e for e in logs if e["event"] == "rpc.call.refused"]
+        assert refused["reason"] == "max_inflight"
+        assert refused["key"] == "127.0.0.1"
+        # Capacity came back with the call that ended.
+        await stub.empty_call(Empty())
+
+
+async def test_health_calls_are_admitted_at_max_inflight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = TestService()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0, max_inflight=1) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(channel.stub(TestService).hold, Empty())
+        await service.started.wait()
+        answer = await channel.stub(rpc.HealthService).check(rpc.HealthCheckRequest())
+        assert answer.status is rpc.HealthStatus.SERVING
+        service.release.set()
+
+
+async def test_health_watches_do_not_count_against_max_inflight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        rpc.open_server([TestService()], host="127.0.0.1", port=0, max_inflight=1) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stream = channel.stub(rpc.HealthService).watch(rpc.HealthCheckRequest())
+        async with stream:
+            await stream.__anext__()
+            assert server.statistics().health_watches == 1
+            await channel.stub(TestService).empty_call(Empty())
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10"])
+async def test_max_inflight_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="max_inflight"):
+        await rpc.serve([TestService()], port=0, max_inflight=bad)  # type: ignore[arg-type]
+
+
+class Busy(ReplicaService, name="replica"):
+    """A replica whose every call is refused as if at max_inflight."""
+
+    __test__ = False
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+    async def _answer(self) -> Name:
+        self.calls += 1
+        raise rpc.RpcError(rpc.Status.RESOURCE_EXHAUSTED, "busy", {"refused": "max_inflight"})
+
+
+async def test_a_refused_call_is_retried_on_another_endpoint_even_if_not_idempotent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    busy, good = Busy("busy"), ReplicaService("good")
+    async with AsyncExitStack() as stack:
+        servers = [
+            await stack.enter_async_context(rpc.open_server([s], host="127.0.0.1", port=0))
+            for s in (busy, good)
+        ]
+        channel = await stack.enter_async_context(
+            rpc.open_channel([replica_address(s) for s in servers])
+        )
+        stub = channel.stub(ReplicaService)
+        for _ in range(20):
+            assert (await stub.write(ReplicaEmpty())).name == "good"
+        assert busy.calls > 0  # some calls went there first and were retried
+        assert channel.statistics().retries == busy.calls
+
+
+async def test_a_refused_call_is_not_retried_without_a_retry_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    busy = Busy("busy")
+    async with (
+        rpc.open_server([busy], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(replica_address(server), retry=None) as channel,
+    ):
+        with pytest.raises(rpc.RpcError, match="RESOURCE_EXHAUSTED"):
+            await channel.stub(ReplicaService).whoami(ReplicaEmpty())
+        assert busy.calls == 1
+
+
+async def test_a_refused_call_on_the_only_endpoint_backs_off_until_max_attempts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    busy = Busy("busy")
+    async with (
+        rpc.open_server([busy], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(replica_address(server)) as channel,
+    ):
+        start = trio.current_time()
+        with pytest.raises(rpc.RpcError, match="RESOURCE_EXHAUSTED"):
+            await channel.stub(ReplicaService).write(ReplicaEmpty())
+        assert busy.calls == rpc.RetryPolicy().max_attempts
+        assert trio.current_time() > start  # it waited between attempts
+
+
+# ---------------------------------------------------------------------- rate limit
+
+
+async def test_rate_limit_refuses_a_caller_beyond_its_burst_with_retry_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = rpc.RateLimitInterceptor(10, burst=2)
+    async with (
+        rpc.open_server(
+            [TestService()], host="127.0.0.1", port=0, interceptors=[limiter]
+        ) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stub = channel.stub(TestService)
+        await stub.empty_call(Empty())
+        await stub.empty_call(Empty())
+        with capture_logs() as logs, pytest.raises(rpc.RpcError) as info:
+            await stub.empty_call(Empty())
+        assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
+        assert info.value.details == {"refused": "rate_limit", "retry-after-ms": "100"}
+        await trio.sleep(0.1)
+        await stub.empty_call(Empty())  # a token came back
+    assert limiter.statistics().refused == 1
+    assert limiter.statistics().admitted == 3
+    [refused] = [e for e in logs if e["event"] == "rpc.call.refused"]
+    assert refused["key"] == "127.0.0.1"
+
+
+async def test_rate_limit_by_metadata_key_limits_each_key_apart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = rpc.RateLimitInterceptor(1, burst=1, key="metadata:x-api-key")
+    async with (
+        rpc.open_server(
+            [TestService()], host="127.0.0.1", port=0, interceptors=[limiter]
+        ) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        a = channel.stub(TestService, metadata={"x-api-key": "a"})
+        b = channel.stub(TestService, metadata={"x-api-key": "b"})
+        await a.empty_call(Empty())
+        await b.empty_call(Empty())
+        with pytest.raises(rpc.RpcError, match="rate limit"):
+            await a.empty_call(Empty())
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((0,), {}),
+        ((1,), {"burst": 0}),
+        ((1,), {"key": "header:x"}),
+        ((1,), {"key": "metadata:"}),
+        ((1,), {"key": 5}),
+        (("1",), {}),
+    ],
+)
+def test_rate_limit_interceptor_rejects_bad_arguments(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        rpc.RateLimitInterceptor(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _call(key: str) -> ServerCall:
+    return ServerCall(
+        "svc", "m", "unary", "10.0.0.1:5", {"k": key}, float("inf"), 1, trio.CancelScope()
+    )
+
+
+async def _proceed() -> None:
+    pass
+
+
+async def test_a_million_distinct_hostile_keys_keep_memory_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = rpc.RateLimitInterceptor(1, burst=1, key="metadata:k", max_keys=1000)
+    huge = "x" * 8000  # as large as the default max_metadata_size lets a value be
+    for i in range(950_000):
+        await limiter.intercept(_call(f"{huge}{i}" if i % 2 else str(i)), _proceed)
+    tracemalloc.start()  # traced for the last 50,000 keys only: it is slow
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for i in range(950_000, 1_000_000):
+            await limiter.intercept(_call(f"{huge}{i}" if i % 2 else str(i)), _proceed)
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    stats = limiter.statistics()
+    assert stats.keys == 1000
+    assert stats.admitted == 1_000_000
+    # The 1,000 tracked buckets were all replaced (about 400 KB); keeping even the 50,000
+    # keys' 8 KB values would be 200 MB.
+    assert grown < 1_000_000
+    assert max(len(key) for key in limiter._limiter._buckets) <= 64

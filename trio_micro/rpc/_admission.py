@@ -1,0 +1,244 @@
+"""Admission control: refuse calls early instead of queueing them until their deadlines.
+
+Two mechanisms, both answering ``RESOURCE_EXHAUSTED`` at once with a retry hint in the
+error's details, and both counted (``statistics()``) and logged with the refused caller's
+key:
+
+* :class:`Admission` -- the server's ``max_inflight``: a call arriving while that many
+  calls run on the whole server is refused before any decoding, interceptor or handler
+  runs. Health calls are always admitted and health watches do not count (a probe must
+  answer under overload, and a long-lived watch must not eat a call slot).
+* :class:`RateLimitInterceptor` -- a server interceptor over
+  :class:`~trio_micro.toolkit.KeyedRateLimiter`: each caller, keyed by its peer's host or
+  by a metadata value (an API key), gets ``rate`` calls per second with bursts of
+  ``burst``.
+
+Both are unlike ``max_concurrent_streams``, which is per connection and makes a caller
+*wait* for a slot on its own side: these refuse, so a client sends the call elsewhere.
+
+Retry hint (the error's ``details``): ``refused`` says why (``max_inflight`` /
+``rate_limit``) and that the handler never ran, so a channel with a
+:class:`~trio_micro.rpc.RetryPolicy` retries it -- any method, not only idempotent ones --
+on another endpoint, within the retry budget. ``retry-after-ms`` says when this server
+expects to accept the same caller again (the next token, for a rate limit; omitted for
+``max_inflight``, whose capacity comes back whenever a call ends).
+
+Logging at overload must not become the overload: ``rpc.call.refused`` is written at most
+``_LOGS_PER_SECOND`` times a second per mechanism; each line carries ``suppressed``, the
+refusals not logged since the previous line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, final
+
+import structlog
+import trio
+
+from trio_micro._validate import check_int, check_number
+from trio_micro.protocol import Status
+from trio_micro.toolkit import KeyedRateLimiter
+
+from ._context import ServerCall
+from ._errors import RpcError
+
+__all__ = ["RateLimitInterceptor", "RateLimitStatistics"]
+
+log = structlog.get_logger("rpc")
+
+REFUSED: Final = "refused"  # the details key a client retries on
+RETRY_AFTER_MS: Final = "retry-after-ms"
+_LOGS_PER_SECOND: Final = 10
+# Keys longer than this (UTF-8 bytes) are replaced by a digest: a key is held per bucket,
+# and metadata values may be kilobytes long.
+_MAX_KEY: Final = 64
+
+
+@final
+class RefusalLog:
+    """Logs ``rpc.call.refused`` at most ``_LOGS_PER_SECOND`` times a second."""
+
+    __slots__ = ("_logged", "_second", "_suppressed", "reason")
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._second = -1
+        self._logged = 0
+        self._suppressed = 0
+
+    def refused(self, call_peer: str, method: str, key: str, **fields: object) -> None:
+        second = int(trio.current_time())
+        if second != self._second:
+            self._second = second
+            self._logged = 0
+        if self._logged >= _LOGS_PER_SECOND:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        log.warning(
+            "rpc.call.refused",
+            reason=self.reason,
+            key=key,
+            peer=call_peer,
+            method=method,
+            suppressed=self._suppressed,
+            **fields,
+        )
+        self._suppressed = 0
+
+
+@final
+class Admission:
+    """The server-wide count of calls in flight, and ``max_inflight`` over it.
+
+    The connections increment :attr:`inflight` when they start a call and their call
+    runner decrements it when the call ends; :meth:`refuse` is called only at the limit.
+
+    Args:
+        limit: ``max_inflight``; ``None`` for none.
+        exempt: Wire name of a service always admitted (the health service).
+    """
+
+    __slots__ = ("_log", "exempt", "inflight", "limit", "max_inflight", "refused", "uncounted")
+
+    def __init__(self, limit: int | None, exempt: str | None) -> None:
+        self.max_inflight = limit
+        self.limit: float = math.inf if limit is None else limit
+        self.exempt = exempt
+        self.inflight = 0
+        # Long-lived calls that don't count against the limit (health watches).
+        self.uncounted: Callable[[], int] = lambda: 0
+        self.refused = 0
+        self._log = RefusalLog("max_inflight")
+
+    def over_limit(self, service: str, peer: str, method: str) -> RpcError | None:
+        """At :attr:`inflight` >= the limit: the error refusing the call, or ``None``."""
+        if service == self.exempt or self.inflight - self.uncounted() < self.limit:
+            return None
+        self.refused += 1
+        self._log.refused(peer, method, _peer_host(peer), max_inflight=self.max_inflight)
+        return RpcError(
+            Status.RESOURCE_EXHAUSTED,
+            f"server at max_inflight ({self.max_inflight} calls)",
+            {REFUSED: "max_inflight"},
+        )
+
+
+def _peer_host(peer: str) -> str:
+    host, sep, _ = peer.rpartition(":")
+    return host if sep else peer
+
+
+def _bounded(key: str) -> str:
+    if len(key) <= _MAX_KEY // 4 or len(key.encode("utf-8", "surrogatepass")) <= _MAX_KEY:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+    return "sha:" + digest.hexdigest()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RateLimitStatistics:
+    """A snapshot of :meth:`RateLimitInterceptor.statistics`.
+
+    Attributes:
+        admitted: Calls let through.
+        refused: Calls refused with ``RESOURCE_EXHAUSTED``.
+        keys: Callers tracked now (at most ``max_keys``).
+        keys_evicted: Callers forgotten at ``max_keys`` before their bucket refilled.
+    """
+
+    admitted: int
+    refused: int
+    keys: int
+    keys_evicted: int
+
+
+@final
+class RateLimitInterceptor:
+    """A server interceptor giving each caller ``rate`` calls a second (bursts of ``burst``).
+
+    ::
+
+        limiter = rpc.RateLimitInterceptor(100, burst=20, key="metadata:x-api-key")
+        async with rpc.open_server([svc], interceptors=[limiter]): ...
+
+    Put it first (outermost), so refused calls cost no other interceptor's work. A
+    refused call fails with ``RESOURCE_EXHAUSTED`` and details ``refused=rate_limit``,
+    ``retry-after-ms`` (see :mod:`._admission`). Memory is bounded by ``max_keys``
+    callers (:class:`~trio_micro.toolkit.KeyedRateLimiter` evicts the least recently
+    used), and each key by 64 bytes: longer ones (huge metadata values) are replaced by
+    their digest. Calls without the metadata key share the key ``""``.
+
+    Args:
+        rate: Calls per second per caller, > 0.
+        burst: Calls a caller may make at once, >= 1.
+        key: ``"peer"`` (the caller's host, any port) or ``"metadata:NAME"`` (the value
+            of request metadata ``NAME``, e.g. an API key).
+        max_keys: Most callers tracked at once.
+
+    Raises:
+        TypeError / ValueError: A bad argument.
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = ("_admitted", "_key", "_limiter", "_log", "_refused", "_retry_ms", "key")
+
+    def __init__(
+        self, rate: float, burst: int = 1, *, key: str = "peer", max_keys: int = 100_000
+    ) -> None:
+        rate = check_number("rate", rate)
+        check_int("burst", burst, minimum=1)
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, got {key!r}")
+        if key == "peer":
+            self._key: str | None = None
+        elif key.startswith("metadata:") and len(key) > len("metadata:"):
+            self._key = key.removeprefix("metadata:")
+        else:
+            raise ValueError(f"key must be 'peer' or 'metadata:NAME', got {key!r}")
+        self.key = key
+        self._limiter: KeyedRateLimiter[str] = KeyedRateLimiter(rate, burst, max_keys=max_keys)
+        # The wait for one token, at most: what a refused caller is told.
+        self._retry_ms = str(max(1, math.ceil(1000 / rate)))
+        self._admitted = 0
+        self._refused = 0
+        self._log = RefusalLog("rate_limit")
+
+    def __repr__(self) -> str:
+        return f"RateLimitInterceptor({self._limiter!r}, key={self.key!r})"
+
+    def statistics(self) -> RateLimitStatistics:
+        """Counts so far; not a checkpoint."""
+        stats = self._limiter.statistics()
+        return RateLimitStatistics(
+            admitted=self._admitted,
+            refused=self._refused,
+            keys=stats.keys,
+            keys_evicted=stats.keys_evicted,
+        )
+
+    async def intercept(self, call: ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
+        """Take a token for the caller and proceed, or refuse the call (see the class docs).
+
+        Checkpoints: ``proceed``'s; a refusal raises without one.
+        """
+        name = self._key
+        key = _peer_host(call.peer) if name is None else _bounded(call.metadata.get(name, ""))
+        try:
+            self._limiter.acquire_nowait(key)
+        except trio.WouldBlock:
+            self._refused += 1
+            self._log.refused(call.peer, f"{call.service}/{call.method}", key)
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                "rate limit exceeded",
+                {REFUSED: "rate_limit", RETRY_AFTER_MS: self._retry_ms},
+            ) from None
+        self._admitted += 1
+        await proceed()
