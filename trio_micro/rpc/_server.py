@@ -29,6 +29,7 @@ connection's are listed in :mod:`._server_connection`, ``rpc.handler.crashed`` i
 from __future__ import annotations
 
 import errno
+import inspect
 import math
 import ssl
 from collections.abc import (
@@ -340,6 +341,55 @@ async def serve(
         TypeError / ValueError: A bad argument (before anything is bound).
         OSError: The address can't be bound.
     """
+    prepared = _prepare(
+        services,
+        port=port,
+        ssl_context=ssl_context,
+        interceptors=interceptors,
+        reflection=reflection,
+        max_connections=max_connections,
+        max_concurrent_streams=max_concurrent_streams,
+        max_frame_size=max_frame_size,
+        max_metadata_size=max_metadata_size,
+        handshake_timeout=handshake_timeout,
+        keepalive_interval=keepalive_interval,
+        keepalive_timeout=keepalive_timeout,
+        idle_timeout=idle_timeout,
+        min_ping_interval=min_ping_interval,
+        grace_period=grace_period,
+    )
+    await _serve_with_options(prepared, host, port, task_status)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What :func:`serve` serves, made from arguments that passed every check."""
+
+    by_name: dict[str, Service]
+    methods: dict[str, Method]
+    options: ServerConfig
+
+
+def _prepare(
+    services: Iterable[Service],
+    *,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    interceptors: Sequence[ServerInterceptor],
+    reflection: bool,
+    max_connections: int | None,
+    max_concurrent_streams: int,
+    max_frame_size: int,
+    max_metadata_size: int,
+    handshake_timeout: float,
+    keepalive_interval: float,
+    keepalive_timeout: float,
+    idle_timeout: float,
+    min_ping_interval: float,
+    grace_period: float,
+) -> _Prepared:
+    """Check :func:`serve`'s arguments and build its services; raises TypeError / ValueError."""
     if not isinstance(interceptors, Sequence) or not all(
         isinstance(i, ServerInterceptor) for i in interceptors
     ):
@@ -377,8 +427,17 @@ async def serve(
         grace_period=check_seconds("grace_period", grace_period),
     )
     by_name, methods = _build(services, reflection)
+    return _Prepared(by_name, methods, options)
+
+
+async def _serve_with_options(
+    prepared: _Prepared,
+    host: str | None,
+    port: int,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
-    server = Server(by_name, methods, options, listeners)
+    server = Server(prepared.by_name, prepared.methods, prepared.options, listeners)
     await server._run(task_status)
 
 
@@ -403,24 +462,21 @@ async def open_server(
     it at once.
 
     Raises:
+        TypeError / ValueError: A bad argument, raised as it is (not in a group) before
+            anything starts, as :func:`serve` and :func:`open_channel` do.
         BaseExceptionGroup: Wraps what the body or the server raised (a trio nursery runs
             inside).
     """
+    # serve's signature holds the defaults: bind to it rather than repeat them here.
+    arguments = inspect.signature(serve).bind(services, host=host, port=port, **options)
+    arguments.apply_defaults()
+    del arguments.arguments["host"], arguments.arguments["task_status"]
+    prepared = _prepare(*arguments.args, **arguments.kwargs)
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(_serve_with_options, services, host, port, options)
+        server: Server = await nursery.start(_serve_with_options, prepared, host, port)
         try:
             yield server
         except BaseException:
             nursery.cancel_scope.cancel()
             raise
         await server.shutdown()
-
-
-async def _serve_with_options(
-    services: Iterable[Service],
-    host: str | None,
-    port: int,
-    options: ServerOptions,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve(services, host=host, port=port, task_status=task_status, **options)
