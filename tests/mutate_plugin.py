@@ -6,19 +6,52 @@ and to decide whether the active mutant is theirs. Each package's `fixup_module_
 renames ``__module__`` to the public package (``trio_micro.toolkit._ratelimit`` becomes
 ``trio_micro.toolkit``), so mutmut would find no test for any public method and would never
 switch its mutants on: they would all "survive". This plugin gives every function back the
-name of the module whose file defines it, before any test runs. It changes nothing else,
-and the normal test runs never load it.
+name of the module whose file defines it, before any test runs.
+
+It also narrows each mutant's tests to the ones that matter for its module (`TESTS_FOR`):
+mutmut runs every test that reached the mutated function, and end-to-end tests elsewhere
+(the CLI, the examples, the registry over real sockets) reach most hot code, which would
+make each mutant cost seconds instead of a fraction of one. The normal test runs never load
+this plugin.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 
 import pytest
 
 _PACKAGES = ("toolkit", "protocol", "observe", "rpc", "registry", "analysis")
+
+# Mutated module -> the test files (node id prefixes) that test it.
+TESTS_FOR: dict[str, tuple[str, ...]] = {
+    "trio_micro.toolkit._ratelimit": ("tests/toolkit/test_ratelimit.py",),
+    "trio_micro.toolkit._singleflight": ("tests/toolkit/test_singleflight.py",),
+    "trio_micro.toolkit._channels": ("tests/toolkit/test_channels.py",),
+    "trio_micro.protocol._connection": ("tests/protocol/",),
+    "trio_micro.protocol._codec": ("tests/protocol/",),
+    "trio_micro.rpc._retry": ("tests/rpc/test_retry.py",),
+    "trio_micro.rpc._balancing": ("tests/rpc/test_balancing.py",),
+    "trio_micro.rpc._server_calls": (
+        "tests/rpc/test_server.py",
+        "tests/rpc/test_calls.py",
+        "tests/rpc/test_cancellation.py",
+        "tests/rpc/test_stream_failures.py",
+        "tests/rpc/test_call_workers.py",
+    ),
+    "trio_micro.registry._server": (
+        "tests/registry/test_server_leases.py",
+        "tests/registry/test_contract.py",
+    ),
+    "trio_micro.registry._memory": (
+        "tests/registry/test_memory.py",
+        "tests/registry/test_contract.py",
+    ),
+    "trio_micro.analysis._sketch": ("tests/analysis/",),
+}
 
 
 def _functions_of(attr: object) -> list[types.FunctionType]:
@@ -51,3 +84,15 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("trio_micro.") and name.rpartition(".")[2].startswith("_"):
             _restore(module)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # mutmut names the active mutant "<module>.<function>__mutmut_<n>" in this variable.
+    module = os.environ.get("MUTANT_UNDER_TEST", "").rpartition(".")[0]
+    prefixes = TESTS_FOR.get(module)
+    if prefixes is None:
+        return
+    deselected = [item for item in items if not item.nodeid.startswith(prefixes)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.nodeid.startswith(prefixes)]

@@ -97,6 +97,21 @@ def test_buckets_cover_all_values_in_order() -> None:
     assert all(low <= 100.0 for low, _, _ in rows)
 
 
+def test_each_bucket_holds_its_values_and_spans_one_step_of_the_error_bound() -> None:
+    values = [0.0, 5e-7, 0.5, 1.0, 100.0, 12345.0]
+    rows = list(LatencySketch(values).buckets())
+    assert rows[0] == (0.0, MIN_TRACKED, 2)  # 0 and 5e-7 are below MIN_TRACKED
+    gamma = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+    for (low, high, count), value in zip(rows[1:], values[2:], strict=True):
+        assert (low <= value < high, count) == (True, 1)
+        assert math.isclose(high / low, gamma)
+
+
+def test_sketches_that_differ_only_in_their_total_are_not_equal() -> None:
+    # 1.001 and 1.002 share a bucket, so only the totals differ.
+    assert LatencySketch([1.0, 1.001, 2.0]) != LatencySketch([1.0, 1.002, 2.0])
+
+
 def test_copy_is_independent() -> None:
     sketch = LatencySketch([1.0])
     copy = sketch.copy()
