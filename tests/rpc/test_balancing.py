@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -76,6 +78,17 @@ def test_p2c_compares_the_turn_with_a_random_other() -> None:
     assert all(620 < picks.count(i) < 710 for i in (0, 1, 2))
 
 
+def test_p2c_with_one_connection_picks_it() -> None:
+    ready: Sequence[rpc.Subchannel] = [Fake(7)]
+    assert rpc.PowerOfTwoChoices(seed=5).pick(ready) == 0
+
+
+def test_round_robin_takes_the_connections_in_order_from_the_first() -> None:
+    balancer = rpc.RoundRobin()
+    ready: Sequence[rpc.Subchannel] = [Fake(0), Fake(0), Fake(0)]
+    assert [balancer.pick(ready) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
 def test_p2c_with_the_same_seed_picks_the_same() -> None:
     ready: Sequence[rpc.Subchannel] = [Fake(1), Fake(2), Fake(1), Fake(0)]
     first, second = rpc.PowerOfTwoChoices(seed=9), rpc.PowerOfTwoChoices(seed=9)
@@ -140,17 +153,48 @@ def test_never_more_than_half_ejected(ejected: int, endpoints: int, allowed: boo
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "error", "message"),
     [
-        {"consecutive_failures": 0},
-        {"base_ejection_time": -1},
-        {"max_ejected_fraction": 1.5},
-        {"max_ejected_fraction": True},
+        ({"consecutive_failures": 0}, ValueError, "consecutive_failures must be >= 1, got 0"),
+        (
+            {"base_ejection_time": math.inf},
+            ValueError,
+            "base_ejection_time must be a finite number > 0 (seconds), got inf",
+        ),
+        (
+            {"max_ejection_time": math.inf},
+            ValueError,
+            "max_ejection_time must be a finite number > 0 (seconds), got inf",
+        ),
+        (
+            {"max_ejected_fraction": 1.5},
+            ValueError,
+            "max_ejected_fraction must be in [0, 1], got 1.5",
+        ),
+        (
+            {"max_ejected_fraction": True},
+            TypeError,
+            "max_ejected_fraction must be a float, got True",
+        ),
     ],
 )
-def test_ejection_policy_checks_its_values(kwargs: dict[str, object]) -> None:
-    with pytest.raises((TypeError, ValueError)):
+def test_ejection_policy_checks_its_values(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         rpc.OutlierEjection(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"consecutive_failures": 1},
+        {"max_ejected_fraction": 0.0},
+        {"max_ejected_fraction": 1.0},
+    ],
+)
+def test_ejection_policy_accepts_the_bounds(kwargs: dict[str, object]) -> None:
+    assert rpc.OutlierEjection(**kwargs)  # type: ignore[arg-type]
 
 
 async def write_until_ejected(channel: rpc.Channel, bad: str, limit: int = 20) -> int:
