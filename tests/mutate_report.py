@@ -3,7 +3,9 @@
 Reads what mutmut left in ``mutants/`` (one ``<module>.py.meta`` file per mutated module) and
 prints one Markdown table row per module named on the command line, then every surviving
 mutant with its diff, for docs/testing.md. A mutant that makes a test time out counts as
-detected, like a killed one: the tests noticed the change.
+detected, like a killed one: the tests noticed the change. A mutant that no test of its
+module reaches ("no tests") counts as undetected; "not run" are mutants mutmut has not
+tested yet (an interrupted run). The score is detected / (mutants - not run).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def _statuses(module: str) -> dict[str, str]:
 
 
 def main(modules: list[str]) -> int:
-    print("| module | mutants | killed | timed out | survived | not run | score |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| module | mutants | killed | timed out | survived | no tests | not run | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     survivors: list[str] = []
     for module in modules:
         statuses = _statuses(module)
@@ -40,7 +42,7 @@ def main(modules: list[str]) -> int:
         score = f"{100 * detected / run:.1f} %" if run else "-"
         print(
             f"| `{module}` | {len(statuses)} | {counts['killed']} | {counts['timeout']} "
-            f"| {survived} | {len(statuses) - run} | {score} |"
+            f"| {survived} | {counts['no tests']} | {len(statuses) - run} | {score} |"
         )
         survivors += sorted(key for key, status in statuses.items() if status == "survived")
     for key in survivors:

@@ -64,3 +64,27 @@ async def test_a_lease_not_kept_alive_expires_after_its_ttl(
     with pytest.raises(rpc.RpcError) as info:
         await service.keep_alive(LeaseRequest(grant.lease_id))
     assert info.value.code is rpc.Status.NOT_FOUND
+
+
+async def test_a_replaced_lease_is_forgotten_when_it_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A client that re-registers the same address every half TTL: each new lease replaces
+    # the previous one, which must not stay in the server's memory once it has expired.
+    service = RegistryService()
+    for _ in range(20):
+        await service.register(RegisterRequest("users", A, TTL))
+        await trio.sleep(TTL / 2)
+    # The lease that owns the address and the one it replaced half a TTL ago; the one
+    # before that expired just as the last registration came.
+    assert len(service._leases) == 2
+    endpoints = (await service.resolve(ServiceRequest("users"))).endpoints
+    assert [record.address for record in endpoints] == [A]
+
+
+async def test_a_bad_registration_is_invalid_argument_with_the_reason() -> None:
+    service = RegistryService()
+    with pytest.raises(rpc.RpcError) as info:
+        await service.register(RegisterRequest("users", A, -1.0))
+    assert info.value.code is rpc.Status.INVALID_ARGUMENT
+    assert info.value.message == "ttl must be a finite number > 0 (seconds), got -1.0"
