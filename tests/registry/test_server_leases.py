@@ -12,9 +12,10 @@ from contextlib import aclosing
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from trio_micro import rpc
-from trio_micro.registry import RegistryService
+from trio_micro.registry import RegistryService, open_registry_server
 from trio_micro.registry._server import LeaseRequest, RegisterRequest, ServiceRequest
 
 TTL = 1.0
@@ -88,3 +89,41 @@ async def test_a_bad_registration_is_invalid_argument_with_the_reason() -> None:
         await service.register(RegisterRequest("users", A, -1.0))
     assert info.value.code is rpc.Status.INVALID_ARGUMENT
     assert info.value.message == "ttl must be a finite number > 0 (seconds), got -1.0"
+
+
+async def test_a_lease_expires_exactly_at_its_ttl(autojump_clock: trio.testing.MockClock) -> None:
+    service = RegistryService()
+    await service.register(RegisterRequest("users", A, TTL))
+    await trio.sleep(TTL)
+    assert (await service.resolve(ServiceRequest("users"))).endpoints == []
+
+
+async def test_an_expiry_is_logged_with_the_service_and_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService()
+    await service.register(RegisterRequest("users", A, TTL))
+    await trio.sleep(TTL)
+    with capture_logs() as logs:
+        await service.resolve(ServiceRequest("users"))
+    assert [(e["event"], e["service"], e["address"]) for e in logs] == [
+        ("registry.server.expired", "users", A)
+    ]
+
+
+async def test_close_ends_every_watch(autojump_clock: trio.testing.MockClock) -> None:
+    service = RegistryService()
+    updates = service.watch(ServiceRequest("users"))
+    async with aclosing(updates):  # type: ignore[type-var]
+        with trio.fail_after(1):
+            assert (await anext(updates)).endpoints == []
+            service.close()
+            with pytest.raises(StopAsyncIteration):
+                await anext(updates)
+
+
+async def test_the_registry_server_exposes_the_service_it_serves() -> None:
+    async with open_registry_server(port=0) as server:
+        assert isinstance(server.service, RegistryService)
+        resolved = await server.service.resolve(ServiceRequest("users"))
+        assert resolved.endpoints == []
