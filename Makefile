@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: demo test lint typecheck pytest bench clean venv lock cluster-test
+.PHONY: demo test lint typecheck pytest bench mutate clean venv lock cluster-test
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trio_micro needs python >= 3.11, found " + sys.version.split()[0])'
@@ -54,6 +54,26 @@ cluster-test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/toolkit_bench.py
 
+# Mutation testing of the hot modules with mutmut (docs/testing.md): module by module, one
+# worker process, each mutant tested by the tests that reach the mutated function. Takes
+# long (see docs/testing.md); `make mutate MUTATE=trio_micro.rpc._retry` runs one module.
+# Not part of `make test`. Results stay in mutants/ (a re-run retests only what changed).
+MUTATE_MODULES := \
+	trio_micro.toolkit._ratelimit trio_micro.toolkit._singleflight trio_micro.toolkit._channels \
+	trio_micro.protocol._connection trio_micro.protocol._codec \
+	trio_micro.rpc._retry trio_micro.rpc._balancing trio_micro.rpc._server_calls \
+	trio_micro.registry._server trio_micro.registry._memory \
+	trio_micro.analysis._sketch
+MUTATE ?= $(MUTATE_MODULES)
+mutate: $(STAMP)
+	@mkdir -p mutants
+	@for module in $(MUTATE); do \
+		echo "== mutmut: $$module (log: mutants/$$module.log)"; \
+		$(BIN)/mutmut run --max-children 1 "$$module.*" > "mutants/$$module.log" 2>&1 \
+			|| { tail -n 30 "mutants/$$module.log"; exit 1; }; \
+	done
+	$(BIN)/python -m tests.mutate_report $(MUTATE)
+
 # Re-resolve every dependency (runtime and dev groups) to its newest release that fits
 # pyproject.toml, for every Python >= 3.11 and platform, with hashes. Run it when you change a
 # dependency in pyproject.toml, or to take upstream releases; then `make test` and commit both.
@@ -66,4 +86,4 @@ lock: $(STAMP)
 		--custom-compile-command "make lock" -o $(LOCK)
 
 clean:
-	rm -rf $(VENV) .venv-* .coverage .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* mutants .coverage .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -8,6 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from trio_micro.analysis import MIN_TRACKED, RELATIVE_ERROR, LatencySketch
+from trio_micro.analysis._sketch import bucket_index
 
 durations = st.floats(min_value=0, max_value=1e7, allow_nan=False)
 quantiles = st.sampled_from([0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0])
@@ -96,6 +97,30 @@ def test_buckets_cover_all_values_in_order() -> None:
     assert sum(n for _, _, n in rows) == 4
     assert [low for low, _, _ in rows] == sorted(low for low, _, _ in rows)
     assert all(low <= 100.0 for low, _, _ in rows)
+
+
+def test_each_bucket_holds_its_values_and_spans_one_step_of_the_error_bound() -> None:
+    values = [0.0, 5e-7, 0.5, 1.0, 100.0, 12345.0]
+    rows = list(LatencySketch(values).buckets())
+    assert rows[0] == (0.0, MIN_TRACKED, 2)  # 0 and 5e-7 are below MIN_TRACKED
+    gamma = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+    for (low, high, count), value in zip(rows[1:], values[2:], strict=True):
+        assert (low <= value < high, count) == (True, 1)
+        assert math.isclose(high / low, gamma)
+
+
+def test_sketches_that_differ_only_in_their_total_are_not_equal() -> None:
+    # 1.001 and 1.002 share a bucket, so only the totals differ.
+    assert LatencySketch([1.0, 1.001, 2.0]) != LatencySketch([1.0, 1.002, 2.0])
+
+
+def test_adding_at_a_precomputed_bucket_equals_adding() -> None:
+    # The bulk path of SummaryBuilder computes the bucket itself and calls _add_at.
+    values = [0.0, 0.25, 0.25, 3.0]
+    sketch = LatencySketch()
+    for value in values:
+        sketch._add_at(bucket_index(value), value)
+    assert sketch == LatencySketch(values)
 
 
 def test_copy_is_independent() -> None:

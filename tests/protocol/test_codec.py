@@ -4,6 +4,7 @@ and bad input is rejected as early as possible."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import msgspec
 import pytest
@@ -33,7 +34,12 @@ from trio_micro.protocol import (
     Settings,
     Status,
 )
-from trio_micro.protocol._frames import MAX_CREDIT, MAX_OPAQUE, MAX_STREAM_ID
+from trio_micro.protocol._frames import (
+    MAX_CREDIT,
+    MAX_FRAME_SIZE_LIMIT,
+    MAX_OPAQUE,
+    MAX_STREAM_ID,
+)
 
 ids = st.integers(1, MAX_STREAM_ID)
 u31 = st.integers(0, MAX_CREDIT)
@@ -244,3 +250,40 @@ def test_the_encoder_refuses_a_body_over_max_frame_size() -> None:
 
 def test_the_wire_format_is_a_length_prefixed_tagged_array() -> None:
     assert FrameEncoder().encode(Credit(5, 10)) == b"\x00\x00\x00\x04\x93\x06\x05\x0a"
+
+
+@pytest.mark.parametrize(("size", "preview"), [(32, b"\xc1" * 32), (33, b"\xc1" * 32 + b"...")])
+def test_a_malformed_body_is_shown_up_to_32_bytes(size: int, preview: bytes) -> None:
+    body = b"\xc1" * size
+    with pytest.raises(RemoteProtocolError) as info:
+        FrameDecoder().receive_data(size.to_bytes(4, "big") + body)
+    assert str(info.value).endswith(f"): {preview!r}")
+    assert info.value.code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_the_decoder_refuses_more_data_after_a_malformed_body() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError):
+        decoder.receive_data(b"\x00\x00\x00\x01\xc1")
+    with pytest.raises(
+        RemoteProtocolError, match=r"^can't decode after an earlier protocol error$"
+    ):
+        decoder.receive_data(FrameEncoder().encode(Ping(1)))
+
+
+@pytest.mark.parametrize("size", [1, MAX_FRAME_SIZE_LIMIT])
+def test_the_encoder_takes_any_max_frame_size_a_header_can_say(size: int) -> None:
+    assert FrameEncoder(max_frame_size=size).max_frame_size == size
+
+
+@pytest.mark.parametrize("size", [0, MAX_FRAME_SIZE_LIMIT + 1])
+def test_the_encoder_refuses_a_max_frame_size_a_header_cannot_say(size: int) -> None:
+    message = f"max_frame_size must be in [1, {MAX_FRAME_SIZE_LIMIT}], got {size!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        FrameEncoder(max_frame_size=size)
+
+
+def test_the_encoder_sends_a_body_of_exactly_max_frame_size() -> None:
+    body_size = len(FrameEncoder().encode(Ping(1))) - 4
+    data = FrameEncoder(max_frame_size=body_size).encode(Ping(1))
+    assert FrameDecoder().receive_data(data) == [Ping(1)]

@@ -18,6 +18,7 @@ from trio_micro.protocol import (
     ErrorCode,
     Event,
     Frame,
+    FrameDecoder,
     FrameEncoder,
     GoAway,
     Hello,
@@ -552,8 +553,11 @@ def test_goaway_can_be_sent_after_a_remote_protocol_error() -> None:
     server.initiate()
     with pytest.raises(RemoteProtocolError) as info:
         server.receive_data(b"garbage")
+    assert info.value.code == ErrorCode.PROTOCOL_ERROR
     data = server.send_goaway(info.value.code, info.value.message)
-    assert data.startswith(len(data[4:]).to_bytes(4, "big"))
+    assert FrameDecoder().receive_data(data) == [
+        GoAway(0, ErrorCode.PROTOCOL_ERROR, info.value.message)
+    ]
 
 
 # -- keepalive and end of stream ------------------------------------------------------------

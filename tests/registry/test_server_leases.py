@@ -12,9 +12,10 @@ from contextlib import aclosing
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from trio_micro import rpc
-from trio_micro.registry import RegistryService
+from trio_micro.registry import RegistryService, open_registry_server
 from trio_micro.registry._server import LeaseRequest, RegisterRequest, ServiceRequest
 
 TTL = 1.0
@@ -64,3 +65,65 @@ async def test_a_lease_not_kept_alive_expires_after_its_ttl(
     with pytest.raises(rpc.RpcError) as info:
         await service.keep_alive(LeaseRequest(grant.lease_id))
     assert info.value.code is rpc.Status.NOT_FOUND
+
+
+async def test_a_replaced_lease_is_forgotten_when_it_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A client that re-registers the same address every half TTL: each new lease replaces
+    # the previous one, which must not stay in the server's memory once it has expired.
+    service = RegistryService()
+    for _ in range(20):
+        await service.register(RegisterRequest("users", A, TTL))
+        await trio.sleep(TTL / 2)
+    # The lease that owns the address and the one it replaced half a TTL ago; the one
+    # before that expired just as the last registration came.
+    assert len(service._leases) == 2
+    endpoints = (await service.resolve(ServiceRequest("users"))).endpoints
+    assert [record.address for record in endpoints] == [A]
+
+
+async def test_a_bad_registration_is_invalid_argument_with_the_reason() -> None:
+    service = RegistryService()
+    with pytest.raises(rpc.RpcError) as info:
+        await service.register(RegisterRequest("users", A, -1.0))
+    assert info.value.code is rpc.Status.INVALID_ARGUMENT
+    assert info.value.message == "ttl must be a finite number > 0 (seconds), got -1.0"
+
+
+async def test_a_lease_expires_exactly_at_its_ttl(autojump_clock: trio.testing.MockClock) -> None:
+    service = RegistryService()
+    await service.register(RegisterRequest("users", A, TTL))
+    await trio.sleep(TTL)
+    assert (await service.resolve(ServiceRequest("users"))).endpoints == []
+
+
+async def test_an_expiry_is_logged_with_the_service_and_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService()
+    await service.register(RegisterRequest("users", A, TTL))
+    await trio.sleep(TTL)
+    with capture_logs() as logs:
+        await service.resolve(ServiceRequest("users"))
+    assert [(e["event"], e["service"], e["address"]) for e in logs] == [
+        ("registry.server.expired", "users", A)
+    ]
+
+
+async def test_close_ends_every_watch(autojump_clock: trio.testing.MockClock) -> None:
+    service = RegistryService()
+    updates = service.watch(ServiceRequest("users"))
+    async with aclosing(updates):  # type: ignore[type-var]
+        with trio.fail_after(1):
+            assert (await anext(updates)).endpoints == []
+            service.close()
+            with pytest.raises(StopAsyncIteration):
+                await anext(updates)
+
+
+async def test_the_registry_server_exposes_the_service_it_serves() -> None:
+    async with open_registry_server(port=0) as server:
+        assert isinstance(server.service, RegistryService)
+        resolved = await server.service.resolve(ServiceRequest("users"))
+        assert resolved.endpoints == []

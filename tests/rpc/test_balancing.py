@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -62,13 +64,29 @@ def test_p2c_takes_turns_between_equally_loaded_connections() -> None:
 
 def test_p2c_compares_the_turn_with_a_random_other() -> None:
     balancer = rpc.PowerOfTwoChoices(seed=4)
-    ready: Sequence[rpc.Subchannel] = [Fake(0), Fake(3), Fake(3), Fake(3)]
-    picks = [balancer.pick(ready) for _ in range(400)]
-    # Index 0 wins whenever it is a candidate: on its turn (1 in 4) and when drawn as the
-    # other of a busy turn (1 in 3 of the other 3 in 4): 1/4 + 3/4 * 1/3 = 1/2.
-    assert 150 < picks.count(0) < 250
-    # A busy connection wins only on its turn against another busy one: 1/4 * 2/3 = 1/6.
-    assert all(40 < picks.count(i) < 100 for i in (1, 2, 3))
+    # The idle connection is the last one: a draw that may return the turn's own index, or
+    # that skips the turn's index the wrong way, draws the last index less often than 1/3.
+    ready: Sequence[rpc.Subchannel] = [Fake(3), Fake(3), Fake(3), Fake(0)]
+    picks = [balancer.pick(ready) for _ in range(4000)]
+    # Index 3 wins whenever it is a candidate: on its turn (1 in 4) and when drawn as the
+    # other of a busy turn (1 in 3 of the other 3 in 4): 1/4 + 3/4 * 1/3 = 1/2, 2000 picks.
+    # A draw among all 4 would give 1/4 + 3/4 * 1/4 = 7/16 (1750 picks); a draw among the
+    # first 3 only, 1/4 (1000): both far outside the bounds (the standard deviation is 32).
+    assert 1900 < picks.count(3) < 2100
+    # A busy connection wins only on its turn against another busy one: 1/4 * 2/3 = 1/6,
+    # 667 picks.
+    assert all(620 < picks.count(i) < 710 for i in (0, 1, 2))
+
+
+def test_p2c_with_one_connection_picks_it() -> None:
+    ready: Sequence[rpc.Subchannel] = [Fake(7)]
+    assert rpc.PowerOfTwoChoices(seed=5).pick(ready) == 0
+
+
+def test_round_robin_takes_the_connections_in_order_from_the_first() -> None:
+    balancer = rpc.RoundRobin()
+    ready: Sequence[rpc.Subchannel] = [Fake(0), Fake(0), Fake(0)]
+    assert [balancer.pick(ready) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
 def test_p2c_with_the_same_seed_picks_the_same() -> None:
@@ -135,17 +153,48 @@ def test_never_more_than_half_ejected(ejected: int, endpoints: int, allowed: boo
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "error", "message"),
     [
-        {"consecutive_failures": 0},
-        {"base_ejection_time": -1},
-        {"max_ejected_fraction": 1.5},
-        {"max_ejected_fraction": True},
+        ({"consecutive_failures": 0}, ValueError, "consecutive_failures must be >= 1, got 0"),
+        (
+            {"base_ejection_time": math.inf},
+            ValueError,
+            "base_ejection_time must be a finite number > 0 (seconds), got inf",
+        ),
+        (
+            {"max_ejection_time": math.inf},
+            ValueError,
+            "max_ejection_time must be a finite number > 0 (seconds), got inf",
+        ),
+        (
+            {"max_ejected_fraction": 1.5},
+            ValueError,
+            "max_ejected_fraction must be in [0, 1], got 1.5",
+        ),
+        (
+            {"max_ejected_fraction": True},
+            TypeError,
+            "max_ejected_fraction must be a float, got True",
+        ),
     ],
 )
-def test_ejection_policy_checks_its_values(kwargs: dict[str, object]) -> None:
-    with pytest.raises((TypeError, ValueError)):
+def test_ejection_policy_checks_its_values(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         rpc.OutlierEjection(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"consecutive_failures": 1},
+        {"max_ejected_fraction": 0.0},
+        {"max_ejected_fraction": 1.0},
+    ],
+)
+def test_ejection_policy_accepts_the_bounds(kwargs: dict[str, object]) -> None:
+    assert rpc.OutlierEjection(**kwargs)  # type: ignore[arg-type]
 
 
 async def write_until_ejected(channel: rpc.Channel, bad: str, limit: int = 20) -> int:

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_micro import rpc
+from trio_micro import Backoff, rpc
 from trio_micro.rpc._retry import RetryBudget
 
 from .replicas import Empty, ReplicaService
@@ -255,6 +255,9 @@ def test_full_jitter_backoff_stays_under_its_bound() -> None:
         ({"max_attempts": 0}, ValueError),
         ({"initial_backoff": 0}, ValueError),
         ({"max_backoff": "1"}, TypeError),
+        ({"initial_backoff": math.inf}, ValueError),
+        ({"max_backoff": math.inf}, ValueError),
+        ({"multiplier": 0}, ValueError),
         ({"budget_ratio": -1}, ValueError),
         ({"budget_ratio": math.nan}, ValueError),
         ({"budget_ratio": True}, TypeError),
@@ -272,6 +275,46 @@ def test_retry_policy_checks_its_values(kwargs: dict[str, object], error: type[E
     [(name, value)] = kwargs.items()
     with pytest.raises(error, match=f"{name} must be .*, got {re.escape(repr(value))}"):
         rpc.RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_retry_policy_accepts_a_single_attempt() -> None:
+    assert rpc.RetryPolicy(max_attempts=1).max_attempts == 1
+
+
+def test_backoff_is_the_toolkit_backoff_of_the_policy_fields() -> None:
+    # Not the Backoff defaults (0.1, 2, 5), and the same seeded generator: the same delays.
+    policy = rpc.RetryPolicy(initial_backoff=0.5, multiplier=3, max_backoff=100)
+    assert [policy.backoff(n, random.Random(n)) for n in range(1, 6)] == [
+        Backoff(initial=0.5, multiplier=3, maximum=100, rng=random.Random(n)).delay(n)
+        for n in range(1, 6)
+    ]
+
+
+async def test_budget_counts_leave_the_window_once_after_skipped_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Two retries per call, no floor, one slot per second: slots 1 and 2 are skipped, and
+    # when slot 11 starts only slot 3's calls are left in the window.
+    budget = _budget(budget_ratio=2, budget_min_per_second=0, budget_ttl=10)
+    for _ in range(10):
+        budget.deposit()
+    autojump_clock.jump(3)
+    for _ in range(10):
+        budget.deposit()
+    autojump_clock.jump(8.5)
+    assert _withdraw_all(budget) == 20
+
+
+async def test_budget_after_an_idle_window_counts_from_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    budget = _budget(budget_ratio=1, budget_min_per_second=0, budget_ttl=10)
+    budget.deposit()
+    autojump_clock.jump(25)  # everything left the window
+    for _ in range(10):
+        budget.deposit()
+    autojump_clock.jump(1)
+    assert _withdraw_all(budget) == 10
 
 
 def test_retry_policy_accepts_no_ratio_or_no_floor() -> None:

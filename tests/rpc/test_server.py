@@ -281,3 +281,19 @@ async def test_a_bad_connection_is_logged_and_does_not_affect_others(
     assert errors
     assert "preface" in str(errors[0]["reason"])
     assert (await stub.get_user(GetUserRequest(5))).user_id == 5
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"grace_period": -1}, ValueError),
+        ({"max_frame_size": "big"}, TypeError),
+        ({"no_such_option": 1}, TypeError),
+    ],
+)
+async def test_open_server_raises_a_bad_argument_bare_before_it_starts(
+    service: TestService, options: dict[str, object], error: type[Exception]
+) -> None:
+    with trio.testing.assert_no_checkpoints(), pytest.raises(error):
+        async with rpc.open_server([service], host="127.0.0.1", **options):  # type: ignore[arg-type]
+            pytest.fail("the body ran")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import pytest
 import trio
 import trio.testing
@@ -252,6 +254,38 @@ async def test_statistics_count_waiting_followers_and_keys_in_flight(
     assert (stats.calls, stats.executions, stats.in_flight, stats.tasks_waiting) == (3, 1, 1, 2)
 
 
+async def test_followers_stop_counting_as_waiting_when_the_flight_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    source = SlowSource()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(flights.call, "k", source.fetch)
+    assert flights.statistics().tasks_waiting == 0
+
+
+async def test_a_follower_raises_with_the_traceback_of_where_fn_failed(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+
+    async def failing_fetch() -> int:
+        await trio.sleep(1)
+        raise LookupError("no such user")
+
+    nursery.start_soon(lambda: _swallow(flights.call("k", failing_fetch)))
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(LookupError) as info:
+        await flights.call("k", failing_fetch)
+    assert "failing_fetch" in [entry.name for entry in info.traceback]
+
+
+async def _swallow(call: Awaitable[int]) -> None:
+    with pytest.raises(LookupError):
+        await call
+
+
 async def test_call_is_a_checkpoint_even_if_fn_is_not() -> None:
     flights: SingleFlight[str, int] = SingleFlight()
 
@@ -264,7 +298,10 @@ async def test_call_is_a_checkpoint_even_if_fn_is_not() -> None:
 
 async def test_non_callable_fn_is_rejected_with_the_value() -> None:
     flights: SingleFlight[str, int] = SingleFlight()
-    with trio.testing.assert_no_checkpoints(), pytest.raises(TypeError, match="'not a function'"):
+    with (
+        trio.testing.assert_no_checkpoints(),
+        pytest.raises(TypeError, match=r"^fn must be an async function, got 'not a function'$"),
+    ):
         await flights.call("k", "not a function")  # type: ignore[arg-type]
 
 
