@@ -115,11 +115,10 @@ def test_sketches_that_differ_only_in_their_total_are_not_equal() -> None:
 
 
 def test_adding_at_a_precomputed_bucket_equals_adding() -> None:
-    # The bulk path of SummaryBuilder computes the bucket itself and calls _add_at.
+    # The analysis kernel computes the buckets itself and passes them to add_many.
     values = [0.0, 0.25, 0.25, 3.0]
     sketch = LatencySketch()
-    for value in values:
-        sketch._add_at(bucket_index(value), value)
+    sketch.add_many(values, indices=[bucket_index(value) for value in values])
     assert sketch == LatencySketch(values)
 
 

@@ -167,7 +167,7 @@ async def scenario(
             await eventually(lambda: server.statistics().connections == 0)
             assert server.statistics().active_calls == 0
             # A connection's task outlives its statistics by the close of its socket.
-            expected = ["_accept_loop", "_serve_with_options"]
+            expected = ["_accept_loop", "_serve_prepared"]
             with trio.move_on_after(1):
                 await eventually(lambda: server_task_names() == expected)
             assert server_task_names() == expected

@@ -35,6 +35,7 @@ connection's are listed in :mod:`._server_connection`, ``rpc.handler.crashed`` i
 from __future__ import annotations
 
 import errno
+import inspect
 import math
 import ssl
 from collections.abc import (
@@ -390,6 +391,70 @@ async def serve(
         TypeError / ValueError: A bad argument (before anything is bound).
         OSError: The address can't be bound.
     """
+    prepared = _prepare(
+        services,
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        interceptors=interceptors,
+        reflection=reflection,
+        health=health,
+        max_connections=max_connections,
+        max_inflight=max_inflight,
+        max_concurrent_streams=max_concurrent_streams,
+        max_frame_size=max_frame_size,
+        max_metadata_size=max_metadata_size,
+        handshake_timeout=handshake_timeout,
+        keepalive_interval=keepalive_interval,
+        keepalive_timeout=keepalive_timeout,
+        idle_timeout=idle_timeout,
+        min_ping_interval=min_ping_interval,
+        grace_period=grace_period,
+        listeners=listeners,
+    )
+    await _serve_prepared(prepared, task_status)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What :func:`serve` serves, made from arguments that passed every check."""
+
+    by_name: dict[str, Service]
+    methods: dict[str, Method]
+    options: ServerConfig
+    host: str | None
+    port: int
+    listeners: list[trio.SocketListener] | None
+
+
+def _prepare(
+    services: Iterable[Service],
+    *,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    interceptors: Sequence[ServerInterceptor],
+    reflection: bool,
+    health: bool,
+    max_connections: int | None,
+    max_inflight: int | None,
+    max_concurrent_streams: int,
+    max_frame_size: int,
+    max_metadata_size: int,
+    handshake_timeout: float,
+    keepalive_interval: float,
+    keepalive_timeout: float,
+    idle_timeout: float,
+    min_ping_interval: float,
+    grace_period: float,
+    listeners: Sequence[trio.SocketListener] | None,
+) -> _Prepared:
+    """Check :func:`serve`'s arguments and build its services (no I/O, no checkpoint).
+
+    Raises:
+        TypeError / ValueError: A bad argument.
+    """
     if not isinstance(interceptors, Sequence) or not all(
         isinstance(i, ServerInterceptor) for i in interceptors
     ):
@@ -429,11 +494,18 @@ async def serve(
         max_inflight=max_inflight,
     )
     by_name, methods = _build(services, reflection, check_bool("health", health))
+    checked = None if listeners is None else _check_listeners(listeners, host, port)
+    return _Prepared(by_name, methods, options, host, port, checked)
+
+
+async def _serve_prepared(
+    prepared: _Prepared, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Bind (unless given listeners) and run the server; see :func:`serve`."""
+    listeners = prepared.listeners
     if listeners is None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    else:
-        listeners = _check_listeners(listeners, host, port)
-    server = Server(by_name, methods, options, list(listeners))
+        listeners = await trio.open_tcp_listeners(prepared.port, host=prepared.host)
+    server = Server(prepared.by_name, prepared.methods, prepared.options, list(listeners))
     await server._run(task_status)
 
 
@@ -480,21 +552,17 @@ async def open_server(
         BaseExceptionGroup: The running server failed (with the body's exception too, if
             it raised).
     """
+    # serve's signature holds the defaults: bind to it rather than repeat them here, so
+    # that a bad argument is raised here, before the nursery and without a checkpoint.
+    arguments = inspect.signature(serve).bind(services, host=host, port=port, **options)
+    arguments.apply_defaults()
+    del arguments.arguments["task_status"]
+    prepared = _prepare(*arguments.args, **arguments.kwargs)
     async with open_background_nursery() as nursery:
-        server: Server = await nursery.start(_serve_with_options, services, host, port, options)
+        server: Server = await nursery.start(_serve_prepared, prepared)
         try:
             yield server
         except BaseException:
             nursery.cancel_scope.cancel()
             raise
         await server.shutdown()
-
-
-async def _serve_with_options(
-    services: Iterable[Service],
-    host: str | None,
-    port: int,
-    options: ServerOptions,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve(services, host=host, port=port, task_status=task_status, **options)
