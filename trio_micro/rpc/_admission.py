@@ -223,10 +223,14 @@ class RateLimitInterceptor:
             keys_evicted=stats.keys_evicted,
         )
 
-    async def intercept(self, call: ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
+    def intercept(
+        self, call: ServerCall, proceed: Callable[[], Awaitable[None]]
+    ) -> Awaitable[None]:
         """Take a token for the caller and proceed, or refuse the call (see the class docs).
 
-        Checkpoints: ``proceed``'s; a refusal raises without one.
+        Checkpoints: ``proceed``'s; a refusal raises without one. A plain function that
+        returns ``proceed()``'s awaitable (the interceptor protocol allows it): an admitted
+        call pays no coroutine of its own here, the hot path of admission.
         """
         name = self._key
         key = _peer_host(call.peer) if name is None else _bounded(call.metadata.get(name, ""))
@@ -241,4 +245,4 @@ class RateLimitInterceptor:
                 {REFUSED: "rate_limit", RETRY_AFTER_MS: self._retry_ms},
             ) from None
         self._admitted += 1
-        await proceed()
+        return proceed()

@@ -48,8 +48,14 @@ class ServerInterceptor(Protocol):
                 await proceed()
     """
 
-    async def intercept(self, call: ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
-        """Run ``proceed()`` (or not) around the call; see the module docs."""
+    def intercept(
+        self, call: ServerCall, proceed: Callable[[], Awaitable[None]]
+    ) -> Awaitable[None]:
+        """Run ``proceed()`` (or not) around the call; see the module docs.
+
+        Usually an ``async def``; a plain function that returns ``proceed()``'s awaitable
+        (or raises) also serves, and saves a coroutine per call on a hot path.
+        """
         ...
 
 
@@ -65,8 +71,14 @@ class ClientInterceptor(Protocol):
                 await proceed()
     """
 
-    async def intercept(self, call: ClientCall, proceed: Callable[[], Awaitable[None]]) -> None:
-        """Run ``proceed()`` (or not) around the call; see the module docs."""
+    def intercept(
+        self, call: ClientCall, proceed: Callable[[], Awaitable[None]]
+    ) -> Awaitable[None]:
+        """Run ``proceed()`` (or not) around the call; see the module docs.
+
+        Usually an ``async def``; a plain function that returns ``proceed()``'s awaitable
+        (or raises) also serves, and saves a coroutine per call on a hot path.
+        """
         ...
 
 
@@ -86,10 +98,12 @@ def run_intercepted(
     awaiting it runs the chain, with the checkpoints and the cancellation behaviour of the
     interceptors and of ``innermost``.
     """
+    if not interceptors:
+        return innermost()
     chain = innermost
-    for interceptor in reversed(interceptors):
-        chain = _bind(interceptor, call, chain)
-    return chain()
+    for index in range(len(interceptors) - 1, 0, -1):
+        chain = _bind(interceptors[index], call, chain)
+    return interceptors[0].intercept(call, chain)  # the outermost needs no closure
 
 
 def _bind(interceptor: _Interceptor[_C], call: _C, proceed: Proceed) -> Proceed:

@@ -220,10 +220,13 @@ class RateLimiter:
         """
         if type(n) is not int or not 0 < n <= self._burst:
             _check_n(n, self._burst)  # raises, or accepts an int subclass
+        self._take_nowait(trio.current_time(), n)
+
+    def _take_nowait(self, now: float, n: int) -> None:
+        """`acquire_nowait` once ``n`` is checked, at ``now`` (shared with `KeyedRateLimiter`)."""
         if self._waiters:
             raise trio.WouldBlock
         # `_try_take`, inlined: this is the hot path of request admission.
-        now = trio.current_time()
         anchor, rate = self._anchor, self._rate
         if now >= anchor + self._count / rate:
             self._anchor = now
@@ -424,7 +427,8 @@ class KeyedRateLimiter(Generic[KeyT]):
         """
         if type(n) is not int or not 0 < n <= self._burst:
             _check_n(n, self._burst)  # raises, or accepts an int subclass
-        self._bucket(key, trio.current_time()).acquire_nowait(n)
+        now = trio.current_time()
+        self._bucket(key, now)._take_nowait(now, n)
         self._admitted += n
 
     async def acquire(self, key: KeyT, n: int = 1) -> None:

@@ -1,0 +1,76 @@
+"""The cost of one server interceptor per call, in isolation (issue #14).
+
+::
+
+    .venv/bin/python benchmarks/interceptor_bench.py
+
+Times, in one trio run and interleaved (medians of 5 rounds of 200,000 calls): an empty
+``answer`` step awaited directly (what a server without interceptors does), the same step
+through :func:`trio_micro.rpc._interceptors.run_intercepted` with one
+:class:`~trio_micro.rpc.RateLimitInterceptor` (a limit no caller reaches, keyed by peer),
+and ``KeyedRateLimiter.acquire_nowait`` alone. No sockets: this is the CPU the interceptor
+adds to each admitted call, which ``rpc_bench.py``'s ``trio_micro_ratelimit`` contender
+measures end to end.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import ClassVar
+
+import trio
+
+from trio_micro import rpc
+from trio_micro.rpc._interceptors import run_intercepted
+
+CALLS = 200_000
+ROUNDS = 5
+
+
+class _Call:
+    """The fields of a ServerCall that the rate-limit interceptor reads."""
+
+    peer = "127.0.0.1:40000"
+    metadata: ClassVar[dict[str, str]] = {}
+    service = "bench"
+    method = "echo"
+
+
+async def _main() -> None:
+    limiter = rpc.RateLimitInterceptor(1e9, burst=1_000_000)
+    interceptors = (limiter,)
+    call = _Call()
+
+    async def answer() -> None:
+        pass
+
+    def innermost() -> object:
+        return answer()
+
+    results: dict[str, list[float]] = {"direct": [], "chain": [], "acquire": []}
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            await answer()
+        results["direct"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            await run_intercepted(interceptors, call, innermost)  # type: ignore[arg-type]
+        results["chain"].append(time.perf_counter() - start)
+        keyed = limiter._limiter
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            keyed.acquire_nowait("127.0.0.1")
+        results["acquire"].append(time.perf_counter() - start)
+    ns = {name: statistics.median(times) / CALLS * 1e9 for name, times in results.items()}
+    print("| step | ns per call (median of 5 x 200,000) |")
+    print("|---|---|")
+    print(f"| empty answer, awaited directly | {ns['direct']:,.0f} |")
+    print(f"| the same through one RateLimitInterceptor | {ns['chain']:,.0f} |")
+    print(f"| KeyedRateLimiter.acquire_nowait alone | {ns['acquire']:,.0f} |")
+    print(f"\ninterceptor cost per admitted call: {ns['chain'] - ns['direct']:,.0f} ns")
+
+
+if __name__ == "__main__":
+    trio.run(_main)
