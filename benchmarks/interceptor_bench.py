@@ -6,8 +6,8 @@
 
 Times, in one trio run and interleaved (medians of 5 rounds of 200,000 calls): an empty
 ``answer`` step awaited directly (what a server without interceptors does), the same step
-through :func:`trio_micro.rpc._interceptors.run_intercepted` with one
-:class:`~trio_micro.rpc.RateLimitInterceptor` (a limit no caller reaches, keyed by peer),
+through one :class:`~trio_micro.rpc.RateLimitInterceptor` (a limit no caller reaches, keyed
+by peer) called the way the server's chain calls its outermost interceptor,
 and ``KeyedRateLimiter.acquire_nowait`` alone. No sockets: this is the CPU the interceptor
 adds to each admitted call, which ``rpc_bench.py``'s ``trio_micro_ratelimit`` contender
 measures end to end.
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Awaitable
 from typing import ClassVar
 
 import trio
 
 from trio_micro import rpc
-from trio_micro.rpc._interceptors import run_intercepted
 
 CALLS = 200_000
 ROUNDS = 5
@@ -39,13 +39,12 @@ class _Call:
 
 async def _main() -> None:
     limiter = rpc.RateLimitInterceptor(1e9, burst=1_000_000)
-    interceptors = (limiter,)
     call = _Call()
 
     async def answer() -> None:
         pass
 
-    def innermost() -> object:
+    def innermost() -> Awaitable[None]:
         return answer()
 
     results: dict[str, list[float]] = {"direct": [], "chain": [], "acquire": []}
@@ -56,7 +55,7 @@ async def _main() -> None:
         results["direct"].append(time.perf_counter() - start)
         start = time.perf_counter()
         for _ in range(CALLS):
-            await run_intercepted(interceptors, call, innermost)  # type: ignore[arg-type]
+            await limiter.intercept(call, innermost)  # type: ignore[arg-type]
         results["chain"].append(time.perf_counter() - start)
         keyed = limiter._limiter
         start = time.perf_counter()
