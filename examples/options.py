@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 from contextlib import suppress
 
-__all__ = ["positive_int", "positive_seconds"]
+__all__ = ["positive_int", "positive_seconds", "seconds", "whole_number"]
 
 
 def positive_int(name: str, value: object) -> int:
@@ -39,3 +40,21 @@ def positive_seconds(name: str, value: object) -> float:
     ):
         raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
     return float(number)
+
+
+def whole_number(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        return positive_int("value", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        return positive_seconds("value", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0, got {text!r}"
+        ) from None
