@@ -75,11 +75,15 @@ class SqlitePool:
         for _ in range(self._threads):
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._all.append(conn)
+            conn.execute("PRAGMA busy_timeout=5000")  # first: replicas open the file at once
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
         if self.SCHEMA:
-            self._all[0].executescript(self.SCHEMA)
+            # IMMEDIATE takes the write lock first, waiting (busy_timeout) for another
+            # process creating the same schema; a deferred transaction would fail at once
+            # ("database is locked") when it upgrades its read lock.
+            schema = self.SCHEMA.strip().rstrip(";")
+            self._all[0].executescript(f"BEGIN IMMEDIATE;\n{schema};\nCOMMIT;")
         self._idle = list(self._all)
 
     async def aclose(self) -> None:
