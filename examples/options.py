@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from contextlib import suppress
+from typing import TypeVar
 
-__all__ = ["positive_int", "positive_seconds", "seconds", "whole_number"]
+__all__ = [
+    "argument_type",
+    "count",
+    "positive_int",
+    "positive_seconds",
+    "seconds",
+    "share",
+    "whole_number",
+]
+
+T = TypeVar("T")
 
 
 def positive_int(name: str, value: object) -> int:
@@ -42,19 +55,26 @@ def positive_seconds(name: str, value: object) -> float:
     return float(number)
 
 
-def whole_number(text: str) -> int:
-    """An argparse type: an int >= 1."""
-    try:
-        return positive_int("value", text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+def argument_type(
+    convert: Callable[[str], T], valid: Callable[[T], bool], expected: str
+) -> Callable[[str], T]:
+    """An argparse ``type=``: ``convert(text)``, refused with "expected EXPECTED, got
+    'TEXT'" when it raises ``ValueError`` or the value is not ``valid``."""
+
+    def parse(text: str) -> T:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    try:
-        return positive_seconds("value", text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds > 0, got {text!r}"
-        ) from None
+#: argparse types: an int >= 1, an int >= 0, seconds > 0 (finite), a share in [0, 1].
+whole_number = argument_type(int, lambda n: n >= 1, "an integer >= 1")
+count = argument_type(int, lambda n: n >= 0, "an integer >= 0")
+seconds = argument_type(float, lambda s: 0 < s < math.inf, "a number of seconds > 0")
+share = argument_type(float, lambda s: 0 <= s <= 1, "a share between 0 and 1")

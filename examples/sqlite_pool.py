@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self, TypeVar
@@ -85,6 +86,25 @@ class SqlitePool:
             schema = self.SCHEMA.strip().rstrip(";")
             self._all[0].executescript(f"BEGIN IMMEDIATE;\n{schema};\nCOMMIT;")
         self._idle = list(self._all)
+
+    @classmethod
+    @asynccontextmanager
+    async def open_option(cls, db: str | os.PathLike[str], *, threads: int) -> AsyncIterator[Self]:
+        """Open a pool on ``db`` for a service's ``open`` (``-o db=PATH``); close it on exit.
+
+        Raises:
+            ValueError: The database can't be opened; the message names ``db=``.
+        """
+        pool = cls(db, threads=threads)
+        try:
+            await pool.__aenter__()
+        except (sqlite3.Error, OSError) as exc:
+            await pool.aclose()
+            raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
 
     async def aclose(self) -> None:
         """Close every connection. Idempotent. A checkpoint."""

@@ -12,7 +12,8 @@ processes on 127.0.0.1 with port 0, then ``--orders`` copies of ``trio-micro ser
 examples.orders:OrderService`` (which find users through the registry) and the notifier
 (``python -m examples.notifier``, following orders through the registry), and reads each
 child's one ready line (``registry listening on HOST:PORT`` / ``serving users on
-HOST:PORT`` / ``notifier following orders on ...``) from its stdout under a timeout. Every child writes JSON-lines logs into the run folder and its stderr
+HOST:PORT`` / ``notifier following orders on ...``) from its stdout under a timeout.
+Every child writes JSON-lines logs into the run folder and its stderr
 (and any further stdout) into ``NAME.stderr.txt`` (``NAME.stdout.txt``) there; those
 are deleted at the end when they stayed empty.
 

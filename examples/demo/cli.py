@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import signal
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Final
 
 import trio
 
+from examples.options import count, seconds, share, whole_number
 from trio_micro import observe
 
 from .config import ORDERS_SPEC, SERVICE_SPEC, Config, DemoError
@@ -60,46 +60,6 @@ exit codes:
 """
 
 
-def _integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 # ---------------------------------------------------------------------- arguments
 
 
@@ -117,39 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--users", type=_integer, default=10_000, help="users in the database (default 10000)"
+        "--users", type=whole_number, default=10_000, help="users in the database (default 10000)"
     )
     parser.add_argument(
-        "-n", "--calls", type=_integer, default=20_000, help="calls in all (default 20000)"
+        "-n", "--calls", type=whole_number, default=20_000, help="calls in all (default 20000)"
     )
     parser.add_argument(
-        "-c", "--concurrency", type=_integer, default=200, help="calls in flight (default 200)"
+        "-c", "--concurrency", type=whole_number, default=200, help="calls in flight (default 200)"
     )
     parser.add_argument(
-        "--replicas", type=_integer, default=3, help="user-service replicas (default 3)"
+        "--replicas", type=whole_number, default=3, help="user-service replicas (default 3)"
     )
     parser.add_argument(
         "--workers",
-        type=_integer,
+        type=whole_number,
         default=1,
         help="worker processes per users replica (trio-micro serve --workers; default 1)",
     )
     parser.add_argument(
         "--orders",
-        type=_count,
+        type=count,
         default=2,
         help="order-service replicas (default 2; 0: GetUser calls only, no notifier)",
     )
     parser.add_argument(
         "--order-share",
-        type=_share,
+        type=share,
         default=0.3,
         help="share of the calls that are CreateOrder (default 0.3)",
     )
     parser.add_argument("--no-notifier", action="store_true", help="do not run the notifier")
     parser.add_argument(
         "--ttl",
-        type=_seconds,
+        type=seconds,
         default=2.0,
         help="registration TTL of the replicas in seconds (default 2)",
     )

@@ -29,7 +29,6 @@ sees orders written by other replicas sharing the file, and waking at once for i
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Final
@@ -197,18 +196,12 @@ class OrderService(rpc.Service, name="orders"):
             ttl=positive_seconds("cache_ttl", cache_ttl),
         )
         timeout = positive_seconds("users_timeout", users_timeout)
-        database = OrderDatabase(db, threads=positive_int("threads", threads))
-        try:
-            await database.__aenter__()
-        except (sqlite3.Error, OSError) as exc:
-            await database.aclose()
-            raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
-        try:
-            async with rpc.open_channel(users) as channel:
-                check = UserCheck(channel.stub(UserService), cache, timeout=timeout)
-                yield cls(database, check)
-        finally:
-            await database.aclose()
+        async with (
+            OrderDatabase.open_option(db, threads=positive_int("threads", threads)) as database,
+            rpc.open_channel(users) as channel,
+        ):
+            check = UserCheck(channel.stub(UserService), cache, timeout=timeout)
+            yield cls(database, check)
 
     @rpc.unary
     async def create_order(self, req: CreateOrderRequest) -> Order:

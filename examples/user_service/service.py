@@ -28,7 +28,6 @@ database.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -190,21 +189,15 @@ class UserService(rpc.Service, name="users"):
                 "metrics_registry must be a prometheus_client.CollectorRegistry, "
                 f"got {metrics_registry!r}"
             )
-        database = UserDatabase(db, threads=positive_int("threads", threads))
-        try:
-            await database.__aenter__()
-        except (sqlite3.Error, OSError) as exc:
-            await database.aclose()
-            raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
-        try:
+        async with UserDatabase.open_option(
+            db, threads=positive_int("threads", threads)
+        ) as database:
             service = cls(database, TTLCache(max_size=size, ttl=ttl))
             unregister = _export_cache(service.cache, metrics_registry)
             try:
                 yield service
             finally:
                 unregister()
-        finally:
-            await database.aclose()
 
     async def _query_user(self, user_id: int) -> UserRow | None:
         # The cache's loader: runs once per coalesced group of misses.

@@ -228,3 +228,30 @@ async def test_the_process_stops_on_sigterm_and_saves_its_cursor(tmp_path: Path)
     assert b"notifier following orders" in out
     assert b"notifier stopped: 1 sent" in out
     assert state.read_text() == "1\n"
+
+
+def test_a_state_file_without_a_cursor_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples.notifier.__main__ import main
+
+    state = tmp_path / "cursor.txt"
+    state.write_text("not a cursor\n")
+    assert main(["--orders", "127.0.0.1:1", "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("notifier: error: cannot read the state file:")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--workers", "0"), ("--rate", "-1"), ("--grace", "inf")]
+)
+def test_bad_numbers_are_usage_errors(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples.notifier.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--orders", "127.0.0.1:1", option, value])
+    assert exit_.value.code == 2
+    assert f"got {value!r}" in capsys.readouterr().err
