@@ -50,7 +50,7 @@ async def start_orders_and_notifier(
     argv += ["--orders", f"registry://{registry.address}/{ORDERS}"]
     argv += ["--state", str(data / "notifier.cursor")]
     # Zipf's hot users order often: the demo's pace lets it keep up (the default is 5/s).
-    argv += ["--workers", "16", "--rate", "100", "--burst", "20", "--grace", "2"]
+    argv += ["--workers", "16", "--rate", "100", "--burst", "20", "--grace", "1"]
     child = await start_child(drains, run.children, NOTIFIER, argv, NOTIFIER_READY, config, env)
     say(f"{NOTIFIER} following {child.address} (pid {child.pid})")
     child.address = None  # a target, not a port of its own (see busy_ports)

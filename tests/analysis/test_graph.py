@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xml.etree import ElementTree
+
 import pytest
 
 from trio_micro.analysis import (
@@ -83,6 +85,7 @@ def test_the_svg_labels_each_edge_with_calls_and_p99() -> None:
     assert svg.startswith("<svg")
     assert svg.endswith("</svg>")
     assert svg.count("marker-end") == 3
+    assert ElementTree.fromstring(svg).tag.endswith("svg")  # well-formed
     assert "2 calls · p99 2" in svg  # orders -> users
     assert "1 errors" in svg
     for name in ("gateway", "orders", "users", CLIENT):
@@ -98,6 +101,7 @@ def test_a_service_calling_itself_or_back_is_drawn() -> None:
     ]
     svg = render_service_graph(build_service_graph(records))
     assert svg.count("marker-end") == 4
+    ElementTree.fromstring(svg)
 
 
 def test_an_empty_graph_says_so() -> None:
@@ -109,3 +113,14 @@ def test_the_html_report_has_a_service_graph_section_when_given_one() -> None:
     graph = build_service_graph(records)
     assert "Service graph" in render_html_report(summarize(records), graph=graph)
     assert "Service graph" not in render_html_report(summarize(records))
+
+
+def test_an_edge_past_the_next_column_goes_round_below_the_boxes() -> None:
+    records = [
+        record(service="users", span_id="u", parent_span_id="o"),
+        record(service="orders", span_id="o"),
+        record(service="users", span_id="u2"),  # the client calls users directly too
+    ]
+    svg = render_service_graph(build_service_graph(records))
+    arrows = [p.get("d", "") for p in ElementTree.fromstring(svg).iter() if p.get("marker-end")]
+    assert [" C" in d for d in arrows] == [False, True, False]  # client -> users is the curve

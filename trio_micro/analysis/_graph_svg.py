@@ -53,14 +53,9 @@ def render_service_graph(graph: ServiceGraph) -> str:
         for row, service in enumerate(services):
             at[service] = (_PAD + col * _COL_W, _PAD + row * _ROW_H)
     width = _PAD * 2 + max(columns) * _COL_W + _BOX_W
-    height = _PAD * 2 + (max(len(s) for s in columns.values()) - 1) * _ROW_H + _BOX_H + 16
-    parts = [
-        f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
-        "xmlns='http://www.w3.org/2000/svg' role='img' aria-label='service graph'>",
-        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' "
-        "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
-        "fill='#555'/></marker></defs>",
-    ]
+    boxes_bottom = _PAD + (max(len(s) for s in columns.values()) - 1) * _ROW_H + _BOX_H
+    edges: list[str] = []
+    lane = 0  # edges that do not go to the next column go round below the boxes, one lane each
     for e in graph.edges:
         (x1, y1), (x2, y2) = at[e.caller], at[e.callee]
         label = f"{e.calls:,} calls · p99 {_fmt_ms(e.p99_ms)}"
@@ -71,23 +66,33 @@ def render_service_graph(graph: ServiceGraph) -> str:
             cx, cy = x1 + _BOX_W / 2, y1 + _BOX_H
             path = f"M{cx - 20},{cy} C{cx - 40},{cy + 40} {cx + 40},{cy + 40} {cx + 20},{cy}"
             lx, ly = cx, cy + 44
-        else:
-            sx, sy = x1 + _BOX_W, y1 + _BOX_H / 2
-            tx, ty = x2, y2 + _BOX_H / 2
-            if tx <= sx:  # a call back to an earlier column: go round below
-                sx, tx = x1 + _BOX_W / 2, x2 + _BOX_W / 2
-                sy, ty = y1 + _BOX_H, y2 + _BOX_H
-                bottom = max(sy, ty) + 30
-                path = f"M{sx},{sy} C{sx},{bottom} {tx},{bottom} {tx},{ty}"
-                lx, ly = (sx + tx) / 2, bottom
-            else:
-                path = f"M{sx},{sy} L{tx},{ty}"
-                lx, ly = (sx + tx) / 2, (sy + ty) / 2 - 6
-        parts.append(
+        elif depth[e.callee] == depth[e.caller] + 1:  # the next column: a straight arrow
+            sx, sy, tx, ty = x1 + _BOX_W, y1 + _BOX_H / 2, x2, y2 + _BOX_H / 2
+            path = f"M{sx},{sy} L{tx},{ty}"
+            lx, ly = (sx + tx) / 2, (sy + ty) / 2 - 6
+        else:  # further, or back: round below every box, in a lane of its own
+            lane += 1
+            sx, tx = x1 + _BOX_W * 0.6, x2 + _BOX_W * 0.4
+            sy, ty = y1 + _BOX_H, y2 + _BOX_H
+            bottom = boxes_bottom + 24 * lane
+            # A cubic's middle is 3/4 of the way to its control points.
+            control = bottom + (bottom - max(sy, ty)) / 3
+            path = f"M{sx},{sy} C{sx},{control} {tx},{control} {tx},{ty}"
+            lx, ly = (sx + tx) / 2, bottom + 13
+        edges.append(
             f"<path d='{path}' fill='none' stroke='{color}' stroke-width='1.5' "
             "marker-end='url(#arrow)'/>"
             f"<text x='{lx:.1f}' y='{ly:.1f}' text-anchor='middle'>{escape(label)}</text>"
         )
+    height = boxes_bottom + 24 * lane + _PAD + 50
+    parts = [
+        f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
+        "xmlns='http://www.w3.org/2000/svg' role='img' aria-label='service graph'>",
+        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' "
+        "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
+        "fill='#555'/></marker></defs>",
+        *edges,
+    ]
     for service, (x, y) in at.items():
         parts.append(
             f"<rect x='{x}' y='{y}' width='{_BOX_W}' height='{_BOX_H}' rx='6' "
