@@ -41,7 +41,7 @@ def _p99(durations: list[float]) -> float | None:
 
 def service_tables(run: Run, records: list[CallRecord]) -> dict[str, list[dict[str, Any]]]:
     """Per service, one row per replica: the client's calls to it, and what its log says
-    (calls by method, failures, p99)."""
+    (calls, failures, p99 of the successes, successes by method)."""
     by_server: dict[str, list[CallRecord]] = {}
     for r in records:
         by_server.setdefault(r.server or "", []).append(r)
@@ -51,9 +51,10 @@ def service_tables(run: Run, records: list[CallRecord]) -> dict[str, list[dict[s
         for child in run.replicas(service):
             mine = [r for w in child.workers for r in by_server.get(w.address, ())]
             counts = run.counter.counts
-            methods: dict[str, int] = {}
+            methods: dict[str, int] = {}  # successful calls by method
             for r in mine:
-                methods[r.method] = methods.get(r.method, 0) + 1
+                if r.code == CODE_OK:
+                    methods[r.method] = methods.get(r.method, 0) + 1
             p99 = _p99([r.duration_ms for r in mine if r.code == CODE_OK])
             rows.append(
                 {
@@ -122,7 +123,7 @@ def print_services(summary: dict[str, Any]) -> None:
     for service, rows in summary.get("services", {}).items():
         table(
             f"{service}: calls per replica (client) and in its log",
-            ("replica", "client calls", "log calls", "failed", "p99", "methods"),
+            ("replica", "client calls", "log calls", "failed", "p99", "ok by method"),
             [
                 (
                     r["name"] + ("" if r["killed_at_call"] is None else " (killed)"),
