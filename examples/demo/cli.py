@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import signal
 import sys
 import time
@@ -17,12 +16,30 @@ from typing import Final
 
 import trio
 
+from examples.options import count, seconds, share, whole_number
 from trio_micro import observe
 
-from .config import SERVICE_SPEC, Config, DemoError
+from .config import ORDERS_SPEC, SERVICE_SPEC, Config, DemoError
 from .processes import busy_ports, kill_all_now, leftovers, remove_empty_outputs
-from .report import build_summary, logs_summary, print_summary, read_replica_logs, verdict
-from .run import Run, say, supervise
+from .report import (
+    GROUP_BY,
+    build_summary,
+    logs_summary,
+    print_summary,
+    read_replica_logs,
+    verdict,
+)
+from .run import Run, supervise
+from .system import say
+from .system_report import (
+    notifier_figures,
+    pick_trace,
+    print_services,
+    print_trace,
+    read_call_records,
+    service_tables,
+    write_report,
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -31,9 +48,9 @@ EXIT_SIGNAL_BASE: Final = 128
 
 _EPILOG: Final = """\
 The run folder (--out, default ./demo-output/<time>) receives the JSON-lines logs of every
-process (registry.jsonl, users-N.jsonl, client.jsonl), their stderr if any (*.stderr.txt), the
-database (data/users.db), summary.json (the summary, for machines) and report.html (the
-`trio-micro logs` report of the logs).
+process (registry.jsonl, users-N.jsonl, orders-N.jsonl, notifier.jsonl, client.jsonl), their
+stderr if any (*.stderr.txt), the databases (data/users.db, data/orders.db), summary.json (the
+summary, for machines) and report.html (the report of the logs, with the service graph).
 
 exit codes:
   0    every call succeeded and every process stopped cleanly
@@ -43,26 +60,6 @@ exit codes:
 """
 
 
-def _integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 # ---------------------------------------------------------------------- arguments
 
 
@@ -70,34 +67,49 @@ def build_parser() -> argparse.ArgumentParser:
     """The demo's argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m examples.demo",
-        description="Start a registry and replicas of the example user service as "
-        "processes, find them through the registry, make GetUser calls with Zipf-like "
-        "user ids, kill one replica with SIGKILL halfway (no call may fail), stop "
-        "everything cleanly, then summarise the logs of every process.",
+        description="Start a registry, replicas of the example user and order services and "
+        "the notifier as processes, find them through the registry, make GetUser and "
+        "CreateOrder calls (which call GetUser) with Zipf-like user ids, kill one users "
+        "replica with SIGKILL halfway (no call may fail), stop everything cleanly, then "
+        "summarise the logs of every process: per-service tables, the waterfall of one of "
+        "the slowest CreateOrders, and report.html with the service graph.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--users", type=_integer, default=10_000, help="users in the database (default 10000)"
+        "--users", type=whole_number, default=10_000, help="users in the database (default 10000)"
     )
     parser.add_argument(
-        "-n", "--calls", type=_integer, default=20_000, help="GetUser calls (default 20000)"
+        "-n", "--calls", type=whole_number, default=20_000, help="calls in all (default 20000)"
     )
     parser.add_argument(
-        "-c", "--concurrency", type=_integer, default=200, help="calls in flight (default 200)"
+        "-c", "--concurrency", type=whole_number, default=200, help="calls in flight (default 200)"
     )
     parser.add_argument(
-        "--replicas", type=_integer, default=3, help="user-service replicas (default 3)"
+        "--replicas", type=whole_number, default=3, help="user-service replicas (default 3)"
     )
     parser.add_argument(
         "--workers",
-        type=_integer,
-        default=2,
-        help="worker processes per replica (trio-micro serve --workers; default 2)",
+        type=whole_number,
+        default=1,
+        help="worker processes per users replica (trio-micro serve --workers; default 1)",
     )
     parser.add_argument(
+        "--orders",
+        type=count,
+        default=2,
+        help="order-service replicas (default 2; 0: GetUser calls only, no notifier)",
+    )
+    parser.add_argument(
+        "--order-share",
+        type=share,
+        default=0.3,
+        help="share of the calls that are CreateOrder (default 0.3)",
+    )
+    parser.add_argument("--no-notifier", action="store_true", help="do not run the notifier")
+    parser.add_argument(
         "--ttl",
-        type=_seconds,
+        type=seconds,
         default=2.0,
         help="registration TTL of the replicas in seconds (default 2)",
     )
@@ -131,6 +143,9 @@ def _check_args(args: argparse.Namespace) -> Config:
         seed=args.seed,
         kill=not args.no_kill,
         run_dir=_run_dir(args.out),
+        orders=args.orders,
+        order_share=args.order_share if args.orders else 0.0,
+        notifier=bool(args.orders) and not args.no_notifier,
     )
 
 
@@ -169,11 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     run = Run(config)
     run_dir = config.run_dir
+    system = f", {config.orders} replicas of {ORDERS_SPEC}" if config.orders else ""
+    system += " and the notifier" if config.notifier else ""
+    calls = "GetUser" + (f" and {config.order_share:.0%} CreateOrder" if config.orders else "")
     say(
-        f"demo: {config.replicas} replicas x {config.workers} workers of {SERVICE_SPEC}, "
-        f"{config.users:,} "
-        f"users, {config.calls:,} GetUser calls ({config.concurrency} in flight)"
-        + ("; one replica is killed halfway" if config.kill else "")
+        f"demo: {config.replicas} replicas x {config.workers} workers of {SERVICE_SPEC}"
+        f"{system}; {config.users:,} users, {config.calls:,} calls: {calls} "
+        f"({config.concurrency} in flight)"
+        + ("; one users replica is killed halfway" if config.kill else "")
     )
     say(f"run folder: {run_dir}")
     observe.configure_logging(format="json", file=run_dir / "client.jsonl")
@@ -195,16 +213,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.duration = time.monotonic() - run.started
     logs = {c.name: read_replica_logs(c) for c in run.replicas()}
     summary = build_summary(run, logs)
+    records = read_call_records(run_dir)
+    summary["services"] = service_tables(run, records)
+    summary["notifier"] = notifier_figures(run)
+    summary["trace"] = pick_trace(records) if config.orders else None
     print_summary(summary)
+    print_services(summary)
     report = run_dir / "report.html"
     problems = verdict(summary)
     if run.signal is None:
         try:
-            if logs_summary(run_dir, report) != 0:
+            if logs_summary(run_dir) != 0:
                 problems.append("`trio-micro logs summary` failed")
+            if config.orders and print_trace(run_dir, summary["trace"]) != 0:
+                problems.append("`trio-micro logs trace` failed")
+            write_report(run_dir, report, records, summary["trace"], group_by=GROUP_BY)
         except Exception:  # a bug there must not hide the demo's own results
             traceback.print_exc()
-            problems.append("`trio-micro logs summary` crashed (traceback above)")
+            problems.append("the logs' report crashed (traceback above)")
     summary["report"] = str(report) if report.exists() else None
     summary["problems"] = problems
     code = EXIT_OK if not problems else EXIT_FAILED

@@ -17,11 +17,22 @@ from examples.user_service.service import DB_QUERY
 SERVICE_SPEC: Final = "examples.user_service:UserService"
 SERVICE: Final = "users"
 METHOD: Final = "users/get_user"
+#: The order service the ``orders-N`` replicas run, and the client's CreateOrder.
+ORDERS_SPEC: Final = "examples.orders:OrderService"
+ORDERS: Final = "orders"
+CREATE_ORDER: Final = "orders/create_order"
+#: The notifier process, and the name of its child.
+NOTIFIER: Final = "notifier"
+#: Seconds the client gives each CreateOrder (its deadline crosses to the GetUser behind it).
+CREATE_ORDER_DEADLINE: Final = 10.0
+#: The order of stopping: the notifier, then orders, then users, then the rest.
+STOP_ORDER: Final = (NOTIFIER, f"{ORDERS}-", f"{SERVICE}-")
 #: The user service's log event for one database query.
 DB_QUERY_EVENT: Final = DB_QUERY
 #: The exponent of the Zipf-like law of user ids.
 ZIPF_EXPONENT: Final = 1.1
 
+NOTIFIER_READY: Final = re.compile(r"^notifier following orders on (\S+) after order \d+$")
 REGISTRY_READY: Final = re.compile(r"^registry listening on (\S+)$")
 SERVE_READY: Final = re.compile(r"^serving \S+ on (\S+)$")
 #: Seconds a child may take to print its ready line (startup on a busy 2-core machine).
@@ -89,3 +100,13 @@ class Config:
     seed: int
     kill: bool
     run_dir: Path
+    orders: int = 0  # order-service replicas; 0: the users-only demo
+    order_share: float = 0.0  # the share of the calls that are CreateOrder
+    notifier: bool = False
+
+
+def order_calls(n: int, share: float, *, seed: int = 0) -> list[bool]:
+    """Which of ``n`` calls are CreateOrder (True) rather than GetUser: each with
+    probability ``share``, seeded (the same arguments give the same list)."""
+    rng = random.Random(seed + 1)  # not the user ids' own sequence
+    return [rng.random() < share for _ in range(n)]

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from .config import KILL_TIMEOUT, SERVICE, START_TIMEOUT, STOP_TIMEOUT, Config, DemoError
+from .config import KILL_TIMEOUT, START_TIMEOUT, STOP_ORDER, STOP_TIMEOUT, Config, DemoError
 
 
 @dataclass(frozen=True)
@@ -270,9 +270,11 @@ async def _stop_and_close(child: Child, timeout: float) -> None:
 
 
 async def stop_all(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
-    """Stop the replicas (they deregister from the registry), then everything else."""
-    replicas = [c for c in children if c.name.startswith(f"{SERVICE}-")]
-    for group in (replicas, [c for c in children if c not in replicas]):
+    """Stop the notifier, then the orders replicas, then the users replicas (each
+    deregisters from the registry while it is still up), then everything else."""
+    groups = [[c for c in children if c.name.startswith(prefix)] for prefix in STOP_ORDER]
+    stopped = {id(c) for group in groups for c in group}
+    for group in (*groups, [c for c in children if id(c) not in stopped]):
         async with trio.open_nursery() as nursery:
             for child in group:
                 nursery.start_soon(_stop_and_close, child, timeout)

@@ -198,6 +198,7 @@ def build_summary(run: Run, logs: dict[str, ReplicaLog]) -> dict[str, Any]:
         "replies_by_source": dict(run.sources),
         "cache_hit_ratio": round(cache_replies / ok, 6) if ok else None,
         "db_queries": sum(log.db_queries for log in logs.values()),
+        "orders_created": run.orders_created,
         "retries": run.retries,
         "retries_throttled": run.retries_throttled,
         "replicas": replicas,
@@ -218,7 +219,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         latency = summary["latency_ms"]
         ratio = summary["cache_hit_ratio"]
         print(
-            f"{summary['calls']:,} GetUser calls in {summary['elapsed_s']:.2f} s: "
+            f"{summary['calls']:,} calls ({summary['orders_created']:,} CreateOrder, the rest "
+            f"GetUser) in {summary['elapsed_s']:.2f} s: "
             f"{summary['calls_per_s']:,.0f} calls/s, {summary['ok']:,} ok, "
             f"{summary['failed']:,} failed"
         )
@@ -237,7 +239,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
         calls = max(1, summary["calls"])
         table(
-            "calls per replica (client) and in its log",
+            "users: calls per replica (client) and GetUser in its log",
             ("replica", "address", "calls", "share", "log ok", "db queries", "note"),
             [
                 (
@@ -305,16 +307,19 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
 
 
-def logs_summary(run_dir: Path, report: Path) -> int:
+#: The ``--group-by`` options of the logs summary: the user service's own figures.
+GROUP_BY = ["cache", "worker"]
+
+
+def logs_summary(run_dir: Path) -> int:
     """Print ``trio-micro logs summary RUN_DIR ...``; return its exit code.
 
     The user service's own figures come from the generic options: calls grouped by the
     ``cache`` field it binds, and its ``users.db.query`` events counted, per worker too.
     """
-    options = ["--group-by", "cache", "--group-by", "worker", "--count-event", DB_QUERY_EVENT]
-    shown = " ".join(options)
-    print(f"\n$ trio-micro logs summary {run_dir} {shown} --html {report}", flush=True)
-    code = cli.main(["logs", "summary", str(run_dir), *options, "--html", str(report)])
+    options = [*(f for g in GROUP_BY for f in ("--group-by", g)), "--count-event", DB_QUERY_EVENT]
+    print(f"\n$ trio-micro logs summary {run_dir} {' '.join(options)}", flush=True)
+    code = cli.main(["logs", "summary", str(run_dir), *options])
     sys.stdout.flush()
     return code
 

@@ -16,17 +16,22 @@ from trio_micro.cli import LoadResult, PeerCounter, progress, run_load
 from trio_micro.registry import open_registry_client
 
 from .config import (
+    CREATE_ORDER,
+    CREATE_ORDER_DEADLINE,
     DISCOVERY_TIMEOUT,
     METHOD,
+    ORDERS,
     REGISTRY_READY,
     SERVE_READY,
     SERVICE,
     SERVICE_SPEC,
     Config,
     DemoError,
+    order_calls,
     zipf_user_ids,
 )
 from .processes import Child, child_env, kill_all_now, seed_database, start_child, stop_all
+from .system import say, start_orders_and_notifier
 
 
 @dataclass
@@ -40,6 +45,8 @@ class Run:
     counter: PeerCounter = field(default_factory=PeerCounter)
     sources: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    orders_created: int = 0
+    trace: dict[str, Any] = field(default_factory=dict)  # the waterfall shown, for the summary
     retries_throttled: int = 0
     debug_url: str | None = None
     client: dict[str, Any] = field(default_factory=dict)  # the client's task/memory figures
@@ -50,19 +57,15 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
 
-    def replicas(self) -> list[Child]:
-        """The user-service children, in the order of their names (users-1, users-2...)."""
-        replicas = [c for c in self.children if c.name.startswith(f"{SERVICE}-")]
+    def replicas(self, service: str = SERVICE) -> list[Child]:
+        """The children serving ``service``, in the order of their names (users-1, ...)."""
+        replicas = [c for c in self.children if c.name.startswith(f"{service}-")]
         return sorted(replicas, key=lambda c: int(c.name.rpartition("-")[2]))
 
     def ordered_children(self) -> list[Child]:
         """The registry (and any other helper process) first, then the replicas."""
-        replicas = self.replicas()
+        replicas = self.replicas() + self.replicas(ORDERS)
         return [c for c in self.children if c not in replicas] + replicas
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 async def supervise(run: Run) -> None:
@@ -139,6 +142,7 @@ async def _work(run: Run) -> None:
         for child in run.replicas():
             workers = ", ".join(f"{w.address} (pid {w.pid})" for w in child.workers)
             say(f"{child.name} serving on {child.address} (pid {child.pid}); workers: {workers}")
+        await start_orders_and_notifier(run, drains, registry, env)
         # 2. the client
         await _client(run, registry)
         drains.cancel_scope.cancel()  # the children are stopped by the caller
@@ -153,25 +157,35 @@ async def _client(run: Run, registry: Child) -> None:
     config = run.config
     assert registry.address is not None
     ids = zipf_user_ids(config.users, config.calls, seed=config.seed)
+    is_order = order_calls(config.calls, config.order_share, seed=config.seed)
     async with (
         observe.open_task_monitor(leak_threshold=max(1000, 4 * config.concurrency)) as monitor,
         observe.open_memory_monitor(interval=1.0),
         open_registry_client(registry.address) as reg,
         rpc.open_channel(SERVICE, registry=reg, interceptors=[run.counter]) as channel,
+        rpc.open_channel(ORDERS, registry=reg, interceptors=[run.counter]) as orders,
         trio.open_nursery() as nursery,
     ):
         await _start_debug_endpoint(run, nursery)
-        await _wait_discovered(run, channel)
+        await _wait_discovered(run, channel, SERVICE)
+        if config.orders:
+            await _wait_discovered(run, orders, ORDERS)
         victim = run.replicas()[-1] if config.kill else None
         kill_at = max(1, config.calls // 2)
         sources = run.sources
 
         async def call(index: int) -> None:
+            if is_order[index]:
+                request = {"user_id": ids[index], "item": "book", "quantity": 1 + index % 5}
+                with trio.fail_after(CREATE_ORDER_DEADLINE):  # crosses to GetUser behind it
+                    await orders.call(CREATE_ORDER, request)
+                run.orders_created += 1
+                return
             reply = await channel.call(METHOD, {"user_id": ids[index]}, idempotent=True)
             source = reply.get("source", "?") if isinstance(reply, dict) else "?"
             sources[source] = sources.get(source, 0) + 1
 
-        what = f"GetUser x{config.calls:,} ({config.concurrency} in flight)"
+        what = f"{config.calls:,} calls ({config.concurrency} in flight)"
         tasks_before = monitor.statistics().live_tasks
         with progress(config.calls, what) as show:
 
@@ -190,8 +204,9 @@ async def _client(run: Run, registry: Child) -> None:
             run.result = await run_load(
                 call, total=config.calls, concurrency=config.concurrency, on_progress=on_progress
             )
-        stats = channel.statistics()
-        run.retries, run.retries_throttled = stats.retries, stats.retries_throttled
+        for stats in (channel.statistics(), orders.statistics()):
+            run.retries += stats.retries
+            run.retries_throttled += stats.retries_throttled
         tasks = monitor.statistics()
         run.client = {
             "live_tasks_before_load": tasks_before,
@@ -205,16 +220,16 @@ async def _client(run: Run, registry: Child) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _wait_discovered(run: Run, channel: rpc.Channel) -> None:
+async def _wait_discovered(run: Run, channel: rpc.Channel, service: str) -> None:
     """Wait until the channel has a ready connection to every worker of every replica."""
-    wanted = {w.address for c in run.replicas() for w in c.workers}
+    wanted = {w.address for c in run.replicas(service) for w in c.workers}
     stats = channel.statistics()
     with trio.move_on_after(DISCOVERY_TIMEOUT):
         while True:
             stats = channel.statistics()
             if wanted <= set(stats.endpoints) and stats.ready >= len(wanted):
                 say(
-                    f"client: found {len(wanted)} endpoints of {SERVICE!r} in the registry "
+                    f"client: found {len(wanted)} endpoints of {service!r} in the registry "
                     f"(replicas x workers), connected to each"
                 )
                 return

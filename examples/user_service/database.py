@@ -1,35 +1,19 @@
 """The user service's database: SQLite in WAL mode, used without blocking the event loop.
 
-Theory of operation
--------------------
-SQLite calls block, so they run in worker threads through :func:`trio.to_thread.run_sync`.
-A fixed pool of connections (one per allowed thread) is opened up front; a
-:class:`trio.CapacityLimiter` of the same size bounds the threads, and each call takes a
-connection from the pool for the duration of one thread call. WAL mode lets readers run
-beside the one writer, and several *processes* (the demo's replicas) can share one
-database file. ``busy_timeout`` makes a writer wait for a lock instead of failing.
-
-Cancellation: a call cancelled while it waits for a thread slot is cancelled cleanly;
-once the statement runs in a thread it is not abandoned (``abandon_on_cancel=False``),
-so a connection is never handed back while a thread still uses it. The caller sees the
-cancellation as soon as the statement finishes.
+The pool of connections, the worker threads and what cancellation does are
+:class:`examples.sqlite_pool.SqlitePool`'s; this module adds the ``users`` table's queries.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
-import trio
+from examples.sqlite_pool import DatabaseStatistics, SqlitePool
 
 __all__ = ["DatabaseStatistics", "UserDatabase", "UserRow"]
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -52,74 +36,14 @@ class UserRow:
     email: str
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseStatistics:
-    """Counters of a :class:`UserDatabase`: queries run (reads and writes)."""
-
-    queries: int
-    reads: int
-    writes: int
-
-
-class UserDatabase:
+class UserDatabase(SqlitePool):
     """A pool of SQLite connections to one database file, used from trio.
 
-    Use :meth:`open` (an async context manager); the connections are closed on exit.
+    An async context manager (see :class:`~examples.sqlite_pool.SqlitePool`): the
+    connections are closed on exit.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 4) -> None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-        self.path = Path(path)
-        self._limiter = trio.CapacityLimiter(threads)
-        self._threads = threads
-        self._idle: list[sqlite3.Connection] = []
-        self._all: list[sqlite3.Connection] = []
-        self._reads = 0
-        self._writes = 0
-        self._closed = False
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    async def __aenter__(self) -> UserDatabase:
-        await trio.to_thread.run_sync(self._open_all)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def _open_all(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(self._threads):
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._all.append(conn)
-        self._all[0].execute(_SCHEMA)
-        self._idle = list(self._all)
-
-    async def aclose(self) -> None:
-        """Close every connection. Idempotent. A checkpoint."""
-        self._closed = True
-        conns, self._all, self._idle = self._all, [], []
-        for conn in conns:
-            conn.close()
-        await trio.lowlevel.checkpoint()
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        if self._closed:
-            raise trio.ClosedResourceError("the database is closed")
-        async with self._limiter:
-            conn = self._idle.pop()
-            try:
-                return await trio.to_thread.run_sync(fn, conn)
-            finally:
-                self._idle.append(conn)
-                if write:
-                    self._writes += 1
-                else:
-                    self._reads += 1
+    SCHEMA = _SCHEMA
 
     # -- queries ----------------------------------------------------------------------
 
@@ -216,9 +140,3 @@ class UserDatabase:
             return inserted
 
         return await self._run(load, write=True)
-
-    def statistics(self) -> DatabaseStatistics:
-        """Return the query counters. Not a checkpoint."""
-        return DatabaseStatistics(
-            queries=self._reads + self._writes, reads=self._reads, writes=self._writes
-        )

@@ -28,16 +28,16 @@ database.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Annotated, Final
 
 import msgspec
 import structlog
 from prometheus_client import CollectorRegistry
 
+from examples.options import positive_int, positive_seconds
 from trio_micro import observe, rpc
 
 from .cache import TTLCache
@@ -103,30 +103,6 @@ class User(msgspec.Struct, frozen=True):
 
 def _user(row: UserRow, source: str) -> User:
     return User(user_id=row.user_id, name=row.name, email=row.email, source=source)
-
-
-def _positive_int(name: str, value: object) -> int:
-    number = value
-    if isinstance(value, str):
-        with suppress(ValueError):
-            number = int(value)
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    return number
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    number = value
-    if isinstance(value, str):
-        with suppress(ValueError):
-            number = float(value)
-    if (
-        isinstance(number, bool)
-        or not isinstance(number, int | float)
-        or not 0 < number < float("inf")
-    ):
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return float(number)
 
 
 def _replica() -> dict[str, str]:
@@ -206,28 +182,22 @@ class UserService(rpc.Service, name="users"):
         """
         if not isinstance(db, str | os.PathLike) or not os.fspath(db):
             raise ValueError(f"db must be the path of a SQLite database file, got {db!r}")
-        size = _positive_int("cache_size", cache_size)
-        ttl = _positive_seconds("cache_ttl", cache_ttl)
+        size = positive_int("cache_size", cache_size)
+        ttl = positive_seconds("cache_ttl", cache_ttl)
         if metrics_registry is not None and not isinstance(metrics_registry, CollectorRegistry):
             raise TypeError(
                 "metrics_registry must be a prometheus_client.CollectorRegistry, "
                 f"got {metrics_registry!r}"
             )
-        database = UserDatabase(db, threads=_positive_int("threads", threads))
-        try:
-            await database.__aenter__()
-        except (sqlite3.Error, OSError) as exc:
-            await database.aclose()
-            raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
-        try:
+        async with UserDatabase.open_option(
+            db, threads=positive_int("threads", threads)
+        ) as database:
             service = cls(database, TTLCache(max_size=size, ttl=ttl))
             unregister = _export_cache(service.cache, metrics_registry)
             try:
                 yield service
             finally:
                 unregister()
-        finally:
-            await database.aclose()
 
     async def _query_user(self, user_id: int) -> UserRow | None:
         # The cache's loader: runs once per coalesced group of misses.

@@ -146,8 +146,9 @@ async def test_demo_survives_a_killed_replica_and_its_summary_matches_the_logs(
     run_dir: Path,
 ) -> None:
     code, stdout, summary = await _demo(
-        run_dir, "--users", "500", "--calls", "1500", "--concurrency", "50", "--replicas", "3"
-    )
+        run_dir, "--users", "500", "--calls", "1500", "--concurrency", "50", "--replicas", "3",
+        "--workers", "2", "--orders", "0",
+    )  # fmt: skip
     assert code == 0, stdout
     assert summary["problems"] == []
     assert "demo OK" in stdout
@@ -169,7 +170,7 @@ async def test_demo_survives_a_killed_replica_and_its_summary_matches_the_logs(
     retries = summary["retries"]
     assert sum(r["calls"] for r in summary["replicas"]) == 1500
     for replica in summary["replicas"]:
-        assert len(replica["workers"]) == 2  # serve --workers 2 (the demo's default)
+        assert len(replica["workers"]) == 2  # serve --workers 2
         for worker in replica["workers"]:
             log = logs[replica["name"], worker["index"]]
             # The `server` field names the worker's own endpoint (the one it registered).
@@ -203,7 +204,7 @@ async def test_demo_survives_a_killed_replica_and_its_summary_matches_the_logs(
 async def test_demo_without_a_kill_matches_the_logs_exactly(run_dir: Path) -> None:
     code, stdout, summary = await _demo(
         run_dir, "--users", "200", "--calls", "600", "--concurrency", "20", "--replicas", "2",
-        "--no-kill",
+        "--no-kill", "--orders", "0",
     )  # fmt: skip
     assert code == 0, stdout
     assert (summary["ok"], summary["failed"], summary["retries"]) == (600, 0, 0)
@@ -220,9 +221,40 @@ async def test_demo_without_a_kill_matches_the_logs_exactly(run_dir: Path) -> No
     _check_processes_gone(summary, run_dir)
 
 
+async def test_the_whole_system_survives_a_killed_users_replica(run_dir: Path) -> None:
+    code, stdout, summary = await _demo(
+        run_dir, "--users", "300", "--calls", "1200", "--concurrency", "30", "--order-share", "0.5",
+    )  # fmt: skip
+    assert code == 0, stdout
+    assert (summary["calls"], summary["ok"], summary["failed"]) == (1200, 1200, 0)
+    assert summary["orders_created"] > 0
+    assert [r["name"] for r in summary["replicas"] if r["killed_at_call"]] == ["users-3"]
+    assert {p["name"]: p["clean"] for p in summary["processes"]} == dict.fromkeys(
+        ["registry", "notifier", "users-1", "users-2", "users-3", "orders-1", "orders-2"], True
+    )
+    # Per-service tables: each CreateOrder that succeeded for the client is one OK record
+    # in an orders replica's log (a call is not retried once sent: it is not idempotent).
+    orders = summary["services"]["orders"]
+    assert sum(r["methods"].get("create_order", 0) for r in orders) == summary["orders_created"]
+    assert "orders: calls per replica" in stdout
+    # The waterfall of a CreateOrder that crossed two services, from the slowest 1%.
+    trace = summary["trace"]
+    assert f"$ trio-micro logs trace {trace['trace_id']}" in stdout
+    waterfall = stdout.split(f"trace {trace['trace_id']}:", 1)[1]
+    assert re.search(r"orders/create_order .*\n\s+users/get_user ", waterfall)
+    # The service graph, from the logs alone.
+    report = (run_dir / "report.html").read_text()
+    assert "Service graph" in report
+    assert re.search(r"client -> orders [\d,]+, client -> users [\d,]+, orders -> users", stdout)
+    notifier = summary["notifier"]
+    assert 0 < notifier["sent"] == notifier["cursor"] <= summary["orders_created"]
+    _check_processes_gone(summary, run_dir)
+
+
 async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
     argv = [sys.executable, "-m", "examples.demo", "--out", str(run_dir)]
     argv += ["--users", "100", "--calls", "10000000", "--concurrency", "10", "--replicas", "2"]
+    argv += ["--orders", "1"]  # and the notifier: every process of the system is stopped
     process = await trio.lowlevel.open_process(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
     )
@@ -256,7 +288,10 @@ async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
     assert process.returncode == 128 + signal.SIGINT
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["signal"] == "SIGINT"
-    assert [p["returncode"] for p in summary["processes"]] == [STOPPED, STOPPED, STOPPED]
+    stops = {p["name"]: p["returncode"] for p in summary["processes"]}
+    assert stops == dict.fromkeys(
+        ["registry", "notifier", "users-1", "users-2", "orders-1"], STOPPED
+    )
     _check_processes_gone(summary, run_dir)
 
 

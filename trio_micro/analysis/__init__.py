@@ -13,6 +13,9 @@ given; nothing else here does I/O.
 * :class:`LatencySketch`: the mergeable quantile sketch behind every latency figure
   (DDSketch's logarithmic mapping; relative error at most :data:`RELATIVE_ERROR`, 1%).
 * :func:`build_trace`: the call tree of one trace across services (a waterfall).
+* :func:`build_service_graph` / :class:`ServiceGraphBuilder`: who calls whom, with call
+  counts, errors and p99 per edge, from the parent links of the records (bounded memory);
+  :func:`render_service_graph` draws it as SVG.
 * :func:`iter_call_records`: JSON lines to :class:`~trio_micro.observe.CallRecord`, bad
   lines and other events skipped.
 * :func:`render_html_report`: one self-contained HTML page with inline SVG plots.
@@ -31,6 +34,8 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._decode import MALFORMED_KINDS, iter_call_records
     from ._files import find_trace_records, summarize_files
     from ._filter import RecordFilter
+    from ._graph import CLIENT, GraphEdge, ServiceGraph, ServiceGraphBuilder, build_service_graph
+    from ._graph_svg import render_service_graph
     from ._model import (
         ErrorSample,
         GroupStats,
@@ -48,10 +53,12 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
 
 __all__ = [
     "BASE_WIDTH",
+    "CLIENT",
     "MALFORMED_KINDS",
     "MIN_TRACKED",
     "RELATIVE_ERROR",
     "ErrorSample",
+    "GraphEdge",
     "GroupStats",
     "InputStats",
     "LatencySketch",
@@ -59,16 +66,20 @@ __all__ = [
     "MethodStats",
     "RecordFilter",
     "ReplicaStats",
+    "ServiceGraph",
+    "ServiceGraphBuilder",
     "SlowCall",
     "SummaryBuilder",
     "TimeBucket",
     "Trace",
     "TraceSpan",
+    "build_service_graph",
     "build_trace",
     "find_trace_records",
     "iter_call_records",
     "merge_summaries",
     "render_html_report",
+    "render_service_graph",
     "summarize",
     "summarize_files",
 ]
@@ -78,6 +89,14 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._decode": ("MALFORMED_KINDS", "iter_call_records"),
     "._files": ("find_trace_records", "summarize_files"),
     "._filter": ("RecordFilter",),
+    "._graph": (
+        "CLIENT",
+        "GraphEdge",
+        "ServiceGraph",
+        "ServiceGraphBuilder",
+        "build_service_graph",
+    ),
+    "._graph_svg": ("render_service_graph",),
     "._model": (
         "ErrorSample",
         "GroupStats",

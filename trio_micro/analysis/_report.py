@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Final
 
+from ._graph import ServiceGraph
+from ._graph_svg import render_service_graph
 from ._model import LogSummary
 from ._sketch import RELATIVE_ERROR, LatencySketch
 from ._trace import Trace
@@ -34,9 +36,13 @@ svg text{font:11px system-ui,sans-serif;fill:#444}
 
 
 def render_html_report(
-    summary: LogSummary, *, title: str = "trio-micro logs", trace: Trace | None = None
+    summary: LogSummary,
+    *,
+    title: str = "trio-micro logs",
+    trace: Trace | None = None,
+    graph: ServiceGraph | None = None,
 ) -> str:
-    """Return a complete HTML page that shows ``summary`` (and ``trace``, if given).
+    """Return a complete HTML page that shows ``summary`` (``trace`` and ``graph``, if given).
 
     Plots: latency histogram, latency percentiles and throughput over time, errors over
     time, calls and p99 per replica, and the trace waterfall. Tables: methods, slowest
@@ -48,6 +54,8 @@ def render_html_report(
         f"<h1>{escape(title)}</h1>",
         _kpis(summary),
     ]
+    if graph is not None:  # its own section, drawn by ._graph_svg
+        parts += ["<h2>Service graph</h2>", render_service_graph(graph)]
     if trace is not None:
         parts += ["<h2>Trace ", escape(trace.trace_id), "</h2>", _waterfall(trace)]
     if summary.calls:

@@ -1,0 +1,136 @@
+"""A pool of SQLite connections used from trio, shared by the example services' databases.
+
+Theory of operation
+-------------------
+SQLite calls block, so they run in worker threads through :func:`trio.to_thread.run_sync`.
+A fixed pool of connections (one per allowed thread) is opened up front; a
+:class:`trio.CapacityLimiter` of the same size bounds the threads, and each call takes a
+connection from the pool for the duration of one thread call. WAL mode lets readers run
+beside the one writer, and several *processes* (the demo's replicas) can share one
+database file. ``busy_timeout`` makes a writer wait for a lock instead of failing.
+
+Cancellation: a call cancelled while it waits for a thread slot is cancelled cleanly;
+once the statement runs in a thread it is not abandoned (``abandon_on_cancel=False``),
+so a connection is never handed back while a thread still uses it. The caller sees the
+cancellation as soon as the statement finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self, TypeVar
+
+import trio
+
+__all__ = ["DatabaseStatistics", "SqlitePool"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStatistics:
+    """Counters of a :class:`SqlitePool`: queries run (reads and writes)."""
+
+    queries: int
+    reads: int
+    writes: int
+
+
+class SqlitePool:
+    """A pool of SQLite connections to one database file, used from trio.
+
+    Subclasses set :attr:`SCHEMA` (run once when the pool opens) and add their queries
+    on top of :meth:`_run`. Use it as an async context manager; the connections are
+    closed on exit.
+    """
+
+    #: SQL run when the pool opens (``CREATE TABLE IF NOT EXISTS ...``).
+    SCHEMA = ""
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int = 4) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        self.path = Path(path)
+        self._limiter = trio.CapacityLimiter(threads)
+        self._threads = threads
+        self._idle: list[sqlite3.Connection] = []
+        self._all: list[sqlite3.Connection] = []
+        self._reads = 0
+        self._writes = 0
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        await trio.to_thread.run_sync(self._open_all)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _open_all(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(self._threads):
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._all.append(conn)
+            conn.execute("PRAGMA busy_timeout=5000")  # first: replicas open the file at once
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        if self.SCHEMA:
+            # IMMEDIATE takes the write lock first, waiting (busy_timeout) for another
+            # process creating the same schema; a deferred transaction would fail at once
+            # ("database is locked") when it upgrades its read lock.
+            schema = self.SCHEMA.strip().rstrip(";")
+            self._all[0].executescript(f"BEGIN IMMEDIATE;\n{schema};\nCOMMIT;")
+        self._idle = list(self._all)
+
+    @classmethod
+    @asynccontextmanager
+    async def open_option(cls, db: str | os.PathLike[str], *, threads: int) -> AsyncIterator[Self]:
+        """Open a pool on ``db`` for a service's ``open`` (``-o db=PATH``); close it on exit.
+
+        Raises:
+            ValueError: The database can't be opened; the message names ``db=``.
+        """
+        pool = cls(db, threads=threads)
+        try:
+            await pool.__aenter__()
+        except (sqlite3.Error, OSError) as exc:
+            await pool.aclose()
+            raise ValueError(f"db={os.fspath(db)!r}: cannot open the database: {exc}") from exc
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection. Idempotent. A checkpoint."""
+        self._closed = True
+        conns, self._all, self._idle = self._all, [], []
+        for conn in conns:
+            conn.close()
+        await trio.lowlevel.checkpoint()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run ``fn(connection)`` in a worker thread; see the module docs on cancellation."""
+        if self._closed:
+            raise trio.ClosedResourceError("the database is closed")
+        async with self._limiter:
+            conn = self._idle.pop()
+            try:
+                return await trio.to_thread.run_sync(fn, conn)
+            finally:
+                self._idle.append(conn)
+                if write:
+                    self._writes += 1
+                else:
+                    self._reads += 1
+
+    def statistics(self) -> DatabaseStatistics:
+        """Return the query counters. Not a checkpoint."""
+        return DatabaseStatistics(
+            queries=self._reads + self._writes, reads=self._reads, writes=self._writes
+        )
