@@ -64,6 +64,7 @@ from trio_micro.protocol import (
     Role,
     Settings,
     Status,
+    WindowCounter,
 )
 
 from ._admission import Admission
@@ -87,10 +88,13 @@ FLUSH_TIMEOUT: Final = 1.0
 # PINGs arriving faster than min_ping_interval tolerated before GOAWAY(ENHANCE_YOUR_CALM);
 # gRPC's default.
 _MAX_PING_STRIKES: Final = 2
-# CANCELs that arrive in the same read as their REQUEST tolerated on one connection before
-# GOAWAY(ENHANCE_YOUR_CALM): the "rapid reset" flood (CVE-2023-44487) costs the client
-# nothing and the server a task per call. A real caller cancels after waiting a while.
+# Calls cancelled by the client before they were answered, tolerated within any
+# _PREMATURE_CANCEL_WINDOW seconds on one connection before GOAWAY(ENHANCE_YOUR_CALM): the
+# "rapid reset" flood (CVE-2023-44487) costs the client nothing and the server a task per
+# call. Counted over time, not per read, so CANCELs sent a little after their REQUESTs (in
+# later reads) count too; 100 a second sustained is far above what hedging or timeouts cause.
 _MAX_PREMATURE_CANCELS: Final = 1000
+_PREMATURE_CANCEL_WINDOW: Final = 10.0
 # Requests dispatched from one read before the reader yields to the calls it started.
 _DISPATCH_BATCH: Final = 16
 # Idle call workers a connection keeps once it has no calls; the others end then.
@@ -155,8 +159,7 @@ class ServerConnection:
         self._idle_since = self.last_receive
         self._last_ping = -math.inf
         self._ping_strikes = 0
-        self._premature_cancels = 0
-        self._read_floor = 0  # the highest stream id before the current read
+        self._premature_cancels = WindowCounter(_MAX_PREMATURE_CANCELS, _PREMATURE_CANCEL_WINDOW)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,7 +240,6 @@ class ServerConnection:
             self._closing = True
             return None
         self.last_receive = trio.current_time()
-        self._read_floor = self.proto.next_stream_id - 1
         try:
             return self.proto.receive_data(data)
         except RemoteProtocolError as exc:
@@ -271,10 +273,10 @@ class ServerConnection:
                             # answers instead of both processes taking turns idling.
                             await trio.lowlevel.cancel_shielded_checkpoint()
                     elif kind is Cancel:
-                        sid = event.id  # type: ignore[union-attr]
                         if (
-                            self.runner.cancel(sid)
-                            and sid > self._read_floor
+                            self.runner.cancel(
+                                event.id  # type: ignore[union-attr]
+                            )
                             and not self._on_premature_cancel()
                         ):
                             return
@@ -320,14 +322,15 @@ class ServerConnection:
         return True
 
     def _on_premature_cancel(self) -> bool:
-        self._premature_cancels += 1
-        if self._premature_cancels <= _MAX_PREMATURE_CANCELS:
+        """A running call was cancelled by the client; False (GOAWAY written) on a flood."""
+        if self._premature_cancels.record(trio.current_time()):
             return True
         log.warning(
             "rpc.connection.enhance_your_calm",
             peer=self.peer,
-            reason="cancel flood: CANCELs in the same read as their REQUEST",
-            premature_cancels=self._premature_cancels,
+            reason="cancel flood: calls cancelled before they were answered",
+            premature_cancels=_MAX_PREMATURE_CANCELS,
+            window=_PREMATURE_CANCEL_WINDOW,
         )
         self._write_goaway(ErrorCode.ENHANCE_YOUR_CALM, "too many cancelled calls")
         return False
