@@ -67,8 +67,16 @@ from ._interceptors import ServerInterceptor
 from ._options import ServerOptions
 from ._reflection import ReflectionService
 from ._server_connection import FLUSH_TIMEOUT, Method, ServerConfig, ServerConnection
+from ._server_limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    MAX_REFUSING,
+    ByteBudget,
+    LogThrottle,
+    PeerCounts,
+)
 from ._service import Service
-from ._transport import RECEIVE_SIZE, peer_name
+from ._transport import RECEIVE_SIZE, peer_host, peer_name
 
 __all__ = ["Server", "ServerStatistics", "open_server", "serve"]
 
@@ -80,6 +88,9 @@ _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 )
 _ACCEPT_BACKOFF: Final = 0.1
+# A repeating accept failure or connection refusal is logged once per this many seconds,
+# with the count of the occurrences in between.
+_LOG_INTERVAL: Final = 5.0
 
 
 @final
@@ -136,6 +147,12 @@ class Server:
         ]
         self.address: tuple[str, int] = self.addresses[0]
         self._connections: set[ServerConnection] = set()
+        self._peers = PeerCounts()
+        self._refusing = 0
+        self._accept_log = LogThrottle(_LOG_INTERVAL)
+        self._refuse_log = LogThrottle(_LOG_INTERVAL)
+        #: The requests of every connection (see ._server_limits).
+        self.buffer_budget = ByteBudget(options.max_server_buffered_bytes)
         self._accept_scope = trio.CancelScope()
         self._connections_scope = trio.CancelScope()
         self._shutting_down = False
@@ -229,37 +246,72 @@ class Server:
             self._stopped.set()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        limit = self._options.max_connections
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.error("rpc.server.accept_failed", error=repr(exc), retry_in=_ACCEPT_BACKOFF)
+                count = self._accept_log.ready(trio.current_time())
+                if count is not None:
+                    log.error(
+                        "rpc.server.accept_failed",
+                        error=repr(exc),
+                        retry_in=_ACCEPT_BACKOFF,
+                        count=count,
+                        log_interval=_LOG_INTERVAL,
+                    )
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            if limit is not None and len(self._connections) >= limit:
-                nursery.start_soon(self._refuse, stream, limit)
+            refusal = self._over_limit(stream)
+            if refusal is not None:
+                self._start_refusal(nursery, stream, refusal)
             else:
                 conn = ServerConnection(self, stream)
                 self._connections.add(conn)
+                self._peers.add(conn.peer_host)
                 nursery.start_soon(self._handle, conn)
 
-    async def _refuse(self, stream: trio.SocketStream, limit: int) -> None:
-        log.warning(
-            "rpc.connection.refused",
-            peer=peer_name(stream),
-            reason="max_connections",
-            max_connections=limit,
-        )
+    def _over_limit(self, stream: trio.SocketStream) -> tuple[str, str] | None:
+        """The limit a new connection would exceed and the GOAWAY message refusing it,
+        or None to serve it."""
+        options = self._options
+        limit = options.max_connections
+        if limit is not None and len(self._connections) >= limit:
+            return "max_connections", f"server at max_connections ({limit})"
+        per_peer = options.max_connections_per_peer
+        if per_peer is not None and self._peers[peer_host(stream)] >= per_peer:
+            return "max_connections_per_peer", (
+                f"too many connections from your host (max_connections_per_peer={per_peer})"
+            )
+        return None
+
+    def _start_refusal(
+        self, nursery: trio.Nursery, stream: trio.SocketStream, refusal: tuple[str, str]
+    ) -> None:
+        reason, message = refusal
+        count = self._refuse_log.ready(trio.current_time())
+        if count is not None:
+            log.warning(
+                "rpc.connection.refused",
+                peer=peer_name(stream),
+                reason=reason,
+                message=message,
+                count=count,
+                log_interval=_LOG_INTERVAL,
+            )
+        if self._refusing >= MAX_REFUSING:  # a flood: don't let refusals pin descriptors
+            stream.socket.close()
+            return
+        self._refusing += 1
+        nursery.start_soon(self._refuse, stream, message)
+
+    async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
         try:
             if self._options.ssl_context is None:
                 # Say why, so the client's logs do: preface + HELLO + GOAWAY(last_id=0).
                 proto = Connection(Role.SERVER, settings=self._options.settings)
-                data = proto.initiate() + proto.send_goaway(
-                    ErrorCode.NO_ERROR, f"server at max_connections ({limit})"
-                )
+                data = proto.initiate() + proto.send_goaway(ErrorCode.NO_ERROR, why)
                 with trio.move_on_after(FLUSH_TIMEOUT):
                     await stream.send_all(data)
                     # Half-close and drain what the client already sent, so that closing
@@ -270,6 +322,7 @@ class Server:
         except (trio.BrokenResourceError, OSError):
             pass
         finally:
+            self._refusing -= 1
             await trio.aclose_forcefully(stream)
 
     async def _handle(self, conn: ServerConnection) -> None:
@@ -280,6 +333,7 @@ class Server:
             log.error("rpc.connection.crashed", peer=conn.peer, exc_info=exc)
         finally:
             self._connections.discard(conn)
+            self._peers.remove(conn.peer_host)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(conn.stream)
             self._check_drained()
@@ -327,8 +381,13 @@ async def serve(
     reflection: bool = True,
     health: bool = True,
     max_connections: int | None = None,
+    max_connections_per_peer: int | None = None,
     max_inflight: int | None = None,
     max_concurrent_streams: int = 1000,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    max_server_buffered_bytes: int = DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    max_stalled_streams: int = 32,
+    stall_timeout: float = 30.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     max_metadata_size: int = 8 * 1024,
     handshake_timeout: float = 10.0,
@@ -356,8 +415,11 @@ async def serve(
         reflection: Also serve ``trio_micro.reflection`` (:class:`ReflectionService`).
         health: Also serve ``trio_micro.health`` (:class:`HealthService`, gRPC's health
             protocol), every service ``SERVING``; see :attr:`Server.health`.
-        max_connections: Connections beyond this are refused (GOAWAY, then closed) and
-            logged; ``None`` for no limit.
+        max_connections: Connections beyond this are refused at once (GOAWAY saying so,
+            then closed; the client's call fails ``UNAVAILABLE``) and logged (at most a
+            line per 5 s, with a count); ``None`` for no limit.
+        max_connections_per_peer: Like ``max_connections``, for the connections from one
+            host (IP address); ``None`` for no limit.
         max_inflight: Calls the whole server runs at once; a call beyond it is refused at
             once with ``RESOURCE_EXHAUSTED`` (details ``refused=max_inflight``, which a
             channel with a retry policy retries on another endpoint) and logged as
@@ -365,6 +427,16 @@ async def serve(
             ``max_concurrent_streams``, which makes a client wait, this sheds load.
         max_concurrent_streams: Calls one connection may have running at once; advertised to
             clients, which wait for a free slot.
+        max_buffered_bytes: Bytes one connection may make the server hold: the payloads of
+            its calls in progress plus its answers queued and not yet sent. A REQUEST
+            that would go over is refused with ``RESOURCE_EXHAUSTED`` (that call only),
+            unless the connection has no call in progress. Default 8 MiB.
+        max_server_buffered_bytes: The same over every connection's request payloads.
+            Default 256 MiB. docs/rpc.md ("Limits and worst-case memory") has the formula.
+        max_stalled_streams: Server-streams of one connection that may wait for the
+            client's CREDIT at once; one more fails with ``RESOURCE_EXHAUSTED``.
+        stall_timeout: Seconds a server-stream may wait for CREDIT; then it fails with
+            ``RESOURCE_EXHAUSTED``, which frees its handler (``math.inf``: forever).
         max_frame_size: Largest frame accepted, bytes (at least 16384).
         max_metadata_size: Largest request metadata accepted, UTF-8 bytes of keys + values.
         handshake_timeout: Seconds a new connection has to finish the TLS handshake and the
@@ -400,8 +472,13 @@ async def serve(
         reflection=reflection,
         health=health,
         max_connections=max_connections,
+        max_connections_per_peer=max_connections_per_peer,
         max_inflight=max_inflight,
         max_concurrent_streams=max_concurrent_streams,
+        max_buffered_bytes=max_buffered_bytes,
+        max_server_buffered_bytes=max_server_buffered_bytes,
+        max_stalled_streams=max_stalled_streams,
+        stall_timeout=stall_timeout,
         max_frame_size=max_frame_size,
         max_metadata_size=max_metadata_size,
         handshake_timeout=handshake_timeout,
@@ -438,8 +515,13 @@ def _prepare(
     reflection: bool,
     health: bool,
     max_connections: int | None,
+    max_connections_per_peer: int | None,
     max_inflight: int | None,
     max_concurrent_streams: int,
+    max_buffered_bytes: int,
+    max_server_buffered_bytes: int,
+    max_stalled_streams: int,
+    stall_timeout: float,
     max_frame_size: int,
     max_metadata_size: int,
     handshake_timeout: float,
@@ -464,8 +546,8 @@ def _prepare(
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext or None, got {ssl_context!r}")
     check_int("port", port, minimum=0)
-    if max_connections is not None:
-        check_optional_int("max_connections", max_connections, minimum=1)
+    check_optional_int("max_connections", max_connections, minimum=1)
+    check_optional_int("max_connections_per_peer", max_connections_per_peer, minimum=1)
     check_optional_int("max_inflight", max_inflight, minimum=1)
     try:
         settings = Settings(
@@ -485,6 +567,13 @@ def _prepare(
         ssl_context=ssl_context,
         interceptors=tuple(interceptors),
         max_connections=max_connections,
+        max_connections_per_peer=max_connections_per_peer,
+        max_buffered_bytes=check_int("max_buffered_bytes", max_buffered_bytes, minimum=1),
+        max_server_buffered_bytes=check_int(
+            "max_server_buffered_bytes", max_server_buffered_bytes, minimum=1
+        ),
+        max_stalled_streams=check_int("max_stalled_streams", max_stalled_streams, minimum=0),
+        stall_timeout=check_seconds("stall_timeout", stall_timeout),
         handshake_timeout=check_seconds("handshake_timeout", handshake_timeout, finite=True),
         keepalive_interval=check_seconds("keepalive_interval", keepalive_interval),
         keepalive_timeout=check_seconds("keepalive_timeout", keepalive_timeout, finite=True),

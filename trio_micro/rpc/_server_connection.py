@@ -71,9 +71,15 @@ from ._admission import Admission
 from ._context import ServerCall
 from ._interceptors import ServerInterceptor
 from ._server_calls import ANSWER_STREAM, ANSWER_UNARY, CallRunner, Handler
+from ._server_limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    ByteBudget,
+    admit_request,
+)
 from ._service import MethodInfo
 from ._tls import PeerIdentity, peer_identity
-from ._transport import RECEIVE_SIZE, Writer, peer_name
+from ._transport import RECEIVE_SIZE, Writer, peer_host, peer_name
 from ._workers import CallWorkers
 
 if TYPE_CHECKING:
@@ -121,6 +127,11 @@ class ServerConfig:
     min_ping_interval: float
     grace_period: float
     max_inflight: int | None = None
+    max_connections_per_peer: int | None = None
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    max_server_buffered_bytes: int = DEFAULT_MAX_SERVER_BUFFERED_BYTES
+    max_stalled_streams: int = 32
+    stall_timeout: float = 30.0
 
 
 @final
@@ -133,6 +144,7 @@ class ServerConnection:
         self.options = options
         self.peer = peer_name(stream)
         self.local = peer_name(stream, local=True)
+        self.peer_host = peer_host(stream)
         self.identity: PeerIdentity | None = None  # the client certificate's, after TLS
         self.stream: trio.abc.Stream = (
             stream
@@ -142,8 +154,17 @@ class ServerConnection:
         self.proto = Connection(Role.SERVER, settings=options.settings)
         self.writer = Writer(self.stream)
         self.admission: Admission = server._admission
+        #: The payloads of this connection's calls in progress (see ._server_limits).
+        self.budget = ByteBudget(options.max_buffered_bytes)
         self.runner = CallRunner(
-            self.proto, self.writer, options.interceptors, self._no_calls_left, self.admission
+            self.proto,
+            self.writer,
+            options.interceptors,
+            self._no_calls_left,
+            self.admission,
+            (self.budget, server.buffer_budget),
+            max_stalled=options.max_stalled_streams,
+            stall_timeout=options.stall_timeout,
         )
         self.calls = self.runner.calls
         self._methods = server._methods
@@ -431,6 +452,12 @@ class ServerConnection:
                     self.proto.send_error(frame.id, refusal.code, refusal.message, refusal.details)
                 )
                 return
+        over = admit_request(
+            len(frame.payload), self.budget, self.server.buffer_budget, self.writer.pending
+        )
+        if over is not None:
+            self._refuse_buffered(frame, over)
+            return
         admission.inflight += 1
         workers = self._workers
         assert workers is not None
@@ -469,6 +496,17 @@ class ServerConnection:
 
     def _reject(self, frame: Request, code: Status, message: str) -> None:
         self.writer.write(self.proto.send_error(frame.id, code, message))
+
+    def _refuse_buffered(self, frame: Request, limit: str) -> None:
+        budget = self.budget if limit == "max_buffered_bytes" else self.server.buffer_budget
+        self.writer.write(
+            self.proto.send_error(
+                frame.id,
+                Status.RESOURCE_EXHAUSTED,
+                f"server busy: {limit} ({budget.limit} bytes) reached; retry later",
+                {"refused": limit},
+            )
+        )
 
     def _no_calls_left(self) -> None:
         if self._workers is not None:
