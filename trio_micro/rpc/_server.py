@@ -11,7 +11,8 @@ Tasks::
                   (:mod:`._server_calls`)
 
 This module owns the listeners and the set of connections: it accepts, refuses
-connections beyond ``max_connections`` (with a GOAWAY saying why, unless TLS), runs each
+connections beyond ``max_connections`` or ``max_connections_per_peer`` (with a GOAWAY
+saying why, unless TLS; :mod:`._server_limits` has the bounds a client can't raise), runs each
 connection in a task of its own (a failure there is logged and ends that connection only),
 and shuts down. A connection reads frames and dispatches each REQUEST to a call worker,
 which runs the call in a context and under a cancel scope of its own; see those modules.
@@ -53,30 +54,21 @@ import trio
 
 from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_int, check_optional_int, check_seconds
-from trio_micro.protocol import (
-    DEFAULT_MAX_FRAME_SIZE,
-    Connection,
-    ErrorCode,
-    Role,
-    Settings,
-)
+from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
 
 from ._admission import Admission
 from ._health import HEALTH_SERVICE, HealthService
 from ._interceptors import ServerInterceptor
 from ._options import ServerOptions
 from ._reflection import ReflectionService
-from ._server_connection import FLUSH_TIMEOUT, Method, ServerConfig, ServerConnection
+from ._server_connection import Method, ServerConfig, ServerConnection
 from ._server_limits import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_SERVER_BUFFERED_BYTES,
-    MAX_REFUSING,
     ByteBudget,
-    LogThrottle,
-    PeerCounts,
+    ConnectionGate,
 )
 from ._service import Service
-from ._transport import RECEIVE_SIZE, peer_host, peer_name
 
 __all__ = ["Server", "ServerStatistics", "open_server", "serve"]
 
@@ -88,9 +80,6 @@ _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 )
 _ACCEPT_BACKOFF: Final = 0.1
-# A repeating accept failure or connection refusal is logged once per this many seconds,
-# with the count of the occurrences in between.
-_LOG_INTERVAL: Final = 5.0
 
 
 @final
@@ -106,6 +95,9 @@ class ServerStatistics:
         shutting_down: :meth:`Server.shutdown` has started.
         refused_calls: Calls refused at ``max_inflight`` since the server started.
         health_watches: Health ``watch`` streams running.
+        request_bytes: Request payload bytes of the calls in progress, over all
+            connections (bounded by ``max_server_buffered_bytes`` plus one request per
+            connection).
     """
 
     connections: int
@@ -114,6 +106,7 @@ class ServerStatistics:
     shutting_down: bool
     refused_calls: int = 0
     health_watches: int = 0
+    request_bytes: int = 0
 
 
 @final
@@ -147,10 +140,11 @@ class Server:
         ]
         self.address: tuple[str, int] = self.addresses[0]
         self._connections: set[ServerConnection] = set()
-        self._peers = PeerCounts()
-        self._refusing = 0
-        self._accept_log = LogThrottle(_LOG_INTERVAL)
-        self._refuse_log = LogThrottle(_LOG_INTERVAL)
+        self._gate = ConnectionGate(
+            max_connections=options.max_connections,
+            max_connections_per_peer=options.max_connections_per_peer,
+            goaway=None if options.ssl_context is not None else options.settings,
+        )
         #: The requests of every connection (see ._server_limits).
         self.buffer_budget = ByteBudget(options.max_server_buffered_bytes)
         self._accept_scope = trio.CancelScope()
@@ -180,6 +174,7 @@ class Server:
             shutting_down=self._shutting_down,
             refused_calls=self._admission.refused,
             health_watches=0 if self.health is None else self.health.watches,
+            request_bytes=self.buffer_budget.used,
         )
 
     async def shutdown(self) -> None:
@@ -246,84 +241,21 @@ class Server:
             self._stopped.set()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        gate = self._gate
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                count = self._accept_log.ready(trio.current_time())
-                if count is not None:
-                    log.error(
-                        "rpc.server.accept_failed",
-                        error=repr(exc),
-                        retry_in=_ACCEPT_BACKOFF,
-                        count=count,
-                        log_interval=_LOG_INTERVAL,
-                    )
+                gate.accept_failed(exc, _ACCEPT_BACKOFF)
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            refusal = self._over_limit(stream)
-            if refusal is not None:
-                self._start_refusal(nursery, stream, refusal)
-            else:
+            if gate.admit(stream, len(self._connections), nursery):
                 conn = ServerConnection(self, stream)
                 self._connections.add(conn)
-                self._peers.add(conn.peer_host)
+                gate.peers.add(conn.peer_host)
                 nursery.start_soon(self._handle, conn)
-
-    def _over_limit(self, stream: trio.SocketStream) -> tuple[str, str] | None:
-        """The limit a new connection would exceed and the GOAWAY message refusing it,
-        or None to serve it."""
-        options = self._options
-        limit = options.max_connections
-        if limit is not None and len(self._connections) >= limit:
-            return "max_connections", f"server at max_connections ({limit})"
-        per_peer = options.max_connections_per_peer
-        if per_peer is not None and self._peers[peer_host(stream)] >= per_peer:
-            return "max_connections_per_peer", (
-                f"too many connections from your host (max_connections_per_peer={per_peer})"
-            )
-        return None
-
-    def _start_refusal(
-        self, nursery: trio.Nursery, stream: trio.SocketStream, refusal: tuple[str, str]
-    ) -> None:
-        reason, message = refusal
-        count = self._refuse_log.ready(trio.current_time())
-        if count is not None:
-            log.warning(
-                "rpc.connection.refused",
-                peer=peer_name(stream),
-                reason=reason,
-                message=message,
-                count=count,
-                log_interval=_LOG_INTERVAL,
-            )
-        if self._refusing >= MAX_REFUSING:  # a flood: don't let refusals pin descriptors
-            stream.socket.close()
-            return
-        self._refusing += 1
-        nursery.start_soon(self._refuse, stream, message)
-
-    async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
-        try:
-            if self._options.ssl_context is None:
-                # Say why, so the client's logs do: preface + HELLO + GOAWAY(last_id=0).
-                proto = Connection(Role.SERVER, settings=self._options.settings)
-                data = proto.initiate() + proto.send_goaway(ErrorCode.NO_ERROR, why)
-                with trio.move_on_after(FLUSH_TIMEOUT):
-                    await stream.send_all(data)
-                    # Half-close and drain what the client already sent, so that closing
-                    # doesn't reset the connection before it has read the GOAWAY.
-                    await stream.send_eof()
-                    while await stream.receive_some(RECEIVE_SIZE):
-                        pass
-        except (trio.BrokenResourceError, OSError):
-            pass
-        finally:
-            self._refusing -= 1
-            await trio.aclose_forcefully(stream)
 
     async def _handle(self, conn: ServerConnection) -> None:
         try:
@@ -333,7 +265,7 @@ class Server:
             log.error("rpc.connection.crashed", peer=conn.peer, exc_info=exc)
         finally:
             self._connections.discard(conn)
-            self._peers.remove(conn.peer_host)
+            self._gate.peers.remove(conn.peer_host)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(conn.stream)
             self._check_drained()

@@ -74,6 +74,7 @@ from ._server_calls import ANSWER_STREAM, ANSWER_UNARY, CallRunner, Handler
 from ._server_limits import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    FLUSH_TIMEOUT,
     ByteBudget,
     admit_request,
 )
@@ -89,8 +90,6 @@ __all__: list[str] = []
 
 log = structlog.get_logger("rpc")
 
-# Upper bound on flushing the last frames (GOAWAY, errors) of a closing connection.
-FLUSH_TIMEOUT: Final = 1.0
 # PINGs arriving faster than min_ping_interval tolerated before GOAWAY(ENHANCE_YOUR_CALM);
 # gRPC's default.
 _MAX_PING_STRIKES: Final = 2

@@ -33,7 +33,22 @@ from __future__ import annotations
 
 from typing import Final, final
 
+import structlog
+import trio
+
+from trio_micro.protocol import Connection, ErrorCode, Role, Settings
+
+from ._transport import RECEIVE_SIZE, peer_host, peer_name
+
 __all__: list[str] = []
+
+log = structlog.get_logger("rpc")
+
+#: Upper bound on flushing the last frames (GOAWAY, errors) of a closing connection.
+FLUSH_TIMEOUT: Final = 1.0
+#: A repeating accept failure or connection refusal is logged once per this many seconds,
+#: with the count of the occurrences in between.
+LOG_INTERVAL: Final = 5.0
 
 #: ``serve``'s default ``max_buffered_bytes``: per connection.
 DEFAULT_MAX_BUFFERED_BYTES: Final = 8 << 20
@@ -142,3 +157,97 @@ class LogThrottle:
         self._suppressed = 0
         self._next = now + self.interval
         return count
+
+
+@final
+class ConnectionGate:
+    """Which new connections a server serves, and the refusal of the others.
+
+    Args:
+        max_connections: Connections served at once (``None``: no limit).
+        max_connections_per_peer: The same per peer IP address.
+        goaway: The server's settings, to send a refused connection HELLO + GOAWAY
+            saying why; ``None`` (TLS: no handshake for a refusal) closes it silently.
+
+    Attributes:
+        peers: Open connections per peer host; the server adds and removes them.
+    """
+
+    __slots__ = ("_accept_log", "_goaway", "_refuse_log", "_refusing", "limit", "peers", "per_peer")
+
+    def __init__(
+        self,
+        *,
+        max_connections: int | None,
+        max_connections_per_peer: int | None,
+        goaway: Settings | None,
+    ) -> None:
+        self.limit = max_connections
+        self.per_peer = max_connections_per_peer
+        self._goaway = goaway
+        self.peers = PeerCounts()
+        self._refusing = 0
+        self._accept_log = LogThrottle(LOG_INTERVAL)
+        self._refuse_log = LogThrottle(LOG_INTERVAL)
+
+    def accept_failed(self, exc: OSError, retry_in: float) -> None:
+        """Log an ``accept()`` failure, at most a line per ``LOG_INTERVAL`` (with a count)."""
+        count = self._accept_log.ready(trio.current_time())
+        if count is not None:
+            log.error(
+                "rpc.server.accept_failed",
+                error=repr(exc),
+                retry_in=retry_in,
+                count=count,
+                log_interval=LOG_INTERVAL,
+            )
+
+    def admit(
+        self, stream: trio.SocketStream, open_connections: int, nursery: trio.Nursery
+    ) -> bool:
+        """True: serve ``stream``. False: it is being refused (in a task of ``nursery``,
+        or already closed when ``MAX_REFUSING`` refusals are in flight). Synchronous."""
+        if self.limit is not None and open_connections >= self.limit:
+            reason, message = "max_connections", f"server at max_connections ({self.limit})"
+        elif self.per_peer is not None and self.peers[peer_host(stream)] >= self.per_peer:
+            reason = "max_connections_per_peer"
+            message = (
+                f"too many connections from your host (max_connections_per_peer={self.per_peer})"
+            )
+        else:
+            return True
+        count = self._refuse_log.ready(trio.current_time())
+        if count is not None:
+            log.warning(
+                "rpc.connection.refused",
+                peer=peer_name(stream),
+                reason=reason,
+                message=message,
+                count=count,
+                log_interval=LOG_INTERVAL,
+            )
+        if self._refusing >= MAX_REFUSING:  # a flood: don't let refusals pin descriptors
+            stream.socket.close()
+        else:
+            self._refusing += 1
+            nursery.start_soon(self._refuse, stream, message)
+        return False
+
+    async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
+        try:
+            if self._goaway is not None:
+                # Say why, so the client's logs do: preface + HELLO + GOAWAY(last_id=0).
+                proto = Connection(Role.SERVER, settings=self._goaway)
+                data = proto.initiate() + proto.send_goaway(ErrorCode.NO_ERROR, why)
+                with trio.move_on_after(FLUSH_TIMEOUT):
+                    await stream.send_all(data)
+                    # Half-close and drain what the client already sent, so that closing
+                    # doesn't reset the connection before it has read the GOAWAY.
+                    await stream.send_eof()
+                    while await stream.receive_some(RECEIVE_SIZE):
+                        pass
+        except (trio.BrokenResourceError, OSError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
