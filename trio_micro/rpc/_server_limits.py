@@ -31,6 +31,7 @@ Every resource a client can make the server hold has a bound the client can't ra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, final
 
 import structlog
@@ -136,7 +137,7 @@ class PeerCounts:
 class LogThrottle:
     """At most one log line per ``interval`` seconds for a repeating event.
 
-    ``now`` is passed in (any monotonic clock), so this is testable with a mock clock.
+    :meth:`ready` takes ``now`` (any monotonic clock); :meth:`emit` reads trio's.
     """
 
     __slots__ = ("_next", "_suppressed", "interval")
@@ -157,6 +158,13 @@ class LogThrottle:
         self._suppressed = 0
         self._next = now + self.interval
         return count
+
+    def emit(self, method: Callable[..., object], event: str, **fields: object) -> None:
+        """Call ``method(event, **fields, count=..., log_interval=...)`` (a structlog
+        logger's ``error``, say) if a line is due at ``trio.current_time()``."""
+        count = self.ready(trio.current_time())
+        if count is not None:
+            method(event, **fields, count=count, log_interval=self.interval)
 
 
 @final
@@ -192,15 +200,9 @@ class ConnectionGate:
 
     def accept_failed(self, exc: OSError, retry_in: float) -> None:
         """Log an ``accept()`` failure, at most a line per ``LOG_INTERVAL`` (with a count)."""
-        count = self._accept_log.ready(trio.current_time())
-        if count is not None:
-            log.error(
-                "rpc.server.accept_failed",
-                error=repr(exc),
-                retry_in=retry_in,
-                count=count,
-                log_interval=LOG_INTERVAL,
-            )
+        self._accept_log.emit(
+            log.error, "rpc.server.accept_failed", error=repr(exc), retry_in=retry_in
+        )
 
     def admit(
         self, stream: trio.SocketStream, open_connections: int, nursery: trio.Nursery
@@ -216,16 +218,13 @@ class ConnectionGate:
             )
         else:
             return True
-        count = self._refuse_log.ready(trio.current_time())
-        if count is not None:
-            log.warning(
-                "rpc.connection.refused",
-                peer=peer_name(stream),
-                reason=reason,
-                message=message,
-                count=count,
-                log_interval=LOG_INTERVAL,
-            )
+        self._refuse_log.emit(
+            log.warning,
+            "rpc.connection.refused",
+            peer=peer_name(stream),
+            reason=reason,
+            message=message,
+        )
         if self._refusing >= MAX_REFUSING:  # a flood: don't let refusals pin descriptors
             stream.socket.close()
         else:
