@@ -10,6 +10,12 @@ succeeded, ERROR after a failure (``CANCELLED`` or ``DEADLINE_EXCEEDED`` when th
 scope was cancelled, by the client's CANCEL or by the deadline). A cancelled call still
 gets its terminal frame, as the protocol requires.
 
+A server-stream without credit waits for the client's CREDIT, holding its handler: at most
+``max_stalled_streams`` of a connection's streams wait at once and none longer than
+``stall_timeout``; beyond either the stream fails with ``RESOURCE_EXHAUSTED`` (see
+:mod:`._server_limits`). When a call ends, its request's bytes go back to the connection's
+and the server's byte budgets.
+
 For a unary call the RESPONSE is queued inside the interceptor chain (as a stream's items
 are), so when ``proceed`` returns the answer is on its way and an access log's record does
 not delay it. Answers are appended to the :class:`~._transport.Writer`'s queue without

@@ -22,6 +22,12 @@ The call's cancel scope is its worker's; its deadline is the client's ``timeout_
 calls the handler makes inherit the remaining time. The scope is cancelled by the client's
 CANCEL, which is how cancellation crosses the wire.
 
+A REQUEST is charged against the connection's and the server's byte budgets before its
+call starts, and refused with ``RESOURCE_EXHAUSTED`` when it doesn't fit
+(:mod:`._server_limits`). Calls the client cancels before their answer are counted over a
+sliding window (:class:`~trio_micro.protocol.WindowCounter`): a flood of them ("rapid
+reset") gets ``GOAWAY(ENHANCE_YOUR_CALM)``, however the client splits its writes.
+
 Reading is paced: while the writer is congested (the client does not read its answers)
 no call is started and nothing more is read; every ``_DISPATCH_BATCH`` requests of one
 read the reader yields so the calls it started can answer; a lone call is let run before
