@@ -18,6 +18,7 @@ def test_the_command_has_finite_defaults() -> None:
     assert config.limits == {
         "max_connections": 1000,
         "max_connections_per_peer": 100,
+        "max_concurrent_streams": 100,
         "idle_timeout": 300.0,
         "stall_timeout": 30.0,
     }
@@ -25,11 +26,13 @@ def test_the_command_has_finite_defaults() -> None:
 
 def test_flags_set_the_limits() -> None:
     argv = ["--max-connections", "5", "--max-connections-per-peer", "2"]
+    argv += ["--max-concurrent-streams", "7"]
     argv += ["--idle-timeout", "inf", "--stall-timeout", "0.5"]
     config = _check_args(build_parser().parse_args(["serve", SLOW, *argv]))
     assert config.limits == {
         "max_connections": 5,
         "max_connections_per_peer": 2,
+        "max_concurrent_streams": 7,
         "idle_timeout": math.inf,
         "stall_timeout": 0.5,
     }

@@ -1,5 +1,6 @@
 """``trio-micro serve``'s connection and memory limits: ``--max-connections``,
-``--max-connections-per-peer``, ``--idle-timeout`` and ``--stall-timeout`` (docs/rpc.md,
+``--max-connections-per-peer``, ``--max-concurrent-streams``, ``--idle-timeout`` and
+``--stall-timeout`` (docs/rpc.md,
 "Limits and worst-case memory"), parsed into :func:`trio_micro.rpc.serve`'s options. Unlike
 the library, whose limits are off unless asked for, the command has finite defaults: a
 process started from the command line faces whatever connects to it. Kept apart from
@@ -18,13 +19,13 @@ __all__: list[str] = []  # internal to the cli package
 #: The command's defaults; see the module docs.
 MAX_CONNECTIONS: Final = 1000
 MAX_CONNECTIONS_PER_PEER: Final = 100
+MAX_CONCURRENT_STREAMS: Final = 100
 IDLE_TIMEOUT: Final = 300.0
 STALL_TIMEOUT: Final = 30.0
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--max-connections``, ``--max-connections-per-peer``, ``--idle-timeout`` and
-    ``--stall-timeout``."""
+    """Add the limit flags (see the module docs)."""
     parser.add_argument(
         "--max-connections",
         type=integer(1),
@@ -40,6 +41,15 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the same, for the connections from one IP address "
         f"(default: {MAX_CONNECTIONS_PER_PEER})",
+    )
+    parser.add_argument(
+        "--max-concurrent-streams",
+        type=integer(1),
+        default=MAX_CONCURRENT_STREAMS,
+        metavar="N",
+        help="calls one connection may have running at once, advertised to clients (which "
+        "wait for a free slot); a client that sends more is disconnected "
+        f"(GOAWAY TOO_MANY_STREAMS) (default: {MAX_CONCURRENT_STREAMS})",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -64,6 +74,7 @@ class LimitOptions(TypedDict, total=False):
 
     max_connections: int
     max_connections_per_peer: int
+    max_concurrent_streams: int
     idle_timeout: float
     stall_timeout: float
 
@@ -73,6 +84,7 @@ def limit_options(args: argparse.Namespace) -> LimitOptions:
     return LimitOptions(
         max_connections=args.max_connections,
         max_connections_per_peer=args.max_connections_per_peer,
+        max_concurrent_streams=args.max_concurrent_streams,
         idle_timeout=args.idle_timeout,
         stall_timeout=args.stall_timeout,
     )
