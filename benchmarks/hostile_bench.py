@@ -21,7 +21,9 @@ attack and its failed calls. ``--code DIR`` runs the server from another checkou
     .venv/bin/python benchmarks/hostile_bench.py --code /work/main
     .venv/bin/python benchmarks/hostile_bench.py --attacks big --hold 3
 
-Extra ``serve`` flags go after ``--``, e.g. ``-- --stall-timeout 5``.
+Extra ``serve`` flags go after ``--``, e.g. ``-- --stall-timeout 5``. ``--trim`` then makes
+the server call glibc's ``malloc_trim(0)`` through gdb and records RSS once more: what
+that gives back was free memory glibc kept, not memory still in use.
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ _LIST = "users/list_users"
 class PaddedListUsers(msgspec.Struct):
     page_size: int
     pad: bytes
+
+
+def malloc_trim(pid: int) -> None:
+    """Make the server call glibc's ``malloc_trim(0)`` (through gdb), to tell memory
+    glibc keeps for reuse from memory still in use."""
+    subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-ex", "call (int)malloc_trim(0)"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def rss_bytes(pid: int) -> int:
@@ -155,7 +168,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run_attack(
-    kind: str, pid: int, address: str, hold: float, after: float
+    kind: str, pid: int, address: str, hold: float, after: float, trim: bool
 ) -> dict[str, object]:
     host, port = address.rsplit(":", 1)
     async with rpc.open_channel(address, retry=None) as channel, trio.open_nursery() as nursery:
@@ -177,6 +190,7 @@ async def run_attack(
             "rss_before_mb": before / 2**20,
             "rss_peak_mb": sampler.peak / 2**20,
             "rss_after_mb": rss_bytes(pid) / 2**20,
+            "rss_trimmed_mb": float("nan"),
             "good_calls": len(latencies),
             "good_failed": len(good.failures),
             "good_p99_ms": _percentile(latencies, 0.99) * 1000,
@@ -185,6 +199,9 @@ async def run_attack(
             "big_sent": sent[0],
         }
         nursery.cancel_scope.cancel()
+    if trim:
+        await trio.to_thread.run_sync(malloc_trim, pid)
+        result["rss_trimmed_mb"] = rss_bytes(pid) / 2**20
     return result
 
 
@@ -215,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hold", type=float, default=5.0)
     parser.add_argument("--after", type=float, default=3.0)
     parser.add_argument("--code", default=None, help="run the server from this checkout")
+    parser.add_argument(
+        "--trim", action="store_true", help="then call malloc_trim(0) in the server (gdb)"
+    )
     parser.add_argument("serve_args", nargs="*", help="extra serve flags, after --")
     args = parser.parse_args(argv)
     observe.configure_logging(level="error")
@@ -225,21 +245,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"code: {args.code or REPO}; serve flags: {args.serve_args or 'defaults'}")
         print(f"load average at start: {os.getloadavg()[0]:.1f}")
         print(
-            "| attack | RSS before MB | peak MB | after MB | good calls | failed | "
-            "p99 ms | max ms |"
+            "| attack | RSS before MB | peak MB | after MB | after malloc_trim MB | "
+            "good calls | failed | p99 ms | max ms |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for kind in args.attacks:
             # A fresh server per attack, so each one's RSS starts from the same place.
             proc, address = start_server(db, args.code, args.serve_args)
             try:
-                r = trio.run(run_attack, kind, proc.pid, address, args.hold, args.after)
+                r = trio.run(run_attack, kind, proc.pid, address, args.hold, args.after, args.trim)
             finally:
                 proc.terminate()
                 proc.wait(60)
             print(
                 f"| {r['attack']} | {r['rss_before_mb']:.1f} | {r['rss_peak_mb']:.1f} | "
-                f"{r['rss_after_mb']:.1f} | {r['good_calls']} | {r['good_failed']} | "
+                f"{r['rss_after_mb']:.1f} | {r['rss_trimmed_mb']:.1f} | "
+                f"{r['good_calls']} | {r['good_failed']} | "
                 f"{r['good_p99_ms']:.1f} | {r['good_max_ms']:.1f} |",
                 flush=True,
             )
