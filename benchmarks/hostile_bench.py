@@ -9,7 +9,9 @@ plain sockets speaking docs/protocol.md, one attack at a time:
   ``list_users(page_size=1000)`` REQUESTs of about 30 bytes, never read;
 * ``big``: one connection, credit 0, 200 REQUESTs of 4 MiB (``list_users`` with padding,
   no deadline), never read;
-* ``many``: 20 connections doing what ``stalled`` does.
+* ``many``: 20 connections doing what ``stalled`` does;
+* ``many-within-limits``: the same with 99 streams a connection, under ``serve``'s
+  ``--max-concurrent-streams`` (100), so that the stall limits, not that one, bound it.
 
 Each attack holds for ``--hold`` seconds, then its sockets close; RSS (``VmRSS`` of the
 server process, sampled every 20 ms) is recorded before, at the peak, and ``--after``
@@ -131,9 +133,9 @@ async def _attacker(host: str, port: int, credit: int, frames: bytes) -> trio.So
     return stream
 
 
-def _stalled_frames() -> bytes:
+def _stalled_frames(count: int = 999) -> bytes:
     payload = msgspec.msgpack.encode(ListUsersRequest(page_size=1000))
-    return b"".join(_request(sid, payload) for sid in range(1, 1000))
+    return b"".join(_request(sid, payload) for sid in range(1, count + 1))
 
 
 async def attack(kind: str, host: str, port: int, hold: float, sent: list[int]) -> None:
@@ -144,8 +146,9 @@ async def attack(kind: str, host: str, port: int, hold: float, sent: list[int]) 
         with trio.move_on_after(hold):
             if kind == "stalled":
                 streams.append(await _attacker(host, port, 1, _stalled_frames()))
-            elif kind == "many":
-                frames = _stalled_frames()
+            elif kind in ("many", "many-within-limits"):
+                # within limits: 99 streams, under serve's --max-concurrent-streams
+                frames = _stalled_frames(999 if kind == "many" else 99)
                 for _ in range(20):
                     streams.append(await _attacker(host, port, 1, frames))
             elif kind == "big":
