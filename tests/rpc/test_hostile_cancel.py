@@ -13,7 +13,7 @@ from trio_micro.rpc import _server_connection
 
 from .test_bad_input import frame, goaway, hello, read_to_end, request, scenario
 
-_LIMIT = 50  # the guard's limit, lowered so the test stays fast
+_LIMIT = 20  # the guard's limit, lowered so the test stays fast
 
 
 @pytest.fixture(autouse=True)
