@@ -334,6 +334,10 @@ def test_unopenable_log_file_is_a_clear_error(
         ["-o", "greeting"],
         ["-o", "=x"],
         ["--option", "a b=1"],
+        ["--max-connections", "0"],
+        ["--max-connections-per-peer", "x"],
+        ["--idle-timeout", "-1"],
+        ["--stall-timeout", "nan"],
         ["--metadata", "zone"],
     ],
 )

@@ -342,6 +342,7 @@ async def test_stats_page_is_json_with_process_tasks_and_sources(
         "shutting_down": False,
         "refused_calls": 0,
         "health_watches": 0,
+        "request_bytes": 0,
     }
 
 

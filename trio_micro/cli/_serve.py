@@ -82,6 +82,7 @@ from ._common import (
     worker_count,
 )
 from ._gateway import add_http_port_argument, enter_http_gateway  # issue #19
+from ._limits import LimitOptions, add_limit_arguments, limit_options
 from ._tls import ClientTls, add_tls_arguments, client_tls, open_registry, server_tls
 
 __all__: list[str] = []  # internal to the cli package
@@ -356,6 +357,7 @@ def add_serve_parser(subparsers: Any) -> None:
     add_http_port_argument(parser)  # --http-port (issue #19)
     add_tls_arguments(parser)
     add_admission_arguments(parser)
+    add_limit_arguments(parser)  # --max-connections, --idle-timeout, ... (issue #15)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,6 +383,7 @@ class _ServeConfig:
     max_inflight: int | None = None
     rate_limit: tuple[float, int] | None = None
     rate_limit_key: str = "peer"
+    limits: LimitOptions = field(default_factory=LimitOptions)
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -426,6 +429,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         max_inflight=args.max_inflight,
         rate_limit=args.rate_limit,
         rate_limit_key=args.rate_limit_key,
+        limits=limit_options(args),
     )
 
 
@@ -468,6 +472,7 @@ async def _serve(
                         grace_period=config.grace,
                         ssl_context=config.server_tls,
                         max_inflight=config.max_inflight,
+                        **config.limits,
                     )
                 )
             else:
@@ -485,6 +490,7 @@ async def _serve(
                         grace_period=config.grace,
                         ssl_context=config.server_tls,
                         max_inflight=config.max_inflight,
+                        **config.limits,
                     )
                 )
         except* OSError as group:

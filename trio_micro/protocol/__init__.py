@@ -43,6 +43,7 @@ from ._frames import (
     Response,
     Settings,
 )
+from ._guards import WindowCounter
 from ._status import ErrorCode, Status
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "Settings",
     "Status",
     "StreamState",
+    "WindowCounter",
 ]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})

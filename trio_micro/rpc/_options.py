@@ -36,8 +36,13 @@ class ServerOptions(TypedDict, total=False):
     reflection: bool
     health: bool
     max_connections: int | None
+    max_connections_per_peer: int | None
     max_inflight: int | None
     max_concurrent_streams: int
+    max_buffered_bytes: int
+    max_server_buffered_bytes: int
+    max_stalled_streams: int
+    stall_timeout: float
     max_frame_size: int
     max_metadata_size: int
     handshake_timeout: float

@@ -11,7 +11,8 @@ Tasks::
                   (:mod:`._server_calls`)
 
 This module owns the listeners and the set of connections: it accepts, refuses
-connections beyond ``max_connections`` (with a GOAWAY saying why, unless TLS), runs each
+connections beyond ``max_connections`` or ``max_connections_per_peer`` (with a GOAWAY
+saying why, unless TLS; :mod:`._server_limits` has the bounds a client can't raise), runs each
 connection in a task of its own (a failure there is logged and ends that connection only),
 and shuts down. A connection reads frames and dispatches each REQUEST to a call worker,
 which runs the call in a context and under a cancel scope of its own; see those modules.
@@ -53,22 +54,21 @@ import trio
 
 from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_int, check_optional_int, check_seconds
-from trio_micro.protocol import (
-    DEFAULT_MAX_FRAME_SIZE,
-    Connection,
-    ErrorCode,
-    Role,
-    Settings,
-)
+from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
 
 from ._admission import Admission
 from ._health import HEALTH_SERVICE, HealthService
 from ._interceptors import ServerInterceptor
 from ._options import ServerOptions
 from ._reflection import ReflectionService
-from ._server_connection import FLUSH_TIMEOUT, Method, ServerConfig, ServerConnection
+from ._server_connection import Method, ServerConfig, ServerConnection
+from ._server_limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    ByteBudget,
+    ConnectionGate,
+)
 from ._service import Service
-from ._transport import RECEIVE_SIZE, peer_name
 
 __all__ = ["Server", "ServerStatistics", "open_server", "serve"]
 
@@ -95,6 +95,9 @@ class ServerStatistics:
         shutting_down: :meth:`Server.shutdown` has started.
         refused_calls: Calls refused at ``max_inflight`` since the server started.
         health_watches: Health ``watch`` streams running.
+        request_bytes: Request payload bytes of the calls in progress, over all
+            connections (bounded by ``max_server_buffered_bytes`` plus one request per
+            connection).
     """
 
     connections: int
@@ -103,6 +106,7 @@ class ServerStatistics:
     shutting_down: bool
     refused_calls: int = 0
     health_watches: int = 0
+    request_bytes: int = 0
 
 
 @final
@@ -136,6 +140,13 @@ class Server:
         ]
         self.address: tuple[str, int] = self.addresses[0]
         self._connections: set[ServerConnection] = set()
+        self._gate = ConnectionGate(
+            max_connections=options.max_connections,
+            max_connections_per_peer=options.max_connections_per_peer,
+            goaway=None if options.ssl_context is not None else options.settings,
+        )
+        #: The requests of every connection (see ._server_limits).
+        self.buffer_budget = ByteBudget(options.max_server_buffered_bytes)
         self._accept_scope = trio.CancelScope()
         self._connections_scope = trio.CancelScope()
         self._shutting_down = False
@@ -163,6 +174,7 @@ class Server:
             shutting_down=self._shutting_down,
             refused_calls=self._admission.refused,
             health_watches=0 if self.health is None else self.health.watches,
+            request_bytes=self.buffer_budget.used,
         )
 
     async def shutdown(self) -> None:
@@ -229,48 +241,21 @@ class Server:
             self._stopped.set()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        limit = self._options.max_connections
+        gate = self._gate
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.error("rpc.server.accept_failed", error=repr(exc), retry_in=_ACCEPT_BACKOFF)
+                gate.accept_failed(exc, _ACCEPT_BACKOFF)
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            if limit is not None and len(self._connections) >= limit:
-                nursery.start_soon(self._refuse, stream, limit)
-            else:
+            if gate.admit(stream, len(self._connections), nursery):
                 conn = ServerConnection(self, stream)
                 self._connections.add(conn)
+                gate.peers.add(conn.peer_host)
                 nursery.start_soon(self._handle, conn)
-
-    async def _refuse(self, stream: trio.SocketStream, limit: int) -> None:
-        log.warning(
-            "rpc.connection.refused",
-            peer=peer_name(stream),
-            reason="max_connections",
-            max_connections=limit,
-        )
-        try:
-            if self._options.ssl_context is None:
-                # Say why, so the client's logs do: preface + HELLO + GOAWAY(last_id=0).
-                proto = Connection(Role.SERVER, settings=self._options.settings)
-                data = proto.initiate() + proto.send_goaway(
-                    ErrorCode.NO_ERROR, f"server at max_connections ({limit})"
-                )
-                with trio.move_on_after(FLUSH_TIMEOUT):
-                    await stream.send_all(data)
-                    # Half-close and drain what the client already sent, so that closing
-                    # doesn't reset the connection before it has read the GOAWAY.
-                    await stream.send_eof()
-                    while await stream.receive_some(RECEIVE_SIZE):
-                        pass
-        except (trio.BrokenResourceError, OSError):
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
 
     async def _handle(self, conn: ServerConnection) -> None:
         try:
@@ -280,6 +265,7 @@ class Server:
             log.error("rpc.connection.crashed", peer=conn.peer, exc_info=exc)
         finally:
             self._connections.discard(conn)
+            self._gate.peers.remove(conn.peer_host)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(conn.stream)
             self._check_drained()
@@ -327,8 +313,13 @@ async def serve(
     reflection: bool = True,
     health: bool = True,
     max_connections: int | None = None,
+    max_connections_per_peer: int | None = None,
     max_inflight: int | None = None,
     max_concurrent_streams: int = 1000,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    max_server_buffered_bytes: int = DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    max_stalled_streams: int = 32,
+    stall_timeout: float = 30.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     max_metadata_size: int = 8 * 1024,
     handshake_timeout: float = 10.0,
@@ -356,8 +347,11 @@ async def serve(
         reflection: Also serve ``trio_micro.reflection`` (:class:`ReflectionService`).
         health: Also serve ``trio_micro.health`` (:class:`HealthService`, gRPC's health
             protocol), every service ``SERVING``; see :attr:`Server.health`.
-        max_connections: Connections beyond this are refused (GOAWAY, then closed) and
-            logged; ``None`` for no limit.
+        max_connections: Connections beyond this are refused at once (GOAWAY saying so,
+            then closed; the client's call fails ``UNAVAILABLE``) and logged (at most a
+            line per 5 s, with a count); ``None`` for no limit.
+        max_connections_per_peer: Like ``max_connections``, for the connections from one
+            host (IP address); ``None`` for no limit.
         max_inflight: Calls the whole server runs at once; a call beyond it is refused at
             once with ``RESOURCE_EXHAUSTED`` (details ``refused=max_inflight``, which a
             channel with a retry policy retries on another endpoint) and logged as
@@ -365,6 +359,16 @@ async def serve(
             ``max_concurrent_streams``, which makes a client wait, this sheds load.
         max_concurrent_streams: Calls one connection may have running at once; advertised to
             clients, which wait for a free slot.
+        max_buffered_bytes: Bytes one connection may make the server hold: the payloads of
+            its calls in progress plus its answers queued and not yet sent. A REQUEST
+            that would go over is refused with ``RESOURCE_EXHAUSTED`` (that call only),
+            unless the connection has no call in progress. Default 8 MiB.
+        max_server_buffered_bytes: The same over every connection's request payloads.
+            Default 256 MiB. docs/rpc.md ("Limits and worst-case memory") has the formula.
+        max_stalled_streams: Server-streams of one connection that may wait for the
+            client's CREDIT at once; one more fails with ``RESOURCE_EXHAUSTED``.
+        stall_timeout: Seconds a server-stream may wait for CREDIT; then it fails with
+            ``RESOURCE_EXHAUSTED``, which frees its handler (``math.inf``: forever).
         max_frame_size: Largest frame accepted, bytes (at least 16384).
         max_metadata_size: Largest request metadata accepted, UTF-8 bytes of keys + values.
         handshake_timeout: Seconds a new connection has to finish the TLS handshake and the
@@ -400,8 +404,13 @@ async def serve(
         reflection=reflection,
         health=health,
         max_connections=max_connections,
+        max_connections_per_peer=max_connections_per_peer,
         max_inflight=max_inflight,
         max_concurrent_streams=max_concurrent_streams,
+        max_buffered_bytes=max_buffered_bytes,
+        max_server_buffered_bytes=max_server_buffered_bytes,
+        max_stalled_streams=max_stalled_streams,
+        stall_timeout=stall_timeout,
         max_frame_size=max_frame_size,
         max_metadata_size=max_metadata_size,
         handshake_timeout=handshake_timeout,
@@ -438,8 +447,13 @@ def _prepare(
     reflection: bool,
     health: bool,
     max_connections: int | None,
+    max_connections_per_peer: int | None,
     max_inflight: int | None,
     max_concurrent_streams: int,
+    max_buffered_bytes: int,
+    max_server_buffered_bytes: int,
+    max_stalled_streams: int,
+    stall_timeout: float,
     max_frame_size: int,
     max_metadata_size: int,
     handshake_timeout: float,
@@ -464,8 +478,8 @@ def _prepare(
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext or None, got {ssl_context!r}")
     check_int("port", port, minimum=0)
-    if max_connections is not None:
-        check_optional_int("max_connections", max_connections, minimum=1)
+    check_optional_int("max_connections", max_connections, minimum=1)
+    check_optional_int("max_connections_per_peer", max_connections_per_peer, minimum=1)
     check_optional_int("max_inflight", max_inflight, minimum=1)
     try:
         settings = Settings(
@@ -485,6 +499,13 @@ def _prepare(
         ssl_context=ssl_context,
         interceptors=tuple(interceptors),
         max_connections=max_connections,
+        max_connections_per_peer=max_connections_per_peer,
+        max_buffered_bytes=check_int("max_buffered_bytes", max_buffered_bytes, minimum=1),
+        max_server_buffered_bytes=check_int(
+            "max_server_buffered_bytes", max_server_buffered_bytes, minimum=1
+        ),
+        max_stalled_streams=check_int("max_stalled_streams", max_stalled_streams, minimum=0),
+        stall_timeout=check_seconds("stall_timeout", stall_timeout),
         handshake_timeout=check_seconds("handshake_timeout", handshake_timeout, finite=True),
         keepalive_interval=check_seconds("keepalive_interval", keepalive_interval),
         keepalive_timeout=check_seconds("keepalive_timeout", keepalive_timeout, finite=True),

@@ -10,6 +10,12 @@ succeeded, ERROR after a failure (``CANCELLED`` or ``DEADLINE_EXCEEDED`` when th
 scope was cancelled, by the client's CANCEL or by the deadline). A cancelled call still
 gets its terminal frame, as the protocol requires.
 
+A server-stream without credit waits for the client's CREDIT, holding its handler: at most
+``max_stalled_streams`` of a connection's streams wait at once and none longer than
+``stall_timeout``; beyond either the stream fails with ``RESOURCE_EXHAUSTED`` (see
+:mod:`._server_limits`). When a call ends, its request's bytes go back to the connection's
+and the server's byte budgets.
+
 For a unary call the RESPONSE is queued inside the interceptor chain (as a stream's items
 are), so when ``proceed`` returns the answer is on its way and an access log's record does
 not delay it. Answers are appended to the :class:`~._transport.Writer`'s queue without
@@ -38,6 +44,7 @@ from ._context import _current as _current_call
 from ._errors import RpcError
 from ._interceptors import ServerInterceptor, run_intercepted
 from ._observability import enter_server_span
+from ._server_limits import ByteBudget
 from ._service import MethodInfo, invalid_argument
 from ._transport import Writer
 
@@ -63,6 +70,13 @@ class CallRunner:
         interceptors: Wrapped around every call, the first outermost.
         on_last_call: Called (synchronously) when the last call in progress has ended.
         admission: The server's count of calls in flight, decremented as each call ends.
+        budgets: The connection's and the server's :class:`~._server_limits.ByteBudget`,
+            each charged a call's payload size by the dispatcher and given it back here
+            when the call ends.
+        max_stalled: Server-streams that may wait for CREDIT at once; one more fails
+            with ``RESOURCE_EXHAUSTED``.
+        stall_timeout: Seconds a server-stream may wait for CREDIT before it fails with
+            ``RESOURCE_EXHAUSTED``.
 
     Attributes:
         calls: Stream id -> the call in progress; the dispatcher adds, :meth:`run` removes.
@@ -70,9 +84,12 @@ class CallRunner:
 
     __slots__ = (
         "_admission",
+        "_budgets",
         "_credit_waiters",
         "_interceptors",
+        "_max_stalled",
         "_on_last_call",
+        "_stall_timeout",
         "calls",
         "proto",
         "writer",
@@ -85,8 +102,15 @@ class CallRunner:
         interceptors: tuple[ServerInterceptor, ...],
         on_last_call: Callable[[], None],
         admission: Admission,
+        budgets: tuple[ByteBudget, ByteBudget],
+        *,
+        max_stalled: int,
+        stall_timeout: float,
     ) -> None:
         self._admission = admission
+        self._budgets = budgets
+        self._max_stalled = max_stalled
+        self._stall_timeout = stall_timeout
         self.proto = proto
         self.writer = writer
         self.calls: dict[int, ServerCall] = {}
@@ -200,6 +224,9 @@ class CallRunner:
                 self.writer.write(self.proto.send_end(call.stream_id))
         finally:
             self._admission.inflight -= 1
+            size = len(payload)
+            for budget in self._budgets:
+                budget.give(size)
             calls = self.calls
             del calls[call.stream_id]
             if not calls:
@@ -302,13 +329,35 @@ class CallRunner:
                 self._crashed(call, exc, "stream handler raised while closing")
 
     async def _wait_credit(self, sid: int) -> None:
-        self._credit_waiters[sid] = trio.lowlevel.current_task()
+        """Wait for the client's CREDIT on ``sid``.
+
+        Raises:
+            RpcError: ``RESOURCE_EXHAUSTED`` when ``max_stalled`` streams already wait
+                (at once, without a checkpoint), or after ``stall_timeout`` seconds.
+        """
+        waiters = self._credit_waiters
+        if len(waiters) >= self._max_stalled:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"too many streams waiting for CREDIT on this connection "
+                f"(max_stalled_streams={self._max_stalled}); read your streams",
+                {"refused": "max_stalled_streams"},
+            )
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            self._credit_waiters.pop(sid, None)
+            waiters.pop(sid, None)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        with trio.move_on_after(self._stall_timeout) as stall:
+            waiters[sid] = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if stall.cancelled_caught:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"stream stalled: no CREDIT from the client for {self._stall_timeout:g} s "
+                "(stall_timeout)",
+                {"refused": "stall_timeout"},
+            )
 
 
 ANSWER_UNARY: Final[Answer] = CallRunner._answer_unary

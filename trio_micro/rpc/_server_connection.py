@@ -22,6 +22,12 @@ The call's cancel scope is its worker's; its deadline is the client's ``timeout_
 calls the handler makes inherit the remaining time. The scope is cancelled by the client's
 CANCEL, which is how cancellation crosses the wire.
 
+A REQUEST is charged against the connection's and the server's byte budgets before its
+call starts, and refused with ``RESOURCE_EXHAUSTED`` when it doesn't fit
+(:mod:`._server_limits`). Calls the client cancels before their answer are counted over a
+sliding window (:class:`~trio_micro.protocol.WindowCounter`): a flood of them ("rapid
+reset") gets ``GOAWAY(ENHANCE_YOUR_CALM)``, however the client splits its writes.
+
 Reading is paced: while the writer is congested (the client does not read its answers)
 no call is started and nothing more is read; every ``_DISPATCH_BATCH`` requests of one
 read the reader yields so the calls it started can answer; a lone call is let run before
@@ -64,15 +70,23 @@ from trio_micro.protocol import (
     Role,
     Settings,
     Status,
+    WindowCounter,
 )
 
 from ._admission import Admission
 from ._context import ServerCall
 from ._interceptors import ServerInterceptor
 from ._server_calls import ANSWER_STREAM, ANSWER_UNARY, CallRunner, Handler
+from ._server_limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_SERVER_BUFFERED_BYTES,
+    FLUSH_TIMEOUT,
+    ByteBudget,
+    admit_request,
+)
 from ._service import MethodInfo
 from ._tls import PeerIdentity, peer_identity
-from ._transport import RECEIVE_SIZE, Writer, peer_name
+from ._transport import RECEIVE_SIZE, Writer, peer_host, peer_name
 from ._workers import CallWorkers
 
 if TYPE_CHECKING:
@@ -82,15 +96,16 @@ __all__: list[str] = []
 
 log = structlog.get_logger("rpc")
 
-# Upper bound on flushing the last frames (GOAWAY, errors) of a closing connection.
-FLUSH_TIMEOUT: Final = 1.0
 # PINGs arriving faster than min_ping_interval tolerated before GOAWAY(ENHANCE_YOUR_CALM);
 # gRPC's default.
 _MAX_PING_STRIKES: Final = 2
-# CANCELs that arrive in the same read as their REQUEST tolerated on one connection before
-# GOAWAY(ENHANCE_YOUR_CALM): the "rapid reset" flood (CVE-2023-44487) costs the client
-# nothing and the server a task per call. A real caller cancels after waiting a while.
+# Calls cancelled by the client before they were answered, tolerated within any
+# _PREMATURE_CANCEL_WINDOW seconds on one connection before GOAWAY(ENHANCE_YOUR_CALM): the
+# "rapid reset" flood (CVE-2023-44487) costs the client nothing and the server a task per
+# call. Counted over time, not per read, so CANCELs sent a little after their REQUESTs (in
+# later reads) count too; 100 a second sustained is far above what hedging or timeouts cause.
 _MAX_PREMATURE_CANCELS: Final = 1000
+_PREMATURE_CANCEL_WINDOW: Final = 10.0
 # Requests dispatched from one read before the reader yields to the calls it started.
 _DISPATCH_BATCH: Final = 16
 # Idle call workers a connection keeps once it has no calls; the others end then.
@@ -117,6 +132,11 @@ class ServerConfig:
     min_ping_interval: float
     grace_period: float
     max_inflight: int | None = None
+    max_connections_per_peer: int | None = None
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    max_server_buffered_bytes: int = DEFAULT_MAX_SERVER_BUFFERED_BYTES
+    max_stalled_streams: int = 32
+    stall_timeout: float = 30.0
 
 
 @final
@@ -129,6 +149,7 @@ class ServerConnection:
         self.options = options
         self.peer = peer_name(stream)
         self.local = peer_name(stream, local=True)
+        self.peer_host = peer_host(stream)
         self.identity: PeerIdentity | None = None  # the client certificate's, after TLS
         self.stream: trio.abc.Stream = (
             stream
@@ -138,8 +159,17 @@ class ServerConnection:
         self.proto = Connection(Role.SERVER, settings=options.settings)
         self.writer = Writer(self.stream)
         self.admission: Admission = server._admission
+        #: The payloads of this connection's calls in progress (see ._server_limits).
+        self.budget = ByteBudget(options.max_buffered_bytes)
         self.runner = CallRunner(
-            self.proto, self.writer, options.interceptors, self._no_calls_left, self.admission
+            self.proto,
+            self.writer,
+            options.interceptors,
+            self._no_calls_left,
+            self.admission,
+            (self.budget, server.buffer_budget),
+            max_stalled=options.max_stalled_streams,
+            stall_timeout=options.stall_timeout,
         )
         self.calls = self.runner.calls
         self._methods = server._methods
@@ -155,8 +185,7 @@ class ServerConnection:
         self._idle_since = self.last_receive
         self._last_ping = -math.inf
         self._ping_strikes = 0
-        self._premature_cancels = 0
-        self._read_floor = 0  # the highest stream id before the current read
+        self._premature_cancels = WindowCounter(_MAX_PREMATURE_CANCELS, _PREMATURE_CANCEL_WINDOW)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,7 +266,6 @@ class ServerConnection:
             self._closing = True
             return None
         self.last_receive = trio.current_time()
-        self._read_floor = self.proto.next_stream_id - 1
         try:
             return self.proto.receive_data(data)
         except RemoteProtocolError as exc:
@@ -271,10 +299,10 @@ class ServerConnection:
                             # answers instead of both processes taking turns idling.
                             await trio.lowlevel.cancel_shielded_checkpoint()
                     elif kind is Cancel:
-                        sid = event.id  # type: ignore[union-attr]
                         if (
-                            self.runner.cancel(sid)
-                            and sid > self._read_floor
+                            self.runner.cancel(
+                                event.id  # type: ignore[union-attr]
+                            )
                             and not self._on_premature_cancel()
                         ):
                             return
@@ -320,14 +348,15 @@ class ServerConnection:
         return True
 
     def _on_premature_cancel(self) -> bool:
-        self._premature_cancels += 1
-        if self._premature_cancels <= _MAX_PREMATURE_CANCELS:
+        """A running call was cancelled by the client; False (GOAWAY written) on a flood."""
+        if self._premature_cancels.record(trio.current_time()):
             return True
         log.warning(
             "rpc.connection.enhance_your_calm",
             peer=self.peer,
-            reason="cancel flood: CANCELs in the same read as their REQUEST",
-            premature_cancels=self._premature_cancels,
+            reason="cancel flood: calls cancelled before they were answered",
+            premature_cancels=_MAX_PREMATURE_CANCELS,
+            window=_PREMATURE_CANCEL_WINDOW,
         )
         self._write_goaway(ErrorCode.ENHANCE_YOUR_CALM, "too many cancelled calls")
         return False
@@ -428,6 +457,12 @@ class ServerConnection:
                     self.proto.send_error(frame.id, refusal.code, refusal.message, refusal.details)
                 )
                 return
+        over = admit_request(
+            len(frame.payload), self.budget, self.server.buffer_budget, self.writer.pending
+        )
+        if over is not None:
+            self._refuse_buffered(frame, over)
+            return
         admission.inflight += 1
         workers = self._workers
         assert workers is not None
@@ -466,6 +501,17 @@ class ServerConnection:
 
     def _reject(self, frame: Request, code: Status, message: str) -> None:
         self.writer.write(self.proto.send_error(frame.id, code, message))
+
+    def _refuse_buffered(self, frame: Request, limit: str) -> None:
+        budget = self.budget if limit == "max_buffered_bytes" else self.server.buffer_budget
+        self.writer.write(
+            self.proto.send_error(
+                frame.id,
+                Status.RESOURCE_EXHAUSTED,
+                f"server busy: {limit} ({budget.limit} bytes) reached; retry later",
+                {"refused": limit},
+            )
+        )
 
     def _no_calls_left(self) -> None:
         if self._workers is not None:

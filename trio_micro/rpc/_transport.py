@@ -39,6 +39,20 @@ HIGH_WATER: Final = 1 << 20
 RECEIVE_SIZE: Final = 1 << 16
 
 
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The IP address of the other end of a socket stream (through any SSLStream), or
+    ``"?"``: what per-peer connection limits count by."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            address = stream.socket.getpeername()
+        except OSError:
+            return "?"
+        return str(address[0]) if isinstance(address, tuple) else str(address)
+    return repr(stream)
+
+
 def peer_name(stream: trio.abc.Stream, *, local: bool = False) -> str:
     """``"host:port"`` of the other end of a socket stream (through any SSLStream), or of
     this end with ``local=True``."""

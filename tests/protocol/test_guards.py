@@ -1,0 +1,39 @@
+"""WindowCounter: the sans-io sliding-window counter behind the rapid-reset guard."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trio_micro.protocol import WindowCounter
+
+
+def test_trips_on_the_event_past_the_limit_within_one_window() -> None:
+    guard = WindowCounter(limit=3, window=10.0)
+    assert [guard.record(t) for t in (0.0, 1.0, 2.0)] == [True, True, True]
+    assert guard.record(9.9) is False
+    assert guard.tripped
+
+
+def test_events_spread_over_more_than_a_window_never_trip() -> None:
+    guard = WindowCounter(limit=3, window=10.0)
+    # One every 4 s, forever: each new event finds the oldest remembered one 12 s old.
+    assert all(guard.record(t * 4.0) for t in range(10_000))
+    assert len(guard) == 3  # memory bounded by the limit, not by the number of events
+
+
+def test_stays_tripped() -> None:
+    guard = WindowCounter(limit=1, window=1.0)
+    guard.record(0.0)
+    assert guard.record(0.5) is False
+    assert guard.record(100.0) is False
+
+
+@pytest.mark.parametrize(
+    ("limit", "window"),
+    [(0, 1.0), (True, 1.0), (1.5, 1.0), (1, 0.0), (1, -1.0), (1, math.inf), (1, "1")],
+)
+def test_bad_arguments(limit: object, window: object) -> None:
+    with pytest.raises(ValueError, match=r"^(limit|window) must be"):
+        WindowCounter(limit, window)  # type: ignore[arg-type]
