@@ -37,3 +37,39 @@ def test_stays_tripped() -> None:
 def test_bad_arguments(limit: object, window: object) -> None:
     with pytest.raises(ValueError, match=r"^(limit|window) must be"):
         WindowCounter(limit, window)  # type: ignore[arg-type]
+
+
+def test_with_max_fraction_a_small_share_of_many_events_never_trips() -> None:
+    # 10 cancels a second, each among 100 calls: 10%, far below a half.
+    guard = WindowCounter(limit=3, window=10.0, max_fraction=0.5)
+    assert all(guard.record(t * 0.1, out_of=(t + 1) * 10) for t in range(1_000))
+    assert not guard.tripped
+
+
+def test_with_max_fraction_a_flood_that_cancels_most_calls_trips() -> None:
+    guard = WindowCounter(limit=3, window=10.0, max_fraction=0.5)
+    # Every call cancelled: out_of grows by one per event.
+    assert [guard.record(t * 0.1, out_of=t + 1) for t in range(3)] == [True, True, True]
+    assert guard.record(0.3, out_of=4) is False
+
+
+def test_with_max_fraction_trips_just_above_the_fraction() -> None:
+    # 3 events among 5 calls since the oldest: 60% > 50%.
+    guard = WindowCounter(limit=3, window=10.0, max_fraction=0.5)
+    for t, total in ((0.0, 1), (0.1, 3), (0.2, 5)):
+        assert guard.record(t, out_of=total)
+    assert guard.record(0.3, out_of=6) is False
+
+
+def test_with_max_fraction_stays_quiet_at_exactly_the_fraction() -> None:
+    # 3 events among 6 calls since the oldest: exactly 50%, not above it.
+    guard = WindowCounter(limit=3, window=10.0, max_fraction=0.5)
+    for t, total in ((0.0, 1), (0.1, 3), (0.2, 5)):
+        assert guard.record(t, out_of=total)
+    assert guard.record(0.3, out_of=7)
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5, math.nan, True, "0.5"])
+def test_bad_max_fraction(fraction: object) -> None:
+    with pytest.raises(ValueError, match=r"^max_fraction must be"):
+        WindowCounter(1, 1.0, fraction)  # type: ignore[arg-type]

@@ -30,9 +30,16 @@ class WindowCounter:
     is bounded by ``limit``, whatever the peer does) and :meth:`record` returns False when
     the new event is the ``limit + 1``-th within ``window`` seconds.
 
+    With ``max_fraction``, it trips only when those events are also more than that
+    fraction of all the events of their kind (``out_of``, a running total the caller passes
+    to :meth:`record`) since the oldest one remembered: calls cancelled before their answer
+    among all the calls started, so a client that cancels a few percent of a high call rate
+    (hedging, timeouts) never trips it, while a flood that cancels nearly every call does.
+
     Args:
         limit: Events tolerated within any ``window`` seconds (>= 1).
         window: The window's length in seconds (> 0, finite).
+        max_fraction: ``None`` (count only), or a fraction in (0, 1]: see above.
 
     ::
 
@@ -41,9 +48,9 @@ class WindowCounter:
             ...  # more than 1000 events in the last 10 s: GOAWAY(ENHANCE_YOUR_CALM)
     """
 
-    __slots__ = ("_times", "limit", "tripped", "window")
+    __slots__ = ("_times", "_totals", "limit", "max_fraction", "tripped", "window")
 
-    def __init__(self, limit: int, window: float) -> None:
+    def __init__(self, limit: int, window: float, max_fraction: float | None = None) -> None:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         if (
@@ -57,20 +64,39 @@ class WindowCounter:
         self.window = float(window)
         #: True once :meth:`record` has returned False.
         self.tripped = False
+        if max_fraction is not None and (
+            not isinstance(max_fraction, (int, float))
+            or isinstance(max_fraction, bool)
+            or not 0 < max_fraction <= 1
+        ):
+            raise ValueError(f"max_fraction must be in (0, 1] or None, got {max_fraction!r}")
+        self.max_fraction = max_fraction
         self._times: deque[float] = deque(maxlen=limit)
+        # The caller's running total at each remembered event (only with max_fraction).
+        self._totals: deque[int] = deque(maxlen=limit)
 
     def __len__(self) -> int:
         """Events remembered (at most ``limit``; older ones may be outside the window)."""
         return len(self._times)
 
-    def record(self, now: float) -> bool:
+    def record(self, now: float, out_of: int = 0) -> bool:
         """Record one event at ``now``; False if it makes more than ``limit`` in a window.
+
+        ``out_of``: with ``max_fraction``, the caller's running total of events of this
+        kind (this one included); it must not go down.
 
         Once it has returned False it keeps returning False (:attr:`tripped`): the caller is
         expected to end the connection. ``now`` must not go backwards.
         """
         times = self._times
+        fraction = self.max_fraction
         if len(times) == self.limit and now - times[0] < self.window:
-            self.tripped = True
+            totals = self._totals
+            # `limit` events since the oldest remembered: too many, unless they are a small
+            # share of all the events of their kind counted since then.
+            if fraction is None or self.limit > fraction * (out_of - totals[0]):
+                self.tripped = True
         times.append(now)
+        if fraction is not None:
+            self._totals.append(out_of)
         return not self.tripped

@@ -103,9 +103,12 @@ _MAX_PING_STRIKES: Final = 2
 # _PREMATURE_CANCEL_WINDOW seconds on one connection before GOAWAY(ENHANCE_YOUR_CALM): the
 # "rapid reset" flood (CVE-2023-44487) costs the client nothing and the server a task per
 # call. Counted over time, not per read, so CANCELs sent a little after their REQUESTs (in
-# later reads) count too; 100 a second sustained is far above what hedging or timeouts cause.
+# later reads) count too. And only while they are more than half of the calls started since
+# the oldest of them: hedging or timeouts cancel a small share of a busy client's calls,
+# however many calls a second that is; a flood cancels nearly all of them.
 _MAX_PREMATURE_CANCELS: Final = 1000
 _PREMATURE_CANCEL_WINDOW: Final = 10.0
+_PREMATURE_CANCEL_FRACTION: Final = 0.5
 # Requests dispatched from one read before the reader yields to the calls it started.
 _DISPATCH_BATCH: Final = 16
 # Idle call workers a connection keeps once it has no calls; the others end then.
@@ -185,7 +188,9 @@ class ServerConnection:
         self._idle_since = self.last_receive
         self._last_ping = -math.inf
         self._ping_strikes = 0
-        self._premature_cancels = WindowCounter(_MAX_PREMATURE_CANCELS, _PREMATURE_CANCEL_WINDOW)
+        self._premature_cancels = WindowCounter(
+            _MAX_PREMATURE_CANCELS, _PREMATURE_CANCEL_WINDOW, _PREMATURE_CANCEL_FRACTION
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -299,12 +304,9 @@ class ServerConnection:
                             # answers instead of both processes taking turns idling.
                             await trio.lowlevel.cancel_shielded_checkpoint()
                     elif kind is Cancel:
-                        if (
-                            self.runner.cancel(
-                                event.id  # type: ignore[union-attr]
-                            )
-                            and not self._on_premature_cancel()
-                        ):
+                        if self.runner.cancel(
+                            event.id  # type: ignore[union-attr]
+                        ) and not self._on_premature_cancel(started):
                             return
                     elif kind is Credit:
                         self.runner.credit(event.id)  # type: ignore[union-attr]
@@ -347,9 +349,10 @@ class ServerConnection:
         self.writer.write(self.proto.send_pong(ping.opaque))
         return True
 
-    def _on_premature_cancel(self) -> bool:
-        """A running call was cancelled by the client; False (GOAWAY written) on a flood."""
-        if self._premature_cancels.record(trio.current_time()):
+    def _on_premature_cancel(self, started: int) -> bool:
+        """A running call was cancelled by the client (of ``started`` calls so far on this
+        connection); False (GOAWAY written) on a flood."""
+        if self._premature_cancels.record(trio.current_time(), started):
             return True
         log.warning(
             "rpc.connection.enhance_your_calm",
