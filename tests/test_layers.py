@@ -36,6 +36,9 @@ RANKS = {
     # The Connect HTTP gateway: calls through rpc (and registry targets, via the CLI).
     "gateway": 4,
     "supervise": 4,
+    # What users import in their tests (and the pytest plugin): servers, channels and
+    # registries to test with, over rpc, registry and observe.
+    "testing": 4,
     "cli": 5,
 }
 TOP = 6
