@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import msgspec
 import pytest
