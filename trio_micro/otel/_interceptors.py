@@ -23,6 +23,7 @@ passes through, recorded as ``CANCELLED`` (or the server's ``DEADLINE_EXCEEDED``
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, final
@@ -65,6 +66,7 @@ _BUCKETS: Final = (
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: peers come and go
 def _split_address(address: str) -> tuple[str, int | None]:
     host, _, port = address.rpartition(":")
     if not host:
@@ -80,6 +82,29 @@ def _trace_context_of(span: trace.Span, parent: str | None) -> observe.TraceCont
         parent,
         sampled=bool(ctx.trace_flags & trace.TraceFlags.SAMPLED),
     )
+
+
+def _context_of(span: observe.TraceContext, span_id: str) -> otel_context.Context:
+    """An OpenTelemetry context whose current span is the remote ``span_id`` of ``span``'s
+    trace."""
+    remote = trace.SpanContext(
+        int(span.trace_id, 16),
+        int(span_id, 16),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if span.sampled else 0),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(remote))
+
+
+def _remote_parent(call: rpc.ServerCall) -> otel_context.Context | None:
+    """The caller's span as the server span's parent: read from the ``traceparent`` the
+    server already parsed (trio_micro's call span is its child), ``None`` without one."""
+    if observe.TRACEPARENT not in call.metadata:
+        return None
+    ours = observe.current_span()
+    if ours is None or ours.parent_span_id is None:  # malformed: the server started a trace
+        return None
+    return _context_of(ours, ours.parent_span_id)
 
 
 def _outcome(exc: BaseException) -> rpc.Status:
@@ -142,7 +167,7 @@ class OtelServerInterceptor:
         meter_provider: Default: OpenTelemetry's global one.
     """
 
-    __slots__ = ("_instruments", "_propagator")
+    __slots__ = ("_instruments",)
 
     def __init__(
         self,
@@ -150,10 +175,7 @@ class OtelServerInterceptor:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
         self._instruments = _Instruments("server", tracer_provider, meter_provider)
-        self._propagator = TraceContextTextMapPropagator()
 
     def __repr__(self) -> str:
         return "otel.OtelServerInterceptor()"
@@ -161,7 +183,7 @@ class OtelServerInterceptor:
     async def intercept(self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
         """Run the call inside a server span; record its duration."""
         start = time.perf_counter()
-        parent = self._propagator.extract(call.metadata)  # an empty context without one
+        parent = _remote_parent(call)
         attributes: dict[str, str | int] = {
             "rpc.system": RPC_SYSTEM,
             "rpc.service": call.service,
@@ -178,10 +200,10 @@ class OtelServerInterceptor:
             attributes={**attributes, "client.address": _split_address(call.peer)[0]},
         )
         if span.is_recording():
-            remote = trace.get_current_span(parent).get_span_context()
-            parent_id = format(remote.span_id, "016x") if remote.is_valid else None
+            ours = observe.current_span()
+            parent_id = None if parent is None or ours is None else ours.parent_span_id
             observe.bind_span(_trace_context_of(span, parent_id))
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        token = otel_context.attach(trace.set_span_in_context(span))
         try:
             await proceed()
         except BaseException as exc:
@@ -229,13 +251,7 @@ class OtelClientInterceptor:
         if not trace.get_current_span().get_span_context().is_valid:
             ours = observe.current_span()
             if ours is not None:
-                remote = trace.SpanContext(
-                    int(ours.trace_id, 16),
-                    int(ours.span_id, 16),
-                    is_remote=True,
-                    trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if ours.sampled else 0),
-                )
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+                parent = _context_of(ours, ours.span_id)
         attributes: dict[str, str | int] = {
             "rpc.system": RPC_SYSTEM,
             "rpc.service": call.service,
