@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, final
+from typing import ClassVar, Final, final
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -154,8 +154,26 @@ def _finish(
     instruments.duration.record(time.perf_counter() - start, attributes)
 
 
+class _Bridge:
+    """What both interceptors hold: the tracer and histogram of their side."""
+
+    __slots__ = ("_instruments",)
+    _side: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._instruments = _Instruments(self._side, tracer_provider, meter_provider)
+
+    def __repr__(self) -> str:
+        return f"otel.{type(self).__name__}()"
+
+
 @final
-class OtelServerInterceptor:
+class OtelServerInterceptor(_Bridge):
     """A server interceptor: one OpenTelemetry ``SERVER`` span per call, and the
     ``rpc.server.call.duration`` histogram. See the module docs.
 
@@ -167,18 +185,8 @@ class OtelServerInterceptor:
         meter_provider: Default: OpenTelemetry's global one.
     """
 
-    __slots__ = ("_instruments",)
-
-    def __init__(
-        self,
-        *,
-        tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: metrics.MeterProvider | None = None,
-    ) -> None:
-        self._instruments = _Instruments("server", tracer_provider, meter_provider)
-
-    def __repr__(self) -> str:
-        return "otel.OtelServerInterceptor()"
+    __slots__ = ()
+    _side = "server"
 
     async def intercept(self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
         """Run the call inside a server span; record its duration."""
@@ -221,7 +229,7 @@ class OtelServerInterceptor:
 
 
 @final
-class OtelClientInterceptor:
+class OtelClientInterceptor(_Bridge):
     """A client interceptor: one OpenTelemetry ``CLIENT`` span per call, its
     ``traceparent`` sent to the server, and the ``rpc.client.call.duration`` histogram.
     See the module docs.
@@ -231,18 +239,8 @@ class OtelClientInterceptor:
         meter_provider: Default: OpenTelemetry's global one.
     """
 
-    __slots__ = ("_instruments",)
-
-    def __init__(
-        self,
-        *,
-        tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: metrics.MeterProvider | None = None,
-    ) -> None:
-        self._instruments = _Instruments("client", tracer_provider, meter_provider)
-
-    def __repr__(self) -> str:
-        return "otel.OtelClientInterceptor()"
+    __slots__ = ()
+    _side = "client"
 
     async def intercept(self, call: rpc.ClientCall, proceed: Callable[[], Awaitable[None]]) -> None:
         """Run the call inside a client span carried by ``traceparent``; record it."""
