@@ -198,3 +198,27 @@ def test_without_the_extra_the_import_error_says_what_to_install(
     monkeypatch.delitem(sys.modules, "trio_micro.otel")
     with pytest.raises(ImportError, match=r"pip install 'trio-micro\[otel\]'"):
         importlib.import_module("trio_micro.otel")
+
+
+async def test_without_an_sdk_the_bridge_steps_aside_and_traces_still_propagate() -> None:
+    # No provider passed and none set globally: only the API's own (no-op) providers.
+    hop = HopService("a")
+    seen: list[observe.TraceContext | None] = []
+
+    class Record:
+        async def intercept(
+            self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]
+        ) -> None:
+            seen.append(observe.current_span())
+            await proceed()
+
+    async with testing.open_service(
+        [hop],
+        interceptors=[otel.OtelServerInterceptor(), Record()],
+        client_interceptors=[otel.OtelClientInterceptor()],
+    ) as harness:
+        with observe.start_span() as ours:
+            await harness.stub(HopService).forward(Hop())
+    [span] = seen
+    assert span is not None
+    assert (span.trace_id, span.parent_span_id) == (ours.trace_id, ours.span_id)

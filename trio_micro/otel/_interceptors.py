@@ -122,6 +122,8 @@ class _Instruments:
         tracer_provider: trace.TracerProvider | None,
         meter_provider: metrics.MeterProvider | None,
     ) -> None:
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
         self.tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider)
         meter = metrics.get_meter(_SCOPE, __version__, meter_provider)
         self.duration = meter.create_histogram(
@@ -130,6 +132,28 @@ class _Instruments:
             description=f"Duration of RPC calls, measured on the {side}",
             explicit_bucket_boundaries_advisory=list(_BUCKETS),
         )
+
+    def active(self) -> bool:
+        """Whether an SDK (or any implementation) stands behind the tracer or the meter.
+
+        With the API's own providers only (no SDK configured, the global ones untouched)
+        every span and measurement would be a no-op, and trio_micro's propagation of
+        ``traceparent`` already does what a no-op span would: the interceptors then just
+        proceed. Checked on every call (about a microsecond), so an SDK configured after
+        the interceptors were made takes effect.
+        """
+        tracer_provider = self._tracer_provider or trace.get_tracer_provider()
+        meter_provider = self._meter_provider or metrics.get_meter_provider()
+        return not (_is_api_own(tracer_provider) and _is_api_own(meter_provider))
+
+
+def _is_api_own(provider: object) -> bool:
+    """A provider class of the API package itself: its no-op or its proxy of the global one
+    before an SDK was set."""
+    return type(provider).__module__.startswith(_API_MODULES)
+
+
+_API_MODULES: Final = ("opentelemetry.trace", "opentelemetry.metrics")
 
 
 def _finish(
@@ -190,6 +214,9 @@ class OtelServerInterceptor(_Bridge):
 
     async def intercept(self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
         """Run the call inside a server span; record its duration."""
+        if not self._instruments.active():
+            await proceed()
+            return
         start = time.perf_counter()
         parent = _remote_parent(call)
         attributes: dict[str, str | int] = {
@@ -244,6 +271,9 @@ class OtelClientInterceptor(_Bridge):
 
     async def intercept(self, call: rpc.ClientCall, proceed: Callable[[], Awaitable[None]]) -> None:
         """Run the call inside a client span carried by ``traceparent``; record it."""
+        if not self._instruments.active():
+            await proceed()
+            return
         start = time.perf_counter()
         parent: otel_context.Context | None = None
         if not trace.get_current_span().get_span_context().is_valid:
