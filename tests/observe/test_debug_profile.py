@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from trio_micro import observe, rpc, testing
+from trio_micro.observe import _profile
 
 
 class Empty(msgspec.Struct):
@@ -75,7 +76,9 @@ async def test_a_second_profile_while_one_runs_gets_409(client: httpx.AsyncClien
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(profile)
-        await trio.sleep(0.2)  # real time: the profiler samples the real thread
+        with trio.fail_after(10):  # real time: the profiler samples the real thread
+            while _profile._gate.ends_at is None:  # noqa: ASYNC110 (no event to wait on)
+                await trio.sleep(0.01)
         second = await client.get("/debug/profile", params={"seconds": "0.1"})
     assert second.status_code == 409
     assert "already running (one at a time)" in second.text
