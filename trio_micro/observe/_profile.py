@@ -131,7 +131,9 @@ def _render(profiler: Profiler, form: str) -> bytes:
     if form == "speedscope":
         from pyinstrument.renderers import SpeedscopeRenderer
 
-        return profiler.output(SpeedscopeRenderer()).encode()
+        # show_all: keep every frame. By default the renderer drops frames under 1% of the
+        # profile, which hides a quick handler in a mostly idle server.
+        return profiler.output(SpeedscopeRenderer(show_all=True)).encode()
     return profiler.output_html().encode()
 
 
