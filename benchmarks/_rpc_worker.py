@@ -444,6 +444,14 @@ def trio_micro_server(args: argparse.Namespace) -> None:
         # A limit no caller reaches: what the interceptor costs per admitted call.
         limiter = rpc.RateLimitInterceptor(1e9, burst=1_000_000)
         options["interceptors"] = [limiter, *options.get("interceptors", [])]
+    if args.otel:
+        from trio_micro import otel
+
+        tracing = _otel_providers(args.otel)
+        options["interceptors"] = [
+            *options.get("interceptors", []),
+            otel.OtelServerInterceptor(**tracing),
+        ]
     service = _bench_service()
 
     async def main() -> None:
@@ -451,7 +459,37 @@ def trio_micro_server(args: argparse.Namespace) -> None:
             _ready(server.address[1])
             await _trio_wait_for_stdin_eof()
 
-    trio.run(main)
+    if args.profile:
+        from pyinstrument import Profiler
+
+        # What /debug/profile runs: the whole thread sampled every millisecond.
+        profiler = Profiler(interval=0.001, async_mode="disabled")
+        profiler.start()
+        try:
+            trio.run(main)
+        finally:
+            profiler.stop()
+    else:
+        trio.run(main)
+
+
+def _otel_providers(mode: str) -> dict[str, Any]:
+    """The tracer and meter providers of the OTel contenders: the SDK's, or none (API)."""
+    if mode == "api":
+        return {}
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
 
 
 def trio_micro_client(args: argparse.Namespace) -> dict[str, float]:
@@ -464,6 +502,11 @@ def trio_micro_client(args: argparse.Namespace) -> dict[str, float]:
     keyword = _keyword(rpc.open_channel, ("pool_size", "connections", "max_connections"))
     if keyword is not None:
         options[keyword] = 1  # one connection, like the peers
+
+    if args.otel:
+        from trio_micro import otel
+
+        options["interceptors"] = [otel.OtelClientInterceptor(**_otel_providers(args.otel))]
 
     async def main() -> dict[str, float]:
         async with rpc.open_channel(f"127.0.0.1:{args.port}", **options) as channel:
@@ -538,6 +581,17 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-limit",
         action="store_true",
         help="server (trio_micro): add rpc.RateLimitInterceptor, keyed by peer, never reached",
+    )
+    parser.add_argument(
+        "--otel",
+        choices=("sdk", "api"),
+        default=None,
+        help="trio_micro: add the OTel interceptor, with the SDK or with the API alone",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="server (trio_micro): run pyinstrument (as /debug/profile does) all along",
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--in-flight", type=int, default=64)

@@ -27,6 +27,13 @@ Contenders (``--only`` names):
   to grpcio-aio's.
 * ``trio_micro_ratelimit``: ``trio_micro`` with ``rpc.RateLimitInterceptor`` (keyed by
   peer, a rate no caller reaches): the interceptor's cost per admitted call.
+* ``trio_micro_otel`` / ``trio_micro_otel_api``: ``trio_micro`` with
+  ``otel.OtelServerInterceptor`` on the server and ``otel.OtelClientInterceptor`` on the
+  client, with the OpenTelemetry SDK (every span sampled, batched to an exporter that drops
+  it: export cost excluded; histograms aggregated in memory) / with the API alone (no SDK:
+  its no-op tracer and meter).
+* ``trio_micro_profiled``: ``trio_micro`` with pyinstrument sampling the server's thread
+  every millisecond for the whole run: what ``/debug/profile`` costs while it is active.
 
 Workloads: throughput with 64 calls in flight on one connection; sequential latency (one
 call at a time, p50/p99); throughput with 256 in flight and the server's peak RSS. Every
@@ -80,9 +87,24 @@ CONTENDERS: dict[str, tuple[str, str, str | None]] = {
     "trio_micro_aio": ("trio_micro.aio client (asyncio)", "trio_micro_aio", None),
     "trio_micro_uvloop": ("trio_micro.aio client (uvloop)", "trio_micro_uvloop", None),
     "trio_micro_ratelimit": ("trio_micro + rate-limit interceptor", "trio_micro", None),
+    # issue #17: the OpenTelemetry bridge on both sides, with the SDK (spans batched to an
+    # exporter that drops them, histograms aggregated in memory) and with the API alone
+    "trio_micro_otel": ("trio_micro + OTel interceptors (SDK)", "trio_micro", None),
+    "trio_micro_otel_api": ("trio_micro + OTel interceptors (API, no SDK)", "trio_micro", None),
+    # issue #17: the server with pyinstrument sampling (what /debug/profile runs) all along
+    "trio_micro_profiled": ("trio_micro, server under pyinstrument", "trio_micro", None),
 }
-# Contenders whose server adds the rate-limit interceptor (worker flag --rate-limit).
-RATE_LIMITED = frozenset({"trio_micro_ratelimit"})
+# Worker flags of the contenders that are trio_micro plus something, per side.
+SERVER_FLAGS: dict[str, list[str]] = {
+    "trio_micro_ratelimit": ["--rate-limit"],
+    "trio_micro_otel": ["--otel", "sdk"],
+    "trio_micro_otel_api": ["--otel", "api"],
+    "trio_micro_profiled": ["--profile"],
+}
+CLIENT_FLAGS: dict[str, list[str]] = {
+    "trio_micro_otel": ["--otel", "sdk"],
+    "trio_micro_otel_api": ["--otel", "api"],
+}
 BASELINE, CEILING, SUBJECT = "grpcio", "raw", "trio_micro"
 
 SERVER_START_TIMEOUT = 30.0
@@ -201,12 +223,10 @@ def _server(
     log_file: Path | None,
     buffered: bool,
     stderr_path: Path,
-    rate_limit: bool = False,
+    flags: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start a server; yield it with its first stdout line; always stop it."""
-    command = [sys.executable, str(WORKER), "server", contender]
-    if rate_limit:
-        command.append("--rate-limit")
+    command = [sys.executable, str(WORKER), "server", contender, *flags]
     if cpu is not None:
         command += ["--cpu", str(cpu)]
     if log_file is not None:
@@ -233,7 +253,7 @@ def measure(key: str, workload: Workload, cpus: tuple[int, int] | None, scratch:
     server_err = scratch / "server.stderr"
     sample = Sample()
     with _server(
-        contender, server_cpu, log_file, logged == BUFFERED, server_err, key in RATE_LIMITED
+        contender, server_cpu, log_file, logged == BUFFERED, server_err, SERVER_FLAGS.get(key, ())
     ) as (proc, line):
         if line.startswith("NA "):
             sample.not_available = line[3:]
@@ -249,6 +269,7 @@ def measure(key: str, workload: Workload, cpus: tuple[int, int] | None, scratch:
             sys.executable, str(WORKER), "client", contender, "--port", str(port),
             "--in-flight", str(workload.in_flight), "--calls", str(workload.calls),
             "--warmup", str(workload.warmup), "--min-seconds", str(workload.min_seconds),
+            *CLIENT_FLAGS.get(key, []),
         ]  # fmt: skip
         if client_cpu is not None:
             command += ["--cpu", str(client_cpu)]
@@ -384,6 +405,9 @@ def targets(results: dict[str, dict[str, Summary]]) -> list[str]:
         "- (issue #14) the rate-limit interceptor keeps at least 90% of the throughput at 64 "
         "in flight: "
         + check("tput64", "rate", SUBJECT, 0.9, at_least=True, subject="trio_micro_ratelimit"),
+        "- (issue #17) the OTel bridge with the API alone keeps at least 90% of the throughput "
+        "at 64 in flight: "
+        + check("tput64", "rate", SUBJECT, 0.9, at_least=True, subject="trio_micro_otel_api"),
     ]
 
 

@@ -33,9 +33,14 @@ RANKS = {
     # The asyncio client: the protocol and rpc's service definitions (which don't import
     # trio: rpc's names are lazy), never rpc's trio machinery.
     "aio": 3,
+    # The OpenTelemetry bridge: interceptors (rpc) that rebind observe's span.
+    "otel": 3,
     # The Connect HTTP gateway: calls through rpc (and registry targets, via the CLI).
     "gateway": 4,
     "supervise": 4,
+    # What users import in their tests (and the pytest plugin): servers, channels and
+    # registries to test with, over rpc, registry and observe.
+    "testing": 4,
     "cli": 5,
 }
 TOP = 6

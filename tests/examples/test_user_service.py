@@ -15,7 +15,7 @@ from examples.user_service.service import (
     UpdateUserRequest,
     UserService,
 )
-from trio_micro import rpc
+from trio_micro import rpc, testing
 
 
 @pytest.fixture
@@ -29,10 +29,8 @@ async def db(tmp_path: Path) -> AsyncIterator[UserDatabase]:
 async def users(db: UserDatabase) -> AsyncIterator[UserService]:
     cache: TTLCache[int, UserRow | None] = TTLCache(max_size=1000, ttl=60)
     service = UserService(db, cache)
-    async with rpc.open_server([service], host="127.0.0.1", port=0) as server:
-        host, port = server.address
-        async with rpc.open_channel(f"{host}:{port}") as channel:
-            yield channel.stub(UserService)
+    async with testing.open_service([service], access_log=False) as harness:
+        yield harness.stub(UserService)
 
 
 async def test_get_user_comes_from_database_then_cache(users: UserService) -> None:

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from structlog.typing import EventDict
 
-from trio_micro import analysis, observe, rpc
+from trio_micro import analysis, observe, rpc, testing
 from trio_micro.observe import CALL_EVENTS, CALL_RECORD_FIELDS, CallRecord
 
 from .conftest import address
@@ -80,11 +80,9 @@ class HopC(Hop, name="c"):
 
 
 @pytest.fixture
-def logs() -> Iterator[list[EventDict]]:
-    with structlog.testing.capture_logs(
-        processors=[structlog.contextvars.merge_contextvars]
-    ) as captured:
-        yield captured
+def logs(access_log: testing.AccessLog) -> list[EventDict]:
+    """Every record of the test (the plugin's ``access_log`` fixture captures them)."""
+    return access_log.entries
 
 
 @pytest.fixture
@@ -98,17 +96,19 @@ def json_log() -> Iterator[io.BytesIO]:
 
 
 @pytest.fixture
-async def logged_server(service: TestService) -> AsyncIterator[rpc.Server]:
-    async with rpc.open_server(
-        [service], host="127.0.0.1", interceptors=[rpc.AccessLogInterceptor()]
-    ) as server:
-        yield server
+async def logged(service: TestService) -> AsyncIterator[testing.ServiceHarness]:
+    async with testing.open_service([service]) as harness:  # the access log is on
+        yield harness
 
 
 @pytest.fixture
-async def logged_stub(logged_server: rpc.Server) -> AsyncIterator[TestService]:
-    async with rpc.open_channel(address(logged_server)) as channel:
-        yield channel.stub(TestService)
+def logged_server(logged: testing.ServiceHarness) -> rpc.Server:
+    return logged.server
+
+
+@pytest.fixture
+def logged_stub(logged: testing.ServiceHarness) -> TestService:
+    return logged.stub(TestService)
 
 
 def call_records(logs: list[EventDict]) -> list[EventDict]:
@@ -122,10 +122,7 @@ def json_records(out: io.BytesIO) -> list[CallRecord]:
 async def one_record(logs: list[EventDict]) -> EventDict:
     """The one call record, once the server has written it."""
     with trio.fail_after(5):
-        while not call_records(logs):
-            await trio.testing.wait_all_tasks_blocked()
-            await trio.sleep(0.001)
-    [record] = call_records(logs)
+        [record] = await testing.AccessLog(logs).wait_for_calls(1)
     return record
 
 
@@ -265,13 +262,8 @@ async def test_access_log_server_stream_stopped_early(
 
 
 async def test_access_log_carries_what_the_handler_bound(logs: list[EventDict]) -> None:
-    async with (
-        rpc.open_server(
-            [CachedUsers()], host="127.0.0.1", interceptors=[rpc.AccessLogInterceptor()]
-        ) as server,
-        rpc.open_channel(address(server)) as channel,
-    ):
-        users = channel.stub(CachedUsers)
+    async with testing.open_service([CachedUsers()]) as harness:
+        users = harness.stub(CachedUsers)
         for user_id in (1, 2, -1):
             await users.get_user(GetUserRequest(user_id=user_id))
     assert [record.get("cache") for record in call_records(logs)] == ["hit", "miss", None]
@@ -284,16 +276,9 @@ async def test_access_log_goes_first_to_log_what_others_refuse(logs: list[EventD
         ) -> None:
             raise rpc.RpcError(rpc.Status.UNAUTHENTICATED, "bad token")
 
-    async with (
-        rpc.open_server(
-            [TestService()],
-            host="127.0.0.1",
-            interceptors=[rpc.AccessLogInterceptor(), Refuse()],
-        ) as server,
-        rpc.open_channel(address(server)) as channel,
-    ):
+    async with testing.open_service([TestService()], interceptors=[Refuse()]) as harness:
         with pytest.raises(rpc.RpcError):
-            await channel.stub(TestService).empty_call(Empty())
+            await harness.stub(TestService).empty_call(Empty())
     [record] = call_records(logs)
     assert (record["code"], record["message"]) == ("UNAUTHENTICATED", "bad token")
 
@@ -314,16 +299,9 @@ async def test_access_log_writes_to_a_given_logger(logged_server: rpc.Server) ->
 
 
 async def test_access_log_json_lines_feed_the_analysis(json_log: io.BytesIO) -> None:
-    async with (
-        rpc.open_server(
-            [CachedUsers(), TestService()],
-            host="127.0.0.1",
-            interceptors=[rpc.AccessLogInterceptor()],
-        ) as server,
-        rpc.open_channel(address(server)) as channel,
-    ):
-        users = channel.stub(CachedUsers)
-        test = channel.stub(TestService)
+    async with testing.open_service([CachedUsers(), TestService()]) as harness:
+        users = harness.stub(CachedUsers)
+        test = harness.stub(TestService)
         for user_id in (1, 3, 5, 2):
             await users.get_user(GetUserRequest(user_id=user_id))
         for _ in range(2):
@@ -471,10 +449,8 @@ async def test_handlers_see_their_span_and_others_do_not(
 
 
 async def test_metadata_over_the_limit_names_both_sizes(service: TestService) -> None:
-    async with (
-        rpc.open_server([service], host="127.0.0.1", max_metadata_size=100) as server,
-        rpc.open_channel(address(server)) as channel,
-    ):
+    async with testing.open_service([service], access_log=False, max_metadata_size=100) as harness:
+        channel = harness.channel
         stub = channel.stub(TestService, metadata={"k": "é" * 100})
         with pytest.raises(rpc.RpcError) as info:
             await stub.empty_call(Empty())
@@ -491,20 +467,18 @@ async def test_metadata_over_the_limit_names_both_sizes(service: TestService) ->
 async def test_a_traceparent_that_would_not_fit_is_left_out(
     service: TestService, limit: int, metadata: dict[str, str]
 ) -> None:
-    async with (
-        rpc.open_server([service], host="127.0.0.1", max_metadata_size=limit) as server,
-        rpc.open_channel(address(server)) as channel,
-    ):
+    async with testing.open_service(
+        [service], access_log=False, max_metadata_size=limit
+    ) as harness:
+        channel = harness.channel
         with observe.start_span():
             info = await channel.stub(TestService, metadata=metadata).call_info(Empty())
     assert info.metadata == metadata
 
 
 async def test_a_traceparent_that_fits_is_added(service: TestService) -> None:
-    async with (
-        rpc.open_server([service], host="127.0.0.1", max_metadata_size=67) as server,
-        rpc.open_channel(address(server)) as channel,
-    ):
+    async with testing.open_service([service], access_log=False, max_metadata_size=67) as harness:
+        channel = harness.channel
         with observe.start_span():
             info = await channel.stub(TestService, metadata={"k": ""}).call_info(Empty())
     assert set(info.metadata) == {"k", "traceparent"}

@@ -13,6 +13,11 @@ a small ASGI application with hypercorn's trio worker, in the caller's trio run:
                     :mod:`tracemalloc` is tracing; ``?top=N`` lists N sites (text)
 ``/debug/stats``    process id, uptime, RSS, live tasks and every registered stats
                     source -- servers, channels, task monitor, caches (JSON)
+``/debug/profile``  a wall-clock CPU profile of ``?seconds=N`` (pyinstrument, the
+                    ``trio-micro[profile]`` extra), as HTML or ``?format=speedscope``
+                    JSON; one at a time (:mod:`._profile`)
+``/debug/heap``     tracemalloc's top allocation sites and their growth since a
+                    baseline (``?baseline=1`` takes one) (text)
 ``/healthz``        liveness: ``200 ok`` whenever the event loop answers (text)
 ``/readyz``         readiness: ``200 ready`` when the ``ready`` callable passed in
                     says so, else ``503 not ready`` (text); for Kubernetes probes
@@ -60,6 +65,7 @@ from .._background import open_background_nursery
 from .._validate import check_bool, check_callable, check_int
 from ._memory import _top_allocations, memory_snapshot
 from ._metrics import hub_for, register_process_metrics, resolve_registry, uptime_seconds
+from ._profile import BadRequestError, HeapBaseline, heap_page, profile_page
 from ._tasks import _walk, format_task_tree
 
 __all__ = ["DebugServer", "open_debug_server", "serve_debug"]
@@ -74,6 +80,8 @@ _PAGES: Final = (
     ("/debug/tasks", "live task tree"),
     ("/debug/memory", "memory: RSS, gc, top allocations (tracemalloc)"),
     ("/debug/stats", "stats as JSON: uptime, RSS, tasks, servers, channels, caches"),
+    ("/debug/profile", "CPU profile: ?seconds=N (pyinstrument), ?format=html|speedscope"),
+    ("/debug/heap", "heap: top allocation sites, growth since ?baseline=1 (tracemalloc)"),
     ("/healthz", "liveness (200 while the event loop answers)"),
     ("/readyz", "readiness (200 when ready, else 503)"),
 )
@@ -340,6 +348,7 @@ class _DebugApp:
         self._registry = registry
         self._before_scrape = before_scrape
         self._ready = ready
+        self._heap_baseline = HeapBaseline()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -369,10 +378,12 @@ class _DebugApp:
             response = _text(405, f"method not allowed: {method}\n")
             response.headers.append((b"allow", b"GET, HEAD"))
             return response
-        query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+        query = urllib.parse.parse_qs(
+            scope["query_string"].decode("latin-1"), keep_blank_values=True
+        )
         try:
             return await page(self, scope, query)
-        except _BadRequestError as exc:
+        except BadRequestError as exc:
             return _text(400, f"{exc}\n")
         except Exception as exc:
             _log.exception("observe.debug.page_failed", path=path)
@@ -443,6 +454,14 @@ class _DebugApp:
         }
         return _Response(200, _json_encode(stats) + b"\n", b"application/json")
 
+    async def _profile(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        return _Response(*await profile_page(query))
+
+    async def _heap(self, scope: Any, query: dict[str, list[str]]) -> _Response:
+        top = _int_param(query, "top", _DEFAULT_TOP, maximum=_MAX_TOP)
+        take_baseline = _int_param(query, "baseline", 0, maximum=1) == 1
+        return _Response(*await heap_page(self._heap_baseline, top, take_baseline))
+
     async def _healthz(self, scope: Any, query: dict[str, list[str]]) -> _Response:
         return _text(200, "ok\n")
 
@@ -457,13 +476,11 @@ class _DebugApp:
         "/debug/tasks": _tasks,
         "/debug/memory": _memory,
         "/debug/stats": _stats,
+        "/debug/profile": _profile,
+        "/debug/heap": _heap,
         "/healthz": _healthz,
         "/readyz": _readyz,
     }
-
-
-class _BadRequestError(Exception):
-    pass
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -488,7 +505,7 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, *, maximum:
         return default
     text = values[-1]
     if not text.isdigit() or int(text) > maximum:
-        raise _BadRequestError(f"{name} must be an integer in 0..{maximum}, got {text!r}")
+        raise BadRequestError(f"{name} must be an integer in 0..{maximum}, got {text!r}")
     return int(text)
 
 

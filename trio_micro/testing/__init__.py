@@ -1,0 +1,35 @@
+"""What users import to test their own services (and what trio_micro's tests use).
+
+* :func:`open_service` (:class:`ServiceHarness`): a server for a list of services on a free
+  127.0.0.1 port, a channel to it and typed stubs, optionally registered in a registry.
+* :func:`capture_access_log` (:class:`AccessLog`): the access-log records the server wrote,
+  on :func:`structlog.testing.capture_logs`.
+* :class:`FaultInjector`: an interceptor that delays or fails the Nth call, or drops the
+  connection; MockClock-friendly.
+* :class:`~trio_micro.registry.MemoryRegistry`, re-exported: the registry for tests.
+
+The pytest plugin, :mod:`trio_micro.testing.plugin`, turns these into fixtures; it is
+opt-in (``-p trio_micro.testing.plugin``, or ``trio_micro_fixtures = true`` in the pytest
+configuration). ``docs/testing.md`` shows both.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from .._lazy import fixup_module_metadata
+from ..registry import MemoryRegistry
+from ._faults import FaultInjector
+from ._harness import AccessLog, ServiceHarness, capture_access_log, open_service
+
+__all__ = [
+    "AccessLog",
+    "FaultInjector",
+    "MemoryRegistry",
+    "ServiceHarness",
+    "capture_access_log",
+    "open_service",
+]
+
+fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
+del fixup_module_metadata
