@@ -448,9 +448,7 @@ class _FromEnvironment(str):
     variable: str
 
 
-def _environment_type(
-    action: argparse.Action, parse: Callable[[str], Any]
-) -> Callable[[str], Any]:
+def _environment_type(action: argparse.Action, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def from_text(text: str) -> Any:
         if not isinstance(text, _FromEnvironment):
             return parse(text)

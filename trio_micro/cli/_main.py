@@ -34,6 +34,7 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "bench": ("._bench", "add_bench_parser", "run_bench"),
     "health": ("._health", "add_health_parser", "run_health"),
     "demo": ("._demo", "add_demo_parser", "run_demo"),
+    "completion": ("._completion", "add_completion_parser", "run_completion"),
 }
 
 
