@@ -80,9 +80,32 @@ def test_bash_completes_commands_flags_and_choices() -> None:
     assert result.stdout.splitlines() == ["serve", "--log-level", "warning", "summary slow"]
 
 
+ZSH_PROBE = """
+compadd() { shift; print -r -- "$*"; }
+_files() { print -r -- "<files>"; }
+probe() { words=("$@"); CURRENT=$#; _trio_micro; }
+probe trio-micro serve --log-level w
+probe trio-micro serve --log-file x
+probe trio-micro logs s
+"""
+
+
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="needs zsh")
-def test_the_zsh_script_parses() -> None:
-    subprocess.run(["zsh", "-n", "-c", script("zsh")], timeout=30, check=True)
+def test_zsh_completes_flag_values_and_sub_commands() -> None:
+    # compadd filters by the typed prefix itself in zsh: the probe's stand-in prints all.
+    result = subprocess.run(
+        ["zsh", "-f", "-c", "compdef() { :; }\n" + script("zsh") + ZSH_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+    assert result.stdout.splitlines() == [
+        "debug info warning error critical",
+        "<files>",
+        "summary trace slow errors",
+    ]
 
 
 def test_other_commands_do_not_import_the_completion_module() -> None:
