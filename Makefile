@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: demo test lint typecheck pytest bench mutate clean venv lock cluster-test
+.PHONY: demo test lint typecheck pytest bench mutate clean venv lock cluster-test docs
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trio_micro needs python >= 3.11, found " + sys.version.split()[0])'
@@ -51,6 +51,14 @@ cluster-test: $(STAMP)
 	TRIO_MICRO_CLUSTER_RESULTS=$(CLUSTER_RESULTS) \
 		$(BIN)/python -m pytest tests/cluster -m cluster -p no:cacheprovider $(PYTEST_ARGS)
 
+# The docs site (docs/conf.py): the guides, the API reference from the docstrings and the CLI
+# reference from the argparse parsers, into docs/_build/html (git-ignored). -W: a warning (a
+# broken docstring, a dead cross-reference) fails the build; -E: every page is re-read.
+docs: $(STAMP)
+	rm -rf docs/_build
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/toolkit_bench.py
 
@@ -86,4 +94,4 @@ lock: $(STAMP)
 		--custom-compile-command "make lock" -o $(LOCK)
 
 clean:
-	rm -rf $(VENV) .venv-* mutants .coverage .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* mutants docs/_build .coverage .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -421,3 +421,40 @@ def test_process_metrics_on_the_default_registry_add_nothing_twice() -> None:
     names = [family.name for family in text_string_to_metric_families(text)]
     assert len(names) == len(set(names))
     assert "trio_micro_process_peak_resident_memory_bytes" in names
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_units_put_the_base_unit_in_the_name(registry: CollectorRegistry) -> None:
+    observe.register_stats_source(
+        "worker",
+        lambda: {"busy": 1.5, "idle_seconds": 2.0, "heap": 4096},
+        counters=("busy",),
+        units={"busy": "seconds", "idle_seconds": "seconds", "heap": "bytes"},
+        registry=registry,
+    )
+    assert value(registry, "trio_micro_worker_busy_seconds_total") == 1.5
+    assert value(registry, "trio_micro_worker_idle_seconds") == 2.0  # not ..._seconds_seconds
+    assert value(registry, "trio_micro_worker_heap_bytes") == 4096
+
+
+def test_sources_sharing_a_name_must_agree_on_units(registry: CollectorRegistry) -> None:
+    observe.register_stats_source(
+        "w", dict, labels={"i": "1"}, units={"t": "seconds"}, registry=registry
+    )
+    with pytest.raises(ValueError, match="units"):
+        observe.register_stats_source(
+            "w", dict, labels={"i": "2"}, units={"t": "bytes"}, registry=registry
+        )
+
+
+def test_a_unit_must_be_a_name_part() -> None:
+    with pytest.raises(ValueError, match="units"):
+        observe.register_stats_source("w", dict, units={"t": "milli seconds"})
+
+
+async def test_the_task_monitors_longest_step_is_in_seconds(registry: CollectorRegistry) -> None:
+    async with observe.open_task_monitor() as monitor:
+        observe.register_task_monitor(monitor, registry=registry)
+        assert "trio_micro_task_monitor_longest_step_seconds" in families(registry)

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, final
@@ -420,6 +420,76 @@ def timestamp(text: str) -> datetime:
             f"expected an ISO-8601 time like 2026-11-26T10:00:00Z, got {text!r}"
         ) from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------- environment defaults
+
+#: The environment variables that give the common flags their default, in every command
+#: that has the flag: ``TRIO_MICRO_TIMEOUT=3 trio-micro call ...`` is ``call --timeout 3``.
+#: A flag on the command line wins; ``--help`` shows each as ``[env: NAME]``.
+ENV_DEFAULTS: Final[dict[str, str]] = {
+    "--registry": "TRIO_MICRO_REGISTRY",
+    "--timeout": "TRIO_MICRO_TIMEOUT",
+    "--log-level": "TRIO_MICRO_LOG_LEVEL",
+    "--log-file": "TRIO_MICRO_LOG_FILE",
+    "--debug-port": "TRIO_MICRO_DEBUG_PORT",
+    "--tls-ca": "TRIO_MICRO_TLS_CA",
+    "--tls-cert": "TRIO_MICRO_TLS_CERT",
+    "--tls-key": "TRIO_MICRO_TLS_KEY",
+    "--tls-server-name": "TRIO_MICRO_TLS_SERVER_NAME",
+}
+
+
+class _FromEnvironment(str):
+    """A default read from environment variable ``variable`` (argparse parses string
+    defaults with the flag's type, which then names the variable in its error)."""
+
+    __slots__ = ("variable",)
+    variable: str
+
+
+def _environment_type(action: argparse.Action, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def from_text(text: str) -> Any:
+        if not isinstance(text, _FromEnvironment):
+            return parse(text)
+        try:
+            value = parse(str(text))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(f"{text.variable}: {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentTypeError(
+                f"{text.variable}: invalid choice {str(text)!r} (choose from {choices})"
+            )
+        return value
+
+    from_text.__name__ = getattr(parse, "__name__", "value")
+    return from_text
+
+
+def apply_environment_defaults(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    """Give the flags of :data:`ENV_DEFAULTS`, in ``parser`` and its sub-parsers at any
+    depth, their default from ``environ`` (default: :data:`os.environ`), and add
+    ``[env: NAME]`` to their help. Call it once on a parser that is fully built."""
+    environ = os.environ if environ is None else environ
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):  # aliases once
+                apply_environment_defaults(subparser, environ)
+            continue
+        variable = next((ENV_DEFAULTS[o] for o in action.option_strings if o in ENV_DEFAULTS), None)
+        if variable is None or action.nargs == 0:  # flags without a value take no default
+            continue
+        if action.help is not None and action.help != argparse.SUPPRESS:
+            action.help = f"{action.help} [env: {variable}]"
+        action.type = _environment_type(action, action.type or str)  # type: ignore[arg-type]
+        value = environ.get(variable)
+        if value:  # set and not empty
+            default = _FromEnvironment(value)
+            default.variable = variable
+            action.default = default
 
 
 # ---------------------------------------------------------------------- output

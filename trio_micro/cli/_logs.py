@@ -13,8 +13,9 @@ SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -164,20 +165,60 @@ def _expand(paths: Sequence[str]) -> list[Path | None]:
     return out
 
 
-def _inputs(paths: Sequence[str]) -> list[Path | IO[bytes]]:
-    return [sys.stdin.buffer if item is None else item for item in _expand(paths)]
+#: Inputs of at least this many bytes get a progress display when stderr is a terminal.
+PROGRESS_MIN_BYTES: Final = 64 * 1024 * 1024
+
+#: Said on stderr when the log is read from a terminal (``trio-micro logs summary`` alone).
+WAITING_ON_TERMINAL: Final = (
+    "trio-micro logs: reading JSON lines from the terminal (stdin); "
+    "end with Ctrl-D, or name log files or folders as arguments"
+)
+
+
+@contextlib.contextmanager
+def _reading(paths: Sequence[str]) -> Iterator[list[Path | IO[bytes]]]:
+    """The inputs to read; meanwhile, tell a person at a terminal what is going on.
+
+    Reading stdin that is a terminal says so on stderr (the command would otherwise seem to
+    hang). Reading files of :data:`PROGRESS_MIN_BYTES` or more with stderr on a terminal
+    shows a progress line there (what is read, how much, the time so far; rich, imported
+    only then), which disappears when done. Nothing of this goes to stdout.
+    """
+    expanded = _expand(paths)
+    inputs: list[Path | IO[bytes]] = [sys.stdin.buffer if p is None else p for p in expanded]
+    if None in expanded and sys.stdin.isatty():
+        print(WAITING_ON_TERMINAL, file=sys.stderr, flush=True)
+    files = [p for p in expanded if p is not None]
+    size = sum(p.stat().st_size for p in files)
+    if size < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        yield inputs
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    what = f"{len(files)} file{'s' * (len(files) != 1)}, {size / 2**20:,.0f} MiB"
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"reading {what}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        progress.add_task("read", total=None)
+        yield inputs
 
 
 def _summarize(args: argparse.Namespace) -> LogSummary:
     try:
-        return summarize_files(
-            _inputs(args.paths),
-            jobs=args.jobs,
-            filter=_filter(args),
-            slowest=args.top,
-            group_by=args.group_by,
-            count_events=args.count_event,
-        )
+        with _reading(args.paths) as inputs:
+            return summarize_files(
+                inputs,
+                jobs=args.jobs,
+                filter=_filter(args),
+                slowest=args.top,
+                group_by=args.group_by,
+                count_events=args.count_event,
+            )
     except ValueError as exc:  # a --group-by or --count-event the summary refuses
         raise CommandError(str(exc)) from None
 
@@ -323,7 +364,8 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     record_filter = _filter(args)
     from ..analysis import build_trace, find_trace_records
 
-    found = find_trace_records(_inputs(args.paths), args.trace_id)
+    with _reading(args.paths) as inputs:
+        found = find_trace_records(inputs, args.trace_id)
     records = [r for r in found if record_filter.matches(r)]
     trace = build_trace(records, args.trace_id)
     if args.html is not None:

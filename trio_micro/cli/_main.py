@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .._version import __version__
+from ._common import apply_environment_defaults
 
 # command -> (module, function that adds its parser, function that runs it), in the order
 # of `trio-micro --help`. One module may add several commands (call and list).
@@ -33,6 +34,7 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "bench": ("._bench", "add_bench_parser", "run_bench"),
     "health": ("._health", "add_health_parser", "run_health"),
     "demo": ("._demo", "add_demo_parser", "run_demo"),
+    "completion": ("._completion", "add_completion_parser", "run_completion"),
 }
 
 
@@ -61,6 +63,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # dict.fromkeys: each module's parsers once (call and list share one), in order.
     for module, add in dict.fromkeys(_COMMANDS[name][:2] for name in names):
         _function(module, add)(commands)
+    apply_environment_defaults(parser)
     return parser
 
 

@@ -16,7 +16,16 @@
     ``exception`` string field holding the formatted traceback.
 
 ``console``
-    structlog's aligned, optionally coloured renderer, for people at a terminal.
+    structlog's aligned, optionally coloured renderer, for people at a terminal. Colour
+    follows ``colors=``; left at ``None``, the ``NO_COLOR`` environment variable (set and
+    not empty) turns it off, ``FORCE_COLOR`` (set, not empty and not ``0``) on, and
+    otherwise it is on when the output is a terminal (https://no-color.org).
+
+Records of the standard library's :mod:`logging` (hypercorn's, httpx's, a user's) take the
+same way out: a handler on the root logger formats them with structlog's
+``ProcessorFormatter`` through the same renderer, into the same file, with ``logger`` set to
+the stdlib logger's name and ``event`` to the message. The root logger's level becomes
+``level``; handlers added by others stay. Reconfiguring replaces the handler.
 
 Buffered output (``flush_interval=``): by default every record is flushed to its file as it
 is written, one system call per record, which is what a reader following the file expects.
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import atexit
 import io
+import logging
 import os
 import sys
 import threading
@@ -74,6 +84,8 @@ _BUFFER_SIZE: Final = 64 * 1024
 _owned_file: IO[bytes] | None = None
 _flusher: _Flusher | None = None
 _cached = False
+# The root logger's handler that the most recent configure_logging() installed.
+_stdlib_handler: logging.Handler | None = None
 
 
 def configure_logging(
@@ -99,8 +111,8 @@ def configure_logging(
         level: The lowest level that is written: ``"debug"``, ``"info"``, ``"warning"``,
             ``"error"``, ``"critical"`` (any case) or the matching :mod:`logging` number.
             Calls below it cost one attribute lookup.
-        colors: Console format only: colour the output. ``None`` colours it when ``file``
-            is a terminal.
+        colors: Console format only: colour the output. ``None`` follows ``NO_COLOR`` and
+            ``FORCE_COLOR`` when set, else colours it when ``file`` is a terminal.
         cache_logger_on_first_use: Let each logger keep its configuration after its first
             call. That makes log calls faster, but loggers already used then ignore later
             ``configure_logging`` calls, so leave it off in tests.
@@ -117,9 +129,10 @@ def configure_logging(
             stream (such as the default, :data:`sys.stdout`).
         OSError: ``file`` is a path that cannot be opened for appending.
 
-    .. versionchanged:: 0.1 ``flush_interval``.
+    .. versionchanged:: 0.1 ``flush_interval``; records of :mod:`logging` through the same
+       pipeline; ``NO_COLOR`` and ``FORCE_COLOR``.
     """
-    global _owned_file, _flusher, _cached  # one process-wide configuration
+    global _owned_file, _flusher, _cached, _stdlib_handler  # one process-wide configuration
 
     if not isinstance(format, str):
         raise TypeError(f"format must be 'json' or 'console', got {format!r}")
@@ -152,7 +165,9 @@ def configure_logging(
         )
 
     processors: list[Processor] = [structlog.contextvars.merge_contextvars]
+    renderer: Processor
     if format == "json":
+        renderer = _JSONLine(as_bytes=False)
         processors.append(_JSONLine(as_bytes=binary))
     else:
         processors += [
@@ -162,10 +177,9 @@ def configure_logging(
             structlog.processors.StackInfoRenderer(),
         ]
         if colors is None:
-            isatty = getattr(stream, "isatty", None)
-            colors = bool(callable(isatty) and isatty())
+            colors = _colors_from_environment(stream)
         # ConsoleRenderer formats exc_info itself (and warns when format_exc_info ran).
-        console = structlog.dev.ConsoleRenderer(colors=colors)
+        renderer = console = structlog.dev.ConsoleRenderer(colors=colors)
         processors.append(_EncodeUTF8(console) if binary else console)
 
     logger_factory: Callable[..., WrappedLogger]
@@ -188,6 +202,76 @@ def configure_logging(
     if flush_interval is not None:
         flusher = _Flusher(cast("BinaryIO", stream), flush_interval)
     _owned_file, _flusher, _cached = opened, flusher, cache_logger_on_first_use
+    # The JSON renderer adds the level and the time itself; the console one needs them.
+    pre_chain: list[Processor] = [structlog.contextvars.merge_contextvars]
+    pre_chain.append(structlog.stdlib.add_logger_name)
+    if format == "console":
+        pre_chain += [structlog.stdlib.add_log_level, _UTCTimeStamper()]
+    _stdlib_handler = _route_stdlib_logging(
+        pre_chain, renderer, stream, binary=binary, flush=flush_interval is None, level=min_level
+    )
+
+
+def _colors_from_environment(stream: object) -> bool:
+    """``colors=None``: NO_COLOR (not empty) off, FORCE_COLOR (not empty, not 0) on, else
+    on when ``stream`` is a terminal."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR", "0") not in ("", "0"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(callable(isatty) and isatty())
+
+
+def _route_stdlib_logging(
+    pre_chain: list[Processor],
+    renderer: Processor,
+    stream: IO[Any],
+    *,
+    binary: bool,
+    flush: bool,
+    level: int,
+) -> logging.Handler:
+    """Replace our root-logger handler with one rendering :mod:`logging` records like
+    structlog's (see the module docs); return it."""
+    root = logging.getLogger()
+    if _stdlib_handler is not None:
+        root.removeHandler(_stdlib_handler)
+    handler = _StdlibHandler(stream, binary=binary, flush=flush)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=pre_chain,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    handler.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+class _StdlibHandler(logging.Handler):
+    """Writes each formatted :mod:`logging` record as one line to a text or binary file,
+    flushing it unless the file is buffered (``flush_interval``)."""
+
+    def __init__(self, stream: IO[Any], *, binary: bool, flush: bool) -> None:
+        super().__init__()
+        self._stream = stream
+        self._binary = binary
+        self._flush = flush
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format ``record`` and write it; a failure goes to :meth:`handleError`. A record
+        for a file closed since (a test's captured stdout) is dropped quietly."""
+        if getattr(self._stream, "closed", False):
+            return
+        try:
+            line = self.format(record) + "\n"
+            self._stream.write(line.encode("utf-8", "backslashreplace") if self._binary else line)
+            if self._flush:
+                self._stream.flush()
+        except Exception:
+            self.handleError(record)
 
 
 def _release_previous() -> None:

@@ -99,7 +99,7 @@ def resolve_registry(registry: CollectorRegistry | None) -> CollectorRegistry:
 class _Source:
     """One registered source: a name, its labels, which fields are counters, the reader."""
 
-    __slots__ = ("counters", "labels", "name", "read_fn")
+    __slots__ = ("counters", "labels", "name", "read_fn", "units")
 
     def __init__(
         self,
@@ -107,11 +107,19 @@ class _Source:
         labels: _LabelKey,
         counters: frozenset[str],
         read_fn: Callable[[], StatsSource | None],
+        units: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.labels = labels
         self.counters = counters
         self.read_fn = read_fn
+        self.units: Mapping[str, str] = dict(units or {})
+
+    def metric_name(self, field: str) -> str:
+        """``trio_micro_<name>_<field>[_<unit>]`` (a counter's ``_total`` comes after)."""
+        unit = self.units.get(field)
+        base = f"{METRIC_PREFIX}{self.name}_{_metric_key(field)}"
+        return f"{base}_{unit}" if unit and not base.endswith(f"_{unit}") else base
 
     def alive(self) -> bool:
         return self.read_fn() is not None
@@ -198,6 +206,11 @@ class _Hub:
                         f"stats sources named {source.name!r} must all have the counters "
                         f"{sorted(other.counters)!r}, got {sorted(source.counters)!r}"
                     )
+                if other.units != source.units:
+                    raise ValueError(
+                        f"stats sources named {source.name!r} must all have the units "
+                        f"{dict(other.units)!r}, got {dict(source.units)!r}"
+                    )
             self._sources[key] = source
 
         def unregister() -> None:
@@ -231,7 +244,7 @@ class _Hub:
                 number = _number(raw)
                 if number is None:
                     continue
-                name = f"{METRIC_PREFIX}{source.name}_{_metric_key(key)}"
+                name = source.metric_name(key)
                 family = families.get(name)
                 if family is None:
                     doc = f"{key} of the stats source {source.name!r}"
@@ -282,6 +295,7 @@ def register_stats_source(
     *,
     labels: Mapping[str, str] | None = None,
     counters: Collection[str] = (),
+    units: Mapping[str, str] | None = None,
     registry: CollectorRegistry | None = None,
 ) -> Callable[[], None]:
     """Export the numbers ``source()`` returns as metrics ``trio_micro_<name>_<field>``.
@@ -309,6 +323,9 @@ def register_stats_source(
             must be quick and must not block.
         labels: Label names and values that tell apart sources sharing ``name``.
         counters: The fields that only ever grow.
+        units: Field -> the base unit its value is in (``"seconds"``, ``"bytes"``), added
+            to its name as Prometheus asks (``..._longest_step_seconds``) unless the field's
+            name already ends with it. Give values in base units (seconds, not ms).
         registry: Where to export; default ``prometheus_client.REGISTRY``.
 
     Returns:
@@ -329,7 +346,11 @@ def register_stats_source(
     if isinstance(counters, str) or not all(isinstance(c, str) for c in counters):
         raise TypeError(f"counters must be a collection of field names, got {counters!r}")
     hub = hub_for(registry)
-    return hub.add(_Source(name, label_key, frozenset(counters), _weak_reader(source)))
+    units = check_str_mapping("units", units)
+    for field, unit in units.items():
+        if not _NAME_RE.fullmatch(unit):
+            raise ValueError(f"units must be metric name parts, got {unit!r} for {field!r}")
+    return hub.add(_Source(name, label_key, frozenset(counters), _weak_reader(source), units))
 
 
 def _check_labels(labels: Mapping[str, str] | None) -> _LabelKey:
@@ -345,7 +366,7 @@ def register_task_monitor(
 ) -> Callable[[], None]:
     """Export a :class:`TaskMonitor`'s counters as ``trio_micro_task_monitor_*`` metrics.
 
-    Gauges: ``live_tasks``, ``high_water``, ``longest_step`` (seconds); counters
+    Gauges: ``live_tasks``, ``high_water``, ``longest_step_seconds``; counters
     (``_total``): ``spawned``, ``exited``, ``leak_warnings``, ``long_lived_warnings``,
     ``blocked_steps`` (the blocked-loop events). The monitor is held weakly. Not a
     checkpoint.
@@ -360,7 +381,11 @@ def register_task_monitor(
     if not isinstance(monitor, TaskMonitor):
         raise TypeError(f"monitor must be a TaskMonitor, got {monitor!r}")
     return register_stats_source(
-        "task_monitor", monitor.statistics, counters=_TASK_MONITOR_COUNTERS, registry=registry
+        "task_monitor",
+        monitor.statistics,
+        counters=_TASK_MONITOR_COUNTERS,
+        units={"longest_step": "seconds"},
+        registry=registry,
     )
 
 

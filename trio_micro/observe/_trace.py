@@ -73,9 +73,10 @@ _ODD_HEX: Final = frozenset("13579bdf")  # a last flags digit with bit 0 (sample
 
 @final
 class TraceContext:
-    """One span of a trace; immutable, compared and hashed by value.
+    """One span of a trace; immutable, compared and hashed by value. The constructor takes
+    the attributes as arguments.
 
-    Args and attributes:
+    Attributes:
         trace_id: 32 lowercase hex digits, not all zero; the same in every span of a trace.
         span_id: 16 lowercase hex digits, not all zero; this span.
         parent_span_id: The span that caused this one, or ``None`` at a root (and for a

@@ -8,12 +8,12 @@
 * :func:`open_registry_server` / :func:`serve_registry` (:class:`RegistryServer`,
   :class:`RegistryService`): a registry as a service on trio_micro's RPC, the default for
   one machine; :func:`open_registry_client` (:class:`RegistryClient`) talks to it.
+* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, and the
+  :class:`RegistryError` tree.
 
 Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
 ``rpc.open_channel("users", registry=reg)`` follows a service live. Importing this package
 registers the ``etcd://`` and ``registry://`` target schemes of ``rpc.open_channel``.
-* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, and the
-  :class:`RegistryError` tree.
 
 Log events defined here: ``registry.endpoint.registered``, ``registry.endpoint.deregistered``,
 ``registry.endpoint.expired``, ``registry.endpoint.added``, ``registry.endpoint.removed``,
