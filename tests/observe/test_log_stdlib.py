@@ -24,6 +24,8 @@ def _restore_logging() -> Iterator[None]:
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_a_stdlib_record_is_a_json_line_with_its_logger_name() -> None:
@@ -146,3 +148,25 @@ def test_an_explicit_colors_argument_wins_over_the_environment(
     configure_logging(format="console", file=out, colors=True)
 
     assert _coloured(out)
+
+
+def test_the_http_clients_request_lines_are_dropped_at_info() -> None:
+    out = io.StringIO()
+    configure_logging(file=out, level="info")
+    logging.getLogger("httpx").info("HTTP Request: POST /v3/lease/keepalive")
+    logging.getLogger("httpcore.connection").info("connect_tcp.started")
+    logging.getLogger("httpx").warning("retrying")
+    logging.getLogger("hypercorn.error").info("Running")
+
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events == ["retrying", "Running"]
+
+
+def test_the_http_clients_request_lines_are_kept_at_debug() -> None:
+    out = io.StringIO()
+    configure_logging(file=out, level="debug")
+    logging.getLogger("httpx").info("HTTP Request: POST /v3/lease/keepalive")
+
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == [
+        "HTTP Request: POST /v3/lease/keepalive"
+    ]

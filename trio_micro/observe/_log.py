@@ -25,7 +25,10 @@ Records of the standard library's :mod:`logging` (hypercorn's, httpx's, a user's
 same way out: a handler on the root logger formats them with structlog's
 ``ProcessorFormatter`` through the same renderer, into the same file, with ``logger`` set to
 the stdlib logger's name and ``event`` to the message. The root logger's level becomes
-``level``; handlers added by others stay. Reconfiguring replaces the handler.
+``level``; handlers added by others stay. Reconfiguring replaces the handler. The HTTP
+client libraries (``httpx``, ``httpcore``) log every request at INFO, which for the etcd
+registry is a line per lease keep-alive: their loggers are set to WARNING unless the level
+asked for is DEBUG (set their level after ``configure_logging`` to see them anyway).
 
 Buffered output (``flush_interval=``): by default every record is flushed to its file as it
 is written, one system call per record, which is what a reader following the file expects.
@@ -247,7 +250,15 @@ def _route_stdlib_logging(
     handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+        )
     return handler
+
+
+# Libraries logging a line per HTTP request at INFO (see the module docs).
+_CHATTY_LOGGERS: Final = ("httpx", "httpcore")
 
 
 class _StdlibHandler(logging.Handler):
