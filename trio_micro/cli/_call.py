@@ -23,7 +23,8 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ import trio
 
 from .. import rpc
 from ..observe import configure_logging
+from ..protocol import DECODE_ERRORS
 from ._common import (
     EXIT_OK,
     EXIT_STATUS_BASE,
@@ -41,6 +43,7 @@ from ._common import (
     print_json,
     print_table,
     run_trio,
+    safe_text,
     seconds,
     usage_error,
 )
@@ -144,6 +147,20 @@ def check_target(target: str) -> None:
         raise usage_error(f"bad TARGET: {exc}") from None
 
 
+@contextmanager
+def _bad_target(target: str) -> Iterator[None]:
+    """Turn the ``TypeError``/``ValueError`` a channel's resolver raises for a target that
+    :func:`check_target` could not judge (a service name the registry refuses) into the
+    usage error ``bad TARGET``."""
+    try:
+        yield
+    except* (TypeError, ValueError) as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise usage_error(f"bad TARGET {target!r}: {first}") from None
+
+
 def parse_method(text: str) -> tuple[str, str]:
     """Split ``SERVICE.METHOD`` or ``SERVICE/METHOD`` (service names may contain dots)."""
     sep = "/" if "/" in text else "."
@@ -154,16 +171,44 @@ def parse_method(text: str) -> tuple[str, str]:
 
 
 def parse_request(text: str) -> Any:
-    """Decode the JSON request (``-``: read standard input); it must be an object."""
+    """Decode the JSON request (``-``: read standard input); it must be an object that
+    msgpack can carry: nested at most :data:`MAX_REQUEST_DEPTH` deep, integers in
+    [-2**63, 2**64 - 1]."""
     if text == "-":
         text = sys.stdin.read()
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, *DECODE_ERRORS) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, RecursionError):
+            exc = ValueError("nested too deeply")
         raise usage_error(f"the request is not valid JSON: {exc}: {_clip(text)!r}") from None
     if not isinstance(value, dict):
         raise usage_error(f"the request must be a JSON object like {{}}, got {_clip(text)!r}")
+    _check_request(value, text)
     return value
+
+
+#: How deep ``call``'s JSON request may nest (objects and arrays).
+MAX_REQUEST_DEPTH: Final = 64
+_INT_RANGE: Final = range(-(2**63), 2**64)
+
+
+def _check_request(value: object, text: str) -> None:
+    """Refuse what msgpack can't encode: deep nesting, integers out of its range."""
+    todo: list[tuple[object, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_REQUEST_DEPTH:
+                raise usage_error(
+                    f"the request is nested deeper than {MAX_REQUEST_DEPTH} levels: {_clip(text)!r}"
+                )
+            todo += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+        elif isinstance(item, int) and not isinstance(item, bool) and item not in _INT_RANGE:
+            raise usage_error(
+                f"the request has an integer outside msgpack's range [-2**63, 2**64 - 1]: "
+                f"{_clip(str(item))}"
+            )
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -318,10 +363,11 @@ def _type_name(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> str:
 
 def status_exit(exc: rpc.RpcError) -> int:
     """Print ``CODE: message`` and the details, one per line, on standard error; return the
-    exit code of that status, ``64 + code`` (as grpcurl)."""
-    print(str(exc), file=sys.stderr)
+    exit code of that status, ``64 + code`` (as grpcurl). The server's words are escaped
+    (:func:`safe_text`): they can't drive the terminal or forge a line."""
+    print(safe_text(str(exc)), file=sys.stderr)
     for key, value in exc.details.items():
-        print(f"  {key}: {value}", file=sys.stderr)
+        print(safe_text(f"  {key}: {value}"), file=sys.stderr)
     sys.stderr.flush()
     return EXIT_STATUS_BASE + int(exc.code)
 
@@ -372,7 +418,7 @@ async def call_main(args: argparse.Namespace) -> int:
     tls = client_tls(args)
     metadata = dict(args.metadata) or None
     code = EXIT_OK
-    with trio.move_on_after(args.timeout) as scope:
+    with trio.move_on_after(args.timeout) as scope, _bad_target(args.target):
         async with open_target_channel(args.target, tls) as channel:
             # The status becomes the exit code in here, where the call's error is known.
             try:
@@ -420,7 +466,7 @@ async def list_main(args: argparse.Namespace) -> int:
     check_target(args.target)
     tls = client_tls(args)
     code = EXIT_OK
-    with trio.move_on_after(args.timeout) as scope:
+    with trio.move_on_after(args.timeout) as scope, _bad_target(args.target):
         async with open_target_channel(args.target, tls) as channel:
             try:
                 services = await list_services(channel)
