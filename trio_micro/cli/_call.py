@@ -23,8 +23,7 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -138,27 +137,15 @@ def check_target(target: str) -> None:
     """Raise a usage error unless ``target`` is an address or a known scheme target."""
     try:
         if "://" in target:
-            import trio_micro.registry  # noqa: F401  # registers the etcd:// and registry:// schemes
+            from .. import registry  # registers the etcd:// and registry:// schemes
 
-            rpc.split_target(target)
+            split = rpc.split_target(target)
+            if split is not None and target.startswith(("etcd://", "registry://")):
+                registry.check_service(split[2])  # what its resolver would refuse later
         else:
             rpc.Endpoint.parse(target)
     except (TypeError, ValueError) as exc:
         raise usage_error(f"bad TARGET: {exc}") from None
-
-
-@contextmanager
-def _bad_target(target: str) -> Iterator[None]:
-    """Turn the ``TypeError``/``ValueError`` a channel's resolver raises for a target that
-    :func:`check_target` could not judge (a service name the registry refuses) into the
-    usage error ``bad TARGET``."""
-    try:
-        yield
-    except* (TypeError, ValueError) as group:
-        first = group.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise usage_error(f"bad TARGET {target!r}: {first}") from None
 
 
 def parse_method(text: str) -> tuple[str, str]:
@@ -418,7 +405,7 @@ async def call_main(args: argparse.Namespace) -> int:
     tls = client_tls(args)
     metadata = dict(args.metadata) or None
     code = EXIT_OK
-    with trio.move_on_after(args.timeout) as scope, _bad_target(args.target):
+    with trio.move_on_after(args.timeout) as scope:
         async with open_target_channel(args.target, tls) as channel:
             # The status becomes the exit code in here, where the call's error is known.
             try:
@@ -466,7 +453,7 @@ async def list_main(args: argparse.Namespace) -> int:
     check_target(args.target)
     tls = client_tls(args)
     code = EXIT_OK
-    with trio.move_on_after(args.timeout) as scope, _bad_target(args.target):
+    with trio.move_on_after(args.timeout) as scope:
         async with open_target_channel(args.target, tls) as channel:
             try:
                 services = await list_services(channel)

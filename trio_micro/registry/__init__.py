@@ -12,8 +12,8 @@
 Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
 ``rpc.open_channel("users", registry=reg)`` follows a service live. Importing this package
 registers the ``etcd://`` and ``registry://`` target schemes of ``rpc.open_channel``.
-* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, and the
-  :class:`RegistryError` tree.
+* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, :func:`check_service`
+  (the rule every backend applies to service names), and the :class:`RegistryError` tree.
 
 Log events defined here: ``registry.endpoint.registered``, ``registry.endpoint.deregistered``,
 ``registry.endpoint.expired``, ``registry.endpoint.added``, ``registry.endpoint.removed``,
@@ -38,6 +38,7 @@ from ._types import (
     RegistryBackendError,
     RegistryError,
     RegistryUnavailableError,
+    check_service,
     parse_address,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "RegistryServer",
     "RegistryService",
     "RegistryUnavailableError",
+    "check_service",
     "open_etcd_registry",
     "open_registry_client",
     "open_registry_server",
