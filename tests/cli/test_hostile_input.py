@@ -13,11 +13,12 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trio_micro import registry
 from trio_micro.cli._common import print_table, safe_text
 from trio_micro.cli._main import main
 
 from ..analysis._records import line, record
-from .test_call import GET_USER, cli
+from .test_call import GET_USER, cli, free_port
 
 pytestmark = pytest.mark.usefixtures("quiet_logging")
 
@@ -179,3 +180,29 @@ def test_bad_arguments_to_every_command_are_one_line(
     assert code in (1, 2), err
     assert "Traceback" not in err
     assert err.strip().count("\n") == 0 or err.startswith("usage:"), err
+
+
+# --- misleading failures (defect 9): say why, at once, not DEADLINE_EXCEEDED at --timeout
+
+
+async def test_an_unknown_service_in_a_registry_fails_fast_saying_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with registry.open_registry_server() as srv:
+        with trio.fail_after(10):  # --timeout is 60: only failing fast passes
+            code = await cli("call", f"registry://{srv.target}/nosuch", GET_USER, "--timeout", "60")
+    assert code == 64 + 14
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE: no endpoints for service 'nosuch'" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("scheme", ["registry", "etcd"])
+async def test_an_unreachable_registry_fails_fast_saying_so(
+    capsys: pytest.CaptureFixture[str], scheme: str
+) -> None:
+    port = await free_port()
+    with trio.fail_after(10):
+        code = await cli("list", f"{scheme}://127.0.0.1:{port}/users", "--timeout", "60")
+    assert code == 64 + 14
+    assert "UNAVAILABLE: registry unreachable: " in capsys.readouterr().err

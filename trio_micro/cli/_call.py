@@ -12,7 +12,8 @@ etcd; the call goes to one of them).
 Exit codes: 0 success; ``64 + N`` the call (for ``list``: the reflection call) ended
 with status code N, printed as ``CODE: message`` on standard error, as grpcurl does: e.g.
 69 ``NOT_FOUND``, 68 ``DEADLINE_EXCEEDED`` (``--timeout``), 78 ``UNAVAILABLE`` (target
-unreachable); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
+unreachable; for a registry target also, at once: registry unreachable, or no endpoints
+for the service); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
 by SIGINT/SIGTERM (:mod:`._common`).
 """
 
@@ -61,7 +62,8 @@ targets:
 STATUS_CODES_HELP: Final = """\
   64+N a call ended with status code N (printed as CODE: message on stderr), as
        grpcurl does: e.g. 68 DEADLINE_EXCEEDED (--timeout), 69 NOT_FOUND,
-       78 UNAVAILABLE (target unreachable)"""
+       78 UNAVAILABLE (target unreachable; registry unreachable or no endpoints
+       for the service, reported at once)"""
 
 _EPILOG: Final = epilog(TARGETS_HELP, ok="success", more=STATUS_CODES_HELP)
 
