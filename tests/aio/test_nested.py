@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -38,6 +39,6 @@ def test_a_nested_response_fails_its_call_alone() -> None:
     assert answer.value == 3
 
 
-async def _drain(stream: aio.ResponseStream[Shallow]) -> None:
+async def _drain(stream: AsyncIterator[Shallow]) -> None:
     async for _ in stream:
         pytest.fail("a nested item was decoded")  # pragma: no cover

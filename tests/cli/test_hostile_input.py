@@ -130,7 +130,7 @@ def test_logs_on_junk_exits_3_with_one_line(
 # `serve`, `registry`, `gateway`, `bench` and `demo` serve or run for a while on valid
 # arguments, so they are covered by the table of bad inputs below instead.
 _QUICK = ["call", "list", "logs summary", "logs errors", "logs slow", "logs trace", "schema"]
-_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
