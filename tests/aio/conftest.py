@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +32,18 @@ class ServerThread:
         assert not self.thread.is_alive()
 
 
-def start_server(port: int = 0, **options: Any) -> ServerThread:
-    """A trio_micro server in a thread of its own (its own trio run)."""
+def start_server(
+    port: int = 0, *, extra: Sequence[rpc.Service] = (), **options: Any
+) -> ServerThread:
+    """A trio_micro server in a thread of its own (its own trio run), serving ``extra`` too."""
     probe = Probe()
     started: queue.Queue[tuple[trio.lowlevel.TrioToken, trio.CancelScope, str]] = queue.Queue()
 
     async def main() -> None:
         service = AioTestService(probe)
-        async with rpc.open_server([service], host="127.0.0.1", port=port, **options) as srv:
+        async with rpc.open_server(
+            [service, *extra], host="127.0.0.1", port=port, **options
+        ) as srv:
             host, bound = srv.address
             with trio.CancelScope() as scope:
                 started.put((trio.lowlevel.current_trio_token(), scope, f"{host}:{bound}"))

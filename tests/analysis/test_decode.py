@@ -7,6 +7,7 @@ import pytest
 
 from trio_micro.analysis import LogSummary, RecordFilter, SummaryBuilder, iter_call_records
 
+from ..nested import NESTED_JSON
 from ._records import T0, line, record
 
 GOOD = line(record())
@@ -21,6 +22,17 @@ def summary_of(data: bytes) -> LogSummary:
 def test_garbage_line_counts_as_invalid_json() -> None:
     summary = summary_of(GOOD + b"not json at all\n" + GOOD)
     assert (summary.calls, dict(summary.input.malformed)) == (2, {"invalid_json": 1})
+
+
+def test_a_line_nested_too_deeply_counts_as_invalid_json() -> None:
+    deep = b'{"x": ' + NESTED_JSON.encode() + b"}\n"
+    summary = summary_of(GOOD + deep + GOOD)
+    assert (summary.calls, dict(summary.input.malformed)) == (2, {"invalid_json": 1})
+
+
+def test_iter_call_records_skips_a_line_nested_too_deeply() -> None:
+    deep = GOOD.rstrip(b"}\n") + b', "x": ' + NESTED_JSON.encode() + b"}"
+    assert len(list(iter_call_records([GOOD, deep, GOOD]))) == 2
 
 
 def test_wrong_type_counts_as_wrong_type() -> None:

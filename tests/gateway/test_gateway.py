@@ -18,6 +18,8 @@ import trio
 
 from trio_micro import gateway, observe, rpc
 
+from ..nested import NESTED_JSON
+
 
 class Ask(msgspec.Struct):
     value: int = 0
@@ -184,6 +186,16 @@ async def test_a_body_that_is_not_json_is_invalid_argument() -> None:
     async with gateway_for(Seen()) as client:
         reply = await client.post("/gw.Test/echo", content=b"{nope", headers=JSON)
     assert (reply.status_code, reply.json()["code"]) == (400, "invalid_argument")
+
+
+async def test_a_body_nested_too_deeply_is_invalid_argument_and_the_gateway_lives() -> None:
+    body = ('{"value": 1, "x": ' + NESTED_JSON + "}").encode()
+    async with gateway_for(Seen()) as client:
+        reply = await client.post("/gw.Test/echo", content=body, headers=JSON)
+        again = await client.post("/gw.Test/echo", json={"value": 2})
+    assert (reply.status_code, reply.json()["code"]) == (400, "invalid_argument")
+    assert "recursion" in reply.json()["message"]
+    assert (again.status_code, again.json()["value"]) == (200, 2)
 
 
 async def test_json_that_is_not_an_object_is_invalid_argument() -> None:

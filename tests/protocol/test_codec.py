@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_micro.protocol import (
+    DECODE_ERRORS,
     CallType,
     Cancel,
     Credit,
@@ -287,3 +288,26 @@ def test_the_encoder_sends_a_body_of_exactly_max_frame_size() -> None:
     body_size = len(FrameEncoder().encode(Ping(1))) - 4
     data = FrameEncoder(max_frame_size=body_size).encode(Ping(1))
     assert FrameDecoder().receive_data(data) == [Ping(1)]
+
+
+#: 100,000 nested one-element arrays around a 1 (100 KB): deeper than the recursion limit,
+#: even raised by Hypothesis; the issue's 5 KB is enough at the default limit.
+NESTED = b"\x91" * 100_000 + b"\x01"
+
+
+def test_a_body_nested_too_deeply_is_a_protocol_error_not_a_recursion_error() -> None:
+    with pytest.raises(RemoteProtocolError, match="nested too deeply") as info:
+        FrameDecoder().receive_data(len(NESTED).to_bytes(4, "big") + NESTED)
+    assert info.value.code is ErrorCode.PROTOCOL_ERROR
+
+
+def test_a_trailing_field_nested_too_deeply_is_a_protocol_error() -> None:
+    data = msgspec.msgpack.encode([FrameKind.END, 3]) + NESTED
+    data = bytes([data[0] + 1]) + data[1:]  # one more element: the nested one
+    with pytest.raises(RemoteProtocolError, match="nested too deeply"):
+        FrameDecoder().receive_data(len(data).to_bytes(4, "big") + data)
+
+
+def test_decode_errors_include_recursion_error() -> None:
+    with pytest.raises(DECODE_ERRORS):
+        msgspec.msgpack.decode(NESTED)

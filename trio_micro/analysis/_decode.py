@@ -36,6 +36,7 @@ from ..observe import (
     RPC_CALL_FAILED,
     CallRecord,
 )
+from ..protocol import DECODE_ERRORS
 
 __all__ = ["MALFORMED_KINDS", "iter_call_records"]
 
@@ -247,7 +248,7 @@ def decode_rows(data: bytes | bytearray, tally: _Tally, schema: RowSchema = _PLA
     if vocabulary.decoder is not None:
         try:
             return vocabulary.decoder.decode_lines(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             pass
     rows = _decode_plain(data, tally, schema)
     vocabulary.learn(rows)
@@ -258,7 +259,7 @@ def _decode_plain(data: bytes | bytearray, tally: _Tally, schema: RowSchema) -> 
     decoder = schema.row
     try:
         return decoder.decode_lines(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         pass
     if len(data) <= _PIECE:
         return decode_each_line(data.split(b"\n"), tally, schema=schema)
@@ -271,7 +272,7 @@ def _decode_plain(data: bytes | bytearray, tally: _Tally, schema: RowSchema) -> 
         piece = data[start:stop]
         try:
             out += decoder.decode_lines(piece)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             out += decode_each_line(piece.split(b"\n"), tally, schema=schema)
         start = stop
     return out
@@ -298,7 +299,7 @@ def decode_each_line(
                 tally.bad("not_utf8", str(exc))
             else:
                 _classify_invalid(line, str(exc), tally)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             tally.bad(_undecodable_kind(line), str(exc))
     return out
 
@@ -324,7 +325,7 @@ def _classify_invalid(line: bytes | bytearray | str, message: str, tally: _Tally
     # with a value of the wrong type, or not an object at all (malformed).
     try:
         event = _EVENT_DECODER.decode(line).event
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         event = None
     if isinstance(event, str) and event not in CALL_EVENTS:
         tally.other_events += 1
@@ -536,7 +537,7 @@ class LineFinder:
             end = len(data) if end < 0 else end
             try:
                 full = _FULL_DECODER.decode(data[start:end])
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except DECODE_ERRORS:
                 full = None
             if full is not None and (
                 full.timestamp,
@@ -563,7 +564,7 @@ def iter_call_records(lines: Iterable[bytes | str]) -> Iterator[CallRecord]:
             continue
         try:
             record = decode(line)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             continue
         if record.event in CALL_EVENTS:
             yield record

@@ -41,6 +41,7 @@ from ._common import (
     number,
     print_json,
     print_table,
+    safe_text,
     seconds,
 )
 from ._load import LoadResult, PeerCounter, progress, run_load
@@ -246,7 +247,7 @@ def _print_report(report: dict[str, Any], result: LoadResult) -> None:
             [(code, f"{n:,}") for code, n in sorted(result.errors.items())],
         )
         for message in result.first_errors:
-            print(f"  e.g. {message}")
+            print(safe_text(f"  e.g. {message}"))
     else:
         print("errors: none")
     peers = report["peers"]

@@ -12,7 +12,8 @@ etcd; the call goes to one of them).
 Exit codes: 0 success; ``64 + N`` the call (for ``list``: the reflection call) ended
 with status code N, printed as ``CODE: message`` on standard error, as grpcurl does: e.g.
 69 ``NOT_FOUND``, 68 ``DEADLINE_EXCEEDED`` (``--timeout``), 78 ``UNAVAILABLE`` (target
-unreachable); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
+unreachable; for a registry target also, at once: registry unreachable, or no endpoints
+for the service); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
 by SIGINT/SIGTERM (:mod:`._common`).
 """
 
@@ -32,6 +33,7 @@ import trio
 
 from .. import rpc
 from ..observe import configure_logging
+from ..protocol import DECODE_ERRORS
 from ._common import (
     EXIT_OK,
     EXIT_STATUS_BASE,
@@ -41,6 +43,7 @@ from ._common import (
     print_json,
     print_table,
     run_trio,
+    safe_text,
     seconds,
     usage_error,
 )
@@ -59,7 +62,8 @@ targets:
 STATUS_CODES_HELP: Final = """\
   64+N a call ended with status code N (printed as CODE: message on stderr), as
        grpcurl does: e.g. 68 DEADLINE_EXCEEDED (--timeout), 69 NOT_FOUND,
-       78 UNAVAILABLE (target unreachable)"""
+       78 UNAVAILABLE (target unreachable; registry unreachable or no endpoints
+       for the service, reported at once)"""
 
 _EPILOG: Final = epilog(TARGETS_HELP, ok="success", more=STATUS_CODES_HELP)
 
@@ -135,9 +139,11 @@ def check_target(target: str) -> None:
     """Raise a usage error unless ``target`` is an address or a known scheme target."""
     try:
         if "://" in target:
-            import trio_micro.registry  # noqa: F401  # registers the etcd:// and registry:// schemes
+            from .. import registry  # registers the etcd:// and registry:// schemes
 
-            rpc.split_target(target)
+            split = rpc.split_target(target)
+            if split is not None and target.startswith(("etcd://", "registry://")):
+                registry.check_service(split[2])  # what its resolver would refuse later
         else:
             rpc.Endpoint.parse(target)
     except (TypeError, ValueError) as exc:
@@ -154,16 +160,44 @@ def parse_method(text: str) -> tuple[str, str]:
 
 
 def parse_request(text: str) -> Any:
-    """Decode the JSON request (``-``: read standard input); it must be an object."""
+    """Decode the JSON request (``-``: read standard input); it must be an object that
+    msgpack can carry: nested at most :data:`MAX_REQUEST_DEPTH` deep, integers in
+    [-2**63, 2**64 - 1]."""
     if text == "-":
         text = sys.stdin.read()
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, *DECODE_ERRORS) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, RecursionError):
+            exc = ValueError("nested too deeply")
         raise usage_error(f"the request is not valid JSON: {exc}: {_clip(text)!r}") from None
     if not isinstance(value, dict):
         raise usage_error(f"the request must be a JSON object like {{}}, got {_clip(text)!r}")
+    _check_request(value, text)
     return value
+
+
+#: How deep ``call``'s JSON request may nest (objects and arrays).
+MAX_REQUEST_DEPTH: Final = 64
+_INT_RANGE: Final = range(-(2**63), 2**64)
+
+
+def _check_request(value: object, text: str) -> None:
+    """Refuse what msgpack can't encode: deep nesting, integers out of its range."""
+    todo: list[tuple[object, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_REQUEST_DEPTH:
+                raise usage_error(
+                    f"the request is nested deeper than {MAX_REQUEST_DEPTH} levels: {_clip(text)!r}"
+                )
+            todo += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+        elif isinstance(item, int) and not isinstance(item, bool) and item not in _INT_RANGE:
+            raise usage_error(
+                f"the request has an integer outside msgpack's range [-2**63, 2**64 - 1]: "
+                f"{_clip(str(item))}"
+            )
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -318,10 +352,11 @@ def _type_name(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> str:
 
 def status_exit(exc: rpc.RpcError) -> int:
     """Print ``CODE: message`` and the details, one per line, on standard error; return the
-    exit code of that status, ``64 + code`` (as grpcurl)."""
-    print(str(exc), file=sys.stderr)
+    exit code of that status, ``64 + code`` (as grpcurl). The server's words are escaped
+    (:func:`safe_text`): they can't drive the terminal or forge a line."""
+    print(safe_text(str(exc)), file=sys.stderr)
     for key, value in exc.details.items():
-        print(f"  {key}: {value}", file=sys.stderr)
+        print(safe_text(f"  {key}: {value}"), file=sys.stderr)
     sys.stderr.flush()
     return EXIT_STATUS_BASE + int(exc.code)
 

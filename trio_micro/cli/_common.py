@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -111,8 +112,8 @@ class Interrupted(BaseException):
 
 
 def _report(command: str, message: str) -> None:
-    """Print ``trio-micro COMMAND: error: message`` on stderr."""
-    print(f"trio-micro {command}: error: {message}", file=sys.stderr, flush=True)
+    """Print ``trio-micro COMMAND: error: message`` on stderr, as one safe line."""
+    print(safe_text(f"trio-micro {command}: error: {message}"), file=sys.stderr, flush=True)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -494,6 +495,33 @@ def apply_environment_defaults(
 
 # ---------------------------------------------------------------------- output
 
+# What a terminal may act on, or what makes one line look like two or reorders its text:
+# C0 and C1 controls and DEL (escape sequences start with ESC or CSI), the Unicode line and
+# paragraph separators, bidi overrides and isolates, zero-width and invisible format
+# characters, the BOM, and lone surrogates (which can't even be encoded).
+_UNSAFE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in "\t\n\r":
+        return repr(char)[1:-1]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every control or invisible format character escaped as ``\\xNN``,
+    ``\\uNNNN`` (``\\n``, ``\\r``, ``\\t`` for those three): what every text output of the CLI
+    goes through, so a server's error message or a log line can neither move the cursor,
+    recolour the terminal, nor forge a line. JSON output needs none of this (its encoder
+    escapes controls). Printable text, non-ASCII included, is returned as is.
+    """
+    return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_escape, text)
+
 
 def _json_fallback(obj: Any) -> Any:
     if isinstance(obj, msgspec.msgpack.Ext):
@@ -530,10 +558,14 @@ def print_table(
     Args:
         title: Printed above (plain: on its own line, even when empty).
         headers: The column names.
-        rows: The cells, as text (never read as rich markup).
+        rows: The cells, as text (never read as rich markup; controls escaped by
+            :func:`safe_text`, like the title and headers).
         align: ``"l"`` or ``"r"`` per column (default: all left).
     """
     align = align or "l" * len(headers)
+    title = safe_text(title)
+    headers = [safe_text(header) for header in headers]
+    rows = [[safe_text(cell) for cell in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table

@@ -6,8 +6,9 @@ reading and summarising is :func:`trio_micro.analysis.summarize_files` (and
 
 Exit codes (:mod:`._common`): 0 done (``trace``: the trace was found); 1 an input can't be
 read, an option is refused, or the report can't be written (one line on stderr), or
-``trace`` found no call with the trace id; 2 malformed arguments; 130/143 stopped by
-SIGINT/SIGTERM.
+``trace`` found no call with the trace id; 2 malformed arguments; 3 (``summary``,
+``slow``, ``errors``) lines were read but none was a call record and some were malformed;
+130/143 stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ._common import (
     print_json,
     print_table,
     run_command,
+    safe_text,
     timestamp,
 )
 
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
 # small input should not pay for them at start-up.
 
 __all__: list[str] = []  # internal to the cli package
+
+#: ``summary``, ``slow``, ``errors``: lines were read, none was a call record and some were
+#: malformed (not an access log?).
+EXIT_NO_RECORDS: Final = 3
 
 _SUFFIXES: Final = (".jsonl", ".log")
 _METHOD_COLUMNS: Final = (  # then one per --group-by field
@@ -90,7 +96,11 @@ def add_logs_parser(subparsers: Any) -> None:
 
     # The exit codes, in the --help of `logs` and of each of its commands.
     helps = {
-        "epilog": epilog(ok="done (trace: 1 when no call has the trace id)"),
+        "epilog": epilog(
+            ok="done (trace: 1 when no call has the trace id)",
+            more="  3    summary, slow, errors: no line of the input was a call record and some "
+            "were malformed",
+        ),
         "formatter_class": argparse.RawDescriptionHelpFormatter,
     }
     logs = subparsers.add_parser("logs", help="analyse JSON-lines access logs", **helps)
@@ -231,7 +241,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     _maybe_html(args, summary)
     if args.json:
         _print_json(summary.to_dict())
-        return 0
+        return _no_records(summary)
     out = _Output()
     out.summary_header(summary)
     out.table(
@@ -285,7 +295,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
             left=2,
         )
     out.input_footer(summary)
-    return 0
+    return _no_records(summary)
 
 
 def _cmd_slow(args: argparse.Namespace) -> int:
@@ -294,7 +304,7 @@ def _cmd_slow(args: argparse.Namespace) -> int:
     data = summary.to_dict()
     if args.json:
         _print_json({"slowest": data["slowest"], "input": data["input"]})
-        return 0
+        return _no_records(summary)
     out = _Output()
     out.table(
         f"{len(summary.slowest)} slowest calls",
@@ -314,7 +324,7 @@ def _cmd_slow(args: argparse.Namespace) -> int:
         align="rllllll",
     )
     out.input_footer(summary)
-    return 0
+    return _no_records(summary)
 
 
 def _cmd_errors(args: argparse.Namespace) -> int:
@@ -331,7 +341,7 @@ def _cmd_errors(args: argparse.Namespace) -> int:
                 "input": data["input"],
             }
         )
-        return 0
+        return _no_records(summary)
     out = _Output()
     out.line(f"{summary.errors:,} errors in {summary.calls:,} calls")
     out.table(
@@ -357,7 +367,7 @@ def _cmd_errors(args: argparse.Namespace) -> int:
         left=6,
     )
     out.input_footer(summary)
-    return 0
+    return _no_records(summary)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
@@ -408,6 +418,22 @@ def _trace_dict(trace: Trace) -> dict[str, Any]:
     }
 
 
+def _no_records(summary: LogSummary) -> int:
+    """0, or :data:`EXIT_NO_RECORDS` (with one line on stderr) when lines were read but
+    none was a call record and some were malformed: the input is not an access log."""
+    stats = summary.input
+    if stats.records or stats.filtered_out or not stats.malformed_total:
+        return 0
+    print(
+        safe_text(
+            f"trio-micro logs: error: no line of the input is a call record "
+            f"({stats.malformed_total:,} malformed lines): is it an access log?"
+        ),
+        file=sys.stderr,
+    )
+    return EXIT_NO_RECORDS
+
+
 # --- output -----------------------------------------------------------------------------
 
 
@@ -439,7 +465,7 @@ def _write_html(path: Path, summary: LogSummary, trace: Trace | None) -> None:
         path.write_text(render_html_report(summary, trace=trace), encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"cannot write the report to {str(path)!r}: {exc.strerror}") from exc
-    print(f"wrote {path}", file=sys.stderr)
+    print(safe_text(f"wrote {path}"), file=sys.stderr)
 
 
 class _Output:
@@ -449,7 +475,7 @@ class _Output:
         self._rich = sys.stdout.isatty()
 
     def line(self, text: str) -> None:
-        print(text)
+        print(safe_text(text))
 
     def summary_header(self, summary: LogSummary) -> None:
         first, last = summary.first, summary.last

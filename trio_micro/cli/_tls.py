@@ -28,9 +28,15 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from trio_micro import rpc
-from trio_micro.registry import Registry, open_etcd_registry, open_registry_client
+from trio_micro.registry import (
+    Registry,
+    RegistryError,
+    RegistryUnavailableError,
+    open_etcd_registry,
+    open_registry_client,
+)
 
-from ._common import usage_error
+from ._common import EXIT_STATUS_BASE, CommandError, usage_error
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -137,16 +143,44 @@ async def open_target_channel(
     target: str, tls: ClientTls, **options: Any
 ) -> AsyncIterator[rpc.Channel]:
     """``rpc.open_channel(target, **options)`` with ``tls``, which also reaches the registry
-    behind a ``registry://`` or ``etcd://`` target."""
+    behind a ``registry://`` or ``etcd://`` target.
+
+    For such a target the registry is asked for the service's endpoints once before the
+    channel opens (a checkpoint): the channel itself would wait out the whole ``--timeout``
+    for a registry that can't be reached (its watch retries quietly) or a service nobody
+    registered (endpoints may appear), and then report only ``DEADLINE_EXCEEDED``.
+
+    Raises:
+        CommandError: ``UNAVAILABLE: registry unreachable: ...`` or ``UNAVAILABLE: no
+            endpoints for service ...``, with the exit code of ``UNAVAILABLE`` (64 + 14).
+    """
     scheme, sep, rest = target.partition("://")
-    if tls.context is None or not sep:
+    if not sep or scheme not in ("etcd", "registry"):
         async with rpc.open_channel(target, **tls.channel_options, **options) as channel:
             yield channel
         return
     authority, _, service = rest.partition("/")
     async with AsyncExitStack() as stack:
         registry = await stack.enter_async_context(open_registry(scheme, authority, tls))
+        await _check_endpoints(registry, service, f"{scheme}://{authority}")
         channel = await stack.enter_async_context(
             rpc.open_channel(service, registry=registry, **tls.channel_options, **options)
         )
         yield channel
+
+
+async def _check_endpoints(registry: Registry, service: str, where: str) -> None:
+    """Fail fast unless ``registry`` answers with some endpoint of ``service``."""
+    try:
+        found = await registry.resolve(service)
+    except RegistryUnavailableError as exc:
+        raise _unavailable(f"registry unreachable: {exc}") from None
+    except RegistryError as exc:
+        raise _unavailable(f"the registry at {where} failed: {exc}") from None
+    if not found:
+        raise _unavailable(f"no endpoints for service {service!r} in the registry at {where}")
+
+
+def _unavailable(message: str) -> CommandError:
+    error = rpc.RpcError(rpc.Status.UNAVAILABLE, message)
+    return CommandError(str(error), code=EXIT_STATUS_BASE + int(rpc.Status.UNAVAILABLE))

@@ -32,7 +32,7 @@ import trio
 
 from trio_micro import rpc
 from trio_micro.observe import parse_traceparent
-from trio_micro.protocol import Status
+from trio_micro.protocol import DECODE_ERRORS, Status
 
 from ._connect import (
     end_stream,
@@ -183,7 +183,7 @@ class ConnectApp:
                 raise _RefusedError(400, Status.INVALID_ARGUMENT, str(exc)) from None
         try:
             request = _json_decode(body) if body.strip() else {}
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise _RefusedError(
                 400, Status.INVALID_ARGUMENT, f"the body is not JSON: {exc}"
             ) from None

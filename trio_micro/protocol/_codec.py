@@ -33,8 +33,13 @@ __all__ = ["DECODE_ERRORS", "HEADER_SIZE", "FrameDecoder", "FrameEncoder"]
 
 #: What a msgspec decoder raises for bytes it cannot decode, on every msgspec we support:
 #: a string that is not UTF-8 raised :class:`UnicodeDecodeError` before msgspec 0.23 and
-#: raises :class:`msgspec.DecodeError` since. Catch this, never ``msgspec.DecodeError`` alone.
-DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
+#: raises :class:`msgspec.DecodeError` since, and input nested deeper than the interpreter's
+#: recursion limit (5 KB of one-element arrays is enough) raises :class:`RecursionError`.
+#: :class:`msgspec.ValidationError` is a :class:`msgspec.DecodeError`. The stdlib ``json``
+#: module raises the same three (``JSONDecodeError`` is a :class:`ValueError`, so sites that
+#: decode JSON catch ``(ValueError, *DECODE_ERRORS)``). Catch this, never
+#: ``msgspec.DecodeError`` alone.
+DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 #: Bytes in the length header that precedes every frame body.
 HEADER_SIZE: Final = 4
 _HEADER = struct.Struct(">I")
@@ -152,14 +157,15 @@ class FrameDecoder:
 def _malformed(body: bytes, exc: Exception) -> RemoteProtocolError:
     """Explain why ``body`` is not a frame (only runs on the error path).
 
-    ``exc`` is the decoder's :class:`msgspec.DecodeError`, or, before msgspec 0.23, the
-    :class:`UnicodeDecodeError` it raised for a string that is not UTF-8; both become the
-    same :class:`RemoteProtocolError`, so no decoder exception leaves this layer.
+    ``exc`` is one of :data:`DECODE_ERRORS`; all become the same
+    :class:`RemoteProtocolError`, so no decoder exception leaves this layer.
     """
     preview = body[:32] + (b"..." if len(body) > 32 else b"")
     try:
         raw = msgspec.msgpack.decode(body)
     except DECODE_ERRORS as error:
+        if isinstance(error, RecursionError):
+            return RemoteProtocolError(f"frame body is nested too deeply: {preview!r}")
         if isinstance(error, UnicodeDecodeError) or "UTF-8" in str(error):
             return RemoteProtocolError(
                 f"frame body has a string that is not valid UTF-8: {preview!r}"

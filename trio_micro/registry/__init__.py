@@ -8,8 +8,8 @@
 * :func:`open_registry_server` / :func:`serve_registry` (:class:`RegistryServer`,
   :class:`RegistryService`): a registry as a service on trio_micro's RPC, the default for
   one machine; :func:`open_registry_client` (:class:`RegistryClient`) talks to it.
-* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, and the
-  :class:`RegistryError` tree.
+* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, :func:`check_service`
+  (the rule every backend applies to service names), and the :class:`RegistryError` tree.
 
 Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
 ``rpc.open_channel("users", registry=reg)`` follows a service live. Importing this package
@@ -38,6 +38,7 @@ from ._types import (
     RegistryBackendError,
     RegistryError,
     RegistryUnavailableError,
+    check_service,
     parse_address,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "RegistryServer",
     "RegistryService",
     "RegistryUnavailableError",
+    "check_service",
     "open_etcd_registry",
     "open_registry_client",
     "open_registry_server",

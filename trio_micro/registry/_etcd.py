@@ -668,7 +668,7 @@ def _endpoint_from(service: str, prefix: bytes, kv: _KeyValue) -> Endpoint | Non
         if address != raw_address:
             raise ValueError(f"key address {raw_address!r} is not in canonical form")
         return Endpoint(address, record.metadata)
-    except (ValueError, TypeError, msgspec.MsgspecError) as exc:
+    except (ValueError, TypeError, *DECODE_ERRORS) as exc:
         log.warning(
             "registry.endpoint.malformed",
             service=service,
@@ -681,7 +681,7 @@ def _endpoint_from(service: str, prefix: bytes, kv: _KeyValue) -> Endpoint | Non
 def _error_from_response(url: str, status: int, content: bytes) -> RegistryError:
     try:
         body = msgspec.json.decode(content, type=_ErrorBody)
-    except msgspec.MsgspecError:
+    except DECODE_ERRORS:
         body = _ErrorBody(message=content[:200].decode(errors="replace"))
     message = f"etcd answered {url} with HTTP {status}: {body.message!r}"
     if status in (502, 503, 504) or body.code in _TRANSIENT_CODES:

@@ -158,10 +158,13 @@ def invalid_argument(exc: Exception) -> RpcError:
     """The ``INVALID_ARGUMENT`` error for a payload that did not decode or validate.
 
     ``exc`` is one of :data:`protocol.DECODE_ERRORS <trio_micro.protocol.DECODE_ERRORS>`; a
-    string that is not UTF-8 gets msgspec 0.23's message on every msgspec release.
+    string that is not UTF-8 gets msgspec 0.23's message on every msgspec release, and a
+    payload nested past the recursion limit says so.
     """
     if isinstance(exc, UnicodeDecodeError):
         return RpcError(Status.INVALID_ARGUMENT, "Invalid UTF-8 encoded string")
+    if isinstance(exc, RecursionError):
+        return RpcError(Status.INVALID_ARGUMENT, f"payload is nested too deeply ({exc})")
     message = str(exc)
     match = _PATH.search(message)
     details = {"field": match.group(1)} if match else {}
