@@ -12,8 +12,8 @@
 Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
 ``rpc.open_channel("users", registry=reg)`` follows a service live. Importing this package
 registers the ``etcd://`` and ``registry://`` target schemes of ``rpc.open_channel``.
-* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, and the
-  :class:`RegistryError` tree.
+* :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, :data:`MAX_TTL` (the
+  longest TTL any backend accepts), and the :class:`RegistryError` tree.
 
 Log events defined here: ``registry.endpoint.registered``, ``registry.endpoint.deregistered``,
 ``registry.endpoint.expired``, ``registry.endpoint.added``, ``registry.endpoint.removed``,
@@ -31,6 +31,7 @@ from ._etcd import EtcdRegistry, open_etcd_registry
 from ._memory import MemoryRegistry
 from ._server import RegistryServer, RegistryService, open_registry_server, serve_registry
 from ._types import (
+    MAX_TTL,
     DuplicateRegistrationError,
     Endpoint,
     Registration,
@@ -42,6 +43,7 @@ from ._types import (
 )
 
 __all__ = [
+    "MAX_TTL",
     "DuplicateRegistrationError",
     "Endpoint",
     "EtcdRegistry",
