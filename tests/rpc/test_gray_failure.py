@@ -10,7 +10,8 @@ slow-call threshold is its floor, ``slow_call_min`` (0.1 s).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -36,14 +37,21 @@ async def warm_up(channel: rpc.Channel, calls: int = 48) -> None:
         await stub.write(Empty())
 
 
-async def test_no_idempotent_call_fails_when_one_of_three_replicas_hangs(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+@asynccontextmanager
+async def one_of_three_hangs(hung: int) -> AsyncIterator[tuple[list[str], rpc.Channel]]:
+    """Three replicas behind a warmed-up channel; replica ``hung`` then stops answering."""
     services = [ReplicaService(f"r{i}") for i in range(3)]
     async with replicas(*services) as target, rpc.open_channel(target) as channel:
         await wait_ready(channel, 3)
         await warm_up(channel)
-        services[1].delay = math.inf  # hangs from now on: no answer, no error
+        services[hung].delay = math.inf  # hangs from now on: no answer, no error
+        yield target, channel
+
+
+async def test_no_idempotent_call_fails_when_one_of_three_replicas_hangs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with one_of_three_hangs(1) as (target, channel):
         stub = channel.stub(ReplicaService)
         failures: list[BaseException] = []
         answers: list[str] = []
@@ -70,11 +78,7 @@ async def test_no_idempotent_call_fails_when_one_of_three_replicas_hangs(
 async def test_a_hung_replica_is_ejected_within_a_second(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    services = [ReplicaService(f"r{i}") for i in range(3)]
-    async with replicas(*services) as target, rpc.open_channel(target) as channel:
-        await wait_ready(channel, 3)
-        await warm_up(channel)
-        services[2].delay = math.inf
+    async with one_of_three_hangs(2) as (target, channel):
         stub = channel.stub(ReplicaService)
         start = trio.current_time()
         while target[2] not in channel.statistics().ejected:
