@@ -9,11 +9,12 @@ Issue #15 (defect 4): every ``register`` swept all leases for expired ones (O(n)
 42,000 never-expiring leases each took milliseconds. Now expiry pops a heap keyed by
 expiry (O(log n) per expired lease). The load: one ``RegistryService`` in-process (no
 sockets, so only the registry's own work is timed), ``--leases`` leases of TTL 300 s (the
-cap) over 1,000 services registered first, then ``--calls`` registrations of new addresses, each timed with
-``time.perf_counter``; then the same number of ``keep_alive`` calls. A contender is a
-source tree holding ``trio_micro`` (``--base``: e.g. the branch point, extracted with
-``git archive <commit> trio_micro | tar -x -C /tmp/registry-base``); each round runs every
-contender in a fresh subprocess, interleaved, and the table shows the medians over rounds.
+cap) over 1,000 services registered first, then ``--calls`` registrations of new
+addresses, each timed with ``time.perf_counter``; then the same number of ``keep_alive``
+calls. A contender is a source tree holding ``trio_micro``: this one, and ``--base``, e.g.
+the branch point, extracted with ``git archive <commit> trio_micro | tar -x -C DIR``.
+Each round runs every contender in a fresh subprocess, interleaved; the table shows the
+medians over rounds.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--leases", type=int, default=42_000)
     parser.add_argument("--calls", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--base", type=Path, help="a source tree to compare (e.g. the branch point)")
+    parser.add_argument("--base", type=Path, help="a source tree to compare (the branch point)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -108,7 +109,9 @@ def main() -> None:
         for name, tree in contenders.items():
             results[name].append(run_one(tree, args.leases, args.calls))
     print(f"{args.leases} live leases, {args.calls} calls, median of {args.rounds} rounds")
-    print(f"{'contender':<12} {'register median':>16} {'register p99':>13} {'keep_alive median':>18}")
+    print(
+        f"{'contender':<12} {'register median':>16} {'register p99':>13} {'keep_alive median':>18}"
+    )
     for name, runs in results.items():
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         print(
