@@ -27,17 +27,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 
 
 def worker(leases: int, calls: int) -> dict[str, float]:
     """Run in a subprocess whose ``sys.path`` starts with the contender's tree."""
+    import msgspec
     import structlog
     import trio
 
     from trio_micro.registry import RegistryService
-    from trio_micro.registry._server import LeaseRequest, RegisterRequest
+
+    # The wire messages' shapes (the service's own types are private to the registry).
+    class RegisterRequest(msgspec.Struct):
+        service: str
+        address: str
+        ttl: float
+        metadata: dict[str, str] = {}
+
+    class LeaseRequest(msgspec.Struct):
+        lease_id: int
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
 
@@ -51,7 +62,8 @@ def worker(leases: int, calls: int) -> dict[str, float]:
             service._sweep = lambda: None  # type: ignore[attr-defined]
         for i in range(leases):
             address = f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:1"
-            await service.register(RegisterRequest(f"filler{i % 1000}", address, 300.0))
+            request: Any = RegisterRequest(f"filler{i % 1000}", address, 300.0)
+            await service.register(request)
         if sweep is not None:
             service._sweep = sweep  # type: ignore[attr-defined]
         register: list[float] = []
@@ -64,7 +76,8 @@ def worker(leases: int, calls: int) -> dict[str, float]:
         keep_alive: list[float] = []
         for grant in grants:
             start = time.perf_counter()
-            await service.keep_alive(LeaseRequest(grant.lease_id))
+            lease: Any = LeaseRequest(grant.lease_id)
+            await service.keep_alive(lease)
             keep_alive.append(time.perf_counter() - start)
         register.sort()
         keep_alive.sort()

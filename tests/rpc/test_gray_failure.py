@@ -20,7 +20,6 @@ from structlog.testing import capture_logs
 
 from trio_micro import rpc
 from trio_micro.protocol import Connection, Role
-from trio_micro.rpc._balancing import LatencyTracker
 
 from . import services
 from .replicas import Empty, ReplicaService
@@ -149,7 +148,7 @@ async def test_a_deadline_passed_on_a_hung_replica_counts_towards_ejection(
 
 
 def test_latency_tracker_has_no_threshold_before_16_calls() -> None:
-    tracker = LatencyTracker(10.0, 0.1)
+    tracker = rpc.LatencyTracker(10.0, 0.1)
     for _ in range(15):
         tracker.add(1.0)
     assert tracker.threshold == math.inf
@@ -158,21 +157,21 @@ def test_latency_tracker_has_no_threshold_before_16_calls() -> None:
 
 
 def test_latency_tracker_threshold_is_factor_times_the_median() -> None:
-    tracker = LatencyTracker(10.0, 0.001)
+    tracker = rpc.LatencyTracker(10.0, 0.001)
     for i in range(64):
         tracker.add(0.01 if i % 4 else 5.0)  # a quarter of outliers move no median
     assert tracker.threshold == pytest.approx(0.1)
 
 
 def test_latency_tracker_threshold_never_goes_below_the_minimum() -> None:
-    tracker = LatencyTracker(10.0, 0.1)
+    tracker = rpc.LatencyTracker(10.0, 0.1)
     for _ in range(32):
         tracker.add(0.0001)
     assert tracker.threshold == 0.1
 
 
 def test_latency_tracker_forgets_all_but_the_last_64_calls() -> None:
-    tracker = LatencyTracker(2.0, 0.001)
+    tracker = rpc.LatencyTracker(2.0, 0.001)
     for _ in range(64):
         tracker.add(1.0)
     for _ in range(64):
