@@ -73,8 +73,8 @@ __all__ = [
 #: The registry's wire name.
 SERVICE_NAME: Final = "trio_micro.registry"
 
-#: The most leases one server holds; a ``register`` beyond it gets ``RESOURCE_EXHAUSTED``.
-#: About 1 KB of state each (measured: 42,000 leases, +31 MB), so at most about 100 MB.
+#: The most leases one server holds; a ``register`` beyond it gets ``RESOURCE_EXHAUSTED``,
+#: so the server's state is bounded whatever its clients do.
 MAX_LEASES: Final = 100_000
 
 
