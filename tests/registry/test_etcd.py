@@ -177,6 +177,26 @@ async def test_lease_revoked_behind_our_back_is_granted_again(
         assert await registry.resolve("users") == []
 
 
+async def test_an_address_taken_over_then_revoked_is_put_back_by_its_owner(
+    etcd_server: EtcdServer, key_prefix: str
+) -> None:
+    # Another process registers the same address, then exits (revoking its lease, which
+    # deletes the key): the owner's lease lives on, owning nothing, until its next
+    # keepalive notices and puts the key back with its own lease.
+    async with (
+        open_etcd_registry(etcd_server.url, prefix=key_prefix) as owner,
+        open_etcd_registry(etcd_server.url, prefix=key_prefix) as intruder,
+    ):
+        with capture_logs() as logs:
+            async with owner.register("users", A, ttl=TTL):
+                async with intruder.register("users", A, ttl=TTL):
+                    pass
+                assert await owner.resolve("users") == []
+                await wait_until(lambda: resolves_to(owner, "users", [A]))
+    lost = [entry for entry in logs if entry["event"] == "registry.lease.lost"]
+    assert [entry.get("reason") for entry in lost] == ["key taken over"]
+
+
 async def test_watch_lists_again_after_its_revision_was_compacted(
     etcd_server: EtcdServer, key_prefix: str
 ) -> None:

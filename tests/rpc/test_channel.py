@@ -138,7 +138,8 @@ async def test_no_task_left_behind_after_close(server: rpc.Server) -> None:
     async with rpc.open_channel(address(server), pool_size=3) as channel:
         stub = channel.stub(TestService)
         await stub.get_user(GetUserRequest(1))
-        assert len(client_tasks()) == 3 * 2  # per connection: the slot (reader) and the writer
+        # Per connection: the slot (reader), the writer and the keepalive timer (on by default).
+        assert len(client_tasks()) == 3 * 3
     assert client_tasks() == []
 
 

@@ -9,7 +9,8 @@
   :class:`RegistryService`): a registry as a service on trio_micro's RPC, the default for
   one machine; :func:`open_registry_client` (:class:`RegistryClient`) talks to it.
 * :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, :func:`check_service`
-  (the rule every backend applies to service names), and the :class:`RegistryError` tree.
+  (the rule every backend applies to service names), :data:`MAX_TTL` (the longest TTL any
+  backend accepts), and the :class:`RegistryError` tree.
 
 Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
 ``rpc.open_channel("users", registry=reg)`` follows a service live. Importing this package
@@ -31,6 +32,7 @@ from ._etcd import EtcdRegistry, open_etcd_registry
 from ._memory import MemoryRegistry
 from ._server import RegistryServer, RegistryService, open_registry_server, serve_registry
 from ._types import (
+    MAX_TTL,
     DuplicateRegistrationError,
     Endpoint,
     Registration,
@@ -43,6 +45,7 @@ from ._types import (
 )
 
 __all__ = [
+    "MAX_TTL",
     "DuplicateRegistrationError",
     "Endpoint",
     "EtcdRegistry",

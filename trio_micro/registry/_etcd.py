@@ -13,7 +13,11 @@ the ``register`` context manager's nursery renews the lease (``/v3/lease/keepali
 exponential backoff, never waiting longer than ``ttl / 3``; when a renewal reports the lease
 gone (``TTL`` 0: it expired during an outage, or etcd lost its data), it logs
 ``registry.lease.lost`` and grants a new lease and puts the key again, so registrations come
-back by themselves after etcd returns. Exiting revokes the lease (``/v3/lease/revoke``),
+back by themselves after etcd returns. A lease owns its key: after each successful renewal
+the task reads the key (``keys_only``) and checks it is still attached to its lease; when
+another registrant put the same address with its own lease (and perhaps revoked it, which
+deleted the key), it logs ``registry.lease.lost`` and puts the key again with its lease,
+so a takeover lasts at most ``ttl / 3``. Exiting revokes the lease (``/v3/lease/revoke``),
 which deletes the key only if it still belongs to this lease: when another process
 registered the same address since, its entry stays. A process that dies without exiting
 leaves a lease nobody renews, and etcd deletes the key when the TTL runs out.
@@ -102,6 +106,7 @@ class _Header(msgspec.Struct):
 class _KeyValue(msgspec.Struct):
     key: str
     value: str = ""
+    lease: int = 0
 
 
 class _Event(msgspec.Struct):
@@ -332,6 +337,12 @@ class EtcdRegistry:
             raise _status_error(self._url, "/v3/lease/keepalive", message.error)
         return message.result.ttl if message.result is not None else 0
 
+    async def _owns(self, key: bytes, lease: _Lease) -> bool:
+        """Whether ``key`` exists and is attached to ``lease`` (one range request)."""
+        content = await self._post("/v3/kv/range", {"key": _b64(key), "keys_only": True})
+        answer: _RangeResponse = self._decode("/v3/kv/range", content, _RangeResponse)
+        return any(kv.lease == lease.lease_id for kv in answer.kvs)
+
     async def _revoke(self, lease: _Lease, *, why: str) -> bool:
         """Revoke ``lease`` even when cancelled, within ``_REVOKE_TIMEOUT``.
 
@@ -441,6 +452,25 @@ class EtcdRegistry:
                         )
                         new = await self._grant_and_put(key, value, registration.ttl)
                         lease.lease_id, lease.ttl = new.lease_id, new.ttl
+                        restored = True
+                    elif not await self._owns(key, lease):
+                        # Another registrant put the key with its own lease (and may have
+                        # revoked it since): the lease lives but owns nothing. Take it back.
+                        log.warning(
+                            "registry.lease.lost",
+                            service=registration.service,
+                            address=registration.address,
+                            lease_id=lease.lease_id,
+                            reason="key taken over",
+                        )
+                        await self._post(
+                            "/v3/kv/put",
+                            {"key": _b64(key), "value": _b64(value), "lease": str(lease.lease_id)},
+                        )
+                        restored = True
+                    else:
+                        restored = False
+                    if restored:
                         log.info(
                             "registry.endpoint.registered",
                             service=registration.service,

@@ -7,20 +7,29 @@ The embedded default for one machine: ``trio-micro registry --port N``, or
 Theory of operation
 -------------------
 State is two maps: ``lease_id -> _Lease`` (service, endpoint, TTL, expiry on trio's clock)
-and ``service -> address -> lease_id`` (who owns each entry). ``register`` grants a fresh
-lease and makes it the owner of the entry, replacing any earlier owner: a restarted replica
-takes its address over at once instead of waiting for its dead lease to expire (the same
-rule as etcd, design §8). The old lease stays valid but owns nothing, so its
-``deregister`` or expiry can't remove the new entry. ``keep_alive`` pushes a lease's expiry
-to ``now + ttl``; an unknown or expired lease answers ``NOT_FOUND`` and the client
-registers again -- that is also how state lost in a server restart comes back (lease ids
-are random 63-bit numbers, so a restarted server does not hand out ids that clients still
-hold).
+and ``service -> address -> lease_id`` (who owns each entry). A lease owns exactly one
+entry. ``register`` grants a fresh lease and makes it the owner of the entry; an earlier
+owner's lease is *revoked* (``registry.server.replaced``): a restarted replica takes its
+address over at once instead of waiting for its dead lease to expire (the same rule as
+etcd, design §8), and a live owner learns of it, because its next ``keep_alive`` answers
+``NOT_FOUND`` and its client registers again (``registry.lease.lost``). So another
+registrant of the same address (a misconfigured ``--advertise``, or a hostile
+``register`` then ``deregister``) can take an entry away for at most one renewal interval
+(``ttl / 3``), never for good. ``keep_alive`` pushes a lease's expiry to ``now + ttl``; an
+unknown or expired lease answers ``NOT_FOUND`` and the client registers again -- that is
+also how state lost in a server restart comes back (lease ids are random 63-bit numbers,
+so a restarted server does not hand out ids that clients still hold).
 
-As in :class:`~trio_micro.registry.MemoryRegistry`, expiry is lazy: whoever looks
-(``register``, ``resolve``, a watcher) drops expired entries first, and watchers park on a
-per-service :class:`trio.Event` with a deadline at the earliest expiry, so there is no
-background task and expiry is exact under ``MockClock``.
+TTLs are at most :data:`~trio_micro.registry.MAX_TTL` (longer: ``INVALID_ARGUMENT``), and
+a server holds at most :data:`MAX_LEASES` leases (more: ``RESOURCE_EXHAUSTED``), so its
+state is bounded whatever its clients do.
+
+Expiry is lazy, as in :class:`~trio_micro.registry.MemoryRegistry`: every method first
+pops the leases whose expiry has passed from a heap keyed by expiry (one item per lease;
+a renewed lease's item is pushed back with its new expiry when it surfaces), so a call
+costs O(log n) per expired lease instead of a sweep of all n leases. Watchers park on a
+per-service :class:`trio.Event` with a deadline at the service's earliest expiry, so there
+is no background task and expiry is exact under ``MockClock``.
 
 Wire API (service ``trio_micro.registry``): ``register`` (not idempotent), ``keep_alive``,
 ``deregister``, ``resolve`` (idempotent, so clients retry them) and ``watch``, a
@@ -28,11 +37,12 @@ server-stream of endpoint sets: the current one, then one per change.
 
 Log events (``registry.server.*``, distinct from the client's ``registry.endpoint.*``):
 ``registry.server.started``, ``registry.server.registered``,
-``registry.server.deregistered``, ``registry.server.expired``.
+``registry.server.deregistered``, ``registry.server.replaced``, ``registry.server.expired``.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import AsyncIterator
@@ -62,6 +72,10 @@ __all__ = [
 
 #: The registry's wire name.
 SERVICE_NAME: Final = "trio_micro.registry"
+
+#: The most leases one server holds; a ``register`` beyond it gets ``RESOURCE_EXHAUSTED``,
+#: so the server's state is bounded whatever its clients do.
+MAX_LEASES: Final = 100_000
 
 
 class RegisterRequest(msgspec.Struct):
@@ -109,6 +123,10 @@ class _Lease:
     ttl: float
     expires_at: float
 
+    @property
+    def address(self) -> str:
+        return self.endpoint.address
+
 
 def _invalid(exc: Exception) -> rpc.RpcError:
     return rpc.RpcError(rpc.Status.INVALID_ARGUMENT, str(exc))
@@ -128,6 +146,9 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         self._leases: dict[int, _Lease] = {}
         self._entries: dict[str, dict[str, int]] = {}
         self._changed: dict[str, trio.Event] = {}
+        # (expiry, lease_id), one item per lease: the expiry it had when pushed, so an item
+        # may be early (the lease was renewed since) or stale (the lease is gone).
+        self._expiries: list[tuple[float, int]] = []
         # Lease ids are random so that a restarted server never takes a lease id a client
         # still holds from before the restart for one of its own.
         self._ids = random.Random()
@@ -151,24 +172,38 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         if event is not None:
             event.set()
 
-    def _live(self, service: str) -> dict[str, int]:
-        """The service's entries after dropping the expired ones."""
-        entries = self._entries.get(service, {})
+    def _expire(self) -> None:
+        """Drop the leases whose expiry has passed, and their entries; O(log n) each."""
+        heap = self._expiries
         now = trio.current_time()
-        expired = [
-            address
-            for address, lease_id in entries.items()
-            if (lease := self._leases.get(lease_id)) is None or lease.expires_at <= now
-        ]
-        for address in expired:
-            self._leases.pop(entries.pop(address), None)
-            log.info("registry.server.expired", service=service, address=address)
-        if expired:
-            self._notify(service)
-        return entries
+        while heap and heap[0][0] <= now:
+            _, lease_id = heapq.heappop(heap)
+            lease = self._leases.get(lease_id)
+            if lease is None:
+                continue  # deregistered or replaced: its item dies here
+            if lease.expires_at > now:
+                heapq.heappush(heap, (lease.expires_at, lease_id))  # renewed since
+                continue
+            self._drop(lease)
+            log.info("registry.server.expired", service=lease.service, address=lease.address)
+        if len(heap) > 2 * len(self._leases) + 64:
+            # Items of deregistered leases wait for their time; don't let churn pile them up.
+            self._expiries = [(lease.expires_at, i) for i, lease in self._leases.items()]
+            heapq.heapify(self._expiries)
+
+    def _drop(self, lease: _Lease) -> None:
+        """Forget ``lease`` and remove its entry (if it still owns it), telling watchers."""
+        self._leases.pop(lease.lease_id, None)
+        entries = self._entries.get(lease.service, {})
+        if entries.get(lease.address) == lease.lease_id:
+            del entries[lease.address]
+            if not entries:
+                self._entries.pop(lease.service, None)
+            self._notify(lease.service)
 
     def _snapshot(self, service: str) -> list[Endpoint]:
-        live = self._live(service)
+        self._expire()
+        live = self._entries.get(service, {})
         return endpoint_list(
             {address: self._leases[lease_id].endpoint for address, lease_id in live.items()}
         )
@@ -176,14 +211,6 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
     def _next_expiry(self, service: str) -> float:
         leases = (self._leases.get(i) for i in self._entries.get(service, {}).values())
         return min((lease.expires_at for lease in leases if lease is not None), default=math.inf)
-
-    def _sweep(self) -> None:
-        """Forget expired leases that own no entry (replaced ones)."""
-        now = trio.current_time()
-        for lease_id in [i for i, lease in self._leases.items() if lease.expires_at <= now]:
-            lease = self._leases[lease_id]
-            if self._entries.get(lease.service, {}).get(lease.endpoint.address) != lease_id:
-                del self._leases[lease_id]
 
     # ------------------------------------------------------------------ methods
 
@@ -195,13 +222,28 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
             ttl = check_ttl(req.ttl)
         except (TypeError, ValueError) as exc:
             raise _invalid(exc) from None
-        self._sweep()
-        self._live(service)
+        self._expire()
+        previous = self._entries.get(service, {}).get(endpoint.address)
+        if previous is None and len(self._leases) >= MAX_LEASES:
+            raise rpc.RpcError(
+                rpc.Status.RESOURCE_EXHAUSTED, f"the registry holds {MAX_LEASES} leases already"
+            )
+        if previous is not None:
+            # The new registrant owns the entry now; the old lease ends, so that its holder,
+            # if alive, learns at its next keep_alive (NOT_FOUND) and registers again.
+            self._drop(self._leases[previous])
+            log.warning(
+                "registry.server.replaced",
+                service=service,
+                address=endpoint.address,
+                lease_id=previous,
+            )
         lease_id = self._ids.getrandbits(63)
         while lease_id in self._leases or not lease_id:
             lease_id = self._ids.getrandbits(63)
         lease = _Lease(lease_id, service, endpoint, ttl, trio.current_time() + ttl)
         self._leases[lease.lease_id] = lease
+        heapq.heappush(self._expiries, (lease.expires_at, lease.lease_id))
         self._entries.setdefault(service, {})[endpoint.address] = lease.lease_id
         log.info(
             "registry.server.registered",
@@ -215,26 +257,21 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
 
     @rpc.unary(idempotent=True)
     async def keep_alive(self, req: LeaseRequest) -> KeepAliveResponse:
+        self._expire()
         lease = self._leases.get(req.lease_id)
-        now = trio.current_time()
-        if lease is None or lease.expires_at <= now:
-            if lease is not None:
-                self._live(lease.service)  # drop it and tell the watchers
-                self._leases.pop(req.lease_id, None)
+        if lease is None:
+            # Expired, deregistered, replaced by another registrant, or a server restart.
             raise rpc.RpcError(rpc.Status.NOT_FOUND, f"no lease {req.lease_id!r}")
-        lease.expires_at = now + lease.ttl
+        lease.expires_at = trio.current_time() + lease.ttl
         return KeepAliveResponse(lease.ttl)
 
     @rpc.unary(idempotent=True)
     async def deregister(self, req: LeaseRequest) -> Empty:
-        lease = self._leases.pop(req.lease_id, None)
+        self._expire()
+        lease = self._leases.get(req.lease_id)
         if lease is not None:
-            entries = self._entries.get(lease.service, {})
-            address = lease.endpoint.address
-            if entries.get(address) == lease.lease_id:
-                del entries[address]
-                log.info("registry.server.deregistered", service=lease.service, address=address)
-                self._notify(lease.service)
+            self._drop(lease)  # a lease owns its entry, so this removes nobody else's
+            log.info("registry.server.deregistered", service=lease.service, address=lease.address)
         return Empty()
 
     @rpc.unary(idempotent=True)

@@ -8,7 +8,8 @@
         ├── RegistryUnavailableError     the backend can't be reached (refused, reset, timed out)
         └── RegistryBackendError         the backend answered with an error, or unreadably
 
-Bad arguments (a malformed address, a service name with a ``/``, a non-positive TTL) raise
+Bad arguments (a malformed address, a service name with a ``/``, a TTL that is not in
+(0, :data:`MAX_TTL`]) raise
 ``TypeError`` / ``ValueError`` when the method is called, before any I/O, like the rest of
 trio_micro. Using a closed registry raises :class:`trio.ClosedResourceError`.
 """
@@ -32,6 +33,7 @@ from .._errors import TrioMicroError
 from .._validate import check_seconds, check_str_mapping
 
 __all__ = [
+    "MAX_TTL",
     "DuplicateRegistrationError",
     "Endpoint",
     "Registration",
@@ -43,6 +45,11 @@ __all__ = [
 ]
 
 log: Final = structlog.get_logger("trio_micro.registry")
+
+#: The longest TTL a registration may ask for (seconds), in every backend: a lease that
+#: outlives its process by more than this would keep a dead replica listed for too long,
+#: and a registry full of never-expiring leases could only grow.
+MAX_TTL: Final = 300.0
 
 _SERVICE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -130,8 +137,11 @@ def check_service(service: object) -> str:
 
 
 def check_ttl(ttl: object) -> float:
-    """Return ``ttl`` as a float if it is a finite number of seconds > 0."""
-    return check_seconds("ttl", ttl, finite=True)
+    """Return ``ttl`` as a float if it is a number of seconds in (0, :data:`MAX_TTL`]."""
+    checked = check_seconds("ttl", ttl, finite=True)
+    if checked > MAX_TTL:
+        raise ValueError(f"ttl must be at most {MAX_TTL:g} seconds, got {ttl!r}")
+    return checked
 
 
 @final
@@ -335,7 +345,7 @@ class Registry(Protocol):
         Args:
             service: The service name (letters, digits, ``.``, ``_``, ``-``).
             address: ``"host:port"`` or ``"[ipv6]:port"``.
-            ttl: Seconds the entry outlives its last renewal.
+            ttl: Seconds the entry outlives its last renewal, at most :data:`MAX_TTL` (300).
             metadata: str-to-str labels published with the address.
 
         Returns:

@@ -31,7 +31,14 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._address import Endpoint
     from ._admission import RateLimitInterceptor, RateLimitStatistics
-    from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices, RoundRobin, Subchannel
+    from ._balancing import (
+        Balancer,
+        LatencyTracker,
+        OutlierEjection,
+        PowerOfTwoChoices,
+        RoundRobin,
+        Subchannel,
+    )
     from ._channel import Channel, ChannelStatistics, open_channel
     from ._context import ClientCall, ServerCall, current_call
     from ._errors import RpcError
@@ -75,6 +82,7 @@ __all__ = [
     "HealthService",
     "HealthState",
     "HealthStatus",
+    "LatencyTracker",
     "ListServicesRequest",
     "ListServicesResponse",
     "MethodDescription",
@@ -124,6 +132,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._admission": ("RateLimitInterceptor", "RateLimitStatistics"),
     "._balancing": (
         "Balancer",
+        "LatencyTracker",
         "OutlierEjection",
         "PowerOfTwoChoices",
         "RoundRobin",

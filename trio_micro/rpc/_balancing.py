@@ -4,11 +4,15 @@
   :class:`RoundRobin` implement it. ``pick`` is called synchronously on every call that
   has at least two ready connections, so it must be cheap and must not await.
 * :class:`OutlierEjection` holds the rules by which a channel stops using an endpoint
-  that keeps failing: after ``consecutive_failures`` connection failures or
-  ``UNAVAILABLE`` results in a row it is ejected for ``base_ejection_time`` x the number
+  that keeps failing: after ``consecutive_failures`` failures in a row (connection
+  failures, ``UNAVAILABLE`` or ``DEADLINE_EXCEEDED`` results, and slow calls: failure
+  accrual, so a replica that hangs -- SIGSTOPped, deadlocked -- is ejected too) it is
+  ejected for ``base_ejection_time`` x the number
   of times it was ejected (at most ``max_ejection_time``), and never more than
   ``max_ejected_fraction`` of the endpoints are ejected at once. The channel applies them
   (see :mod:`._channel`); this module only does the arithmetic, so it needs no clock.
+* :class:`LatencyTracker` keeps a method's recent latencies and derives the slow-call
+  threshold from them: ``slow_call_factor`` x their median, at least ``slow_call_min``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, final, runtime_checkable
+from typing import Final, Protocol, final, runtime_checkable
 
-from trio_micro._validate import check_int, check_seconds
+from trio_micro._validate import check_int, check_number, check_seconds
 
 from ._transport import Endpoint
 
 __all__ = [
     "Balancer",
+    "LatencyTracker",
     "OutlierEjection",
     "PowerOfTwoChoices",
     "RoundRobin",
@@ -129,14 +134,25 @@ class PowerOfTwoChoices:
 class OutlierEjection:
     """When a channel stops sending calls to an endpoint, and for how long.
 
+    A failure is a connection failure, an ``UNAVAILABLE`` or ``DEADLINE_EXCEEDED`` result,
+    a call still unanswered when the caller's deadline passed, or a *slow* call: one that
+    took longer than ``slow_call_factor`` x the median latency of the method's recent
+    successful calls (and at least ``slow_call_min``). Idempotent calls that may be retried
+    are also cut at that threshold and retried on another endpoint, so a replica that
+    stops answering costs its callers a threshold's wait, not their deadline.
+
     Args:
-        consecutive_failures: Connection failures or ``UNAVAILABLE`` call results in a
-            row (no success in between) that eject an endpoint.
+        consecutive_failures: Failures in a row (no fast success in between) that eject
+            an endpoint.
         base_ejection_time: Seconds of the first ejection; the n-th lasts n times this.
         max_ejection_time: Upper bound on one ejection (seconds).
         max_ejected_fraction: At most this fraction of the endpoints is ejected at once
             (rounded down), so a failing cluster keeps being tried instead of being
             emptied.
+        slow_call_factor: A call slower than this many times the method's median latency
+            counts as a failure (``math.inf``: slowness never does, and nothing is cut).
+        slow_call_min: The slow-call threshold is never below this (seconds), so that
+            jitter on a method that takes microseconds is not called slow.
 
     Raises:
         TypeError / ValueError: A bad value.
@@ -146,6 +162,8 @@ class OutlierEjection:
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
     max_ejected_fraction: float = 0.5
+    slow_call_factor: float = 10.0
+    slow_call_min: float = 0.1
 
     def __post_init__(self) -> None:
         check_int("consecutive_failures", self.consecutive_failures, minimum=1)
@@ -156,6 +174,9 @@ class OutlierEjection:
             raise TypeError(f"max_ejected_fraction must be a float, got {fraction!r}")
         if not 0 <= fraction <= 1:
             raise ValueError(f"max_ejected_fraction must be in [0, 1], got {fraction!r}")
+        if check_number("slow_call_factor", self.slow_call_factor, finite=False) < 1:
+            raise ValueError(f"slow_call_factor must be >= 1, got {self.slow_call_factor!r}")
+        check_seconds("slow_call_min", self.slow_call_min, finite=True)
 
     def ejection_time(self, times_ejected: int) -> float:
         """Seconds the ``times_ejected``-th ejection (1 for the first) lasts."""
@@ -164,3 +185,48 @@ class OutlierEjection:
     def may_eject(self, ejected: int, endpoints: int) -> bool:
         """Whether one more endpoint may be ejected while ``ejected`` of ``endpoints`` are."""
         return ejected + 1 <= math.floor(endpoints * self.max_ejected_fraction)
+
+
+# Successful calls a LatencyTracker remembers, how many it needs before it calls anything
+# slow, and how often (in calls) it recomputes the median.
+_WINDOW: Final = 64
+_MIN_SAMPLES: Final = 16
+_REFRESH: Final = 16
+
+
+@final
+class LatencyTracker:
+    """The latencies of a method's last 64 successful calls, and the slow-call threshold.
+
+    :attr:`threshold` is ``factor`` x their median, at least ``minimum``; ``math.inf``
+    until 16 calls were seen. The median is recomputed every 16 calls (sorting 64 floats),
+    so :meth:`add` costs O(1) amortised. Synchronous; no clock (the caller measures).
+
+    Args:
+        factor: ``OutlierEjection.slow_call_factor``.
+        minimum: ``OutlierEjection.slow_call_min`` (seconds).
+    """
+
+    __slots__ = ("_factor", "_minimum", "_next", "_samples", "_seen", "threshold")
+
+    def __init__(self, factor: float, minimum: float) -> None:
+        self._factor = factor
+        self._minimum = minimum
+        self._samples: list[float] = []
+        self._next = 0  # where the next sample goes once the window is full
+        self._seen = 0
+        self.threshold = math.inf
+
+    def add(self, seconds: float) -> None:
+        """Remember the latency of a successful call."""
+        samples = self._samples
+        if len(samples) < _WINDOW:
+            samples.append(seconds)
+        else:
+            samples[self._next] = seconds
+            self._next = (self._next + 1) % _WINDOW
+        self._seen += 1
+        if self._seen >= _MIN_SAMPLES and self._seen % _REFRESH == 0:
+            ordered = sorted(samples)
+            median = ordered[len(ordered) // 2]
+            self.threshold = max(self._factor * median, self._minimum)

@@ -15,8 +15,17 @@ the retry waits the server's ``retry-after-ms`` or the policy's backoff, whichev
 longer. A refusal counts neither for nor against the endpoint's ejection.
 Idempotent unary calls failing with ``UNAVAILABLE`` are retried with full-jitter backoff
 (:meth:`~trio_micro.rpc.RetryPolicy.backoff`) under the deadline and the retry budget,
-preferring another endpoint. Every ``UNAVAILABLE`` counts towards the endpoint's outlier
-ejection; any answer resets it.
+preferring another endpoint.
+
+Failure accrual (issue #15, gray failure): ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED``
+results, a call still unanswered when the caller's deadline passes, and a *slow* answer
+(slower than the method's :class:`~._balancing.LatencyTracker` threshold: by default 10 x
+the median of its last 64 successful calls, at least 100 ms) count towards the endpoint's
+outlier ejection; any other answer resets it. An idempotent call that may still be retried
+is cut at that threshold (when it lies before the deadline) and retried at once on another
+endpoint under the retry budget -- a replica that stopped answering costs a threshold's
+wait, not the deadline. A cut attempt is retried even when the budget is spent (it was
+already given up), but the retry is then not cut.
 
 Deadlines: each call sends the time left in the caller's effective deadline
 (:func:`trio.current_effective_deadline`), rounded *up* to the millisecond so the server's
@@ -35,7 +44,7 @@ import trio
 from trio_micro.protocol import Status
 
 from ._admission import REFUSED, RETRY_AFTER_MS
-from ._balancing import Balancer
+from ._balancing import Balancer, LatencyTracker
 from ._client import ClientConnection, RefusedError, _Call
 from ._context import ClientCall
 from ._endpoints import EndpointPool
@@ -49,6 +58,9 @@ __all__: list[str] = []
 
 # How many attempts a call refused by GOAWAY (never processed) gets, on other connections.
 _MAX_REFUSED_RETRIES: Final = 5
+# Methods with a latency tracker of their own; any more share one (the method names of a
+# channel are the caller's, but `Channel.unary` takes any string).
+_MAX_TRACKED_METHODS: Final = 256
 
 
 def _timeout_ms() -> int | None:
@@ -77,6 +89,7 @@ class Caller:
     __slots__ = (
         "_balancer",
         "_in_flight",
+        "_latency",
         "_pool",
         "_ready",
         "_retry",
@@ -100,6 +113,22 @@ class Caller:
         self.budget = RetryBudget(retry) if retry is not None else None
         self._rng = random.Random()
         self._in_flight = 0  # unary calls waiting for an answer (see unary)
+        self._latency: dict[str, LatencyTracker] = {}  # unary methods' (with ejection on)
+
+    def _tracker(self, method: str) -> LatencyTracker | None:
+        """The latency tracker of ``method``; ``None`` when outlier ejection is off."""
+        tracker = self._latency.get(method)
+        if tracker is None:
+            policy = self._pool.ejection
+            if policy is None or policy.slow_call_factor == math.inf:
+                return None
+            if len(self._latency) >= _MAX_TRACKED_METHODS:
+                method = ""  # the shared tracker of the methods beyond the limit
+                tracker = self._latency.get(method)
+            if tracker is None:
+                tracker = LatencyTracker(policy.slow_call_factor, policy.slow_call_min)
+                self._latency[method] = tracker
+        return tracker
 
     async def unary(
         self,
@@ -125,6 +154,10 @@ class Caller:
         tried = hedge_tried.get()  # a hedged call's attempts avoid each other's endpoint
         avoid: Endpoint | None = tried[-1] if tried else None
         refused: RpcError | None = None  # the last attempt was refused by admission control
+        tracker = self._tracker(method)
+        policy = self._retry
+        max_attempts = policy.max_attempts if policy is not None else 1
+        cut = idempotent and tracker is not None
         while True:
             ready = self._ready
             if ready and avoid is None:  # pick()'s common case, without its coroutine
@@ -141,20 +174,41 @@ class Caller:
             # Calls in flight over the whole channel: with several connections, each may
             # see a lone call while its frames could still share a write with others'.
             self._in_flight = in_flight = self._in_flight + 1
+            start = trio.current_time()
+            deadline = trio.current_effective_deadline()
+            slow = math.inf if tracker is None else tracker.threshold
             try:
                 try:
-                    data = await conn.unary(
-                        method, payload, _timeout_ms(), metadata, in_flight == 1
-                    )
+                    if cut and attempt < max_attempts and slow < deadline - start:
+                        timeout_ms = _timeout_ms()  # the caller's deadline, not the cut's
+                        with trio.move_on_at(start + slow) as scope:
+                            data = await conn.unary(
+                                method, payload, timeout_ms, metadata, in_flight == 1
+                            )
+                        if scope.cancelled_caught:  # cut: count it and retry elsewhere at once
+                            self._pool.failed(conn.endpoint)
+                            assert self.budget is not None
+                            if not self.budget.withdraw():
+                                cut = False  # given up already: retry once more, uncut
+                            attempt += 1
+                            avoid = conn.endpoint
+                            continue
+                    else:
+                        data = await conn.unary(
+                            method, payload, _timeout_ms(), metadata, in_flight == 1
+                        )
                 finally:
                     self._in_flight -= 1
+            except trio.Cancelled:
+                if trio.current_time() >= deadline:  # unanswered for the caller's whole deadline
+                    self._pool.failed(conn.endpoint)
+                raise
             except RefusedError as exc:
                 refused = None
                 if attempt >= _MAX_REFUSED_RETRIES:
                     raise RpcError(Status.UNAVAILABLE, exc.message) from None
             except RpcError as exc:
                 refused = None
-                policy = self._retry
                 if exc.code is Status.RESOURCE_EXHAUSTED and REFUSED in exc.details:
                     # Admission control: never ran, so any method may go elsewhere.
                     if policy is None or attempt >= policy.max_attempts:
@@ -164,6 +218,9 @@ class Caller:
                         raise
                     refused = exc
                 else:
+                    if exc.code is Status.DEADLINE_EXCEEDED:
+                        self._pool.failed(conn.endpoint)
+                        raise
                     if exc.code is not Status.UNAVAILABLE:
                         self._pool.succeeded(conn.endpoint)  # it answered: reachable
                         raise
@@ -178,6 +235,12 @@ class Caller:
                         raise
                     await trio.sleep(delay)
             else:
+                if tracker is not None:
+                    elapsed = trio.current_time() - start
+                    tracker.add(elapsed)
+                    if elapsed > slow:
+                        self._pool.failed(conn.endpoint)  # answered, but too slowly
+                        return data
                 self._pool.succeeded(conn.endpoint)
                 return data
             attempt += 1

@@ -17,7 +17,6 @@ are listed in ``_endpoints.py`` and ``_client.py``.
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -243,7 +242,7 @@ async def open_channel(
     outlier_ejection: OutlierEjection | None = _DEFAULT_EJECTION,
     discovery_timeout: float = 10.0,
     handshake_timeout: float = 20.0,
-    keepalive_interval: float = math.inf,
+    keepalive_interval: float = 30.0,
     keepalive_timeout: float = 20.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     initial_stream_credit: int = 64,
@@ -294,8 +293,13 @@ async def open_channel(
         discovery_timeout: Longest a call waits for a service to have endpoints (seconds).
         handshake_timeout: Seconds to connect, TLS-handshake and exchange HELLOs.
         keepalive_interval: Seconds without receiving anything after which the client PINGs
-            the server (default ``math.inf``: off). Keep it above the server's
-            ``min_ping_interval``.
+            the server (default 30; ``math.inf``: off). On by default so that a connection
+            to a peer that stopped answering (a SIGSTOPped or partitioned replica, a
+            half-open TCP connection) is dropped within ``keepalive_interval +
+            keepalive_timeout`` (50 s by default) of silence, instead of never. 30 s is six
+            times the server's default ``min_ping_interval`` (5 s): keep it above that, or
+            the server answers GOAWAY (ENHANCE_YOUR_CALM). An idle connection costs one
+            PING and its PONG per 30 s.
         keepalive_timeout: Seconds to wait for an answer to a PING before dropping the
             connection (its calls fail with ``UNAVAILABLE``).
         max_frame_size: Largest frame this side accepts (bytes).

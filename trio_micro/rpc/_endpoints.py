@@ -20,10 +20,12 @@ is waited for, up to the call's deadline or ``discovery_timeout``, whichever com
 then ``UNAVAILABLE`` names it.
 
 Outlier ejection (:class:`~trio_micro.rpc.OutlierEjection`): each endpoint counts
-connection failures and ``UNAVAILABLE`` call results in a row (:meth:`EndpointPool.failed`,
-reset by :meth:`EndpointPool.succeeded`); at the limit its connections leave the ready list
-for the ejection time, restored by a short task that sleeps until then. When every
-non-ejected connection is gone the ejected ones are used rather than failing.
+failures in a row -- connection failures, and what the caller (:mod:`._calls`) reports:
+``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` results, deadlines passed and slow calls
+(:meth:`EndpointPool.failed`, reset by :meth:`EndpointPool.succeeded`); at the limit its
+connections leave the ready list for the ejection time, restored by a short task that
+sleeps until then. When every non-ejected connection is gone the ejected ones are used
+rather than failing.
 
 Health (opt-in, ``open_channel(health_check=SERVICE)``): each connection also runs the
 server's health ``watch`` for SERVICE (gRPC's health-checking client); while the answer is
@@ -104,7 +106,7 @@ class EndpointState:
         self.endpoint = endpoint
         self.metadata = dict(metadata)
         self.slots = [Slot(self) for _ in range(pool_size)]
-        self.failures = 0  # connection failures or UNAVAILABLE results in a row
+        self.failures = 0  # connection failures or failed calls in a row
         self.ejections = 0
         self.ejected_until: float | None = None
         self.removed = False
@@ -192,6 +194,11 @@ class EndpointPool:
             return tuple(self._initial)
         return tuple(self.states)
 
+    @property
+    def ejection(self) -> OutlierEjection | None:
+        """The outlier-ejection policy (``None``: ejection is off)."""
+        return self._ejection
+
     def succeeded(self, endpoint: Endpoint) -> None:
         """A call over ``endpoint`` got an answer: its failures in a row start again."""
         state = self.states.get(endpoint)
@@ -199,7 +206,8 @@ class EndpointPool:
             state.failures = 0
 
     def failed(self, endpoint: Endpoint) -> None:
-        """A call over ``endpoint`` failed with ``UNAVAILABLE``; see outlier ejection."""
+        """A call over ``endpoint`` failed (``UNAVAILABLE``, deadline, too slow); see outlier
+        ejection."""
         self._failure(self.states.get(endpoint))
 
     # ------------------------------------------------------------------ endpoints
@@ -370,7 +378,7 @@ class EndpointPool:
     # ------------------------------------------------------------------ outlier ejection
 
     def _failure(self, state: EndpointState | None) -> None:
-        """Count a connection failure or an ``UNAVAILABLE`` result; eject at the limit."""
+        """Count a failure (see :meth:`failed`); eject at the limit."""
         policy = self._ejection
         if policy is None or state is None or state.removed:
             return
