@@ -44,6 +44,7 @@ from ._frames import (
     Settings,
 )
 from ._status import ErrorCode, Status
+from ._streams import client_sends_items, server_sends_items
 
 __all__ = [
     "DECODE_ERRORS",
@@ -78,6 +79,8 @@ __all__ = [
     "Settings",
     "Status",
     "StreamState",
+    "client_sends_items",
+    "server_sends_items",
 ]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
