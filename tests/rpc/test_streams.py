@@ -229,10 +229,13 @@ async def test_a_caller_cancelled_while_receiving_cancels_the_handler(
 async def test_an_exception_in_the_block_propagates_unchanged_and_cancels(
     shapes: Shapes, stub: Shapes
 ) -> None:
-    with pytest.raises(KeyError):
-        async with stub.hold() as (send, _):
+    async def fail_inside() -> None:
+        async with stub.hold():
             await shapes.started.wait()
             raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        await fail_inside()
     with trio.fail_after(5):
         await shapes.cancelled.wait()
 
