@@ -50,6 +50,8 @@ async def alongside(server: rpc.Server, misbehave: Callable[[], Awaitable[None]]
     """Run ``misbehave`` while a good client makes bidi calls; assert it never failed."""
     failures: list[BaseException] = []
     done = 0
+    target = 3
+    reached = trio.Event()
     async with rpc.open_channel(address(server)) as channel:
         stub = channel.stub(Shapes)
         async with trio.open_nursery() as nursery:
@@ -57,6 +59,8 @@ async def alongside(server: rpc.Server, misbehave: Callable[[], Awaitable[None]]
             async def good() -> None:
                 nonlocal done
                 while True:
+                    if done >= target:
+                        reached.set()
                     try:
                         async with stub.double() as (send, receive):
                             await send.send(Num(done))
@@ -69,12 +73,11 @@ async def alongside(server: rpc.Server, misbehave: Callable[[], Awaitable[None]]
 
             nursery.start_soon(good)
             with trio.fail_after(10):
-                while done < 3:  # the good client is under way
-                    await trio.sleep(0.001)
+                await reached.wait()  # the good client is under way
                 await misbehave()
-                after = done + 3
-                while done < after:  # and carries on after the bad peer is gone
-                    await trio.sleep(0.001)
+                target = done + 3
+                reached = trio.Event()
+                await reached.wait()  # and carries on after the bad peer is gone
             nursery.cancel_scope.cancel()
     assert failures == []
 
@@ -157,14 +160,16 @@ async def test_an_item_over_the_servers_frame_size_is_refused_by_the_sender(
     server: rpc.Server,
 ) -> None:
     async def misbehave() -> None:
-        async with rpc.open_channel(address(server)) as channel:
-            async with channel.stub(Blobs).size() as (send, receive):
-                with pytest.raises(rpc.RpcError) as info:
-                    await send.send(Blob(b"x" * 20000))
-                assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
-                await send.send(Blob(b"x" * 100))  # the call is still usable
-                await send.aclose()
-                assert await receive.receive() == Num(100)
+        async with (
+            rpc.open_channel(address(server)) as channel,
+            channel.stub(Blobs).size() as (send, receive),
+        ):
+            with pytest.raises(rpc.RpcError) as info:
+                await send.send(Blob(b"x" * 20000))
+            assert info.value.code is rpc.Status.RESOURCE_EXHAUSTED
+            await send.send(Blob(b"x" * 100))  # the call is still usable
+            await send.aclose()
+            assert await receive.receive() == Num(100)
 
     await alongside(server, misbehave)
 
