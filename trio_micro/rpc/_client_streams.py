@@ -70,7 +70,8 @@ def _ended(call: _Call) -> BaseException:
 class RequestSender(trio.abc.SendChannel[ReqT]):
     """The requests of a client- or bidi-stream call, as the caller sends them.
 
-    :meth:`send` waits while the server's credit is used up (a checkpoint either way);
+    :meth:`send` waits while the server's credit is used up (a checkpoint then; otherwise it
+    only checks for cancellation, since credit bounds how far it runs ahead);
     :meth:`aclose` half-closes the call (END) and is idempotent.
 
     Raises (from ``send``):
@@ -120,7 +121,10 @@ class RequestSender(trio.abc.SendChannel[ReqT]):
         if writer.congested:
             await writer.wait_uncongested()
         elif not waited:
-            await trio.lowlevel.checkpoint()
+            # Credit is bounded, so a sender that never waits is at most a window ahead
+            # of a full checkpoint; checking for cancellation is enough (as for the
+            # server-stream's generator).
+            await trio.lowlevel.checkpoint_if_cancelled()
         try:
             data = proto.send_item(sid, payload)
         except LocalProtocolError as exc:

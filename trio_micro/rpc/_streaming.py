@@ -178,8 +178,8 @@ class ResponseSender(trio.abc.SendChannel[T]):
 
     ``await responses.send(item)`` queues one ITEM once the client has granted credit, so
     a client that stops reading makes ``send`` wait rather than anything buffer. A
-    checkpoint. Cancellation (the client's CANCEL, the deadline) reaches a waiting
-    ``send`` as ``trio.Cancelled``.
+    checkpoint when it waits; otherwise it only checks for cancellation. Cancellation
+    (the client's CANCEL, the deadline) reaches a waiting ``send`` as ``trio.Cancelled``.
 
     Raises (from ``send``):
         TypeError: ``item`` is not of the method's response type (the call fails with
@@ -221,7 +221,10 @@ class ResponseSender(trio.abc.SendChannel[T]):
         if writer.congested:
             await writer.wait_uncongested()
         elif not waited:
-            await trio.lowlevel.checkpoint()
+            # Credit is bounded, so a sender that never waits is at most a window ahead
+            # of a full checkpoint; checking for cancellation is enough (as for the
+            # server-stream's generator).
+            await trio.lowlevel.checkpoint_if_cancelled()
         try:
             writer.write(proto.send_item(sid, _encode(value)))
         except LocalProtocolError as exc:
