@@ -15,6 +15,7 @@ from trio_micro import observe, rpc
 from trio_micro.cli import LoadResult, PeerCounter, progress, run_load
 from trio_micro.registry import open_registry_client
 
+from ..user_service.service import CreateUserRequest, UserService
 from .config import (
     CREATE_ORDER,
     CREATE_ORDER_DEADLINE,
@@ -148,6 +149,26 @@ async def _work(run: Run) -> None:
         drains.cancel_scope.cancel()  # the children are stopped by the caller
 
 
+async def _import_batch(reg: Any) -> None:
+    """Import ``IMPORTED_USERS`` new users through ImportUsers, a client stream (on a
+    channel of its own, so the load's per-replica counts stay the load's)."""
+    async with (
+        rpc.open_channel(SERVICE, registry=reg) as channel,
+        channel.stub(UserService).import_users() as (send, receive),
+    ):
+        for i in range(IMPORTED_USERS):
+            await send.send(CreateUserRequest(f"Imported {i}", f"imported{i}@example.com"))
+        await send.aclose()
+        summary = await receive.receive()
+    say(
+        f"imported {summary.imported:,} users with ImportUsers (a client stream) in "
+        f"{summary.transactions} transactions"
+    )
+
+
+IMPORTED_USERS = 1000
+
+
 async def _client(run: Run, registry: Child) -> None:
     """Find the replicas, run the load (killing one halfway), with the debug endpoint up.
 
@@ -170,6 +191,7 @@ async def _client(run: Run, registry: Child) -> None:
         await _wait_discovered(run, channel, SERVICE)
         if config.orders:
             await _wait_discovered(run, orders, ORDERS)
+        await _import_batch(reg)
         victim = run.replicas()[-1] if config.kill else None
         kill_at = max(1, config.calls // 2)
         sources = run.sources

@@ -100,6 +100,30 @@ class UserDatabase(SqlitePool):
 
         return await self._run(count, write=False)
 
+    async def create_users(self, users: Sequence[tuple[str, str]]) -> list[int]:
+        """Insert ``(name, email)`` pairs in one transaction; return their new ids.
+
+        All or nothing: a failure rolls the whole batch back. One query in a worker thread.
+        """
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("BEGIN IMMEDIATE")
+            ids: list[int] = []
+            try:
+                for name, email in users:
+                    cursor = conn.execute(
+                        "INSERT INTO users (name, email) VALUES (?, ?)", (name, email)
+                    )
+                    assert cursor.lastrowid is not None
+                    ids.append(cursor.lastrowid)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return ids
+
+        return await self._run(insert, write=True)
+
     async def seed(self, n: int, *, seed: int = 0, replace: bool = True) -> int:
         """Load ``n`` generated users (ids 1..n), in one transaction.
 

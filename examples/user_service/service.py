@@ -59,6 +59,8 @@ DB_QUERY: Final = "users.db.query"
 #: The values of the ``cache`` field each call binds (``trio-micro logs --group-by cache``).
 CACHE_HIT: Final = "hit"
 CACHE_MISS: Final = "miss"
+# Users per SQLite transaction in import_users.
+IMPORT_BATCH: Final = 500
 
 #: Middle part of the cache's metric names: ``trio_micro_user_cache_*``.
 CACHE_METRICS: Final = "user_cache"
@@ -92,6 +94,15 @@ class ListUsersRequest(msgspec.Struct, frozen=True):
     after_id: Annotated[int, msgspec.Meta(ge=0)] = 0
     page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class ImportSummary(msgspec.Struct, frozen=True):
+    """What ``import_users`` did: users created, in how many transactions, the id range."""
+
+    imported: int
+    transactions: int
+    first_id: int | None = None
+    last_id: int | None = None
 
 
 class User(msgspec.Struct, frozen=True):
@@ -227,6 +238,49 @@ class UserService(rpc.Service, name="users"):
         row = await self.db.create_user(req.name, req.email)
         self.cache.invalidate(row.user_id)  # a cached "no such user" must not survive
         return _user(row, "database")
+
+    @rpc.client_stream
+    async def import_users(self, requests: rpc.RequestStream[CreateUserRequest]) -> ImportSummary:
+        """Create every user the client streams, ``IMPORT_BATCH`` per SQLite transaction.
+
+        Each batch is committed as it fills, so a call cancelled half-way keeps the batches
+        committed before; the summary counts what was created.
+        """
+        batch: list[tuple[str, str]] = []
+        imported = transactions = 0
+        first: int | None = None
+        last: int | None = None
+
+        async def flush() -> None:
+            nonlocal imported, transactions, first, last
+            ids = await self.db.create_users(batch)
+            for user_id in ids:
+                self.cache.invalidate(user_id)  # a cached "no such user" must not survive
+            imported += len(ids)
+            transactions += 1
+            first = ids[0] if first is None else first
+            last = ids[-1]
+            batch.clear()
+
+        async for req in requests:
+            batch.append((req.name, req.email))
+            if len(batch) >= IMPORT_BATCH:
+                await flush()
+        if batch:
+            await flush()
+        return ImportSummary(imported, transactions, first, last)
+
+    @rpc.bidi_stream
+    async def get_users(
+        self, requests: rpc.RequestStream[GetUserRequest], responses: rpc.ResponseSender[User]
+    ) -> None:
+        """Answer each requested id with its user, in order, from the cache when it can;
+        an unknown id ends the call with ``NOT_FOUND``."""
+        async for req in requests:
+            row, hit = await self.cache.get_or_load(req.user_id, self._query_user)
+            if row is None:
+                raise rpc.RpcError(rpc.Status.NOT_FOUND, f"no user with user_id={req.user_id}")
+            await responses.send(_user(row, "cache" if hit else "database"))
 
     @rpc.unary(idempotent=True)
     async def update_user(self, req: UpdateUserRequest) -> User:

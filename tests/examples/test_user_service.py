@@ -11,6 +11,7 @@ from examples.user_service.database import UserDatabase, UserRow
 from examples.user_service.service import (
     CreateUserRequest,
     GetUserRequest,
+    ImportSummary,
     ListUsersRequest,
     UpdateUserRequest,
     UserService,
@@ -104,3 +105,26 @@ async def test_list_users_streams_every_user_in_pages(users: UserService) -> Non
 async def test_list_users_honours_after_id_and_limit(users: UserService) -> None:
     ids = [u.user_id async for u in users.list_users(ListUsersRequest(after_id=90, limit=5))]
     assert ids == [91, 92, 93, 94, 95]
+
+
+async def test_import_users_creates_a_stream_of_users_in_batched_transactions(
+    users: UserService,
+) -> None:
+    async with users.import_users() as (send, receive):
+        for i in range(1200):
+            await send.send(CreateUserRequest(name=f"New {i}", email=f"new{i}@example.com"))
+        await send.aclose()
+        summary = await receive.receive()
+    assert summary == ImportSummary(1200, 3, 101, 1300)  # batches of IMPORT_BATCH=500
+    assert (await users.get_user(GetUserRequest(user_id=1300))).name == "New 1199"
+
+
+async def test_get_users_answers_each_requested_id_in_order(users: UserService) -> None:
+    async with users.get_users() as (send, receive):
+        for user_id in (3, 1, 3):
+            await send.send(GetUserRequest(user_id=user_id))
+            assert (await receive.receive()).user_id == user_id
+        await send.send(GetUserRequest(user_id=999))
+        with pytest.raises(rpc.RpcError) as info:
+            await receive.receive()
+    assert info.value.code is rpc.Status.NOT_FOUND

@@ -36,6 +36,17 @@ class UserService(rpc.Service, name="users"):
     @rpc.server_stream
     async def list_users(self, req: GetUserRequest) -> AsyncIterator[User]:
         yield User(1, "ada")
+
+    @rpc.client_stream
+    async def import_users(self, requests: rpc.RequestStream[User]) -> GetUserRequest:
+        return GetUserRequest(len([u async for u in requests]))
+
+    @rpc.bidi_stream
+    async def chat(
+        self, requests: rpc.RequestStream[GetUserRequest], responses: rpc.ResponseSender[User]
+    ) -> None:
+        async for req in requests:
+            await responses.send(User(req.user_id, "ada"))
 """
 
 
@@ -46,6 +57,30 @@ async def good(channel: rpc.Channel) -> str:
     again: GetUserRequest = await users.ping(GetUserRequest(user_id=2))
     names = [u.name async for u in users.list_users(GetUserRequest(user_id=again.user_id))]
     return user.name + "".join(names)
+
+
+async def good_streams(channel: rpc.Channel) -> int:
+    users = channel.stub(UserService)
+    async with users.import_users() as (send, receive):
+        await send.send(User(1, "ada"))
+        await send.aclose()
+        summary: GetUserRequest = await receive.receive()
+    async with users.chat() as (ask, answers):
+        await ask.send(GetUserRequest(user_id=summary.user_id))
+        got: list[User] = [u async for u in answers]
+    return len(got)
+"""
+
+WRONG_STREAM_ITEM = """
+async def wrong_stream_item(channel: rpc.Channel) -> None:
+    async with channel.stub(UserService).import_users() as (send, _):
+        await send.send(GetUserRequest(user_id=1))  # line: wrong_stream_item
+"""
+
+WRONG_STREAM_RESULT = """
+async def wrong_stream_result(channel: rpc.Channel) -> str:
+    async with channel.stub(UserService).chat() as (_, answers):
+        return await answers.receive()  # line: wrong_stream_result
 """
 
 WRONG_REQUEST = """
@@ -71,13 +106,29 @@ async def server_options() -> None:
         pass
 """
 
-MARKS = ("good", "wrong_request", "wrong_result", "wrong_option", "unknown_option")
+MARKS = (
+    "good",
+    "wrong_request",
+    "wrong_result",
+    "wrong_option",
+    "unknown_option",
+    "wrong_stream_item",
+    "wrong_stream_result",
+)
 
 
 @pytest.fixture(scope="module")
 def mypy_output() -> dict[str, list[str]]:
     """Type-check one module (one slow mypy run) and file its errors under the marked lines."""
-    source = PRELUDE + GOOD + WRONG_REQUEST + WRONG_RESULT + SERVER_OPTIONS
+    source = (
+        PRELUDE
+        + GOOD
+        + WRONG_REQUEST
+        + WRONG_RESULT
+        + SERVER_OPTIONS
+        + WRONG_STREAM_ITEM
+        + WRONG_STREAM_RESULT
+    )
     stdout, stderr, _ = mypy_api.run(
         ["--strict", "--no-incremental", "--cache-dir=/dev/null", "-c", source]
     )
@@ -108,6 +159,21 @@ def test_wrong_result_use_fails_type_check(mypy_output: dict[str, list[str]]) ->
     assert any("Incompatible return value" in error for error in mypy_output["wrong_result"]), (
         mypy_output
     )
+
+
+def test_sending_a_wrong_stream_item_fails_type_check(mypy_output: dict[str, list[str]]) -> None:
+    assert any(
+        'incompatible type "GetUserRequest"; expected "User"' in error
+        for error in mypy_output["wrong_stream_item"]
+    ), mypy_output
+
+
+def test_using_a_stream_answer_wrongly_fails_type_check(
+    mypy_output: dict[str, list[str]],
+) -> None:
+    assert any(
+        "Incompatible return value" in error for error in mypy_output["wrong_stream_result"]
+    ), mypy_output
 
 
 def test_open_server_option_of_the_wrong_type_fails_type_check(

@@ -24,7 +24,8 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -37,6 +38,7 @@ from ..protocol import DECODE_ERRORS
 from ._common import (
     EXIT_OK,
     EXIT_STATUS_BASE,
+    CommandError,
     Stopper,
     epilog,
     key_value,
@@ -87,7 +89,8 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
             nargs="?",
             default="{}",
             help="the request as a JSON object (default {}; - reads standard input); "
-            "bytes fields take base64",
+            "bytes fields take base64. Client- and bidi-stream methods take JSON lines, one "
+            "request per line: here, on standard input (-) or in a file (@PATH)",
         )
         parser.add_argument(
             "-m",
@@ -105,8 +108,9 @@ def add_call_parsers(subparsers: Any) -> None:
     call = subparsers.add_parser(
         "call",
         help="make one call and print the JSON reply",
-        description="Make one call by name and print the reply as JSON (a server-stream: "
-        "one JSON line per item). Bytes are shown as base64.",
+        description="Make one call by name and print the reply as JSON (a server- or "
+        "bidi-stream: one JSON line per item, as they arrive). Client- and bidi-stream "
+        "methods send one request per JSON line. Bytes are shown as base64.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -402,7 +406,9 @@ async def call_main(args: argparse.Namespace) -> int:
     standard output (the reply) and standard error (a status).
     """
     service, name = parse_method(args.method)
-    request = parse_request(args.request)
+    request = args.request  # parsed once the method's kind is known
+    if request != "-" and not request.startswith("@") and "\n" not in request.strip():
+        parse_request(request)  # bad JSON: a usage error before connecting
     check_target(args.target)
     tls = client_tls(args)
     metadata = dict(args.metadata) or None
@@ -427,7 +433,10 @@ async def _call(
     metadata: dict[str, str] | None,
 ) -> None:
     method = find_method(await list_services(channel), service, name)
-    request = coerce_request(request, method.description.request_schema)
+    if method.description.kind in ("client_stream", "bidi_stream"):
+        await _call_streaming(channel, method, request, metadata)
+        return
+    request = coerce_request(parse_request(request), method.description.request_schema)
     if method.description.kind == "server_stream":
         async with channel.call_stream(method.wire_name, request, metadata=metadata) as items:
             async for item in items:
@@ -440,6 +449,58 @@ async def _call(
             metadata=metadata,
         )
         print_json(reply)
+
+
+async def _request_lines(source: str) -> AsyncGenerator[tuple[int, str], None]:
+    """The numbered lines of a stream call's requests: ``-`` standard input, ``@PATH`` a
+    file (read in a worker thread, so answers print while requests are still read), else
+    the JSON argument itself."""
+    if source == "-":
+        lines = trio.wrap_file(sys.stdin)
+    elif source.startswith("@"):
+        try:
+            lines = await trio.open_file(source[1:], encoding="utf-8")
+        except OSError as exc:
+            raise usage_error(f"can't read the requests from {source[1:]!r}: {exc}") from None
+    if source == "-" or source.startswith("@"):
+        number = 0
+        try:
+            async for line in lines:
+                number += 1
+                yield number, line
+        finally:
+            if source != "-":
+                await lines.aclose()
+    else:
+        for number, line in enumerate(source.splitlines(), 1):
+            yield number, line
+
+
+async def _call_streaming(
+    channel: rpc.Channel, method: Method, source: str, metadata: dict[str, str] | None
+) -> None:
+    """Send each JSON line of ``source`` as one request; print each answer as it arrives."""
+    schema = method.description.request_schema
+    bidi = method.description.kind == "bidi_stream"
+    async with channel.stream_call(method.wire_name, bidi=bidi, metadata=metadata) as (
+        send,
+        receive,
+    ):
+
+        async def feed() -> None:
+            async with send, aclosing(_request_lines(source)) as lines:
+                async for number, line in lines:
+                    if line.strip():
+                        try:
+                            value = parse_request(line)
+                        except CommandError as exc:
+                            raise usage_error(f"request line {number}: {exc}") from None
+                        await send.send(coerce_request(value, schema))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async for item in receive:
+                print_json(item)
 
 
 # --- list -------------------------------------------------------------------------------

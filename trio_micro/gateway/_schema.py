@@ -106,6 +106,8 @@ def openapi_document(listed: rpc.ListServicesResponse, *, title: str) -> dict[st
     }
     paths: dict[str, Any] = {}
     for service, method, request, response in methods:
+        if method.kind not in ("unary", "server_stream"):
+            continue  # no gateway route for client- and bidi-streams
         unary = method.kind == "unary"
         media = "application/json" if unary else "application/connect+json"
         note = "" if unary else " (Connect envelopes: one request, then items and end-of-stream)"

@@ -27,6 +27,8 @@ _log = structlog.get_logger("trio_micro.gateway")
 #: The stdlib logger hypercorn writes its own records to.
 HTTP_LOGGER: Final = "trio_micro.gateway.http"
 _REFLECTION: Final = "trio_micro.reflection/list_services"
+# The call shapes the gateway serves; client- and bidi-streams have no route (yet).
+GATEWAY_KINDS: Final = ("unary", "server_stream")
 # An unknown route asks the server's reflection again at most this often (seconds).
 _REFRESH_INTERVAL: Final = 5.0
 
@@ -38,6 +40,7 @@ def routes_of(services: Iterable[rpc.Service | type[rpc.Service]]) -> dict[str, 
         info.wire_name: info.kind
         for service in services
         for info in service.__rpc_methods__.values()
+        if info.kind in GATEWAY_KINDS
     }
 
 
@@ -75,6 +78,7 @@ class _ReflectedRoutes:
             f"{service.name}/{method.name}": method.kind
             for service in listed.services
             for method in service.methods
+            if method.kind in GATEWAY_KINDS
         }
 
 

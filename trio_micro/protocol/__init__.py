@@ -45,6 +45,7 @@ from ._frames import (
 )
 from ._guards import WindowCounter
 from ._status import ErrorCode, Status
+from ._streams import client_sends_items, server_sends_items
 
 __all__ = [
     "DECODE_ERRORS",
@@ -80,6 +81,8 @@ __all__ = [
     "Status",
     "StreamState",
     "WindowCounter",
+    "client_sends_items",
+    "server_sends_items",
 ]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})

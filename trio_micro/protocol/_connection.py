@@ -40,7 +40,8 @@ Three things are tracked:
 
 Flow control is per server-stream and counts ITEMs, not bytes (frames are already bounded by
 ``max_frame_size``): the server starts with the client's ``initial_stream_credit``, spends
-one per ITEM and gets more from CREDIT frames.
+one per ITEM and gets more from CREDIT frames. Client- and bidi-streams add the client's
+half (ITEMs, half-close with END, credit the other way): :mod:`._streams`.
 
 Why one module of about 800 lines: every rule has a sending half (``send_*``) and a
 receiving half (``_receive_*``) that must agree, and the stream table, credit and GOAWAY
@@ -83,6 +84,7 @@ from ._frames import (
     Settings,
 )
 from ._status import ErrorCode, Status
+from ._streams import _Stream, _StreamsMixin, server_sends_items
 
 __all__ = ["Connection", "Role", "StreamState"]
 
@@ -111,15 +113,6 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Stream:
-    __slots__ = ("call_type", "cancelled", "credit")
-
-    def __init__(self, call_type: CallType, credit: int) -> None:
-        self.call_type = call_type
-        self.credit = credit  # ITEMs the server may still send
-        self.cancelled = False
-
-
 def _kind(frame: Frame) -> str:
     return type(frame).__name__.upper()
 
@@ -134,7 +127,7 @@ def _metadata_size(metadata: dict[str, str]) -> int:
 
 
 @final
-class Connection:
+class Connection(_StreamsMixin):
     """Sans-io state machine for one end of a trio_micro RPC connection.
 
     Args:
@@ -168,7 +161,9 @@ class Connection:
         if not isinstance(role, Role):
             raise TypeError(f"role must be Role.CLIENT or Role.SERVER, got {role!r}")
         self.role: Final = role
+        self._is_client = role is Role.CLIENT
         self.local_settings: Final = settings if settings is not None else Settings()
+        self._local_initial_credit = self.local_settings.initial_stream_credit
         self._remote_settings: Settings | None = None
         # Until the peer's HELLO says otherwise, assume the smallest limit any peer may set.
         self._encoder = FrameEncoder(max_frame_size=MIN_MAX_FRAME_SIZE)
@@ -381,7 +376,10 @@ class Connection:
             common[Item] = self._receive_item
             common[End] = self._receive_end
             common[Error] = self._receive_error
+            common[Credit] = self._receive_server_credit
         else:
+            common[Item] = self._receive_client_item
+            common[End] = self._receive_half_close
             common[Request] = self._receive_request
             common[Credit] = self._receive_credit
             common[Cancel] = self._receive_cancel
@@ -398,7 +396,7 @@ class Connection:
         stream = self._streams.get(frame.id)
         if stream is None:
             raise self._not_open(frame)
-        if stream.call_type is not CallType.UNARY:
+        if server_sends_items(stream.call_type):
             raise RemoteProtocolError(
                 f"RESPONSE on server-stream {frame.id!r}; expected ITEM, END or ERROR"
             )
@@ -409,7 +407,7 @@ class Connection:
         stream = self._streams.get(frame.id)
         if stream is None:
             raise self._not_open(frame)
-        if stream.call_type is not CallType.SERVER_STREAM:
+        if not server_sends_items(stream.call_type):
             raise RemoteProtocolError(
                 f"ITEM on unary stream {frame.id!r}; expected RESPONSE or ERROR"
             )
@@ -424,7 +422,7 @@ class Connection:
         stream = self._streams.get(frame.id)
         if stream is None:
             raise self._not_open(frame)
-        if stream.call_type is not CallType.SERVER_STREAM:
+        if not server_sends_items(stream.call_type):
             raise RemoteProtocolError(f"END on unary stream {frame.id!r}; expected RESPONSE")
         del self._streams[frame.id]
         return frame
@@ -467,10 +465,7 @@ class Connection:
                     f"max_metadata_size is {self.local_settings.max_metadata_size!r}",
                     code=ErrorCode.METADATA_TOO_LARGE,
                 )
-        if frame.call_type is CallType.SERVER_STREAM:
-            self._streams[stream_id] = _Stream(frame.call_type, self._peer_initial_credit)
-        else:
-            self._streams[stream_id] = _Stream(frame.call_type, 0)
+        self._streams[stream_id] = self._new_stream(frame.call_type, client=False)
         return frame
 
     def _live_or_raced(self, frame: Credit | Cancel) -> _Stream | None:
@@ -483,7 +478,7 @@ class Connection:
         stream = self._live_or_raced(frame)
         if stream is None:
             return None
-        if stream.call_type is not CallType.SERVER_STREAM:
+        if not server_sends_items(stream.call_type):
             raise RemoteProtocolError(f"CREDIT on unary stream {frame.id!r}")
         if stream.credit + frame.n > MAX_CREDIT:
             raise RemoteProtocolError(
@@ -611,10 +606,7 @@ class Connection:
         data = self._encoder.encode(
             Request(stream_id, method, payload, timeout_ms, metadata, call_type)
         )
-        if call_type is CallType.SERVER_STREAM:
-            self._streams[stream_id] = _Stream(call_type, self.local_settings.initial_stream_credit)
-        else:
-            self._streams[stream_id] = _Stream(call_type, 0)
+        self._streams[stream_id] = self._new_stream(call_type, client=True)
         self._last_stream_id = stream_id
         return data
 
@@ -635,7 +627,7 @@ class Connection:
                 peer's ``max_frame_size`` (``FRAME_SIZE_ERROR``: send an ERROR instead).
         """
         stream = self._server_stream(stream_id, "RESPONSE")
-        if stream.call_type is not CallType.UNARY:
+        if server_sends_items(stream.call_type):
             raise LocalProtocolError(
                 f"stream {stream_id!r} is a server-stream: send ITEMs and END, not RESPONSE"
             )
@@ -644,14 +636,21 @@ class Connection:
         return data
 
     def send_item(self, stream_id: int, payload: bytes) -> bytes:
-        """Send one ITEM on server-stream ``stream_id``, spending one credit (server only).
+        """Send one ITEM on ``stream_id``, spending one credit.
+
+        A server sends ITEMs on server- and bidi-streams; a client on client- and
+        bidi-streams, until it half-closes (:meth:`send_end`) or cancels.
 
         Raises:
-            LocalProtocolError: Not a server; stream not open or unary; no credit left
+            LocalProtocolError: Stream not open (for a client: "the call has ended" once the
+                server's terminal frame arrived), or of a shape where this side sends no
+                ITEMs; the client half already closed or cancelled; no credit left
                 (``FLOW_CONTROL_ERROR``: wait for a :class:`Credit` event); frame too large.
         """
+        if self.role is Role.CLIENT:
+            return self._send_client_item(stream_id, payload)
         stream = self._server_stream(stream_id, "ITEM")
-        if stream.call_type is not CallType.SERVER_STREAM:
+        if not server_sends_items(stream.call_type):
             raise LocalProtocolError(f"stream {stream_id!r} is unary: send RESPONSE, not ITEM")
         if stream.credit <= 0:
             raise LocalProtocolError(
@@ -663,13 +662,19 @@ class Connection:
         return data
 
     def send_end(self, stream_id: int) -> bytes:
-        """End server-stream ``stream_id`` cleanly and close it (server only).
+        """End ``stream_id`` cleanly.
+
+        From a server: close a server- or bidi-stream. From a client: half-close a client-
+        or bidi-stream -- no more ITEMs from it; the server's answer is still to come.
 
         Raises:
-            LocalProtocolError: Not a server; stream not open or unary.
+            LocalProtocolError: Stream not open or of the wrong shape; the client half
+                already closed or cancelled.
         """
+        if self.role is Role.CLIENT:
+            return self._send_half_close(stream_id)
         stream = self._server_stream(stream_id, "END")
-        if stream.call_type is not CallType.SERVER_STREAM:
+        if not server_sends_items(stream.call_type):
             raise LocalProtocolError(f"stream {stream_id!r} is unary: send RESPONSE, not END")
         data = self._encoder.encode(End(stream_id))
         del self._streams[stream_id]
@@ -704,22 +709,27 @@ class Connection:
         return stream
 
     def send_credit(self, stream_id: int, n: int) -> bytes:
-        """Let the server send ``n`` more ITEMs on server-stream ``stream_id`` (client only).
+        """Let the peer send ``n`` more ITEMs on ``stream_id``.
 
-        Returns ``b""`` if the stream has already closed or been cancelled: the grant would
-        be pointless, and the race with the server's END is normal.
+        A client grants credit on server- and bidi-streams, a server on client- and
+        bidi-streams. Returns ``b""`` if the stream has already closed, been cancelled or
+        (for a server) half-closed by the client: the grant would be pointless, and the race
+        with the end of the stream is normal.
 
         Raises:
-            LocalProtocolError: Not a client; stream never opened, or unary; credit would
+            LocalProtocolError: Stream never opened, or of a shape where the peer sends no
+                ITEMs; credit would
                 exceed 2**31 - 1 (``FLOW_CONTROL_ERROR``).
             ValueError: ``n`` not in [1, 2**31 - 1].
         """
         if not 1 <= n <= MAX_CREDIT:
             raise ValueError(f"n must be in [1, {MAX_CREDIT}], got {n!r}")
+        if self.role is Role.SERVER:
+            return self._send_server_credit(stream_id, n)
         stream = self._client_stream(stream_id, "CREDIT")
         if stream is None or stream.cancelled:
             return b""
-        if stream.call_type is not CallType.SERVER_STREAM:
+        if not server_sends_items(stream.call_type):
             raise LocalProtocolError(f"stream {stream_id!r} is unary: CREDIT is for server-streams")
         if stream.credit + n > MAX_CREDIT:
             raise LocalProtocolError(

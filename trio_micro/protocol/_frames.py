@@ -84,10 +84,18 @@ class FrameKind(enum.IntEnum):
 
 
 class CallType(enum.IntEnum):
-    """What a REQUEST expects back: one RESPONSE, or a stream of ITEMs closed by END."""
+    """The shape of a call: who sends ITEMs, and what ends the stream.
+
+    ``UNARY`` and ``SERVER_STREAM`` REQUESTs carry the whole request; ``CLIENT_STREAM`` and
+    ``BIDI_STREAM`` ones open a client half that carries ITEMs and ends with the client's
+    END. ``UNARY`` and ``CLIENT_STREAM`` are answered by one RESPONSE, ``SERVER_STREAM`` and
+    ``BIDI_STREAM`` by ITEMs closed by END; any of them may end with ERROR.
+    """
 
     UNARY = 0
     SERVER_STREAM = 1
+    CLIENT_STREAM = 2
+    BIDI_STREAM = 3
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -110,8 +118,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             once (only meaningful in a server's HELLO: only clients open streams).
         max_metadata_size: Largest total of UTF-8 bytes of keys plus values in a REQUEST's
             metadata this side accepts.
-        initial_stream_credit: ITEMs a server may send on a new server-stream before the
-            client grants more with CREDIT (only meaningful in a client's HELLO).
+        initial_stream_credit: ITEMs the peer may send on a new stream before this side
+            grants more with CREDIT: the server's ITEMs on server- and bidi-streams (in a
+            client's HELLO), the client's on client- and bidi-streams (in a server's).
         min_ping_interval_ms: This side may answer PINGs that arrive more often than this
             with ``GOAWAY(ENHANCE_YOUR_CALM)``.
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
         Subchannel,
     )
     from ._channel import Channel, ChannelStatistics, open_channel
+    from ._client_streams import RequestSender, ResponseReceiver, StreamCall
     from ._context import ClientCall, ServerCall, current_call
     from ._errors import RpcError
     from ._health import (
@@ -65,7 +66,15 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_target
     from ._retry import RetryPolicy
     from ._server import Server, ServerStatistics, open_server, serve
-    from ._service import MethodInfo, Service, server_stream, unary
+    from ._service import (
+        MethodInfo,
+        Service,
+        bidi_stream,
+        client_stream,
+        server_stream,
+        unary,
+    )
+    from ._streaming import RequestStream, ResponseSender, StreamingMethod
     from ._stubs import ResponseStream
     from ._tls import PeerIdentity, TlsFileError, client_ssl_context, server_ssl_context
 
@@ -94,8 +103,12 @@ __all__ = [
     "RateLimitInterceptor",
     "RateLimitStatistics",
     "ReflectionService",
+    "RequestSender",
+    "RequestStream",
     "ResolvedEndpoint",
     "Resolver",
+    "ResponseReceiver",
+    "ResponseSender",
     "ResponseStream",
     "RetryPolicy",
     "RoundRobin",
@@ -108,9 +121,13 @@ __all__ = [
     "Service",
     "ServiceDescription",
     "Status",
+    "StreamCall",
+    "StreamingMethod",
     "Subchannel",
     "TlsFileError",
+    "bidi_stream",
     "client_ssl_context",
+    "client_stream",
     "current_call",
     "hedged",
     "open_channel",
@@ -189,12 +206,16 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "open_server",
         "serve",
     ),
+    "._client_streams": ("RequestSender", "ResponseReceiver", "StreamCall"),
     "._service": (
         "MethodInfo",
         "Service",
+        "bidi_stream",
+        "client_stream",
         "server_stream",
         "unary",
     ),
+    "._streaming": ("RequestStream", "ResponseSender", "StreamingMethod"),
     "._stubs": ("ResponseStream",),
     "._tls": (
         "PeerIdentity",

@@ -41,7 +41,7 @@ from typing import Final, final
 
 import trio
 
-from trio_micro.protocol import Status
+from trio_micro.protocol import CallType, Status
 
 from ._admission import REFUSED, RETRY_AFTER_MS
 from ._balancing import Balancer, LatencyTracker
@@ -264,9 +264,14 @@ class Caller:
         await trio.sleep(delay)
 
     async def open_stream(
-        self, method: str, payload: bytes, metadata: dict[str, str] | None, call: ClientCall | None
+        self,
+        method: str,
+        payload: bytes,
+        metadata: dict[str, str] | None,
+        call: ClientCall | None,
+        call_type: CallType = CallType.SERVER_STREAM,
     ) -> tuple[ClientConnection, int, _Call]:
-        """Send a server-stream call's request; return its connection, stream id and record.
+        """Send a stream call's request; return its connection, stream id and record.
 
         A checkpoint. Retried only when refused by GOAWAY.
 
@@ -280,7 +285,9 @@ class Caller:
             if call is not None:
                 call.peer = conn.peer
             try:
-                stream_id, record = await conn.open_stream(method, payload, _timeout_ms(), metadata)
+                stream_id, record = await conn.open_stream(
+                    method, payload, _timeout_ms(), metadata, call_type
+                )
             except RefusedError as exc:
                 refused = exc
                 avoid = conn.endpoint

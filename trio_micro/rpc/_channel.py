@@ -29,6 +29,7 @@ from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
 from ._calls import Caller
+from ._client_streams import StreamCall
 from ._endpoints import ConnectOptions, EndpointPool
 from ._interceptors import ClientInterceptor
 from ._resolver import Resolver, split_target
@@ -213,6 +214,26 @@ class Channel:
         """
         info = untyped(method, "server_stream", False)
         return ResponseStream(self._caller, info, encodable(request), check_metadata(metadata))
+
+    def stream_call(
+        self,
+        method: str,
+        *,
+        bidi: bool,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StreamCall[Any, Any]:
+        """Open an untyped client-stream (``bidi=False``) or bidi-stream call by name.
+
+        The counterpart of :meth:`call` for ``@rpc.client_stream`` / ``@rpc.bidi_stream``
+        methods: ``async with channel.stream_call(...) as (send, receive)``, sending and
+        receiving plain values (nothing is sent until ``async with``).
+
+        Raises:
+            TypeError: Bad metadata (a value that can't be encoded: from ``send``).
+            ValueError: ``method`` is not ``"<service>/<method>"``.
+        """
+        info = untyped(method, "bidi_stream" if bidi else "client_stream", False)
+        return StreamCall(self._caller, info, check_metadata(metadata))
 
 
 def _endpoints(target: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoint]:

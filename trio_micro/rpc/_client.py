@@ -49,6 +49,7 @@ from trio_micro.protocol import (
     CallType,
     Connection,
     ConnectionClosed,
+    Credit,
     End,
     Error,
     ErrorCode,
@@ -88,7 +89,7 @@ class RefusedError(RpcError):
 class _Call:
     """The waiter of one call: the parked caller, and the answer when it comes."""
 
-    __slots__ = ("cancelled", "error", "frame", "items", "task", "unacked")
+    __slots__ = ("cancelled", "error", "frame", "items", "sender", "task", "unacked")
 
     def __init__(self, items: collections.deque[bytes] | None) -> None:
         self.task: trio.lowlevel.Task | None = None
@@ -97,12 +98,23 @@ class _Call:
         self.items = items
         self.unacked = 0  # stream items consumed but not yet granted back as CREDIT
         self.cancelled = False
+        self.sender: trio.lowlevel.Task | None = None  # waiting for credit (rpc._client_streams)
 
 
 def _wake(call: _Call) -> None:
     task = call.task
     if task is not None:
         call.task = None
+        trio.lowlevel.reschedule(task)
+    if call.sender is not None:  # a client-/bidi-stream's sender: its call ended
+        wake_sender(call)
+
+
+def wake_sender(call: _Call) -> None:
+    """Wake the task waiting for credit to send on ``call``'s stream, if any."""
+    task = call.sender
+    if task is not None:
+        call.sender = None
         trio.lowlevel.reschedule(task)
 
 
@@ -289,6 +301,10 @@ class ClientConnection:
                 if call is not None and call.items is not None:
                     call.items.append(event.payload)  # type: ignore[union-attr]
                     _wake(call)
+            elif kind is Credit:  # for a client-/bidi-stream's sender
+                call = calls.get(event.id)  # type: ignore[union-attr]
+                if call is not None:
+                    wake_sender(call)
             elif kind is Ping:
                 self.writer.write(self.proto.send_pong(event.opaque))  # type: ignore[union-attr]
             elif kind is GoAway:
@@ -408,13 +424,14 @@ class ClientConnection:
         payload: bytes,
         timeout_ms: int | None,
         metadata: dict[str, str] | None,
+        call_type: CallType = CallType.SERVER_STREAM,
     ) -> tuple[int, _Call]:
-        """Send a server-stream REQUEST; return its id and record."""
+        """Send a stream call's REQUEST (server-, client- or bidi-stream); return its id and
+        record. A client-stream's record has no item queue: its answer is one RESPONSE."""
         if self._unusable is not None or self._slots or not self.proto.can_open_stream():
             await self._wait_slot()
-        return self._open(
-            method, payload, CallType.SERVER_STREAM, timeout_ms, metadata, collections.deque()
-        )
+        items = None if call_type is CallType.CLIENT_STREAM else collections.deque[bytes]()
+        return self._open(method, payload, call_type, timeout_ms, metadata, items)
 
     async def next_item(self, stream_id: int, call: _Call) -> bytes | None:
         """The next item's payload, ``None`` at END.

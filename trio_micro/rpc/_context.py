@@ -45,6 +45,7 @@ class ServerCall:
 
     __slots__ = (
         "_cancel_requested",
+        "_requests",
         "_scope",
         "deadline",
         "kind",
@@ -81,6 +82,7 @@ class ServerCall:
         self.peer_identity = peer_identity
         self._scope = scope
         self._cancel_requested = False
+        self._requests: object = None  # a client-/bidi-stream's inbox (rpc._streaming)
 
     def __repr__(self) -> str:
         deadline = "" if math.isinf(self.deadline) else f", deadline={self.deadline!r}"

@@ -45,6 +45,7 @@ from ._errors import RpcError
 from ._interceptors import ServerInterceptor, run_intercepted
 from ._observability import enter_server_span
 from ._server_limits import ByteBudget
+from ._server_streams import answer_bidi_stream, answer_client_stream
 from ._service import MethodInfo, invalid_argument
 from ._transport import Writer
 
@@ -220,7 +221,7 @@ class CallRunner:
         else:
             # A stream's END is queued after the interceptors, so one that fails after
             # proceed() still turns the call into an ERROR.
-            if answer is not ANSWER_UNARY:
+            if answer is not ANSWER_UNARY and answer is not ANSWER_CLIENT_STREAM:
                 self.writer.write(self.proto.send_end(call.stream_id))
         finally:
             self._admission.inflight -= 1
@@ -251,6 +252,13 @@ class CallRunner:
             if error is None:
                 raise
             raise error from None
+        await self._respond(call, info, result)
+
+    async def _respond(self, call: ServerCall, info: MethodInfo, result: object) -> None:
+        """Check a handler's result and queue the RESPONSE (unary and client-stream calls).
+
+        A checkpoint only when the writer is congested.
+        """
         if not isinstance(result, info.response_type):
             raise self._crashed(
                 call,
@@ -362,6 +370,8 @@ class CallRunner:
 
 ANSWER_UNARY: Final[Answer] = CallRunner._answer_unary
 ANSWER_STREAM: Final[Answer] = CallRunner._answer_stream
+ANSWER_CLIENT_STREAM: Final[Answer] = answer_client_stream
+ANSWER_BIDI_STREAM: Final[Answer] = answer_bidi_stream
 
 
 def _too_large(exc: LocalProtocolError) -> RpcError:

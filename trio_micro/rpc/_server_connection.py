@@ -59,10 +59,12 @@ from trio_micro.protocol import (
     Connection,
     ConnectionClosed,
     Credit,
+    End,
     ErrorCode,
     Event,
     GoAway,
     Hello,
+    Item,
     LocalProtocolError,
     Ping,
     RemoteProtocolError,
@@ -76,7 +78,15 @@ from trio_micro.protocol import (
 from ._admission import Admission
 from ._context import ServerCall
 from ._interceptors import ServerInterceptor
-from ._server_calls import ANSWER_STREAM, ANSWER_UNARY, CallRunner, Handler
+from ._server_calls import (
+    ANSWER_BIDI_STREAM,
+    ANSWER_CLIENT_STREAM,
+    ANSWER_STREAM,
+    ANSWER_UNARY,
+    Answer,
+    CallRunner,
+    Handler,
+)
 from ._server_limits import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_SERVER_BUFFERED_BYTES,
@@ -85,6 +95,7 @@ from ._server_limits import (
     admit_request,
 )
 from ._service import MethodInfo
+from ._streaming import deliver
 from ._tls import PeerIdentity, peer_identity
 from ._transport import RECEIVE_SIZE, Writer, peer_host, peer_name
 from ._workers import CallWorkers
@@ -93,6 +104,12 @@ if TYPE_CHECKING:
     from ._server import Server
 
 __all__: list[str] = []
+
+_ANSWERS: Final[dict[CallType, Answer]] = {
+    CallType.SERVER_STREAM: ANSWER_STREAM,
+    CallType.CLIENT_STREAM: ANSWER_CLIENT_STREAM,
+    CallType.BIDI_STREAM: ANSWER_BIDI_STREAM,
+}
 
 log = structlog.get_logger("rpc")
 
@@ -310,6 +327,8 @@ class ServerConnection:
                             return
                     elif kind is Credit:
                         self.runner.credit(event.id)  # type: ignore[union-attr]
+                    elif kind is Item or kind is End:  # a client- or bidi-stream's half
+                        deliver(self.calls, event)  # type: ignore[arg-type]
                     elif kind is Ping:
                         if not self._on_ping(event):  # type: ignore[arg-type]
                             return
@@ -491,7 +510,7 @@ class ServerConnection:
             self.identity,
         )
         self.calls[sid] = call
-        answer = ANSWER_UNARY if info.call_type is CallType.UNARY else ANSWER_STREAM
+        answer = ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWERS[info.call_type]
         workers.start(
             worker, self.runner.run(answer, call, info, handler, frame.payload), task_name
         )

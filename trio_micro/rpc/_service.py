@@ -25,8 +25,8 @@ import collections.abc
 import inspect
 import re
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final, Literal, TypeVar, final, overload
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeVar, cast, final, overload
 
 import msgspec
 
@@ -34,11 +34,16 @@ from trio_micro.protocol import CallType, Status
 
 from ._errors import RpcError
 
-__all__ = ["MethodInfo", "Service", "server_stream", "unary"]
+if TYPE_CHECKING:
+    from ._streaming import RequestStream, ResponseSender, StreamingMethod
+
+__all__ = ["MethodInfo", "Service", "bidi_stream", "client_stream", "server_stream", "unary"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
 
-MethodKind = Literal["unary", "server_stream"]
+MethodKind = Literal["unary", "server_stream", "client_stream", "bidi_stream"]
 
 _MARK: Final = "__trio_micro_rpc__"
 _STREAM_ORIGINS: Final = frozenset(
@@ -51,6 +56,12 @@ _STREAM_ORIGINS: Final = frozenset(
 # msgspec's messages end with " - at `$.path`"; the path goes into ERROR details too.
 _PATH: Final = re.compile(r" - at `(\$[^`]*)`$")
 _NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_CALL_TYPES: Final[dict[str, CallType]] = {
+    "unary": CallType.UNARY,
+    "server_stream": CallType.SERVER_STREAM,
+    "client_stream": CallType.CLIENT_STREAM,
+    "bidi_stream": CallType.BIDI_STREAM,
+}
 
 
 @final
@@ -97,6 +108,36 @@ def server_stream(fn: F, /) -> F:
     return fn
 
 
+def client_stream(
+    fn: Callable[[Any, RequestStream[ReqT]], Awaitable[RespT]], /
+) -> StreamingMethod[ReqT, RespT]:
+    """Mark ``async def method(self, requests: rpc.RequestStream[Req]) -> Resp`` as a
+    client-streaming RPC method: many requests in, one response out.
+
+    ``requests`` is a :class:`RequestStream` (a ``trio.abc.ReceiveChannel``): ``async for``
+    it, or ``await requests.receive()`` until ``trio.EndOfChannel`` (the client's
+    half-close). The function is returned unchanged; only type checkers see the declared
+    :class:`StreamingMethod`, whose client view (on a stub) is ``() -> rpc.StreamCall``.
+    """
+    setattr(fn, _MARK, _Mark("client_stream", False))
+    return cast("StreamingMethod[ReqT, RespT]", fn)
+
+
+def bidi_stream(
+    fn: Callable[[Any, RequestStream[ReqT], ResponseSender[RespT]], Awaitable[None]], /
+) -> StreamingMethod[ReqT, RespT]:
+    """Mark ``async def method(self, requests: rpc.RequestStream[Req], responses:
+    rpc.ResponseSender[Resp]) -> None`` as a bidirectional-streaming RPC method.
+
+    The handler reads ``requests`` and sends on ``responses`` (a ``trio.abc.SendChannel``)
+    in any order -- from a nursery of its own too; the call ends (END) when it returns.
+    ``responses.send`` waits for the client's credit. Returned unchanged, typed as for
+    :func:`client_stream`.
+    """
+    setattr(fn, _MARK, _Mark("bidi_stream", False))
+    return cast("StreamingMethod[ReqT, RespT]", fn)
+
+
 @final
 class MethodInfo:
     """One method of a service, as the server and the client see it. Built by
@@ -140,7 +181,7 @@ class MethodInfo:
         self.name = name
         self.wire_name = f"{service}/{name}"
         self.kind: MethodKind = kind
-        self.call_type = CallType.UNARY if kind == "unary" else CallType.SERVER_STREAM
+        self.call_type = _CALL_TYPES[kind]
         self.idempotent = idempotent
         self.request_type = request_type
         self.response_type = response_type
@@ -223,6 +264,9 @@ def _method_info(
     cls: type[Service], service: str, attr: str, fn: Callable[..., Any], mark: _Mark
 ) -> MethodInfo:
     where = f"{cls.__qualname__}.{attr}"
+    if mark.kind in ("client_stream", "bidi_stream"):
+        item_types = _streaming_types(where, fn, mark.kind)
+        return MethodInfo(service, attr, mark.kind, False, *item_types)
     if mark.kind == "unary":
         if not inspect.iscoroutinefunction(fn):
             what = "an async generator" if inspect.isasyncgenfunction(fn) else "not async def"
@@ -275,6 +319,53 @@ def _method_info(
     assert isinstance(request_type, type)
     assert isinstance(response_type, type)
     return MethodInfo(service, attr, mark.kind, mark.idempotent, request_type, response_type)
+
+
+def _streaming_types(
+    where: str, fn: Callable[..., Any], kind: MethodKind
+) -> tuple[type[Any], type[Any]]:
+    """The (request, response) item types of a client- or bidi-stream method, checked."""
+    # Imported here: _streaming imports trio, and a service of unary and server-stream
+    # methods must be importable without it (the asyncio client, trio_micro.aio).
+    from ._streaming import RequestStream, ResponseSender
+
+    decorator = f"@rpc.{kind}"
+    shape = (
+        "(self, requests: rpc.RequestStream[Req]) -> Resp"
+        if kind == "client_stream"
+        else "(self, requests: rpc.RequestStream[Req], responses: rpc.ResponseSender[Resp])"
+    )
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{where}: {decorator} needs an 'async def' method {shape}, got {fn!r}")
+    params = list(inspect.signature(fn).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    wanted = 2 if kind == "client_stream" else 3
+    if len(params) != wanted or any(p.kind not in positional for p in params):
+        raise TypeError(f"{where}: {decorator} takes {shape}, got {inspect.signature(fn)}")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise TypeError(f"{where}: can't resolve the annotations ({exc!r})") from exc
+    request_type = _item_type(where, hints.get(params[1].name), RequestStream, shape)
+    if kind == "bidi_stream":
+        return request_type, _item_type(where, hints.get(params[2].name), ResponseSender, shape)
+    returns = hints.get("return")
+    if not isinstance(returns, type) or not _is_struct(returns):
+        raise TypeError(
+            f"{where}: the return annotation must be a msgspec.Struct type, got {returns!r}"
+        )
+    return request_type, returns
+
+
+def _item_type(where: str, hint: object, origin: type[Any], shape: str) -> type[Any]:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is not origin or len(args) != 1 or not _is_struct(args[0]):
+        raise TypeError(
+            f"{where}: expected {shape} with msgspec.Struct item types, got {hint!r} for "
+            f"{origin.__name__}"
+        )
+    item: type[Any] = args[0]
+    return item
 
 
 def _is_struct(value: object) -> bool:

@@ -24,6 +24,7 @@ from trio_micro.protocol import DECODE_ERRORS, Status
 
 from ._calls import Caller
 from ._client import ClientConnection, _Call
+from ._client_streams import streaming_method
 from ._context import ClientCall
 from ._errors import RpcError
 from ._interceptors import run_intercepted
@@ -41,11 +42,12 @@ def make_stub(caller: Caller, service: type[S], metadata: dict[str, str] | None)
     """A stub of ``service`` making its calls through ``caller`` (see ``Channel.stub``)."""
     proxy = _Stub(service.__rpc_name__)
     for attr, info in service.__rpc_methods__.items():
-        method = (
-            unary_method(caller, info, metadata)
-            if info.kind == "unary"
-            else stream_method(caller, info, metadata)
-        )
+        if info.kind == "unary":
+            method: Any = unary_method(caller, info, metadata)
+        elif info.kind == "server_stream":
+            method = stream_method(caller, info, metadata)
+        else:
+            method = streaming_method(caller, info, metadata)
         setattr(proxy, attr, method)
     return cast(S, proxy)
 

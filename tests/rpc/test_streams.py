@@ -1,0 +1,274 @@
+"""Client-stream and bidi-stream calls end to end: the (send, receive) pair, half-close,
+flow control both ways, errors and cancellation in both directions, no task left behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from trio_micro import rpc
+
+from .conftest import address
+from .test_channel import all_tasks
+
+
+class Num(msgspec.Struct):
+    n: int
+
+
+class Total(msgspec.Struct):
+    total: int
+    count: int
+
+
+class Shapes(rpc.Service, name="shapes"):
+    def __init__(self) -> None:
+        self.read_gate = trio.Event()  # `hold` reads nothing until this is set
+        self.started = trio.Event()
+        self.cancelled = trio.Event()
+        self.received: list[int] = []
+        self.sent = 0
+
+    @rpc.client_stream
+    async def add(self, requests: rpc.RequestStream[Num]) -> Total:
+        total = count = 0
+        async for item in requests:
+            total += item.n
+            count += 1
+        return Total(total, count)
+
+    @rpc.client_stream
+    async def hold(self, requests: rpc.RequestStream[Num]) -> Total:
+        self.started.set()
+        try:
+            await self.read_gate.wait()
+            async for item in requests:
+                self.received.append(item.n)
+        except trio.Cancelled:
+            self.cancelled.set()
+            raise
+        return Total(sum(self.received), len(self.received))
+
+    @rpc.client_stream
+    async def first_only(self, requests: rpc.RequestStream[Num]) -> Total:
+        item = await requests.receive()
+        return Total(item.n, 1)
+
+    @rpc.client_stream
+    async def refuse(self, requests: rpc.RequestStream[Num]) -> Total:
+        raise rpc.RpcError(rpc.Status.PERMISSION_DENIED, "no uploads")
+
+    @rpc.client_stream
+    async def crash(self, requests: rpc.RequestStream[Num]) -> Total:
+        raise ValueError("bug")
+
+    @rpc.bidi_stream
+    async def double(
+        self, requests: rpc.RequestStream[Num], responses: rpc.ResponseSender[Num]
+    ) -> None:
+        async for item in requests:
+            await responses.send(Num(item.n * 2))
+
+    @rpc.bidi_stream
+    async def flood(
+        self, requests: rpc.RequestStream[Num], responses: rpc.ResponseSender[Num]
+    ) -> None:
+        self.started.set()
+        try:
+            while True:
+                await responses.send(Num(self.sent))
+                self.sent += 1
+        except trio.Cancelled:
+            self.cancelled.set()
+            raise
+
+
+@pytest.fixture
+def shapes() -> Shapes:
+    return Shapes()
+
+
+@pytest.fixture
+async def stub(shapes: Shapes) -> AsyncIterator[Shapes]:
+    async with (
+        rpc.open_server([shapes], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        yield channel.stub(Shapes)
+
+
+async def test_a_client_stream_returns_one_answer_for_many_requests(stub: Shapes) -> None:
+    async with stub.add() as (send, receive):
+        for n in range(200):
+            await send.send(Num(n))
+        await send.aclose()
+        assert await receive.receive() == Total(sum(range(200)), 200)
+        with pytest.raises(trio.EndOfChannel):
+            await receive.receive()
+
+
+async def test_a_bidi_stream_answers_as_requests_arrive(stub: Shapes) -> None:
+    async with stub.double() as (send, receive):
+        for n in range(3):
+            await send.send(Num(n))
+            assert await receive.receive() == Num(2 * n)
+        await send.aclose()
+        assert [x async for x in receive] == []
+
+
+async def test_a_bidi_stream_composes_with_a_nursery(stub: Shapes) -> None:
+    async with stub.double() as (send, receive):
+
+        async def produce() -> None:
+            async with send:
+                for n in range(300):
+                    await send.send(Num(n))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            doubled = [x.n async for x in receive]
+    assert doubled == [2 * n for n in range(300)]
+
+
+async def test_sending_after_the_half_close_is_refused(stub: Shapes) -> None:
+    async with stub.add() as (send, receive):
+        await send.aclose()
+        with pytest.raises(trio.ClosedResourceError, match="half-close"):
+            await send.send(Num(1))
+        assert await receive.receive() == Total(0, 0)
+
+
+async def test_a_wrong_typed_request_is_refused_before_sending(stub: Shapes) -> None:
+    async with stub.add() as (send, receive):
+        with pytest.raises(TypeError, match="takes Num requests"):
+            await send.send(Total(1, 1))  # type: ignore[arg-type]
+        await send.aclose()
+        assert await receive.receive() == Total(0, 0)
+
+
+async def test_the_handlers_error_reaches_receive_and_send(stub: Shapes) -> None:
+    async with stub.refuse() as (send, receive):
+        with pytest.raises(rpc.RpcError) as info:
+            await receive.receive()
+        assert info.value.code is rpc.Status.PERMISSION_DENIED
+        with pytest.raises(rpc.RpcError, match="no uploads"):
+            await send.send(Num(1))
+
+
+async def test_a_crashing_handler_ends_the_call_with_internal(stub: Shapes) -> None:
+    async with stub.crash() as (_, receive):
+        with pytest.raises(rpc.RpcError) as info:
+            await receive.receive()
+    assert info.value.code is rpc.Status.INTERNAL
+
+
+async def test_sending_after_the_server_answered_is_a_broken_resource(stub: Shapes) -> None:
+    async with stub.first_only() as (send, receive):
+        await send.send(Num(5))
+        assert await receive.receive() == Total(5, 1)
+        with pytest.raises(trio.BrokenResourceError, match="already ended"):
+            await send.send(Num(6))
+
+
+async def test_a_server_that_stops_reading_holds_the_client_to_its_credit(
+    shapes: Shapes, stub: Shapes
+) -> None:
+    sent = 0
+    async with stub.hold() as (send, receive), trio.open_nursery() as nursery:
+
+        async def sender() -> None:
+            nonlocal sent
+            for n in range(1000):
+                await send.send(Num(n))
+                sent += 1
+            await send.aclose()
+
+        nursery.start_soon(sender)
+        await shapes.started.wait()
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert sent == 64  # the server's initial_stream_credit, not more
+        shapes.read_gate.set()
+        total = await receive.receive()
+    assert total == Total(sum(range(1000)), 1000)
+
+
+async def test_a_client_that_stops_reading_holds_the_server_to_its_credit(
+    shapes: Shapes, stub: Shapes
+) -> None:
+    async with stub.flood() as (_, receive):
+        assert await receive.receive() == Num(0)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert shapes.sent == 64  # the channel's initial_stream_credit
+    with trio.fail_after(5):
+        await shapes.cancelled.wait()
+
+
+async def test_leaving_the_block_cancels_the_handler(shapes: Shapes, stub: Shapes) -> None:
+    async with stub.hold() as (send, _):
+        await send.send(Num(1))
+        await shapes.started.wait()
+    with trio.fail_after(5):
+        await shapes.cancelled.wait()
+
+
+async def test_a_caller_cancelled_while_receiving_cancels_the_handler(
+    shapes: Shapes, stub: Shapes
+) -> None:
+    with trio.move_on_after(0.05) as scope:
+        async with stub.hold() as (_, receive):
+            await receive.receive()
+    assert scope.cancelled_caught
+    with trio.fail_after(5):
+        await shapes.cancelled.wait()
+
+
+async def test_an_exception_in_the_block_propagates_unchanged_and_cancels(
+    shapes: Shapes, stub: Shapes
+) -> None:
+    async def fail_inside() -> None:
+        async with stub.hold():
+            await shapes.started.wait()
+            raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        await fail_inside()
+    with trio.fail_after(5):
+        await shapes.cancelled.wait()
+
+
+async def test_the_deadline_covers_both_halves(shapes: Shapes, stub: Shapes) -> None:
+    with pytest.raises(trio.TooSlowError), trio.fail_after(0.1):
+        async with stub.hold() as (_, receive):
+            await receive.receive()
+    with trio.fail_after(5):
+        await shapes.cancelled.wait()
+
+
+async def test_a_stream_call_is_used_once(stub: Shapes) -> None:
+    call = stub.add()
+    async with call as (send, receive):
+        await send.aclose()
+        await receive.receive()
+    with pytest.raises(RuntimeError, match="already used"):
+        async with call:
+            pass
+
+
+async def test_no_task_outlives_stream_calls(shapes: Shapes) -> None:
+    before = len(all_tasks())
+    async with (
+        rpc.open_server([shapes], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        stub = channel.stub(Shapes)
+        async with stub.double() as (send, receive):
+            await send.send(Num(1))
+            await receive.receive()
+        async with stub.hold() as (send, _):
+            await shapes.started.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(all_tasks()) == before

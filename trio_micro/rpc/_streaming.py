@@ -1,0 +1,238 @@
+"""The handler's side of client- and bidi-streams: the request stream and the response sender.
+
+A client-stream or bidi-stream handler reads its requests from a :class:`RequestStream` (a
+``trio.abc.ReceiveChannel``) and a bidi handler sends on a :class:`ResponseSender` (a
+``trio.abc.SendChannel``), so both compose with trio's channel tools and
+:mod:`trio_micro.toolkit`.
+
+Flow control: the connection's reader appends each ITEM's payload to the call's inbox
+(:func:`deliver`) without awaiting; the protocol refuses (``FLOW_CONTROL_ERROR``) an ITEM
+beyond the credit the server granted, so the inbox never holds more than the server's
+``initial_stream_credit`` payloads. :meth:`RequestStream.receive` grants credit back once
+half of that window has been consumed. The inbox lives on the :class:`~._context.ServerCall`,
+so it goes when the call goes.
+
+:class:`StreamingMethod` is only a type: what ``@rpc.client_stream`` and ``@rpc.bidi_stream``
+declare, so that on a stub (``channel.stub(Service)``) the method reads as
+``() -> rpc.StreamCall[Req, Resp]`` to a type checker.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, overload
+
+import msgspec
+import trio
+
+from trio_micro.protocol import Connection, End, Item, LocalProtocolError, Status
+
+from ._errors import RpcError
+from ._transport import Writer
+
+if TYPE_CHECKING:
+    from ._client_streams import StreamCall
+    from ._context import ServerCall
+
+__all__ = ["RequestStream", "ResponseSender", "StreamingMethod"]
+
+T = TypeVar("T")
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
+
+_encode: Final = msgspec.msgpack.Encoder().encode
+
+
+class StreamingMethod(Protocol[ReqT, RespT]):
+    """What ``@rpc.client_stream`` / ``@rpc.bidi_stream`` methods are, for type checkers.
+
+    On a stub the method is ``() -> StreamCall[Req, Resp]``; on the class it is the
+    descriptor itself. At run time the decorated function is left unchanged.
+    """
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any], /) -> StreamingMethod[ReqT, RespT]: ...
+    @overload
+    def __get__(
+        self, obj: object, owner: type[Any] | None = None, /
+    ) -> Callable[[], StreamCall[ReqT, RespT]]: ...
+    def __get__(self, obj: object, owner: type[Any] | None = None, /) -> Any: ...
+
+
+@final
+class _Inbox:
+    """The client's items of one call, as they arrived; see the module docs."""
+
+    __slots__ = ("ended", "items", "task")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[bytes] = collections.deque()
+        self.ended = False  # the client's END arrived
+        self.task: trio.lowlevel.Task | None = None  # the handler waiting in receive()
+
+    def wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+
+def inbox(call: ServerCall) -> _Inbox:
+    """The call's inbox, made on first use (by the reader or by the handler)."""
+    box = call._requests
+    if box is None:
+        box = call._requests = _Inbox()
+    assert isinstance(box, _Inbox)
+    return box
+
+
+def deliver(calls: dict[int, ServerCall], event: Item | End) -> None:
+    """Hand a client's ITEM or END to its call (synchronous; the reader calls it)."""
+    call = calls.get(event.id)
+    if call is None:
+        return  # the call is ending: its terminal frame is queued
+    box = inbox(call)
+    if type(event) is Item:
+        box.items.append(event.payload)
+    else:
+        box.ended = True
+    box.wake()
+
+
+@final
+class RequestStream(trio.abc.ReceiveChannel[T]):
+    """The requests of a client- or bidi-stream call, as the handler reads them.
+
+    ``async for request in requests`` (or ``await requests.receive()``) yields each
+    request, decoded and validated, in order; the iteration ends (``trio.EndOfChannel``)
+    when the client half-closes. Made by the server; handlers only read it.
+
+    ``receive()`` is a checkpoint when it has to wait, otherwise it only checks for
+    cancellation. Cancellation (the client's CANCEL, the deadline) reaches a waiting
+    ``receive()`` as ``trio.Cancelled``.
+
+    Raises (from ``receive``):
+        RpcError: ``INVALID_ARGUMENT`` for an item that does not decode or validate; left
+            uncaught it ends the call with that status.
+        trio.EndOfChannel: The client half-closed and every item has been read.
+        trio.ClosedResourceError: After :meth:`aclose`.
+    """
+
+    __slots__ = ("_box", "_closed", "_decode", "_proto", "_sid", "_unacked", "_window", "_writer")
+
+    def __init__(
+        self,
+        call: ServerCall,
+        proto: Connection,
+        writer: Writer,
+        decode: Callable[[bytes], T],
+    ) -> None:
+        self._box = inbox(call)
+        self._sid = call.stream_id
+        self._proto = proto
+        self._writer = writer
+        self._decode = decode
+        self._window = proto.local_settings.initial_stream_credit
+        self._unacked = 0
+        self._closed = False
+        if self._window == 0:  # the client may send nothing until granted: grant a window
+            self._window = 64
+            writer.write(proto.send_credit(self._sid, self._window))
+
+    async def receive(self) -> T:
+        """The next request; see the class docs."""
+        if self._closed:
+            raise trio.ClosedResourceError("the request stream was closed")
+        box = self._box
+        if not box.items and not box.ended:
+            box.task = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                box.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if not box.items:
+            raise trio.EndOfChannel
+        payload = box.items.popleft()
+        self._unacked += 1
+        if self._unacked * 2 >= self._window and not box.ended:
+            self._writer.write(self._proto.send_credit(self._sid, self._unacked))
+            self._unacked = 0
+        return self._decode(payload)
+
+    async def aclose(self) -> None:
+        """Stop reading; later ``receive()`` calls raise ``ClosedResourceError``. The
+        client's further items are dropped as they arrive. A checkpoint."""
+        self._closed = True
+        self._box.items.clear()
+        await trio.lowlevel.checkpoint()
+
+
+@final
+class ResponseSender(trio.abc.SendChannel[T]):
+    """Where a bidi-stream handler sends its responses; the call ends when it returns.
+
+    ``await responses.send(item)`` queues one ITEM once the client has granted credit, so
+    a client that stops reading makes ``send`` wait rather than anything buffer. A
+    checkpoint when it waits; otherwise it only checks for cancellation. Cancellation
+    (the client's CANCEL, the deadline) reaches a waiting ``send`` as ``trio.Cancelled``.
+
+    Raises (from ``send``):
+        TypeError: ``item`` is not of the method's response type (the call fails with
+            ``INTERNAL``, logged, if it propagates).
+        RpcError: ``RESOURCE_EXHAUSTED``: the item is over the client's frame size.
+        trio.ClosedResourceError: After :meth:`aclose`.
+    """
+
+    __slots__ = ("_closed", "_item_type", "_proto", "_sid", "_wait_credit", "_writer")
+
+    def __init__(
+        self,
+        sid: int,
+        proto: Connection,
+        writer: Writer,
+        item_type: type[T],
+        wait_credit: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self._sid = sid
+        self._proto = proto
+        self._writer = writer
+        self._item_type = item_type
+        self._wait_credit = wait_credit
+        self._closed = False
+
+    async def send(self, value: T) -> None:
+        """Send one response; see the class docs."""
+        if self._closed:
+            raise trio.ClosedResourceError("the response sender was closed")
+        if not isinstance(value, self._item_type):
+            raise TypeError(f"responses must be {self._item_type.__name__}, got {value!r}")
+        proto = self._proto
+        sid = self._sid
+        waited = False
+        while proto.send_credit_available(sid) <= 0:
+            await self._wait_credit(sid)
+            waited = True
+        writer = self._writer
+        if writer.congested:
+            await writer.wait_uncongested()
+        elif not waited:
+            # Credit is bounded, so a sender that never waits is at most a window ahead
+            # of a full checkpoint; checking for cancellation is enough (as for the
+            # server-stream's generator).
+            await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            writer.write(proto.send_item(sid, _encode(value)))
+        except LocalProtocolError as exc:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
+            ) from None
+
+    async def aclose(self) -> None:
+        """Send nothing more (the END still waits for the handler to return). A checkpoint."""
+        self._closed = True
+        await trio.lowlevel.checkpoint()
