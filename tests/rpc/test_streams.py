@@ -272,3 +272,57 @@ async def test_no_task_outlives_stream_calls(shapes: Shapes) -> None:
             await shapes.started.wait()
     await trio.testing.wait_all_tasks_blocked()
     assert len(all_tasks()) == before
+
+
+class Blob(msgspec.Struct):
+    data: bytes
+
+
+class Sink(rpc.Service, name="sink"):
+    """A client stream whose handler reads nothing until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.gate = trio.Event()
+
+    @rpc.client_stream
+    async def hold(self, requests: rpc.RequestStream[Blob]) -> Total:
+        await self.gate.wait()
+        count = 0
+        async for _ in requests:
+            count += 1
+        return Total(count, count)
+
+    @rpc.unary
+    async def echo(self, request: Num) -> Num:
+        return request
+
+
+async def test_items_waiting_to_be_read_fail_their_call_past_the_byte_budget() -> None:
+    # Credit lets the client send 64 items of up to max_frame_size each; the byte budget
+    # (64 KiB here) bounds what waits for the handler, failing that call only.
+    sink = Sink()
+    item = Blob(b"x" * (16 * 1024))
+    async with (
+        rpc.open_server([sink], host="127.0.0.1", port=0, max_buffered_bytes=64 * 1024) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        stub = channel.stub(Sink)
+        async with stub.hold() as (send, receive):
+            for _ in range(3):
+                await send.send(item)
+            # The echo follows the items on the same connection: once it is answered, the
+            # server has read them. Three items wait, charged: 48 KiB and a little more.
+            assert await stub.echo(Num(7)) == Num(7)
+            assert 3 * 16 * 1024 < server.statistics().request_bytes < 4 * 16 * 1024
+            for _ in range(17):  # 320 KiB in all, within the stream's credit of 64 items
+                await send.send(item)
+            assert await stub.echo(Num(7)) == Num(7)  # the connection is fine
+            assert server.statistics().request_bytes == 0  # refused: the items dropped
+            sink.gate.set()
+            with pytest.raises(rpc.RpcError) as caught:
+                await receive.receive()
+        assert caught.value.code is rpc.Status.RESOURCE_EXHAUSTED
+        assert caught.value.details == {"refused": "max_buffered_bytes"}
+        assert "request items waiting to be read" in caught.value.message
+        assert server.statistics().request_bytes == 0
+        assert await stub.echo(Num(8)) == Num(8)

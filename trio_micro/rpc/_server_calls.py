@@ -47,6 +47,7 @@ from ._observability import enter_server_span
 from ._server_limits import ByteBudget
 from ._server_streams import answer_bidi_stream, answer_client_stream
 from ._service import MethodInfo, invalid_argument
+from ._streaming import release_inbox
 from ._transport import Writer
 
 __all__: list[str] = []
@@ -228,6 +229,8 @@ class CallRunner:
             size = len(payload)
             for budget in self._budgets:
                 budget.give(size)
+            if call._requests is not None:  # a client- or bidi-stream's unread items
+                release_inbox(call)
             calls = self.calls
             del calls[call.stream_id]
             if not calls:

@@ -328,7 +328,12 @@ class ServerConnection:
                     elif kind is Credit:
                         self.runner.credit(event.id)  # type: ignore[union-attr]
                     elif kind is Item or kind is End:  # a client- or bidi-stream's half
-                        deliver(self.calls, event)  # type: ignore[arg-type]
+                        deliver(
+                            self.calls,
+                            event,  # type: ignore[arg-type]
+                            (self.budget, self.server.buffer_budget),
+                            self.writer.pending,
+                        )
                     elif kind is Ping:
                         if not self._on_ping(event):  # type: ignore[arg-type]
                             return

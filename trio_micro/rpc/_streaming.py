@@ -12,6 +12,14 @@ beyond the credit the server granted, so the inbox never holds more than the ser
 half of that window has been consumed. The inbox lives on the :class:`~._context.ServerCall`,
 so it goes when the call goes.
 
+Memory: credit bounds the *number* of waiting items, not their bytes (64 items of up to
+``max_frame_size`` each). So each waiting item is also charged against the connection's and
+the server's byte budgets (``max_buffered_bytes``, ``max_server_buffered_bytes``; see
+:mod:`._server_limits`), like a REQUEST's payload, and given back when the handler takes it
+(or the call ends). An item that does not fit fails its call: the handler's next
+``receive()`` raises ``RESOURCE_EXHAUSTED`` (details ``refused``), the items waiting are
+dropped, and later ones are dropped as they arrive. The connection and its other calls go on.
+
 :class:`StreamingMethod` is only a type: what ``@rpc.client_stream`` and ``@rpc.bidi_stream``
 declare, so that on a stub (``channel.stub(Service)``) the method reads as
 ``() -> rpc.StreamCall[Req, Resp]`` to a type checker.
@@ -29,6 +37,7 @@ import trio
 from trio_micro.protocol import Connection, End, Item, LocalProtocolError, Status
 
 from ._errors import RpcError
+from ._server_limits import ByteBudget, admit_request
 from ._transport import Writer
 
 if TYPE_CHECKING:
@@ -64,12 +73,34 @@ class StreamingMethod(Protocol[ReqT, RespT]):
 class _Inbox:
     """The client's items of one call, as they arrived; see the module docs."""
 
-    __slots__ = ("ended", "items", "task")
+    __slots__ = ("budgets", "ended", "error", "held", "items", "task")
 
     def __init__(self) -> None:
         self.items: collections.deque[bytes] = collections.deque()
         self.ended = False  # the client's END arrived
         self.task: trio.lowlevel.Task | None = None  # the handler waiting in receive()
+        # Bytes of `items` charged against `budgets` (the connection's, the server's).
+        self.held = 0
+        self.budgets: tuple[ByteBudget, ByteBudget] | None = None
+        # An item did not fit the budgets: receive() raises this; later items are dropped.
+        self.error: RpcError | None = None
+
+    def take(self) -> bytes:
+        """The oldest item, its bytes given back to the budgets."""
+        payload = self.items.popleft()
+        self.give_back(len(payload))
+        return payload
+
+    def give_back(self, size: int) -> None:
+        if size and self.budgets is not None:
+            self.held -= size
+            for budget in self.budgets:
+                budget.give(size)
+
+    def drop(self) -> None:
+        """Forget every waiting item and give their bytes back."""
+        self.items.clear()
+        self.give_back(self.held)
 
     def wake(self) -> None:
         task = self.task
@@ -87,17 +118,50 @@ def inbox(call: ServerCall) -> _Inbox:
     return box
 
 
-def deliver(calls: dict[int, ServerCall], event: Item | End) -> None:
-    """Hand a client's ITEM or END to its call (synchronous; the reader calls it)."""
+def deliver(
+    calls: dict[int, ServerCall],
+    event: Item | End,
+    budgets: tuple[ByteBudget, ByteBudget],
+    queued: int,
+) -> None:
+    """Hand a client's ITEM or END to its call (synchronous; the reader calls it).
+
+    An ITEM is charged against ``budgets`` (the connection's and the server's; ``queued``:
+    what the connection's writer holds) or, when it does not fit, fails its call; see the
+    module docs.
+    """
     call = calls.get(event.id)
     if call is None:
         return  # the call is ending: its terminal frame is queued
     box = inbox(call)
     if type(event) is Item:
-        box.items.append(event.payload)
+        if box.error is not None:
+            return  # the call failed for want of room: drop what follows
+        payload = event.payload
+        over = admit_request(len(payload), budgets[0], budgets[1], queued)
+        if over is None:
+            box.budgets = budgets
+            box.held += len(payload)
+            box.items.append(payload)
+        else:
+            box.error = RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"server busy: {over} ({budgets[0 if over == 'max_buffered_bytes' else 1].limit}"
+                " bytes) reached by request items waiting to be read; retry later",
+                {"refused": over},
+            )
+            box.drop()
     else:
         box.ended = True
     box.wake()
+
+
+def release_inbox(call: ServerCall) -> None:
+    """At the end of a call: give back the bytes of the items its handler never took."""
+    box = call._requests
+    if box is not None:
+        assert isinstance(box, _Inbox)
+        box.drop()
 
 
 @final
@@ -145,7 +209,7 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
         if self._closed:
             raise trio.ClosedResourceError("the request stream was closed")
         box = self._box
-        if not box.items and not box.ended:
+        if not box.items and not box.ended and box.error is None:
             box.task = trio.lowlevel.current_task()
 
             def abort(_: object) -> trio.lowlevel.Abort:
@@ -155,9 +219,11 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
             await trio.lowlevel.wait_task_rescheduled(abort)
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+        if box.error is not None:
+            raise box.error
         if not box.items:
             raise trio.EndOfChannel
-        payload = box.items.popleft()
+        payload = box.take()
         self._unacked += 1
         if self._unacked * 2 >= self._window and not box.ended:
             self._writer.write(self._proto.send_credit(self._sid, self._unacked))
@@ -168,7 +234,7 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
         """Stop reading; later ``receive()`` calls raise ``ClosedResourceError``. The
         client's further items are dropped as they arrive. A checkpoint."""
         self._closed = True
-        self._box.items.clear()
+        self._box.drop()
         await trio.lowlevel.checkpoint()
 
 
