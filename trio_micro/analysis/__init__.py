@@ -32,7 +32,10 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._files import find_trace_records, summarize_files
     from ._filter import RecordFilter
     from ._model import (
+        MARK_EVENTS,
+        MAX_MARKS,
         ErrorSample,
+        EventMark,
         GroupStats,
         InputStats,
         LogSummary,
@@ -49,9 +52,12 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
 __all__ = [
     "BASE_WIDTH",
     "MALFORMED_KINDS",
+    "MARK_EVENTS",
+    "MAX_MARKS",
     "MIN_TRACKED",
     "RELATIVE_ERROR",
     "ErrorSample",
+    "EventMark",
     "GroupStats",
     "InputStats",
     "LatencySketch",
@@ -79,7 +85,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._files": ("find_trace_records", "summarize_files"),
     "._filter": ("RecordFilter",),
     "._model": (
+        "MARK_EVENTS",
+        "MAX_MARKS",
         "ErrorSample",
+        "EventMark",
         "GroupStats",
         "InputStats",
         "LogSummary",
