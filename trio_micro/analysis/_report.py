@@ -225,7 +225,11 @@ def _histogram(latency: LatencySketch) -> str:
     keys = list(range(min(bins), max(bins) + 2))  # one more: the right edge of the last bin
     y_ticks = nice_ticks(max(bins.values()))
     frame = Frame.plain(keys[0], keys[-1], y_ticks[-1])
-    x_ticks = [(k, fmt_ms(10 ** (k / 10))) for k in keys if k % 10 == 0 or len(keys) <= 8]
+    x_ticks = [
+        (k, fmt_ms_tick(10.0 ** (k // 10)) if k % 10 == 0 else fmt_ms(10 ** (k / 10)))
+        for k in keys
+        if k % 10 == 0 or len(keys) <= 8
+    ]
     out = [
         legend([("calls per latency bin", COLORS[0])]),
         frame.open(time_range=False),
