@@ -225,11 +225,15 @@ def _histogram(latency: LatencySketch) -> str:
     keys = list(range(min(bins), max(bins) + 2))  # one more: the right edge of the last bin
     y_ticks = nice_ticks(max(bins.values()))
     frame = Frame.plain(keys[0], keys[-1], y_ticks[-1])
+    # 1, 2 and 5 times a power of ten (within 0.3 % of a bin edge), only 1 over 3 decades
+    round_bins = {0: 1, 3: 2, 7: 5} if len(keys) <= 30 else {0: 1}
     x_ticks = [
-        (k, fmt_ms_tick(10.0 ** (k // 10)) if k % 10 == 0 else fmt_ms(10 ** (k / 10)))
+        (k, fmt_ms_tick(round_bins[k % 10] * 10.0 ** (k // 10)))
         for k in keys
-        if k % 10 == 0 or len(keys) <= 8
+        if k % 10 in round_bins
     ]
+    if len(x_ticks) < 2:  # a narrow range: its edges
+        x_ticks = [(k, fmt_ms(10 ** (k / 10))) for k in (keys[0], keys[-1])]
     out = [
         legend([("calls per latency bin", COLORS[0])]),
         frame.open(time_range=False),
