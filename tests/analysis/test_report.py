@@ -194,3 +194,15 @@ def test_a_narrow_latency_range_still_has_x_labels() -> None:
     assert re.findall(
         r"<text class='tick' x='[^']*' y='[^']*' text-anchor='middle'>([^<]*)<", histogram
     ) == ["2.51 ms", "3.16 ms"]
+
+
+def test_the_json_summary_lists_the_marks() -> None:
+    data = summary_of(*CALLS, event_line(30, "rpc.channel.goaway", server="10.0.0.1:50051"))
+    assert data.to_dict()["marks"] == [
+        {
+            "time": "2026-11-26T10:00:30Z",
+            "event": "rpc.channel.goaway",
+            "server": "10.0.0.1:50051",
+            "service": None,
+        }
+    ]

@@ -400,6 +400,15 @@ class LogSummary:
                 for event, servers in self.event_counts.items()
                 for server, n in servers.items()
             ],
+            "marks": [
+                {
+                    "time": _iso(epoch(m.time)),
+                    "event": m.event,
+                    "server": m.server,
+                    "service": m.service,
+                }
+                for m in self.marks
+            ],
             "timeline": {
                 "bucket_width_s": self.bucket_width,
                 "buckets": [
