@@ -206,3 +206,9 @@ def test_the_json_summary_lists_the_marks() -> None:
             "service": None,
         }
     ]
+
+
+def test_time_ticks_of_weeks_are_dates() -> None:
+    start = T0.timestamp()
+    labels = [label for _, label in time_ticks(start, start + 20 * 86400)]
+    assert labels == ["2026-12-03", "2026-12-10"]  # a week apart

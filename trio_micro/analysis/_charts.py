@@ -93,7 +93,7 @@ def nice_ticks(top: float, count: int = 4) -> list[float]:
 _TIME_STEPS: Final = (
     *(m * 10.0**e for e in range(-3, 1) for m in (1, 2, 5)),
     10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600,
-    86400,
+    86400, 2 * 86400, 7 * 86400, 28 * 86400, 365 * 86400,
 )  # fmt: skip
 
 
@@ -104,10 +104,13 @@ def time_ticks(start: float, end: float, count: int = 6) -> list[tuple[float, st
     step = next((s for s in _TIME_STEPS if (end - start) / s <= count), _TIME_STEPS[-1])
     digits = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
     first = math.ceil(start / step - 1e-9) * step
-    out = []
+    out: list[tuple[float, str]] = []
     t = first
     while t <= end + 1e-9:
-        out.append((t, fmt_time(t, digits)))
+        if step >= 86400:  # days apart: the date
+            out.append((t, datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")))
+        else:
+            out.append((t, fmt_time(t, digits)))
         t = first + step * len(out)
     return out
 
