@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,9 @@ WIDTHS = (1280, 800)
 
 
 def _event(at: float, event: str, **fields: object) -> bytes:
-    stamp = (T0.timestamp() + at) * 1_000_000
-    iso = T0.fromtimestamp(stamp / 1_000_000, T0.tzinfo).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = (T0 + timedelta(seconds=at)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return (
-        json.dumps({"timestamp": iso, "level": "info", "event": event, **fields}).encode() + b"\n"
+        json.dumps({"timestamp": stamp, "level": "info", "event": event, **fields}).encode() + b"\n"
     )
 
 
