@@ -37,7 +37,10 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._graph import CLIENT, GraphEdge, ServiceGraph, ServiceGraphBuilder, build_service_graph
     from ._graph_svg import render_service_graph
     from ._model import (
+        MARK_EVENTS,
+        MAX_MARKS,
         ErrorSample,
+        EventMark,
         GroupStats,
         InputStats,
         LogSummary,
@@ -55,10 +58,13 @@ __all__ = [
     "BASE_WIDTH",
     "CLIENT",
     "MALFORMED_KINDS",
+    "MARK_EVENTS",
+    "MAX_MARKS",
     "MIN_TRACKED",
     "RELATIVE_ERROR",
     "ErrorSample",
     "GraphEdge",
+    "EventMark",
     "GroupStats",
     "InputStats",
     "LatencySketch",
@@ -98,7 +104,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "._graph_svg": ("render_service_graph",),
     "._model": (
+        "MARK_EVENTS",
+        "MAX_MARKS",
         "ErrorSample",
+        "EventMark",
         "GroupStats",
         "InputStats",
         "LogSummary",

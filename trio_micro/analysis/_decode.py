@@ -346,6 +346,9 @@ def split_calls(
     calls = events.count(RPC_CALL_COMPLETE) + events.count(RPC_CALL_FAILED)
     if calls == n:
         return rows, []
+    if len(counted) > 1:  # one scan to drop those absent, not one per event
+        present = set(events)
+        counted = tuple(event for event in counted if event in present)
     queries = sum(map(events.count, counted))
     if calls + queries == n and queries * _FEW <= n:
         # A few counted events among calls (the usual mix): find them with list.index

@@ -19,7 +19,9 @@ from ._sketch import RELATIVE_ERROR, LatencySketch
 from ._timeseries import TimeBucket
 
 __all__ = [
+    "MARK_EVENTS",
     "ErrorSample",
+    "EventMark",
     "GroupStats",
     "InputStats",
     "LogSummary",
@@ -28,6 +30,22 @@ __all__ = [
     "SlowCall",
 ]
 
+#: Log events that mark a moment on the report's time charts, with their short labels: a
+#: replica that stops serving (deregistered, its lease expired, a connection to it lost,
+#: ejected by a client), a worker that exits and is restarted, a GOAWAY received.
+MARK_EVENTS: Final[Mapping[str, str]] = {
+    "registry.server.deregistered": "deregistered",
+    "registry.server.expired": "lease expired",
+    "registry.endpoint.removed": "endpoint removed",
+    "registry.lease.lost": "lease lost",
+    "rpc.channel.connection_lost": "connection lost",
+    "rpc.channel.endpoint_ejected": "endpoint ejected",
+    "rpc.channel.goaway": "GOAWAY",
+    "supervise.worker.exited": "worker exited (restart)",
+    "supervise.worker.killed": "worker killed",
+}
+#: The most :attr:`LogSummary.marks` kept (the earliest).
+MAX_MARKS: Final = 64
 _P50_P90_P99: Final = (0.5, 0.9, 0.99)
 _P50_P99: Final = (0.5, 0.99)
 
@@ -182,6 +200,29 @@ class MethodStats:
 
 
 @final
+@dataclass(frozen=True, slots=True, order=True)
+class EventMark:
+    """One record of a :data:`MARK_EVENTS` event.
+
+    Attributes:
+        time: When it was logged, seconds since the epoch (UTC).
+        event: The event, e.g. ``"rpc.channel.connection_lost"``.
+        server: The ``server`` field of the record (``None``: not logged).
+        service: The ``service`` field of the record (``None``: not logged).
+    """
+
+    time: float
+    event: str
+    server: str | None = None
+    service: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The short label of the event, e.g. ``"connection lost"``."""
+        return MARK_EVENTS.get(self.event, self.event)
+
+
+@final
 @dataclass(frozen=True, slots=True)
 class LogSummary:
     """The summary of a set of call records; combine several with :func:`merge_summaries`.
@@ -201,6 +242,8 @@ class LogSummary:
         count_events: The events whose records :attr:`event_counts` counts.
         event_counts: For each of ``count_events`` seen, its records by ``server``
             (``None``: not logged).
+        marks: Records of :data:`MARK_EVENTS`, oldest first, at most :data:`MAX_MARKS`
+            (the earliest).
     """
 
     filter: RecordFilter
@@ -216,6 +259,7 @@ class LogSummary:
     group_by: tuple[str, ...] = ()
     count_events: tuple[str, ...] = ()
     event_counts: Mapping[str, Mapping[str | None, int]] = field(default_factory=dict)
+    marks: tuple[EventMark, ...] = ()
 
     @property
     def calls(self) -> int:
@@ -355,6 +399,15 @@ class LogSummary:
                 {"event": event, "server": server, "records": n}
                 for event, servers in self.event_counts.items()
                 for server, n in servers.items()
+            ],
+            "marks": [
+                {
+                    "time": _iso(epoch(m.time)),
+                    "event": m.event,
+                    "server": m.server,
+                    "service": m.service,
+                }
+                for m in self.marks
             ],
             "timeline": {
                 "bucket_width_s": self.bucket_width,

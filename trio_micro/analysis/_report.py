@@ -1,38 +1,65 @@
-"""One self-contained HTML report with inline SVG plots (no JavaScript, nothing fetched)."""
+"""One self-contained HTML report with inline SVG plots (no JavaScript, nothing fetched).
+
+The page is a list of sections (:data:`SECTIONS`): each is a function of the
+:class:`Page` that returns its heading and HTML, or ``None`` when it has no place on this
+page; a section with nothing to show says so in one line. Charts are drawn by
+:mod:`._charts`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import Final
 
 from ._graph import ServiceGraph
 from ._graph_svg import render_service_graph
+from ._charts import (
+    COLORS,
+    Frame,
+    fmt_count,
+    fmt_ms,
+    fmt_ms_tick,
+    fmt_time,
+    legend,
+    nice_ticks,
+    time_ticks,
+)
 from ._model import LogSummary
 from ._sketch import RELATIVE_ERROR, LatencySketch
 from ._trace import Trace
 
-__all__ = ["render_html_report"]
+__all__ = ["render_html_report"]  # SECTIONS and Page are for the modules of the package
 
-_W: Final = 760  # plot width in px
-_H: Final = 220
-_PAD_L: Final = 64
-_PAD_R: Final = 16
-_PAD_T: Final = 14
-_PAD_B: Final = 36
-_COLORS: Final = ("#2f6fb3", "#e0873a", "#c23b3b", "#4d9e5c", "#8a5cb8", "#6b6b6b")
+_W: Final = 760  # width of the bar charts without axes, px
 _CSS: Final = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:980px;color:#222}
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:980px;padding:0 16px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{padding:3px 9px;border-bottom:1px solid #eee;text-align:right}
 th{background:#f5f5f5}td.l,th.l{text-align:left}
-.muted{color:#777}.err{color:#c23b3b}svg{display:block;margin:6px 0}
-svg text{font:11px system-ui,sans-serif;fill:#444}
+.muted{color:#777}.err{color:#c23b3b}svg{display:block;margin:6px 0;max-width:100%;height:auto}
+svg text{font:11px system-ui,sans-serif;fill:#444}svg text.mark-label{fill:#8a5cb8}
 .kpi{display:inline-block;margin:0 26px 8px 0}.kpi b{display:block;font-size:20px}
+.legend{font-size:12px;color:#444}.legend span{margin-right:16px;white-space:nowrap}
+.legend i{display:inline-block;width:14px;height:4px;margin:0 5px 3px 0;vertical-align:middle}
+.legend i.m{width:0;height:12px;border-left:2px dashed #8a5cb8;margin-bottom:0}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What the sections of a report are drawn from."""
+
+    summary: LogSummary
+    trace: Trace | None = None
+    graph: ServiceGraph | None = None
+
+
+#: A section: the heading and HTML of its part of the page, or ``None`` to leave it out.
+Section = Callable[[Page], tuple[str, str] | None]
 
 
 def render_html_report(
@@ -44,57 +71,30 @@ def render_html_report(
 ) -> str:
     """Return a complete HTML page that shows ``summary`` (``trace`` and ``graph``, if given).
 
-    Plots: latency histogram, latency percentiles and throughput over time, errors over
-    time, calls and p99 per replica, and the trace waterfall. Tables: methods, slowest
-    calls, recent errors, malformed input. Everything is inline (SVG and CSS).
+    The page holds the :data:`SECTIONS` in order: the service graph, the trace waterfall, the latency
+    histogram, latency percentiles, throughput and errors over time (with the events of
+    :attr:`LogSummary.marks` marked), methods, calls per replica, events counted, slowest
+    calls, errors and the input. Everything is inline (SVG and CSS); no script.
     """
+    page = Page(summary, trace, graph)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         _kpis(summary),
     ]
-    if graph is not None:  # its own section, drawn by ._graph_svg
-        parts += ["<h2>Service graph</h2>", render_service_graph(graph)]
-    if trace is not None:
-        parts += ["<h2>Trace ", escape(trace.trace_id), "</h2>", _waterfall(trace)]
-    if summary.calls:
-        latency = summary.latency()
-        parts += [
-            "<h2>Latency distribution</h2>",
-            _histogram(latency),
-            "<h2>Latency percentiles over time</h2>",
-            _percentile_chart(summary),
-            "<h2>Throughput over time</h2>",
-            _throughput_chart(summary),
-            "<h2>Errors over time</h2>",
-            _error_chart(summary),
-            "<h2>Methods</h2>",
-            _methods_table(summary),
-            "<h2>Replicas</h2>",
-            _replica_bars(summary),
-            *(["<h2>Events counted</h2>", _events_table(summary)] if summary.event_counts else []),
-            "<h2>Slowest calls</h2>",
-            _slowest_table(summary),
-            "<h2>Errors</h2>",
-            _errors_table(summary),
-        ]
-    parts += ["<h2>Input</h2>", _input_table(summary), "</body></html>"]
+    for section in SECTIONS:
+        shown = section(page)
+        if shown is not None:
+            heading, body = shown
+            parts += ["<h2>", escape(heading), "</h2>", body]
+    parts.append("</body></html>")
     return "".join(parts)
 
 
-def _fmt_ms(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    if value >= 1000:
-        return f"{value / 1000:.2f} s"
-    if value >= 10:
-        return f"{value:.0f} ms"
-    return f"{value:.3g} ms"
-
-
-def _fmt_time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%H:%M:%S")
+def _none(what: str) -> str:
+    return f"<p class='muted'>{escape(what)}</p>"
 
 
 def _kpis(summary: LogSummary) -> str:
@@ -104,51 +104,129 @@ def _kpis(summary: LogSummary) -> str:
     if summary.calls:
         latency = summary.latency()
         items += [
-            ("p50", _fmt_ms(latency.quantile(0.5))),
-            ("p99", _fmt_ms(latency.quantile(0.99))),
-            ("max", _fmt_ms(latency.max)),
+            ("p50", fmt_ms(latency.quantile(0.5))),
+            ("p99", fmt_ms(latency.quantile(0.99))),
+            ("max", fmt_ms(latency.max)),
         ]
     items.append(("malformed lines", f"{summary.input.malformed_total:,}"))
     cells = "".join(f"<span class='kpi'>{k}<b>{escape(v)}</b></span>" for k, v in items)
     note = f"latencies within {RELATIVE_ERROR:.0%} (relative)"
-    return f"<p>{cells}</p><p class='muted'>{escape(span)}; {note}</p>"
+    return f"<p>{cells}</p><p class='muted'>{escape(span) + '; ' if span else ''}{note}</p>"
 
 
-def _svg_open(height: int = _H) -> str:
-    return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{_W}' height='{height}' "
-        f"viewBox='0 0 {_W} {height}' role='img'>"
-    )
+# ---------------------------------------------------------------------- sections
 
 
-def _axes(y_max: float, y_label: str, x_ticks: Sequence[tuple[float, str]]) -> str:
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
-    out = [
-        f"<line x1='{_PAD_L}' y1='{_PAD_T + plot_h}' x2='{_W - _PAD_R}' "
-        f"y2='{_PAD_T + plot_h}' stroke='#999'/>",
-        f"<line x1='{_PAD_L}' y1='{_PAD_T}' x2='{_PAD_L}' y2='{_PAD_T + plot_h}' stroke='#999'/>",
-        f"<text x='12' y='{_PAD_T + plot_h / 2}' transform='rotate(-90 12 {_PAD_T + plot_h / 2})'"
-        f" text-anchor='middle'>{escape(y_label)}</text>",
-    ]
-    for i in range(5):
-        value = y_max * i / 4
-        y = _PAD_T + plot_h - plot_h * i / 4
-        out.append(
-            f"<line x1='{_PAD_L}' y1='{y:.1f}' x2='{_W - _PAD_R}' y2='{y:.1f}' stroke='#eee'/>"
-            f"<text x='{_PAD_L - 5}' y='{y + 4:.1f}' text-anchor='end'>{value:.3g}</text>"
-        )
-    for frac, label in x_ticks:
-        x = _PAD_L + plot_w * frac
-        out.append(
-            f"<text x='{x:.1f}' y='{_H - _PAD_B + 16}' text-anchor='middle'>{escape(label)}</text>"
-        )
-    return "".join(out)
+def _trace_section(page: Page) -> tuple[str, str] | None:
+    if page.trace is None:
+        return None
+    return f"Trace {page.trace.trace_id}", _waterfall(page.trace)
 
 
-def _time_ticks(start: float, end: float) -> list[tuple[float, str]]:
-    if end <= start:
-        return [(0.0, _fmt_time(start))]
-    return [(i / 4, _fmt_time(start + (end - start) * i / 4)) for i in range(5)]
+def _no_calls(page: Page) -> tuple[str, str] | None:
+    if page.summary.calls:
+        return None
+    return "Calls", _none("No call records in the input: no charts to draw.")
+
+
+def _histogram_section(page: Page) -> tuple[str, str] | None:
+    if not page.summary.calls:
+        return None
+    return "Latency distribution", _histogram(page.summary.latency())
+
+
+def _percentile_section(page: Page) -> tuple[str, str] | None:
+    if not page.summary.calls:
+        return None
+    return "Latency percentiles over time", _percentile_chart(page.summary)
+
+
+def _throughput_section(page: Page) -> tuple[str, str] | None:
+    summary = page.summary
+    if not summary.calls:
+        return None
+    width = summary.bucket_width
+    rates = [b.calls / width for b in summary.timeline]
+    titles = [f"{fmt_count(b.calls / width)} calls/s ({b.calls:,} calls)" for b in summary.timeline]
+    chart = _bars_over_time(summary, rates, titles, "calls/s", COLORS[3])
+    return "Throughput over time", chart
+
+
+def _errors_over_time_section(page: Page) -> tuple[str, str] | None:
+    summary = page.summary
+    if not summary.calls:
+        return None
+    if not summary.errors:
+        return "Errors over time", _none("No failed calls.")
+    counts = [float(b.errors) for b in summary.timeline]
+    titles = [f"{b.errors:,} failed of {b.calls:,} calls" for b in summary.timeline]
+    return "Errors over time", _bars_over_time(summary, counts, titles, "errors", COLORS[2])
+
+
+def _methods_section(page: Page) -> tuple[str, str] | None:
+    return ("Methods", _methods_table(page.summary)) if page.summary.calls else None
+
+
+def _replicas_section(page: Page) -> tuple[str, str] | None:
+    return ("Replicas", _replica_bars(page.summary)) if page.summary.calls else None
+
+
+def _events_section(page: Page) -> tuple[str, str] | None:
+    summary = page.summary
+    if not summary.count_events:
+        return None
+    if not summary.event_counts:
+        return "Events counted", _none("No records of the events counted.")
+    return "Events counted", _events_table(summary)
+
+
+def _slowest_section(page: Page) -> tuple[str, str] | None:
+    summary = page.summary
+    if not summary.calls:
+        return None
+    if not summary.slowest:
+        return "Slowest calls", _none("None kept (the limit of slowest calls is 0).")
+    return "Slowest calls", _slowest_table(summary)
+
+
+def _errors_section(page: Page) -> tuple[str, str] | None:
+    summary = page.summary
+    if not summary.calls:
+        return None
+    if not summary.errors:
+        return "Errors", _none("No failed calls.")
+    return "Errors", _errors_table(summary)
+
+
+def _input_section(page: Page) -> tuple[str, str] | None:
+    return "Input", _input_table(page.summary)
+
+
+#: The sections of the page, in order; add one by appending a :data:`Section` function.
+def _graph_section(page: Page) -> tuple[str, str] | None:
+    if page.graph is None:
+        return None
+    return "Service graph", render_service_graph(page.graph)  # drawn by ._graph_svg
+
+
+SECTIONS: Final[list[Section]] = [
+    _graph_section,
+    _trace_section,
+    _no_calls,
+    _histogram_section,
+    _percentile_section,
+    _throughput_section,
+    _errors_over_time_section,
+    _methods_section,
+    _replicas_section,
+    _events_section,
+    _slowest_section,
+    _errors_section,
+    _input_section,
+]
+
+
+# ---------------------------------------------------------------------- charts
 
 
 def _histogram(latency: LatencySketch) -> str:
@@ -158,133 +236,129 @@ def _histogram(latency: LatencySketch) -> str:
         mid = math.sqrt(low * high) if low > 0 else high
         key = math.floor(math.log10(mid) * 10)
         bins[key] = bins.get(key, 0) + n
-    keys = list(range(min(bins), max(bins) + 1))
-    peak = max(bins.values())
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
-    bar_w = plot_w / len(keys)
-    out = [_svg_open()]
-    ticks = [
-        ((k - keys[0]) / len(keys), _fmt_ms(10 ** (k / 10)))
+    keys = list(range(min(bins), max(bins) + 2))  # one more: the right edge of the last bin
+    y_ticks = nice_ticks(max(bins.values()))
+    frame = Frame.plain(keys[0], keys[-1], y_ticks[-1])
+    # 1, 2 and 5 times a power of ten (within 0.3 % of a bin edge), only 1 over 3 decades
+    round_bins = {0: 1, 3: 2, 7: 5} if len(keys) <= 30 else {0: 1}
+    x_ticks = [
+        (k, fmt_ms_tick(round_bins[k % 10] * 10.0 ** (k // 10)))
         for k in keys
-        if k % 10 == 0 or len(keys) <= 12
+        if k % 10 in round_bins
     ]
-    out.append(_axes(peak, "calls", ticks))
-    for i, key in enumerate(keys):
+    if len(x_ticks) < 2:  # a narrow range: its edges
+        x_ticks = [(k, fmt_ms(10 ** (k / 10))) for k in (keys[0], keys[-1])]
+    out = [
+        legend([("calls per latency bin", COLORS[0])]),
+        frame.open(time_range=False),
+        frame.axes("calls", y_ticks, fmt_count, x_ticks),
+    ]
+    bar_w = frame.x(keys[0] + 1) - frame.x(keys[0])
+    for key in keys[:-1]:
         n = bins.get(key, 0)
-        h = plot_h * n / peak
-        x = _PAD_L + i * bar_w
+        top = frame.y(n)
         out.append(
-            f"<rect x='{x:.1f}' y='{_PAD_T + plot_h - h:.1f}' width='{max(bar_w - 1, 1):.1f}'"
-            f" height='{h:.1f}' fill='{_COLORS[0]}'><title>{_fmt_ms(10 ** (key / 10))} - "
-            f"{_fmt_ms(10 ** ((key + 1) / 10))}: {n:,} calls</title></rect>"
+            f"<rect x='{frame.x(key):.1f}' y='{top:.1f}' width='{max(bar_w - 1, 1):.1f}'"
+            f" height='{frame.y(0) - top:.1f}' fill='{COLORS[0]}'><title>"
+            f"{fmt_ms(10 ** (key / 10))} to {fmt_ms(10 ** ((key + 1) / 10))}: {n:,} calls"
+            "</title></rect>"
         )
-    out.append("</svg><p class='muted'>log scale; 10 bins per decade</p>")
+    out.append("</svg><p class='muted'>latency on a log scale; 10 bins per decade</p>")
     return "".join(out)
 
 
-def _polyline(points: Sequence[tuple[float, float]], color: str, label: str) -> str:
-    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    return (
-        f"<polyline points='{coords}' fill='none' stroke='{color}' stroke-width='1.8'>"
-        f"<title>{escape(label)}</title></polyline>"
-    )
-
-
-def _legend(items: Sequence[tuple[str, str]]) -> str:
-    out = []
-    for i, (label, color) in enumerate(items):
-        x = _PAD_L + 10 + i * 90
-        out.append(
-            f"<rect x='{x}' y='{_PAD_T}' width='12' height='4' fill='{color}'/>"
-            f"<text x='{x + 16}' y='{_PAD_T + 6}'>{escape(label)}</text>"
-        )
-    return "".join(out)
-
-
-def _time_x(summary: LogSummary) -> tuple[float, float]:
+def _time_frame(summary: LogSummary, y_top: float) -> Frame:
+    """The frame of a time chart: the calls' buckets, widened to events close to them."""
     start = summary.timeline[0].start
     end = summary.timeline[-1].start + summary.bucket_width
-    return start, end
+    slack = (end - start) / 4
+    near = [m.time for m in summary.marks if start - slack <= m.time <= end + slack]
+    return Frame.for_time(min([start, *near]), max([end, *near]), y_top, summary.marks)
+
+
+def _digits(summary: LogSummary) -> int:
+    """Decimals of a second that tell the buckets apart."""
+    return max(0, min(3, math.ceil(-math.log10(summary.bucket_width) - 1e-9)))
 
 
 def _percentile_chart(summary: LogSummary) -> str:
-    start, end = _time_x(summary)
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
     quantiles = (0.5, 0.9, 0.99)
-    values: dict[float, list[tuple[float, float]]] = {q: [] for q in quantiles}
-    for b in summary.timeline:
-        mid = b.start + b.width / 2
-        for q in quantiles:
-            values[q].append((mid, b.latency.quantile(q)))
-    y_max = max(v for pts in values.values() for _, v in pts) or 1.0
-    lines = {
-        q: [
-            (_PAD_L + plot_w * (t - start) / (end - start), _PAD_T + plot_h * (1 - v / y_max))
-            for t, v in pts
+    names = [("p50", COLORS[0]), ("p90", COLORS[1]), ("p99", COLORS[2])]
+    points = [
+        (b.start + b.width / 2, b.start, [b.latency.quantile(q) for q in quantiles])
+        for b in summary.timeline
+    ]
+    y_ticks = nice_ticks(max(max(v) for _, _, v in points) or 1.0)
+    frame = _time_frame(summary, y_ticks[-1])
+    out = [
+        legend(names, marks=bool(summary.marks)),
+        frame.open(time_range=True),
+        frame.axes("latency", y_ticks, fmt_ms_tick, time_ticks(frame.x0, frame.x1)),
+    ]
+    digits = _digits(summary)
+    for i, (name, color) in enumerate(names):
+        coords = " ".join(f"{frame.x(t):.1f},{frame.y(v[i]):.1f}" for t, _, v in points)
+        out.append(
+            f"<polyline points='{coords}' fill='none' stroke='{color}' stroke-width='1.8'>"
+            f"<title>{name}</title></polyline>"
+        )
+        out += [
+            f"<circle cx='{frame.x(t):.1f}' cy='{frame.y(v[i]):.1f}' r='2.2' fill='{color}'>"
+            f"<title>{fmt_time(start, digits)}: {name} {fmt_ms(v[i])}</title></circle>"
+            for t, start, v in points
         ]
-        for q, pts in values.items()
-    }
-    out = [_svg_open(), _axes(y_max, "ms", _time_ticks(start, end))]
-    names = [("p50", _COLORS[0]), ("p90", _COLORS[1]), ("p99", _COLORS[2])]
-    for pts, (name, color) in zip(lines.values(), names, strict=True):
-        out.append(_polyline(pts, color, name))
-        if len(pts) == 1:
-            x, y = pts[0]
-            out.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'/>")
-    out += [_legend(names), "</svg>"]
+    out += [frame.markers(), "</svg>"]
     out.append(f"<p class='muted'>buckets of {summary.bucket_width:g} s</p>")
     return "".join(out)
 
 
-def _bars_over_time(summary: LogSummary, values: Sequence[float], label: str, color: str) -> str:
-    start, end = _time_x(summary)
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
-    y_max = max(values) or 1.0
-    bar_w = max(plot_w * summary.bucket_width / (end - start) - 1, 1)
-    out = [_svg_open(), _axes(y_max, label, _time_ticks(start, end))]
-    for b, v in zip(summary.timeline, values, strict=True):
-        x = _PAD_L + plot_w * (b.start - start) / (end - start)
-        h = plot_h * v / y_max
+def _bars_over_time(
+    summary: LogSummary, values: Sequence[float], titles: Sequence[str], label: str, color: str
+) -> str:
+    y_ticks = nice_ticks(max(values) or 1.0)
+    frame = _time_frame(summary, y_ticks[-1])
+    out = [
+        legend([(label, color)], marks=bool(summary.marks)),
+        frame.open(time_range=True),
+        frame.axes(label, y_ticks, fmt_count, time_ticks(frame.x0, frame.x1)),
+    ]
+    digits = _digits(summary)
+    for b, v, title in zip(summary.timeline, values, titles, strict=True):
+        x = frame.x(b.start)
+        w = max(frame.x(b.start + b.width) - x - 1, 1)
+        top = frame.y(v)
         out.append(
-            f"<rect x='{x:.1f}' y='{_PAD_T + plot_h - h:.1f}' width='{bar_w:.1f}' "
-            f"height='{h:.1f}' fill='{color}'><title>{_fmt_time(b.start)}: {v:.4g}</title></rect>"
+            f"<rect x='{x:.1f}' y='{top:.1f}' width='{w:.1f}' height='{frame.y(0) - top:.1f}' "
+            f"fill='{color}'><title>{fmt_time(b.start, digits)}: {escape(title)}</title></rect>"
         )
-    out.append("</svg>")
+    out += [frame.markers(), "</svg>"]
     return "".join(out)
-
-
-def _throughput_chart(summary: LogSummary) -> str:
-    width = summary.bucket_width
-    return _bars_over_time(
-        summary, [b.calls / width for b in summary.timeline], "calls/s", _COLORS[3]
-    )
-
-
-def _error_chart(summary: LogSummary) -> str:
-    if not summary.errors:
-        return "<p class='muted'>no errors</p>"
-    return _bars_over_time(summary, [b.errors for b in summary.timeline], "errors", _COLORS[2])
 
 
 def _replica_bars(summary: LogSummary) -> str:
     rows = [(m, p) for m in summary.methods() for p in m.replicas]
     row_h = 18
-    height = _PAD_T + row_h * len(rows) + 10
+    height = 14 + row_h * len(rows) + 10
     label_w = 300
-    plot_w = _W - label_w - 140
+    plot_w = _W - label_w - 170
     peak = max(p.calls for _, p in rows)
     services = sorted({m.service for m, _ in rows})
-    out = [_svg_open(height)]
+    out = [
+        legend([(s, COLORS[i % len(COLORS)]) for i, s in enumerate(services)]),
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{_W}' height='{height}' "
+        f"viewBox='0 0 {_W} {height}' role='img'>",
+    ]
     for i, (m, p) in enumerate(rows):
-        y = _PAD_T + i * row_h
+        y = 14 + i * row_h
         w = plot_w * p.calls / peak
-        color = _COLORS[services.index(m.service) % len(_COLORS)]
+        color = COLORS[services.index(m.service) % len(COLORS)]
         label = f"{m.service}/{m.method} @ {p.server or '-'}"
         out.append(
             f"<text x='{label_w - 6}' y='{y + 12}' text-anchor='end'>{escape(label)}</text>"
             f"<rect x='{label_w}' y='{y + 2}' width='{w:.1f}' height='{row_h - 5}' "
-            f"fill='{color}'/><text x='{label_w + w + 6:.1f}' y='{y + 12}'>{p.calls:,} "
-            f"({p.share:.0%}), p99 {_fmt_ms(p.p99_ms)}</text>"
+            f"fill='{color}'><title>{escape(label)}: {p.calls:,} calls ({p.share:.2%}), "
+            f"p99 {fmt_ms(p.p99_ms)}</title></rect><text x='{label_w + w + 6:.1f}' "
+            f"y='{y + 12}'>{p.calls:,} ({p.share:.0%}), p99 {fmt_ms(p.p99_ms)}</text>"
         )
     out.append("</svg>")
     return "".join(out)
@@ -293,28 +367,31 @@ def _replica_bars(summary: LogSummary) -> str:
 def _waterfall(trace: Trace) -> str:
     spans = list(trace.walk())
     if not spans:
-        return "<p class='muted'>no spans</p>"
+        return _none("No spans in this trace.")
     row_h = 20
     label_w = 300
     plot_w = _W - label_w - 20
-    height = _PAD_T + row_h * len(spans) + 24
+    height = 14 + row_h * len(spans) + 24
     total = trace.duration_ms or 1.0
-    out = [_svg_open(height)]
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{_W}' height='{height}' "
+        f"viewBox='0 0 {_W} {height}' role='img'>"
+    ]
     for i, (depth, span) in enumerate(spans):
-        y = _PAD_T + i * row_h
+        y = 14 + i * row_h
         x = label_w + plot_w * span.start_offset_ms / total
         w = max(plot_w * span.duration_ms / total, 1)
-        color = _COLORS[2] if span.code != "OK" else _COLORS[depth % 2]
+        color = COLORS[2] if span.code != "OK" else COLORS[depth % 2]
         label = f"{'  ' * depth}{span.service}/{span.method}"
         out.append(
             f"<text x='{6 + 12 * depth}' y='{y + 13}'>{escape(label)}</text>"
             f"<rect x='{x:.1f}' y='{y + 3}' width='{w:.1f}' height='{row_h - 6}' fill='{color}'>"
-            f"<title>{escape(span.code)} {_fmt_ms(span.duration_ms)} at +"
+            f"<title>{escape(span.code)} {fmt_ms(span.duration_ms)} at +"
             f"{span.start_offset_ms:.3f} ms</title></rect>"
         )
     out.append(
         f"<text x='{label_w}' y='{height - 6}'>0</text>"
-        f"<text x='{_W - 20}' y='{height - 6}' text-anchor='end'>{_fmt_ms(total)}</text></svg>"
+        f"<text x='{_W - 20}' y='{height - 6}' text-anchor='end'>{fmt_ms(total)}</text></svg>"
     )
     return "".join(out)
 
@@ -343,10 +420,10 @@ def _methods_table(summary: LogSummary) -> str:
             f"{m.calls:,}",
             f"{m.errors:,}",
             f"{m.error_rate:.2%}",
-            _fmt_ms(m.p50_ms),
-            _fmt_ms(m.p90_ms),
-            _fmt_ms(m.p99_ms),
-            _fmt_ms(m.max_ms),
+            fmt_ms(m.p50_ms),
+            fmt_ms(m.p90_ms),
+            fmt_ms(m.p99_ms),
+            fmt_ms(m.max_ms),
             "-" if m.throughput is None else f"{m.throughput:.1f}",
             *(
                 ", ".join(f"{value} {share:.1%}" for value, share in m.field_shares(name)) or "-"
@@ -363,7 +440,7 @@ def _slowest_table(summary: LogSummary) -> str:
     rows = [
         (
             f"{c.service}/{c.method}",
-            _fmt_ms(c.duration_ms),
+            fmt_ms(c.duration_ms),
             c.code,
             c.server or "-",
             c.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f"),

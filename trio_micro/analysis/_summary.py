@@ -15,6 +15,7 @@ for.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress
@@ -46,7 +47,7 @@ from ._kernel import (
     Key,
     push_bounded,
 )
-from ._model import InputStats, LogSummary
+from ._model import MARK_EVENTS, MAX_MARKS, EventMark, InputStats, LogSummary
 
 __all__ = ["SummaryBuilder", "merge_summaries", "summarize"]
 
@@ -66,7 +67,9 @@ class SummaryBuilder:
     and replica), a summary counts what the caller names: ``group_by`` fields split each
     group's calls by the value logged (e.g. ``group_by=("cache",)`` counts ``"hit"`` and
     ``"miss"``), and the records of ``count_events`` (events other than calls, e.g.
-    ``"users.db.query"``) are counted per ``server``.
+    ``"users.db.query"``) are counted per ``server``. The records of
+    :data:`~trio_micro.analysis.MARK_EVENTS` (a replica stops serving, a worker restarts,
+    a GOAWAY) are kept as :attr:`LogSummary.marks`, the earliest :data:`MAX_MARKS`.
 
     Args:
         filter: Which records to count (others count as ``filtered_out``).
@@ -88,7 +91,9 @@ class SummaryBuilder:
         "_counter",
         "_events",
         "_filtered",
+        "_marks",
         "_merged",
+        "_picked",
         "_tally",
         "count_events",
         "error_samples",
@@ -133,6 +138,9 @@ class SummaryBuilder:
         # event -> server -> records
         self._events: dict[str, Counter[str | None]] = {e: Counter() for e in count_events}
         self._filtered = 0
+        self._marks: list[EventMark] = []
+        # the events split_calls picks out: those counted, then those marked
+        self._picked = count_events + tuple(e for e in MARK_EVENTS if e not in count_events)
 
     def add_json_lines(self, data: bytes | bytearray | Iterable[bytes | str]) -> None:
         """Decode and add JSON lines: a ``bytes`` chunk of whole lines, or single lines.
@@ -154,9 +162,10 @@ class SummaryBuilder:
             finder = LineFinder(data)
         else:
             rows = decode_each_line(data, tally, full=True, schema=schema)
-        calls, counted = split_calls(rows, tally, self.count_events)
-        if counted:
-            self._count_events(counted)
+        calls, picked = split_calls(rows, tally, self._picked)
+        if picked:
+            self._mark_events(picked)
+            self._count_events(picked)
         kept, stamps, time_of = parse_times(calls, tally)
         key_of = attrgetter("service", "method", "server", *schema.attributes)
         if finder is None:  # decoded as full rows
@@ -168,7 +177,26 @@ class SummaryBuilder:
                 kept, stamps, time_of, lambda i: find(kept[i], i / n) or _NO_DETAILS, key_of
             )
 
+    def _mark_events(self, rows: list[_Row]) -> None:
+        """Keep the rows of :data:`MARK_EVENTS` in the time range of the filter as marks."""
+        rows = [row for row in rows if row.event in MARK_EVENTS]
+        rows, stamps, time_of = parse_times(rows, None)
+        since, until = self.filter.bounds()
+        for row, stamp in zip(rows, stamps, strict=True):
+            t = time_of(stamp)
+            if since <= t < until:
+                self._marks.append(EventMark(t, row.event or "", row.server, row.service))
+        self._bound_marks()
+
+    def _bound_marks(self) -> None:
+        if len(self._marks) > MAX_MARKS:
+            self._marks = heapq.nsmallest(MAX_MARKS, self._marks)
+
     def _count_events(self, rows: list[_Row]) -> None:
+        if len(self._picked) != len(self.count_events):  # marked events were picked too
+            rows = [row for row in rows if row.event in self._events]
+            if not rows:
+                return
         flt = self.filter
         if flt.services or flt.methods or flt.codes:
             return
@@ -265,6 +293,8 @@ class SummaryBuilder:
             tally.examples.setdefault(kind, message)
         for event, servers in summary.event_counts.items():
             self._events.setdefault(event, Counter()).update(servers)
+        self._marks += summary.marks
+        self._bound_marks()
         self._filtered += summary.input.filtered_out
 
     def build(self) -> LogSummary:
@@ -300,6 +330,7 @@ class SummaryBuilder:
             group_by=self.group_by,
             count_events=self.count_events,
             event_counts=events,
+            marks=tuple(sorted(self._marks)),
         )
 
 

@@ -395,7 +395,11 @@ class _DebugApp:
             for path, title in _PAGES
         )
         body = (
-            "<!doctype html>\n<html><head><meta charset=utf-8><title>trio_micro debug</title>"
+            # The empty icon saves the browser a request for /favicon.ico (a 404 it logs
+            # as a console error); the viewport makes the page readable on a phone.
+            "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            "<link rel=icon href='data:,'><title>trio_micro debug</title>"
             f"</head>\n<body><h1>trio_micro debug (pid {os.getpid()})</h1>\n<ul>\n{items}\n"
             "</ul></body></html>\n"
         )
