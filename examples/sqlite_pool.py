@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 import trio
+
+from trio_micro import Backoff
 
 __all__ = ["DatabaseStatistics", "SqlitePool"]
 
@@ -77,14 +80,15 @@ class SqlitePool:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._all.append(conn)
             conn.execute("PRAGMA busy_timeout=5000")  # first: replicas open the file at once
-            conn.execute("PRAGMA journal_mode=WAL")
+            _while_locked(lambda c=conn: c.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
         if self.SCHEMA:
             # IMMEDIATE takes the write lock first, waiting (busy_timeout) for another
             # process creating the same schema; a deferred transaction would fail at once
             # ("database is locked") when it upgrades its read lock.
             schema = self.SCHEMA.strip().rstrip(";")
-            self._all[0].executescript(f"BEGIN IMMEDIATE;\n{schema};\nCOMMIT;")
+            first = self._all[0]
+            _while_locked(lambda: first.executescript(f"BEGIN IMMEDIATE;\n{schema};\nCOMMIT;"))
         self._idle = list(self._all)
 
     @classmethod
@@ -134,3 +138,23 @@ class SqlitePool:
         return DatabaseStatistics(
             queries=self._reads + self._writes, reads=self._reads, writes=self._writes
         )
+
+
+_LOCKED_FOR_AT_MOST = 10.0  # seconds
+
+
+def _while_locked(step: Callable[[], object]) -> None:
+    """Run ``step`` (in a worker thread), again after a backoff while SQLite says "database
+    is locked", for at most ``_LOCKED_FOR_AT_MOST`` seconds. Switching a new file to WAL
+    needs its exclusive lock, and SQLite answers that at once, without the busy handler,
+    when another process is doing the same (replicas started together)."""
+    backoff = Backoff(initial=0.01, maximum=0.5)
+    give_up = time.monotonic() + _LOCKED_FOR_AT_MOST
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= give_up:
+                raise
+            time.sleep(backoff.next_delay())

@@ -180,7 +180,10 @@ async def test_demo_survives_a_killed_replica_and_its_summary_matches_the_logs(
                 assert served == worker["calls"]
                 assert log.failed == []
             else:
-                assert worker["calls"] <= served <= worker["calls"] + retries
+                # Killed: a call answered just before the SIGKILL may miss its log line (the
+                # record is written after the answer is sent), at most the 50 in flight; a
+                # call logged whose answer never arrived was retried elsewhere.
+                assert worker["calls"] - 50 <= served <= worker["calls"] + retries
             assert worker["log_ok"] == served
             assert worker["db_queries"] == sum(log.queries.values())
             # Each worker has its own cache and single-flight: no user queried twice by one.

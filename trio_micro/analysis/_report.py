@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from html import escape
 from typing import Final
 
-from ._graph import ServiceGraph
-from ._graph_svg import render_service_graph
 from ._charts import (
     COLORS,
     Frame,
@@ -27,6 +25,8 @@ from ._charts import (
     nice_ticks,
     time_ticks,
 )
+from ._graph import ServiceGraph
+from ._graph_svg import render_service_graph
 from ._model import LogSummary
 from ._sketch import RELATIVE_ERROR, LatencySketch
 from ._trace import Trace
@@ -71,8 +71,8 @@ def render_html_report(
 ) -> str:
     """Return a complete HTML page that shows ``summary`` (``trace`` and ``graph``, if given).
 
-    The page holds the :data:`SECTIONS` in order: the service graph, the trace waterfall, the latency
-    histogram, latency percentiles, throughput and errors over time (with the events of
+    The page holds the :data:`SECTIONS` in order: the service graph, the trace waterfall,
+    the latency histogram, latency percentiles, throughput and errors over time (with the events of
     :attr:`LogSummary.marks` marked), methods, calls per replica, events counted, slowest
     calls, errors and the input. Everything is inline (SVG and CSS); no script.
     """
