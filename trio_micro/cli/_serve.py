@@ -1,19 +1,6 @@
 """``trio-micro serve MODULE:ATTR``: run a service as a process, until SIGINT or SIGTERM.
 
-Resolution of ``MODULE:ATTR``
------------------------------
-``MODULE`` is imported (the current directory is on ``sys.path`` under ``python -m``, as for
-any ``-m`` run) and ``ATTR`` (dotted names allowed) looked up in it. It must be an
-:class:`rpc.Service <trio_micro.rpc.Service>` subclass or instance:
-
-* a class with a classmethod ``open(cls, **options)`` returning an async context manager
-  that yields an instance: served as ``async with Cls.open(**options) as service`` (for
-  services that own resources, such as a database);
-* any other class: served as ``Cls(**options)``;
-* an instance: served as it is (``-o`` options are refused).
-
-The options are the ``-o KEY=VALUE`` pairs, all strings. ``TypeError`` or ``ValueError``
-from ``open()`` / the constructor (an unknown or bad option) is reported in one line.
+The service is found and opened by :mod:`._service_spec` (``MODULE:ATTR``, ``-o`` options).
 
 Lifecycle
 ---------
@@ -46,7 +33,6 @@ Log events: ``serve.started``, ``serve.stopping``, ``serve.deregistered``,
 from __future__ import annotations
 
 import argparse
-import importlib
 import ipaddress
 import os
 import pathlib
@@ -54,7 +40,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -83,6 +69,7 @@ from ._common import (
 )
 from ._gateway import add_http_port_argument, enter_http_gateway  # issue #19
 from ._limits import LimitOptions, add_limit_arguments, limit_options
+from ._service_spec import enter_service, resolve_service
 from ._tls import ClientTls, add_tls_arguments, client_tls, open_registry, server_tls
 
 __all__: list[str] = []  # internal to the cli package
@@ -133,88 +120,6 @@ def parse_registry_target(text: str) -> tuple[str, str]:
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
-    """Import ``MODULE:ATTR`` and return the service class or instance it names.
-
-    See the module docs for the rule. Not a checkpoint (imports block).
-
-    Raises:
-        CommandError: ``spec`` is not of the form ``MODULE:ATTR`` (exit 2).
-        CommandError: The module can't be imported, has no such attribute, or the
-            attribute is neither an ``rpc.Service`` subclass nor an instance of one.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not (
-        sep
-        and all(part.isidentifier() for part in module_name.split("."))
-        and all(part.isidentifier() for part in attr.split("."))
-    ):
-        raise usage_error(
-            f"expected MODULE:ATTR, such as 'examples.user_service:UserService', got {spec!r}"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or module_name
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise CommandError(
-                f"cannot import {module_name!r}: no module named {missing!r} "
-                "(run from the directory that holds it, or set PYTHONPATH)"
-            ) from None
-        raise CommandError(f"cannot import {module_name!r}: {exc}") from None
-    except Exception as exc:  # the module itself failed: say how, in one line
-        raise CommandError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    target: object = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise CommandError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if isinstance(target, type):
-        if issubclass(target, rpc.Service) and target is not rpc.Service:
-            return target
-    elif isinstance(target, rpc.Service):
-        return target
-    raise CommandError(f"{spec!r} is not an rpc.Service subclass or instance: {target!r}")
-
-
-async def _enter_service(
-    stack: AsyncExitStack,
-    spec: str,
-    target: type[rpc.Service] | rpc.Service,
-    options: dict[str, str],
-) -> rpc.Service:
-    """Open the service as the module docs say; its context is entered on ``stack``."""
-    if isinstance(target, rpc.Service):
-        if options:
-            raise CommandError(f"{spec!r} is a service instance; -o/--option needs a service class")
-        return target
-    name = target.__qualname__
-    opener = getattr(target, "open", None)
-    if callable(opener):
-        try:
-            manager = opener(**options)
-        except (TypeError, ValueError) as exc:
-            raise CommandError(f"bad options for {name}.open(): {exc}") from None
-        if not isinstance(manager, AbstractAsyncContextManager) and not hasattr(
-            manager, "__aenter__"
-        ):
-            raise CommandError(
-                f"{name}.open() must return an async context manager, got {manager!r}"
-            )
-        try:
-            service: object = await stack.enter_async_context(manager)
-        except (TypeError, ValueError) as exc:
-            raise CommandError(f"bad options for {name}.open(): {exc}") from None
-        if not isinstance(service, rpc.Service):
-            raise CommandError(f"{name}.open() must yield an rpc.Service, got {service!r}")
-        return service
-    try:
-        return target(**options)
-    except (TypeError, ValueError) as exc:
-        raise CommandError(f"bad options for {name}(): {exc}") from None
 
 
 # ---------------------------------------------------------------------- logging
@@ -449,7 +354,7 @@ async def _serve(
     async with AsyncExitStack() as stack:
         # Unwinds in reverse: deregister, close the registry client, shut the server
         # down gracefully (open_server does it on a normal exit), close the service.
-        service = await _enter_service(stack, config.spec, config.target, config.options)
+        service = await enter_service(stack, config.spec, config.target, config.options)
         names = [service.__rpc_name__]
         limiters = admission_interceptors(config.rate_limit, config.rate_limit_key)
         interceptors: list[rpc.ServerInterceptor] = [*limiters]
