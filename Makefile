@@ -39,7 +39,7 @@ pytest: $(STAMP)
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 # The multi-host cluster test (tests/cluster): etcd, three `serve --workers 2` replicas and a
 # client, each in a Linux network namespace of its own, through a link cut, an etcd partition

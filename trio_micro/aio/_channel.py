@@ -239,7 +239,10 @@ class ResponseStream(Generic[T]):
     while it waits, or ``break`` once the stream is garbage -- sends CANCEL, and the server
     cancels the handler.
 
-    Raises (from ``__anext__``):
+    What ``__anext__`` raises:
+
+
+    Raises:
         RpcError: The server's status, ``UNAVAILABLE`` if the connection failed, or
             ``CANCELLED`` when used after being closed.
     """

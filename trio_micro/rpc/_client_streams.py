@@ -74,7 +74,10 @@ class RequestSender(trio.abc.SendChannel[ReqT]):
     only checks for cancellation, since credit bounds how far it runs ahead);
     :meth:`aclose` half-closes the call (END) and is idempotent.
 
-    Raises (from ``send``):
+    What ``send`` raises:
+
+
+    Raises:
         TypeError: ``value`` is not of the method's request type (nothing is sent).
         trio.ClosedResourceError: After :meth:`aclose`, or after the call was cancelled.
         RpcError: The call ended with that status (the server's ERROR, ``UNAVAILABLE`` for
@@ -156,7 +159,10 @@ class ResponseReceiver(trio.abc.ReceiveChannel[RespT]):
     the server's items until its END. ``receive()`` is a checkpoint; a caller cancelled
     while waiting in it cancels the call (CANCEL), as for server-streams.
 
-    Raises (from ``receive``):
+    What ``receive`` raises:
+
+
+    Raises:
         RpcError: The server's ERROR, ``UNAVAILABLE`` if the connection failed,
             ``INTERNAL`` for an answer that does not decode.
         trio.EndOfChannel: The call ended cleanly and everything was received.
@@ -231,7 +237,10 @@ class StreamCall(Generic[ReqT, RespT]):
     :class:`ResponseReceiver`. Leaving the block while the call is still running cancels it
     on the server (CANCEL); the block's own exception propagates unchanged. Usable once.
 
-    Raises (from ``async with``):
+    What ``async with`` raises:
+
+
+    Raises:
         RpcError: ``UNAVAILABLE`` (no connection), or what a client interceptor raised.
         RuntimeError: Entered twice.
     """

@@ -176,7 +176,10 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
     cancellation. Cancellation (the client's CANCEL, the deadline) reaches a waiting
     ``receive()`` as ``trio.Cancelled``.
 
-    Raises (from ``receive``):
+    What ``receive`` raises:
+
+
+    Raises:
         RpcError: ``INVALID_ARGUMENT`` for an item that does not decode or validate; left
             uncaught it ends the call with that status.
         trio.EndOfChannel: The client half-closed and every item has been read.
@@ -247,7 +250,10 @@ class ResponseSender(trio.abc.SendChannel[T]):
     checkpoint when it waits; otherwise it only checks for cancellation. Cancellation
     (the client's CANCEL, the deadline) reaches a waiting ``send`` as ``trio.Cancelled``.
 
-    Raises (from ``send``):
+    What ``send`` raises:
+
+
+    Raises:
         TypeError: ``item`` is not of the method's response type (the call fails with
             ``INTERNAL``, logged, if it propagates).
         RpcError: ``RESOURCE_EXHAUSTED``: the item is over the client's frame size.

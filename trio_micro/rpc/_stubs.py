@@ -117,7 +117,10 @@ class ResponseStream(Generic[T]):
     once the stream is garbage (immediate in CPython), or the consumer being cancelled while
     waiting -- sends CANCEL, and the server cancels the handler.
 
-    Raises (from ``__anext__``):
+    What ``__anext__`` raises:
+
+
+    Raises:
         RpcError: The server's status, ``UNAVAILABLE`` if the connection failed, or
             ``CANCELLED`` when used after being closed.
     """
