@@ -174,13 +174,19 @@ class Caller:
             # Calls in flight over the whole channel: with several connections, each may
             # see a lone call while its frames could still share a write with others'.
             self._in_flight = in_flight = self._in_flight + 1
+            # One clock read and one deadline lookup per attempt (the deadline lookup walks
+            # the caller's cancel scopes): they give the timeout sent, the cut and the
+            # latency measured.
             start = trio.current_time()
             deadline = trio.current_effective_deadline()
+            timeout_ms = (
+                None if deadline == math.inf else max(0, math.ceil((deadline - start) * 1000))
+            )
             slow = math.inf if tracker is None else tracker.threshold
             try:
                 try:
                     if cut and attempt < max_attempts and slow < deadline - start:
-                        timeout_ms = _timeout_ms()  # the caller's deadline, not the cut's
+                        # The caller's deadline is sent, not the cut's.
                         with trio.move_on_at(start + slow) as scope:
                             data = await conn.unary(
                                 method, payload, timeout_ms, metadata, in_flight == 1
@@ -195,7 +201,7 @@ class Caller:
                             continue
                     else:
                         data = await conn.unary(
-                            method, payload, _timeout_ms(), metadata, in_flight == 1
+                            method, payload, timeout_ms, metadata, in_flight == 1
                         )
                 finally:
                     self._in_flight -= 1
