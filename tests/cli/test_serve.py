@@ -339,6 +339,16 @@ def test_unopenable_log_file_is_a_clear_error(
         ["--idle-timeout", "-1"],
         ["--stall-timeout", "nan"],
         ["--metadata", "zone"],
+        ["--max-inflight", "0"],
+        ["--max-inflight", "x"],
+        ["--rate-limit", "0"],
+        ["--rate-limit", "nan"],
+        ["--rate-limit", "inf"],
+        ["--rate-limit", "10/0"],
+        ["--rate-limit", "10/x"],
+        ["--rate-limit", "/5"],
+        ["--rate-limit-key", "header:x"],
+        ["--rate-limit-key", "metadata:"],
     ],
 )
 def test_malformed_arguments_are_usage_errors(

@@ -182,7 +182,7 @@ deregisters first.""",
     SERVER_SIGNALS_HELP,
     """\
 example:
-  trio-micro serve examples.user_service:UserService -o db=data/users.db \\
+  trio-micro serve myapp.users:UserService -o db=data/users.db \\
       --port 50051 --registry 127.0.0.1:7000 --log-file logs/users-1.jsonl""",
 )
 

@@ -47,9 +47,7 @@ def resolve_service(spec: str) -> type[rpc.Service] | rpc.Service:
         and all(part.isidentifier() for part in module_name.split("."))
         and all(part.isidentifier() for part in attr.split("."))
     ):
-        raise usage_error(
-            f"expected MODULE:ATTR, such as 'examples.user_service:UserService', got {spec!r}"
-        )
+        raise usage_error(f"expected MODULE:ATTR, such as 'myapp.users:UserService', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

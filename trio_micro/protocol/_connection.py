@@ -43,9 +43,11 @@ Flow control is per server-stream and counts ITEMs, not bytes (frames are alread
 one per ITEM and gets more from CREDIT frames. Client- and bidi-streams add the client's
 half (ITEMs, half-close with END, credit the other way): :mod:`._streams`.
 
-Why one module of about 800 lines: every rule has a sending half (``send_*``) and a
+Why one module of about 830 lines: every rule has a sending half (``send_*``) and a
 receiving half (``_receive_*``) that must agree, and the stream table, credit and GOAWAY
-bookkeeping are shared by both. Split by direction, each rule would be read in two files;
+bookkeeping are shared by both. The client's half of a stream, which only client- and
+bidi-streams have, is already apart (:mod:`._streams`); what stays here is shared by
+every call type. Split by direction, each rule would be read in two files;
 split by frame kind, the shared state would need an API of its own. The tests drive two
 connections against each other, as this module is meant to be read.
 """

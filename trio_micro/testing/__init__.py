@@ -12,15 +12,23 @@ The pytest plugin, :mod:`trio_micro.testing.plugin`, turns these into fixtures; 
 opt-in (``-p trio_micro.testing.plugin``, or ``trio_micro_fixtures = true`` in the pytest
 configuration). ``docs/testing.md`` shows both.
 
+Names are imported on first use: pytest loads this package's entry point
+(:mod:`._entry`) in every run of an environment that has trio-micro, and that must not
+import the RPC stack.
+
 .. versionadded:: 0.2
 """
 
 from __future__ import annotations
 
-from .._lazy import fixup_module_metadata
-from ..registry import MemoryRegistry
-from ._faults import FaultInjector
-from ._harness import AccessLog, ServiceHarness, capture_access_log, open_service
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
+    from ..registry import MemoryRegistry
+    from ._faults import FaultInjector
+    from ._harness import AccessLog, ServiceHarness, capture_access_log, open_service
 
 __all__ = [
     "AccessLog",
@@ -31,5 +39,11 @@ __all__ = [
     "open_service",
 ]
 
-fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
-del fixup_module_metadata
+# module -> the names of __all__ it defines
+_MODULES: dict[str, tuple[str, ...]] = {
+    "..registry": ("MemoryRegistry",),
+    "._faults": ("FaultInjector",),
+    "._harness": ("AccessLog", "ServiceHarness", "capture_access_log", "open_service"),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES, __all__)
