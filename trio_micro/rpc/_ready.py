@@ -23,7 +23,7 @@ from typing import Final
 
 from trio_micro._validate import check_bool
 
-__all__ = ["wait_for_ready", "waiting_for_ready"]
+__all__ = ["wait_for_ready"]
 
 _wait_for_ready: Final[ContextVar[bool | None]] = ContextVar(
     "trio_micro.rpc.wait_for_ready", default=None
