@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -89,11 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     observe.configure_logging(level="error")
     with tempfile.TemporaryDirectory() as tmp:
-        db = str(pathlib.Path(tmp) / "users.db")
-        seed = [sys.executable, "-m", "examples.user_service", "seed", "--db", db]
-        subprocess.run(
-            [*seed, "--users", "5000"], check=True, cwd=hostile_bench.REPO, capture_output=True
-        )
+        db = hostile_bench.seed_database(tmp)
         for _ in range(args.runs):
             proc, address = hostile_bench.start_server(db, args.code, args.serve_args)
             try:
