@@ -229,6 +229,14 @@ def start_server(
     return proc, line.rsplit(" ", 1)[1].strip()
 
 
+def seed_database(directory: str) -> str:
+    """A user database of 5,000 users in ``directory``; return its path."""
+    db = str(pathlib.Path(directory) / "users.db")
+    seed = [sys.executable, "-m", "examples.user_service", "seed", "--db", db]
+    subprocess.run([*seed, "--users", "5000"], check=True, cwd=REPO, capture_output=True)
+    return db
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attacks", nargs="+", default=["stalled", "big", "many"])
@@ -242,9 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     observe.configure_logging(level="error")
     with tempfile.TemporaryDirectory() as tmp:
-        db = str(pathlib.Path(tmp) / "users.db")
-        seed = [sys.executable, "-m", "examples.user_service", "seed", "--db", db]
-        subprocess.run([*seed, "--users", "5000"], check=True, cwd=REPO, capture_output=True)
+        db = seed_database(tmp)
         print(f"code: {args.code or REPO}; serve flags: {args.serve_args or 'defaults'}")
         print(f"load average at start: {os.getloadavg()[0]:.1f}")
         print(

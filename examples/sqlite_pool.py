@@ -3,9 +3,17 @@
 Theory of operation
 -------------------
 SQLite calls block, so they run in worker threads through :func:`trio.to_thread.run_sync`.
-A fixed pool of connections (one per allowed thread) is opened up front; a
-:class:`trio.CapacityLimiter` of the same size bounds the threads, and each call takes a
-connection from the pool for the duration of one thread call. WAL mode lets readers run
+A fixed pool of connections (one per allowed thread) is opened up front; :class:`FairSlots`
+of the same number bounds the threads, and each call takes a connection from the pool for
+the duration of one thread call.
+
+Fairness between clients (issue #15): the slots are not first come, first served as
+:class:`trio.CapacityLimiter`'s are. A client that starts 2,000 page queries at once (20
+connections of 99 streams, within every server limit) would queue them all ahead of another
+client's one ``get_user``, which then waited 2.6 to 3.9 s (benchmarks/hostile_bench.py,
+``many-within-limits``). Waiters queue per RPC connection of the calling task, and a freed
+slot goes to the connections in turn: a call waits for about one statement per other busy
+connection, whatever their backlog. WAL mode lets readers run
 beside the one writer, and several *processes* (the demo's replicas) can share one
 database file. ``busy_timeout`` makes a writer wait for a lock instead of failing.
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,9 +37,9 @@ from typing import Self, TypeVar
 
 import trio
 
-from trio_micro import Backoff
+from trio_micro import Backoff, rpc
 
-__all__ = ["DatabaseStatistics", "SqlitePool"]
+__all__ = ["DatabaseStatistics", "FairSlots", "SqlitePool"]
 
 T = TypeVar("T")
 
@@ -42,6 +51,71 @@ class DatabaseStatistics:
     queries: int
     reads: int
     writes: int
+
+
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.granted = False
+
+
+class FairSlots:
+    """``total`` slots, handed to the waiting keys in turn (round robin), each key's
+    waiters in order; see the module docs.
+
+    Synchronous except :meth:`acquire`. A key is any string; :meth:`caller` gives the
+    calling task's RPC connection.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        # Key -> its waiters; the dict's order is the turn order (a key served moves last).
+        self._queues: dict[str, deque[_Waiter]] = {}
+
+    @staticmethod
+    def caller() -> str:
+        """The peer (``host:port``) of the RPC call the current task serves, or ``""``."""
+        try:
+            return rpc.current_call().peer
+        except RuntimeError:
+            return ""
+
+    async def acquire(self, key: str) -> None:
+        """Take a slot, waiting for ``key``'s turn when none is free. A checkpoint;
+        cancelled while waiting, it takes nothing."""
+        await trio.lowlevel.checkpoint()
+        if self.used < self.total and not self._queues:
+            self.used += 1
+            return
+        waiter = _Waiter()
+        queue = self._queues.setdefault(key, deque())
+        queue.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:  # handed a slot as the cancellation came: pass it on
+                self.release()
+            else:
+                queue.remove(waiter)
+                if not queue and self._queues.get(key) is queue:
+                    del self._queues[key]
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the next key's first waiter, if any waits."""
+        if not self._queues:
+            self.used -= 1
+            return
+        key = next(iter(self._queues))
+        queue = self._queues.pop(key)
+        waiter = queue.popleft()
+        if queue:
+            self._queues[key] = queue  # back in line, after the other keys
+        waiter.granted = True
+        waiter.event.set()
 
 
 class SqlitePool:
@@ -59,7 +133,7 @@ class SqlitePool:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         self.path = Path(path)
-        self._limiter = trio.CapacityLimiter(threads)
+        self._slots = FairSlots(threads)
         self._threads = threads
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
@@ -122,7 +196,8 @@ class SqlitePool:
         """Run ``fn(connection)`` in a worker thread; see the module docs on cancellation."""
         if self._closed:
             raise trio.ClosedResourceError("the database is closed")
-        async with self._limiter:
+        await self._slots.acquire(FairSlots.caller())
+        try:
             conn = self._idle.pop()
             try:
                 return await trio.to_thread.run_sync(fn, conn)
@@ -132,6 +207,8 @@ class SqlitePool:
                     self._writes += 1
                 else:
                     self._reads += 1
+        finally:
+            self._slots.release()
 
     def statistics(self) -> DatabaseStatistics:
         """Return the query counters. Not a checkpoint."""

@@ -195,7 +195,7 @@ async def test_an_unknown_service_in_a_registry_fails_fast_saying_so(
             code = await cli("call", f"registry://{srv.target}/nosuch", GET_USER, "--timeout", "60")
     assert code == 64 + 14
     err = capsys.readouterr().err
-    assert "UNAVAILABLE: no endpoints for service 'nosuch'" in err
+    assert "UNAVAILABLE: service 'nosuch' has no endpoints" in err
     assert err.count("\n") == 1
 
 
@@ -207,4 +207,4 @@ async def test_an_unreachable_registry_fails_fast_saying_so(
     with trio.fail_after(10):
         code = await cli("list", f"{scheme}://127.0.0.1:{port}/users", "--timeout", "60")
     assert code == 64 + 14
-    assert "UNAVAILABLE: registry unreachable: " in capsys.readouterr().err
+    assert "UNAVAILABLE: service 'users': registry unreachable at " in capsys.readouterr().err

@@ -275,9 +275,14 @@ async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
             )
             assert match, seen.decode()
             async with httpx.AsyncClient() as client:
-                page = await client.get(f"{match.group(1)}/debug/tasks")
-            assert page.status_code == 200
-            assert "run_load" in page.text  # the task tree shows the load running
+                # The load starts after the import batch: on a loaded machine, a while after
+                # "client: found".
+                while True:
+                    page = await client.get(f"{match.group(1)}/debug/tasks")
+                    assert page.status_code == 200
+                    if "run_load" in page.text:  # the task tree shows the load running
+                        break
+                    await trio.sleep(0.2)
             process.send_signal(signal.SIGINT)
             async with process.stdout:
                 while await process.stdout.receive_some():

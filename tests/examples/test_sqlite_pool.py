@@ -1,10 +1,13 @@
-"""examples/sqlite_pool.py: opening a database that other processes are opening too."""
+"""examples/sqlite_pool.py: opening a database that other processes are opening too, and
+the fair thread slots."""
 
 from __future__ import annotations
 
 import sqlite3
 
 import pytest
+import trio
+import trio.testing
 
 from examples import sqlite_pool
 
@@ -47,3 +50,43 @@ def test_a_lock_held_too_long_is_raised(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         sqlite_pool._while_locked(step)
     assert now[0] >= sqlite_pool._LOCKED_FOR_AT_MOST
+
+
+# --- fair slots: connections take turns, whatever their backlog (issue #15) -------------
+
+
+async def _hold(slots: sqlite_pool.FairSlots, key: str, order: list[str], go: trio.Event) -> None:
+    await slots.acquire(key)
+    order.append(key)
+    await go.wait()
+    slots.release()
+
+
+async def test_a_freed_slot_goes_to_the_waiting_keys_in_turn() -> None:
+    slots = sqlite_pool.FairSlots(1)
+    order: list[str] = []
+    go = trio.Event()
+    go.set()
+    await slots.acquire("first")
+    async with trio.open_nursery() as nursery:
+        for key in ["flood"] * 5 + ["good"]:  # the flood queued first
+            nursery.start_soon(_hold, slots, key, order, go)
+            await trio.testing.wait_all_tasks_blocked()
+        slots.release()
+    assert order == ["flood", "good", "flood", "flood", "flood", "flood"]
+    assert slots.used == 0
+
+
+async def test_a_waiter_cancelled_takes_no_slot() -> None:
+    slots = sqlite_pool.FairSlots(1)
+    await slots.acquire("a")
+    with trio.move_on_after(0.01):
+        await slots.acquire("b")
+    slots.release()
+    assert slots.used == 0
+    await slots.acquire("c")  # at once: nothing was left queued
+    assert slots.used == 1
+
+
+def test_the_caller_key_outside_a_call_is_empty() -> None:
+    assert sqlite_pool.FairSlots.caller() == ""

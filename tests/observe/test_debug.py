@@ -343,6 +343,10 @@ async def test_stats_page_is_json_with_process_tasks_and_sources(
         "refused_calls": 0,
         "health_watches": 0,
         "request_bytes": 0,
+        "refused_connection_budget": 0,
+        "refused_server_budget": 0,
+        "refused_stalled_streams": 0,
+        "stall_timeouts": 0,
     }
 
 

@@ -23,20 +23,18 @@ from __future__ import annotations
 import argparse
 import ssl
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, final
 
 from trio_micro import rpc
 from trio_micro.registry import (
     Registry,
-    RegistryError,
-    RegistryUnavailableError,
     open_etcd_registry,
     open_registry_client,
 )
 
-from ._common import EXIT_STATUS_BASE, CommandError, usage_error
+from ._common import usage_error
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -145,14 +143,9 @@ async def open_target_channel(
     """``rpc.open_channel(target, **options)`` with ``tls``, which also reaches the registry
     behind a ``registry://`` or ``etcd://`` target.
 
-    For such a target the registry is asked for the service's endpoints once before the
-    channel opens (a checkpoint): the channel itself would wait out the whole ``--timeout``
-    for a registry that can't be reached (its watch retries quietly) or a service nobody
-    registered (endpoints may appear), and then report only ``DEADLINE_EXCEEDED``.
-
-    Raises:
-        CommandError: ``UNAVAILABLE: registry unreachable: ...`` or ``UNAVAILABLE: no
-            endpoints for service ...``, with the exit code of ``UNAVAILABLE`` (64 + 14).
+    Calls over it fail fast as the library's do (:func:`rpc.open_channel`): an unreachable
+    registry or a service with no endpoints is ``UNAVAILABLE`` saying so at once, with the
+    exit code of ``UNAVAILABLE`` (64 + 14), not ``DEADLINE_EXCEEDED`` at ``--timeout``.
     """
     scheme, sep, rest = target.partition("://")
     if not sep or scheme not in ("etcd", "registry"):
@@ -160,27 +153,8 @@ async def open_target_channel(
             yield channel
         return
     authority, _, service = rest.partition("/")
-    async with AsyncExitStack() as stack:
-        registry = await stack.enter_async_context(open_registry(scheme, authority, tls))
-        await _check_endpoints(registry, service, f"{scheme}://{authority}")
-        channel = await stack.enter_async_context(
-            rpc.open_channel(service, registry=registry, **tls.channel_options, **options)
-        )
+    async with (
+        open_registry(scheme, authority, tls) as registry,
+        rpc.open_channel(service, registry=registry, **tls.channel_options, **options) as channel,
+    ):
         yield channel
-
-
-async def _check_endpoints(registry: Registry, service: str, where: str) -> None:
-    """Fail fast unless ``registry`` answers with some endpoint of ``service``."""
-    try:
-        found = await registry.resolve(service)
-    except RegistryUnavailableError as exc:
-        raise _unavailable(f"registry unreachable: {exc}") from None
-    except RegistryError as exc:
-        raise _unavailable(f"the registry at {where} failed: {exc}") from None
-    if not found:
-        raise _unavailable(f"no endpoints for service {service!r} in the registry at {where}")
-
-
-def _unavailable(message: str) -> CommandError:
-    error = rpc.RpcError(rpc.Status.UNAVAILABLE, message)
-    return CommandError(str(error), code=EXIT_STATUS_BASE + int(rpc.Status.UNAVAILABLE))

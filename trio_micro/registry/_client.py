@@ -4,7 +4,10 @@
 the server no longer knows the lease (it expired while the server was unreachable, or the
 server restarted with empty state) the client registers again (``registry.lease.lost``).
 ``watch`` reads the server's ``watch`` stream and reopens it with backoff when it breaks,
-keeping the last set meanwhile. RPC ``UNAVAILABLE`` becomes
+keeping the last set meanwhile; ``watch_status`` (what a channel uses:
+:class:`rpc.StatusResolver <trio_micro.rpc.StatusResolver>`) also yields
+``rpc.ResolverStatus.unreachable("registry unreachable at HOST:PORT: ...")`` for each
+failed attempt, so that the channel's calls fail fast saying so. RPC ``UNAVAILABLE`` becomes
 :class:`~trio_micro.registry.RegistryUnavailableError`, any other failure
 :class:`~trio_micro.registry.RegistryBackendError`.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeVar, cast, final
 
 import trio
 
@@ -216,7 +219,7 @@ class RegistryClient:
         )
         return [Endpoint(record.address, record.metadata) for record in answer.endpoints]
 
-    async def watch(self, service: str) -> AsyncGenerator[list[Endpoint], None]:
+    def watch(self, service: str) -> AsyncGenerator[list[Endpoint], None]:
         """Iterate over the endpoint sets of ``service``: the current one, then each change.
 
         See :meth:`Registry.watch`. When the stream breaks (server restart, network) it is
@@ -226,6 +229,21 @@ class RegistryClient:
         Raises:
             TypeError / ValueError: Bad service name (on the first iteration).
         """
+        return cast("AsyncGenerator[list[Endpoint], None]", self._watch(service, False))
+
+    def watch_status(
+        self, service: str
+    ) -> AsyncGenerator[list[Endpoint] | rpc.ResolverStatus, None]:
+        """As :meth:`watch`, and an ``rpc.ResolverStatus.unreachable(...)`` (``registry
+        unreachable at HOST:PORT: why``) each time opening the stream fails or it breaks.
+
+        What a channel follows (:class:`rpc.StatusResolver`).
+        """
+        return self._watch(service, True)
+
+    async def _watch(
+        self, service: str, statuses: bool
+    ) -> AsyncGenerator[list[Endpoint] | rpc.ResolverStatus, None]:
         service = check_service(service)
         await trio.lowlevel.checkpoint()
         last: list[Endpoint] | None = None
@@ -249,6 +267,10 @@ class RegistryClient:
                 error = str(exc)
             wait = backoff.next_delay()
             log.info("registry.watch.retry", service=service, error=error, retry_in=round(wait, 3))
+            if statuses:
+                yield rpc.ResolverStatus.unreachable(
+                    f"registry unreachable at {self._target}: {error}"
+                )
             await trio.sleep(wait)
 
 

@@ -57,13 +57,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self, final
+from typing import Any, Final, Self, cast, final
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 import trio
 
+from trio_micro import rpc
 from trio_micro.protocol import DECODE_ERRORS
 from trio_micro.toolkit import Backoff
 
@@ -524,7 +525,7 @@ class EtcdRegistry:
         _, endpoints = await self._list(service)
         return endpoint_list(endpoints)
 
-    async def watch(self, service: str) -> AsyncGenerator[list[Endpoint], None]:
+    def watch(self, service: str) -> AsyncGenerator[list[Endpoint], None]:
         """Iterate over the endpoint sets of ``service``: the current one, then each change.
 
         See :meth:`Registry.watch` and the module docs (list, then watch from the next
@@ -539,6 +540,21 @@ class EtcdRegistry:
             TypeError / ValueError: Bad service name (on the first iteration).
             trio.ClosedResourceError: The registry is or gets closed.
         """
+        return cast("AsyncGenerator[list[Endpoint], None]", self._watch(service, False))
+
+    def watch_status(
+        self, service: str
+    ) -> AsyncGenerator[list[Endpoint] | rpc.ResolverStatus, None]:
+        """As :meth:`watch`, and an ``rpc.ResolverStatus.unreachable(...)`` (``registry
+        unreachable at URL: why``) each time listing or watching fails.
+
+        What a channel follows (:class:`rpc.StatusResolver`).
+        """
+        return self._watch(service, True)
+
+    async def _watch(
+        self, service: str, statuses: bool
+    ) -> AsyncGenerator[list[Endpoint] | rpc.ResolverStatus, None]:
         service = check_service(service)
         prefix = self._service_prefix(service)
         backoff = Backoff(initial=0.1, maximum=5.0)
@@ -620,6 +636,10 @@ class EtcdRegistry:
                     error=f"{type(exc).__name__}: {exc}",
                     retry_in=round(delay, 3),
                 )
+                if statuses:
+                    yield rpc.ResolverStatus.unreachable(
+                        f"registry unreachable at {self._url}: {type(exc).__name__}: {exc}"
+                    )
                 await trio.sleep(delay)
 
     def _watch_result(self, line: str) -> _WatchResult:

@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._metrics import MetricsInterceptor, register_channel_metrics, register_server_metrics
     from ._observability import AccessLogInterceptor
     from ._options import ServerOptions
+    from ._ready import wait_for_ready
     from ._reflection import (
         ListServicesRequest,
         ListServicesResponse,
@@ -63,7 +64,14 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
         ReflectionService,
         ServiceDescription,
     )
-    from ._resolver import ResolvedEndpoint, Resolver, register_resolver, split_target
+    from ._resolver import (
+        ResolvedEndpoint,
+        Resolver,
+        ResolverStatus,
+        StatusResolver,
+        register_resolver,
+        split_target,
+    )
     from ._retry import RetryPolicy
     from ._server import Server, ServerStatistics, open_server, serve
     from ._service import (
@@ -107,6 +115,7 @@ __all__ = [
     "RequestStream",
     "ResolvedEndpoint",
     "Resolver",
+    "ResolverStatus",
     "ResponseReceiver",
     "ResponseSender",
     "ResponseStream",
@@ -121,6 +130,7 @@ __all__ = [
     "Service",
     "ServiceDescription",
     "Status",
+    "StatusResolver",
     "StreamCall",
     "StreamingMethod",
     "Subchannel",
@@ -141,6 +151,7 @@ __all__ = [
     "server_stream",
     "split_target",
     "unary",
+    "wait_for_ready",
 ]
 
 # private module -> the names of __all__ it defines
@@ -193,9 +204,12 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "ReflectionService",
         "ServiceDescription",
     ),
+    "._ready": ("wait_for_ready",),
     "._resolver": (
         "ResolvedEndpoint",
         "Resolver",
+        "ResolverStatus",
+        "StatusResolver",
         "register_resolver",
         "split_target",
     ),

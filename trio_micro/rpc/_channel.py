@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, final
 
 from trio_micro._background import open_background_nursery
-from trio_micro._validate import check_int, check_seconds
+from trio_micro._validate import check_bool, check_int, check_seconds
 from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
@@ -32,7 +32,7 @@ from ._calls import Caller
 from ._client_streams import StreamCall
 from ._endpoints import ConnectOptions, EndpointPool
 from ._interceptors import ClientInterceptor
-from ._resolver import Resolver, split_target
+from ._resolver import Resolver, ResolverStatus, split_target
 from ._retry import RetryPolicy
 from ._service import Service
 from ._stubs import (
@@ -102,6 +102,7 @@ class Channel:
         service: str | None = None,
         discovery_timeout: float = 10.0,
         health_check: str | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
         self._service = service
         self._balancer = balancer
@@ -114,6 +115,7 @@ class Channel:
             service,
             discovery_timeout,
             health_check,
+            wait_for_ready,
         )
         self._caller = Caller(self._pool, balancer, interceptors, retry)
 
@@ -126,6 +128,12 @@ class Channel:
     def endpoints(self) -> tuple[Endpoint, ...]:
         """The endpoints the channel currently connects to (in the order they came)."""
         return self._pool.endpoints
+
+    @property
+    def resolver_status(self) -> ResolverStatus:
+        """How the resolution of the service stands: ``resolving``, ``resolved (n
+        endpoints)`` or ``unreachable (why)`` (a channel to fixed addresses: resolved)."""
+        return self._pool.status
 
     def statistics(self) -> ChannelStatistics:
         """Return a snapshot of the pool (synchronous)."""
@@ -268,6 +276,7 @@ async def open_channel(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     initial_stream_credit: int = 64,
     health_check: str | None = None,
+    wait_for_ready: bool = False,
 ) -> AsyncIterator[Channel]:
     """Open a channel to a server, several replicas of one, or a service found in a registry.
 
@@ -286,9 +295,14 @@ async def open_channel(
     Connections are opened in the background (the ``async with`` does not wait for them);
     the first calls wait while they connect, and fail with ``UNAVAILABLE`` if every
     connection attempt failed. With a registry the channel watches the service and adds
-    and drains endpoints as they come and go; calls made while the service has no
-    endpoints wait for one, at most until their deadline or ``discovery_timeout``, then
-    fail with ``UNAVAILABLE`` naming the service. Leaving the block closes the
+    and drains endpoints as they come and go. Calls *fail fast* (gRPC's semantics): they
+    wait only while a connection or the first resolution is under way, and fail at once
+    with ``UNAVAILABLE`` saying why when the registry is unreachable (``service 'users':
+    registry unreachable at ...``), the service has no endpoints (``service 'users' has no
+    endpoints``), or every connection attempt failed. With ``wait_for_ready=True`` (or in
+    :func:`rpc.wait_for_ready() <trio_micro.rpc.wait_for_ready>`) they wait instead, until
+    a connection is ready or their deadline cancels them; a wait for a service to have
+    endpoints lasts at most ``discovery_timeout``. Leaving the block closes the
     connections; calls still pending in other tasks fail with ``RpcError(CANCELLED)``. No
     task outlives the block.
 
@@ -311,7 +325,8 @@ async def open_channel(
             admission control (``max_inflight``, rate limits) on another endpoint; ``None``:
             never.
         outlier_ejection: When failing endpoints are set aside; ``None``: never.
-        discovery_timeout: Longest a call waits for a service to have endpoints (seconds).
+        discovery_timeout: Longest a call waits for a service to have endpoints (seconds):
+            while the first resolution is under way, or when waiting for ready.
         handshake_timeout: Seconds to connect, TLS-handshake and exchange HELLOs.
         keepalive_interval: Seconds without receiving anything after which the client PINGs
             the server (default 30; ``math.inf``: off). On by default so that a connection
@@ -329,6 +344,10 @@ async def open_channel(
             server; gRPC's health protocol, docs/rpc.md §13) and pick no endpoint that is
             not ``SERVING``; when none is, calls fail with ``UNAVAILABLE``. ``None`` (the
             default): don't watch.
+        wait_for_ready: Calls wait through transient failure (no endpoints, registry
+            unreachable, every connection failing, none ``SERVING``) instead of failing
+            fast; :func:`rpc.wait_for_ready() <trio_micro.rpc.wait_for_ready>` overrides it
+            per call.
 
     Raises:
         TypeError / ValueError: A bad argument, or an unknown target scheme.
@@ -391,6 +410,7 @@ async def open_channel(
         service=service,
         discovery_timeout=check_seconds("discovery_timeout", discovery_timeout),
         health_check=_check_health_check(health_check),
+        wait_for_ready=check_bool("wait_for_ready", wait_for_ready),
     )
     async with AsyncExitStack() as stack:
         resolver = registry

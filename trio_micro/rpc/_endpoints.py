@@ -13,11 +13,16 @@ connections close once their calls are done, at most ``_DRAIN_TIMEOUT`` later).
 
 Ready connections sit in one list, :attr:`EndpointPool.ready`; :meth:`EndpointPool.pick`
 takes one through the :class:`~trio_micro.rpc.Balancer` without awaiting anything when
-one is ready. When none is, a call waits while some slot is still connecting, and fails
-fast with ``UNAVAILABLE`` (naming the addresses and why) once every slot has failed its
-last attempt -- like gRPC without ``wait_for_ready``. A service that has no endpoints yet
-is waited for, up to the call's deadline or ``discovery_timeout``, whichever comes first;
-then ``UNAVAILABLE`` names it.
+one is ready. When none is, a call waits while something is under way -- a slot
+connecting, or the resolver's first answer -- and otherwise fails fast with ``UNAVAILABLE``
+saying why (:mod:`._ready`: gRPC's semantics without ``wait_for_ready``): every slot failed
+its last attempt (the addresses and errors), every endpoint is ``NOT_SERVING``, the
+resolver's backend is unreachable (:class:`~trio_micro.rpc.ResolverStatus`, reported by a
+:class:`~trio_micro.rpc.StatusResolver` or by its watch raising), or the service has no
+endpoints. A call that waits for ready waits through all of these. A wait for endpoints
+lasts at most ``discovery_timeout`` (then ``UNAVAILABLE`` with the resolver's status); the
+caller's deadline cancels any wait as it cancels anything else (see
+:meth:`EndpointPool.pick` for why no longer 1 ms early).
 
 Outlier ejection (:class:`~trio_micro.rpc.OutlierEjection`): each endpoint counts
 failures in a row -- connection failures, and what the caller (:mod:`._calls`) reports:
@@ -37,7 +42,8 @@ per call.
 Log events: ``rpc.channel.connect_failed``, ``rpc.channel.not_serving``,
 ``rpc.channel.serving``, ``rpc.channel.connected``,
 ``rpc.channel.endpoint_ejected``, ``rpc.channel.endpoint_restored``,
-``rpc.channel.bad_address``, ``rpc.channel.resolver_failed``; a connection's own
+``rpc.channel.bad_address``, ``rpc.channel.resolver_failed``, ``rpc.channel.resolver_status``
+(the status changed state); a connection's own
 (``rpc.channel.connection_lost``, ``rpc.channel.protocol_error``,
 ``rpc.channel.keepalive_timeout``, ``rpc.channel.goaway``) are logged by :mod:`._client`.
 """
@@ -45,9 +51,9 @@ Log events: ``rpc.channel.connect_failed``, ``rpc.channel.not_serving``,
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, final
 
 import msgspec
@@ -61,7 +67,8 @@ from ._balancing import Balancer, OutlierEjection
 from ._client import ClientConnection, RefusedError, connect
 from ._errors import RpcError
 from ._health import HEALTH_SERVICE, HealthCheckRequest, HealthCheckResponse, HealthStatus
-from ._resolver import ResolvedEndpoint, Resolver
+from ._ready import waiting_for_ready
+from ._resolver import ResolvedEndpoint, Resolver, ResolverStatus, StatusResolver
 from ._transport import Endpoint
 
 __all__: list[str] = []
@@ -77,8 +84,6 @@ _BACKOFF_MAX: Final = 120.0
 _WORKED_FOR: Final = 1.0
 # How long the connections of a removed endpoint may take to finish their calls.
 _DRAIN_TIMEOUT: Final = 30.0
-# How long before the caller's deadline a call waiting for endpoints gives up.
-_DEADLINE_MARGIN: Final = 0.001
 _HEALTH_WATCH: Final = f"{HEALTH_SERVICE}/watch"
 _decode_health: Final = msgspec.msgpack.Decoder(HealthCheckResponse).decode
 
@@ -158,6 +163,7 @@ class EndpointPool:
         ready: The connections ready for calls (ejected endpoints' excluded). The same
             list for the pool's life, so callers may keep a reference to it.
         states: Endpoint -> its slots and ejection record, in the order they came.
+        status: How the resolution of the service stands (a fixed list: resolved).
     """
 
     def __init__(
@@ -170,6 +176,7 @@ class EndpointPool:
         service: str | None,
         discovery_timeout: float,
         health_check: str | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
         self._pool_size = pool_size
         self._health_check = health_check
@@ -178,10 +185,14 @@ class EndpointPool:
         self._ejection = ejection
         self._service = service
         self._discovery_timeout = discovery_timeout
+        self._wait_for_ready = wait_for_ready
         self.states: dict[Endpoint, EndpointState] = {}
         self._initial = list(endpoints)
-        self._resolved = service is None  # a resolver has given its first set
-        self._resolver_error: str | None = None
+        self.status: ResolverStatus = (
+            ResolverStatus("resolving")
+            if service is not None
+            else ResolverStatus("resolved", len(self._initial))
+        )
         self.ready: list[ClientConnection] = []
         self._changed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -276,18 +287,34 @@ class EndpointPool:
                 self._add(endpoint, metadata)
             else:
                 known.metadata = dict(metadata)
-        self._resolved = True
+        self._set_status(ResolverStatus("resolved", len(self.states)))
+
+    def _set_status(self, status: ResolverStatus) -> None:
+        """Record the resolver's status (log a change of state); wake waiting calls."""
+        if status.state != "resolved":
+            status = replace(status, endpoints=len(self.states))
+        if status.state != self.status.state:
+            log.info("rpc.channel.resolver_status", service=self._service, status=str(status))
+        self.status = status
         self._changed.unpark_all()
 
     async def _watch(self, resolver: Resolver, service: str) -> None:
         backoff = _backoff()
         while True:
+            watch: AsyncGenerator[Sequence[ResolvedEndpoint] | ResolverStatus, None]
+            if isinstance(resolver, StatusResolver):
+                watch = resolver.watch_status(service)
+            else:
+                watch = resolver.watch(service)
             try:
-                async with aclosing(resolver.watch(service)) as updates:
-                    async for items in updates:
-                        self._resolver_error = None
+                async with aclosing(watch) as updates:
+                    async for item in updates:
+                        if isinstance(item, ResolverStatus):
+                            if item.state == "unreachable":
+                                self._set_status(item)
+                            continue
                         backoff.reset()
-                        self._update(items)
+                        self._update(item)
                 error = "the watch ended"
             except (TypeError, ValueError):
                 raise  # a bad service name: the channel can't work
@@ -300,8 +327,7 @@ class EndpointPool:
                 error=error,
                 retry_in=round(delay, 3),
             )
-            self._resolver_error = error
-            self._changed.unpark_all()
+            self._set_status(ResolverStatus.unreachable(f"the resolver failed: {error}"))
             await trio.sleep(delay)
 
     # ------------------------------------------------------------------ connections
@@ -478,7 +504,14 @@ class EndpointPool:
     # ------------------------------------------------------------------ picking
 
     def _unavailable(self) -> RpcError | None:
-        """Why a call can't be made now, or ``None`` if it should wait."""
+        """Why a call that fails fast can't be made now, or ``None`` if it should wait."""
+        if not self.states and self._service is not None:
+            status = self.status
+            if status.state == "unreachable":
+                return RpcError(Status.UNAVAILABLE, f"service {self._service!r}: {status.error}")
+            if status.state == "resolved":
+                return RpcError(Status.UNAVAILABLE, f"service {self._service!r} has no endpoints")
+            return None  # the first answer is still to come
         states = self.states.values()
         if states and all(state.not_serving for state in states):
             where = f"service {self._service!r}" if self._service is not None else "the target"
@@ -489,21 +522,25 @@ class EndpointPool:
             if self._service is not None:
                 reasons = f"service {self._service!r}: {reasons}"
             return RpcError(Status.UNAVAILABLE, reasons)
-        if not slots and self._resolved and self._resolver_error is not None:
-            return RpcError(
-                Status.UNAVAILABLE,
-                f"can't resolve service {self._service!r}: {self._resolver_error}",
-            )
         return None
 
     async def pick(self, avoid: Endpoint | None = None) -> ClientConnection:
         """A ready connection, not to ``avoid`` if another is ready (see the module docs).
 
-        A checkpoint; waits while slots are connecting or the service has no endpoints.
+        A checkpoint. Waits while a slot is connecting or the first resolution is under
+        way; fails fast otherwise, unless the call waits for ready (:mod:`._ready`). A wait
+        while the service has no endpoints lasts at most ``discovery_timeout``. The
+        caller's deadline cancels the wait (``trio.Cancelled``, as for any other wait):
+        this used to give up ``_DEADLINE_MARGIN`` (1 ms) before the deadline to raise
+        ``UNAVAILABLE`` saying why, but that raced the caller's own cancel scope -- when
+        the event loop ran more than 1 ms late, both expired in the same tick and the
+        outermost won, so the error depended on load -- and it preempted any enclosing
+        deadline, a nursery's included. Failing fast says why at once instead; what a
+        waiting call waited for is :attr:`status`.
 
         Raises:
-            RpcError: ``UNAVAILABLE`` (every slot failed, or no endpoints in time), or
-                ``CANCELLED`` once the channel is closed.
+            RpcError: ``UNAVAILABLE`` (failing fast: see the module docs; or no endpoints
+                within ``discovery_timeout``), or ``CANCELLED`` once the channel is closed.
         """
         wait_until: float | None = None
         while True:
@@ -520,25 +557,21 @@ class EndpointPool:
                 return ready[self._balancer.pick(ready)]
             if self._closed:
                 raise RpcError(Status.CANCELLED, "the channel was closed")
-            error = self._unavailable()
-            if error is not None:
-                raise error
+            if not waiting_for_ready(self._wait_for_ready):
+                error = self._unavailable()
+                if error is not None:
+                    raise error
             if self.states:
-                await self._changed.park()  # some slot is still connecting
+                await self._changed.park()  # a slot is connecting, or waiting for ready
                 continue
-            # No endpoints (yet): wait for some, at most until the deadline.
+            # No endpoints (yet): wait for some, at most discovery_timeout.
             if wait_until is None:
-                # Give up just before the caller's deadline: a cancel scope nested in the
-                # caller's with the same deadline would not catch the cancellation (the
-                # outermost cancelled scope does), and the caller should learn *why*.
-                wait_until = min(
-                    trio.current_effective_deadline() - _DEADLINE_MARGIN,
-                    trio.current_time() + self._discovery_timeout,
-                )
+                wait_until = trio.current_time() + self._discovery_timeout
             with trio.move_on_at(wait_until) as scope:
                 await self._changed.park()
             if scope.cancelled_caught:
-                why = f" ({self._resolver_error})" if self._resolver_error else ""
                 raise RpcError(
-                    Status.UNAVAILABLE, f"no endpoints for service {self._service!r}{why}"
+                    Status.UNAVAILABLE,
+                    f"no endpoints for service {self._service!r} within discovery_timeout "
+                    f"({self._discovery_timeout:g} s; resolver: {self.status})",
                 )

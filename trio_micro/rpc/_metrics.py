@@ -176,11 +176,17 @@ class MetricsInterceptor:
 def register_server_metrics(
     server: Server, *, registry: CollectorRegistry | None = None
 ) -> Callable[[], None]:
-    """Export a server's :meth:`~Server.statistics` as ``trio_micro_rpc_server_*`` gauges.
+    """Export a server's :meth:`~Server.statistics` as ``trio_micro_rpc_server_*`` metrics.
 
-    ``connections`` (open connections), ``active_calls`` (calls in flight),
-    ``queued_bytes``, ``shutting_down`` (0/1) and ``health_watches``, and the counter
-    ``refused_calls_total`` (calls refused at ``max_inflight``), labelled
+    Gauges: ``connections`` (open connections), ``active_calls`` (calls in flight),
+    ``queued_bytes`` (response bytes queued for sending), ``request_bytes`` (request
+    payload bytes held by calls in progress, the byte budgets' charge),
+    ``shutting_down`` (0/1) and ``health_watches``. Counters: ``refused_calls_total``
+    (calls refused at ``max_inflight``), and what the per-connection limits refused
+    (issue #15, docs/rpc.md "Limits"): ``refused_connection_budget_total``
+    (``max_buffered_bytes``), ``refused_server_budget_total``
+    (``max_server_buffered_bytes``), ``refused_stalled_streams_total``
+    (``max_stalled_streams``) and ``stall_timeouts_total`` (``stall_timeout``). Labelled
     ``server="host:port"``. The server is held weakly. Not a checkpoint.
 
     Returns:
@@ -197,7 +203,13 @@ def register_server_metrics(
         "rpc_server",
         server.statistics,
         labels={"server": address},
-        counters=("refused_calls",),
+        counters=(
+            "refused_calls",
+            "refused_connection_budget",
+            "refused_server_budget",
+            "refused_stalled_streams",
+            "stall_timeouts",
+        ),
         registry=registry,
     )
 

@@ -10,6 +10,12 @@ Target strings with a scheme (``"etcd://127.0.0.1:2379/users"``) are looked up i
 table of scheme -> opener that packages fill with :func:`register_resolver`;
 :mod:`trio_micro.registry` registers ``etcd`` and ``registry`` (the registry server)
 when it is imported.
+
+A resolver that can lose its backend (a registry server, etcd) may also implement
+:class:`StatusResolver`: its ``watch_status`` yields a :class:`ResolverStatus` (the backend
+is unreachable, and why) between endpoint sets, so that a channel's calls fail fast with
+``UNAVAILABLE`` saying why instead of waiting out their deadline (see
+:func:`~trio_micro.rpc.open_channel`, ``wait_for_ready``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,17 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol, final, runtime_checkable
 
-__all__ = ["ResolvedEndpoint", "Resolver", "register_resolver", "split_target"]
+__all__ = [
+    "ResolvedEndpoint",
+    "Resolver",
+    "ResolverStatus",
+    "StatusResolver",
+    "register_resolver",
+    "split_target",
+]
 
 _SCHEME_RE: Final = re.compile(r"[a-z][a-z0-9+.-]*")
 
@@ -59,6 +73,72 @@ class Resolver(Protocol):
         from it is logged by the channel (``rpc.channel.resolver_failed``) and the watch
         is started again after a backoff, except ``TypeError`` / ``ValueError`` (a bad
         service name), which end the channel.
+        """
+        ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ResolverStatus:
+    """How the resolution of a channel's service stands.
+
+    ``str()`` gives ``"resolving"``, ``"resolved (3 endpoints)"`` or ``"unreachable
+    (why)"``. A :class:`StatusResolver` yields ``ResolverStatus.unreachable(why)`` while
+    its backend can't be reached; :attr:`Channel.resolver_status
+    <trio_micro.rpc.Channel.resolver_status>` reports all three states.
+
+    Attributes:
+        state: ``"resolving"`` (no answer yet), ``"resolved"`` (the resolver gave an
+            endpoint set) or ``"unreachable"`` (its backend failed; retried).
+        endpoints: The endpoints the channel has (kept from the last set while
+            unreachable).
+        error: Why the backend is unreachable (``""`` in the other states).
+    """
+
+    state: Literal["resolving", "resolved", "unreachable"]
+    endpoints: int = 0
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in ("resolving", "resolved", "unreachable"):
+            raise ValueError(
+                f"state must be 'resolving', 'resolved' or 'unreachable', got {self.state!r}"
+            )
+        if not isinstance(self.endpoints, int) or self.endpoints < 0:
+            raise ValueError(f"endpoints must be an int >= 0, got {self.endpoints!r}")
+        if not isinstance(self.error, str) or bool(self.error) != (self.state == "unreachable"):
+            raise ValueError("error must be a non-empty str exactly when state is 'unreachable'")
+
+    @classmethod
+    def unreachable(cls, why: str) -> ResolverStatus:
+        """The status a resolver yields when its backend can't be reached: ``why`` names it
+        (``"registry unreachable at 127.0.0.1:7000: connection refused"``)."""
+        return cls("unreachable", 0, str(why) or "unknown error")
+
+    def __str__(self) -> str:
+        if self.state == "resolved":
+            return f"resolved ({self.endpoints} endpoint{'' if self.endpoints == 1 else 's'})"
+        if self.state == "unreachable":
+            return f"unreachable ({self.error})"
+        return "resolving"
+
+
+@runtime_checkable
+class StatusResolver(Resolver, Protocol):
+    """A :class:`Resolver` that also says when its backend is unreachable.
+
+    A channel uses ``watch_status`` instead of ``watch`` when the resolver has it.
+    Implemented by the registry server's client and by ``EtcdRegistry``.
+    """
+
+    def watch_status(
+        self, service: str
+    ) -> AsyncGenerator[Sequence[ResolvedEndpoint] | ResolverStatus, None]:
+        """As :meth:`Resolver.watch`, and between sets a :class:`ResolverStatus` (made with
+        :meth:`ResolverStatus.unreachable`) each time the backend fails, while retrying.
+
+        The next endpoint set means the backend answers again. A status whose state is not
+        ``"unreachable"`` is ignored.
         """
         ...
 

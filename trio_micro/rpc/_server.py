@@ -98,6 +98,11 @@ class ServerStatistics:
         request_bytes: Request payload bytes of the calls in progress, over all
             connections (bounded by ``max_server_buffered_bytes`` plus one request per
             connection).
+        refused_connection_budget: Requests (and request-stream items) refused at a
+            connection's ``max_buffered_bytes``, since the server started.
+        refused_server_budget: Requests refused at ``max_server_buffered_bytes``.
+        refused_stalled_streams: Server-streams failed at ``max_stalled_streams``.
+        stall_timeouts: Server-streams failed after waiting ``stall_timeout`` for CREDIT.
     """
 
     connections: int
@@ -107,6 +112,10 @@ class ServerStatistics:
     refused_calls: int = 0
     health_watches: int = 0
     request_bytes: int = 0
+    refused_connection_budget: int = 0
+    refused_server_budget: int = 0
+    refused_stalled_streams: int = 0
+    stall_timeouts: int = 0
 
 
 @final
@@ -147,6 +156,8 @@ class Server:
         )
         #: The requests of every connection (see ._server_limits).
         self.buffer_budget = ByteBudget(options.max_server_buffered_bytes)
+        # The refusal counts of the connections that ended (budget, stalled, timeouts).
+        self._ended_refusals = [0, 0, 0]
         self._accept_scope = trio.CancelScope()
         self._connections_scope = trio.CancelScope()
         self._shutting_down = False
@@ -167,6 +178,11 @@ class Server:
 
     def statistics(self) -> ServerStatistics:
         """Return a snapshot of the server's load (synchronous)."""
+        budget, stalled, timeouts = self._ended_refusals
+        for conn in self._connections:
+            budget += conn.budget.refused
+            stalled += conn.runner.refused_stalled
+            timeouts += conn.runner.stall_timeouts
         return ServerStatistics(
             connections=len(self._connections),
             active_calls=sum(len(conn.calls) for conn in self._connections),
@@ -175,6 +191,10 @@ class Server:
             refused_calls=self._admission.refused,
             health_watches=0 if self.health is None else self.health.watches,
             request_bytes=self.buffer_budget.used,
+            refused_connection_budget=budget,
+            refused_server_budget=self.buffer_budget.refused,
+            refused_stalled_streams=stalled,
+            stall_timeouts=timeouts,
         )
 
     async def shutdown(self) -> None:
@@ -265,6 +285,10 @@ class Server:
             log.error("rpc.connection.crashed", peer=conn.peer, exc_info=exc)
         finally:
             self._connections.discard(conn)
+            ended = self._ended_refusals
+            ended[0] += conn.budget.refused
+            ended[1] += conn.runner.refused_stalled
+            ended[2] += conn.runner.stall_timeouts
             self._gate.peers.remove(conn.peer_host)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(conn.stream)

@@ -82,6 +82,8 @@ class CallRunner:
 
     Attributes:
         calls: Stream id -> the call in progress; the dispatcher adds, :meth:`run` removes.
+        refused_stalled: Server-streams failed at ``max_stalled`` (counted for /metrics).
+        stall_timeouts: Server-streams failed after ``stall_timeout``.
     """
 
     __slots__ = (
@@ -94,6 +96,8 @@ class CallRunner:
         "_stall_timeout",
         "calls",
         "proto",
+        "refused_stalled",
+        "stall_timeouts",
         "writer",
     )
 
@@ -116,6 +120,8 @@ class CallRunner:
         self.proto = proto
         self.writer = writer
         self.calls: dict[int, ServerCall] = {}
+        self.refused_stalled = 0
+        self.stall_timeouts = 0
         self._interceptors = interceptors
         self._on_last_call = on_last_call
         self._credit_waiters: dict[int, trio.lowlevel.Task] = {}
@@ -348,6 +354,7 @@ class CallRunner:
         """
         waiters = self._credit_waiters
         if len(waiters) >= self._max_stalled:
+            self.refused_stalled += 1
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
                 f"too many streams waiting for CREDIT on this connection "
@@ -363,6 +370,7 @@ class CallRunner:
             waiters[sid] = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(abort)
         if stall.cancelled_caught:
+            self.stall_timeouts += 1
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
                 f"stream stalled: no CREDIT from the client for {self._stall_timeout:g} s "
