@@ -82,7 +82,8 @@ class CompressionError(Exception):
     def client_status(self) -> Status:
         """The status for a client that received the payload: ``RESOURCE_EXHAUSTED`` for
         one too large, ``INTERNAL`` otherwise (the server broke the rules, not the caller)."""
-        return Status.RESOURCE_EXHAUSTED if self.status is Status.RESOURCE_EXHAUSTED else Status.INTERNAL
+        too_large = self.status is Status.RESOURCE_EXHAUSTED
+        return Status.RESOURCE_EXHAUSTED if too_large else Status.INTERNAL
 
 
 def _zlib_inflate(data: bytes, limit: int) -> bytes:

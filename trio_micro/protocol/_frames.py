@@ -68,9 +68,8 @@ _Opaque = Annotated[int, msgspec.Meta(ge=0, le=MAX_OPAQUE)]
 _Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_STREAM_ID)]
 _CreditN = Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDIT)]
 # The names of the encodings a side accepts (HELLO); bounded like all a peer sends.
-_EncodingNames = Annotated[
-    tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=32)], ...], msgspec.Meta(max_length=16)
-]
+_EncodingName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+_EncodingNames = Annotated[tuple[_EncodingName, ...], msgspec.Meta(max_length=16)]
 #: A payload: the msgpack encoding of a message (``bin``), or that compressed (an ``ext``
 #: whose type code names the encoding; see :mod:`._compression`).
 Payload: TypeAlias = bytes | Ext

@@ -528,9 +528,7 @@ class ServerConnection:
         )
         self.calls[sid] = call
         answer = ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWERS[info.call_type]
-        workers.start(
-            worker, self.runner.run(answer, call, info, handler, payload), task_name
-        )
+        workers.start(worker, self.runner.run(answer, call, info, handler, payload), task_name)
 
     def _unimplemented_message(self, method: str) -> str:
         service, _, name = method.partition("/")
