@@ -7,6 +7,7 @@ import zlib
 
 import msgspec
 import pytest
+import zstandard  # the zstd extra, in the test group
 from msgspec.msgpack import Ext
 
 from trio_micro.protocol import (
@@ -14,6 +15,7 @@ from trio_micro.protocol import (
     DEFAULT_COMPRESSION_THRESHOLD,
     PREFACE,
     PROTOCOL_VERSION,
+    SUPPORTED_COMPRESSION,
     CallType,
     CompressionError,
     Compressor,
@@ -158,7 +160,7 @@ def test_a_compressed_request_payload_round_trips() -> None:
 def test_an_unknown_compression_name_at_the_api_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unknown compression 'brotli'"):
         Connection(Role.SERVER, compression="brotli")
-    with pytest.raises(ValueError, match="known: none, zlib"):
+    with pytest.raises(ValueError, match="known: none, zstd, zlib"):
         check_compression("gzip")
     with pytest.raises(TypeError):
         check_compression(1)
@@ -237,3 +239,45 @@ def test_uncompressed_frames_are_unchanged_on_the_wire() -> None:
     data = c.send_request(sid, "svc/m", b"\x01", timeout_ms=250)
     assert data == forge(Request(sid, "svc/m", b"\x01", 250))
     assert forge(Hello(PROTOCOL_VERSION, Settings())) != forge(Hello(PROTOCOL_VERSION, ZLIB))
+
+
+# -- zstd (the optional extra; installed in the test environment) ---------------------------
+
+def zstd_receiver(max_frame_size: int = 16384) -> Connection:
+    both = Settings(compression=("zstd", "zlib"), max_frame_size=max_frame_size)
+    _, s = handshake(server=both)
+    return s
+
+
+def test_zstd_is_supported_with_the_extra() -> None:
+    assert "zstd" in SUPPORTED_COMPRESSION
+    c, s = handshake(client=Settings(compression=("zstd",)), compression="zstd")
+    event = request(c, s)
+    (response,) = c.receive_data(s.send_response(event.id, BIG))
+    assert isinstance(response, Response)
+    assert isinstance(response.payload, Ext)
+    assert response.payload.code == 2
+    assert c.decompress(response.payload) == BIG
+
+
+def test_a_zstd_bomb_is_refused_before_inflating() -> None:
+    bomb = Ext(2, zstandard.ZstdCompressor().compress(b"\0" * (1 << 24)))
+    with pytest.raises(CompressionError) as info:
+        zstd_receiver().decompress(bomb)
+    assert info.value.status is Status.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage",
+        zstandard.ZstdCompressor().compress(BIG)[:-3],  # truncated
+        zstandard.ZstdCompressor().compress(BIG) + b"junk",  # trailing bytes
+        zstandard.ZstdCompressor(write_content_size=False).compress(BIG),  # size unknown
+    ],
+    ids=["garbage", "truncated", "trailing", "no-content-size"],
+)
+def test_bad_zstd_data_is_invalid_argument(data: bytes) -> None:
+    with pytest.raises(CompressionError) as info:
+        zstd_receiver().decompress(Ext(2, data))
+    assert info.value.status is Status.INVALID_ARGUMENT

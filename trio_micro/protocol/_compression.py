@@ -11,9 +11,10 @@ the flag costs nothing on the common path. ``docs/protocol.md`` §6 and §14 are
 
 A :class:`Compressor` is one encoding bound to the peer's limits: payloads under its
 threshold, or that would not get smaller, go out as they are. :func:`decompress` is the
-receiver's half and never inflates more than ``limit + 1`` bytes: a payload that would
-decompress past the receiver's ``max_frame_size`` (a "decompression bomb") is refused after
-``limit + 1`` bytes of work, never inflated in full and then measured. Every failure is a
+receiver's half and never inflates past ``limit``: zlib inflates at most ``limit + 1``
+bytes (``max_length``), and a zstd frame must declare its size, which is checked before
+anything is inflated. A payload that would decompress past the receiver's
+``max_frame_size`` (a "decompression bomb") is refused without being inflated in full. Every failure is a
 :class:`CompressionError` carrying the call status to fail *that call* with; compression
 never closes a connection.
 
@@ -109,25 +110,28 @@ _COMPRESS: dict[str, Callable[[bytes], bytes]] = {
 _INFLATE: dict[int, _Inflate] = {ENCODINGS["zlib"]: _zlib_inflate}
 _ERRORS: tuple[type[Exception], ...] = (zlib.error,)
 
-try:  # pragma: no cover - depends on the optional extra
-    import io
-
+try:
     import zstandard  # type: ignore[import-not-found,unused-ignore]
 
     _zstd_compressor = zstandard.ZstdCompressor(level=3)
     _zstd_decompressor = zstandard.ZstdDecompressor()
 
     def _zstd_inflate(data: bytes, limit: int) -> bytes:
-        with _zstd_decompressor.stream_reader(io.BytesIO(data)) as reader:
-            out: bytes = reader.read(limit + 1)  # bounded, as for zlib
-        if len(out) > limit:
+        # One frame that declares its size: checked before anything is inflated, and the
+        # output buffer is exactly that size (a frame that inflates past what its header
+        # says fails), so inflation is bounded as for zlib.
+        size = zstandard.frame_content_size(data)
+        if size < 0:
+            raise zstandard.ZstdError("the frame header does not declare its content size")
+        if size > limit:
             raise _too_large(limit)
+        out: bytes = _zstd_decompressor.decompress(data, allow_extra_data=False)
         return out
 
     _COMPRESS["zstd"] = _zstd_compressor.compress
     _INFLATE[ENCODINGS["zstd"]] = _zstd_inflate
     _ERRORS = (zlib.error, zstandard.ZstdError)
-except ImportError:
+except ImportError:  # pragma: no cover - the zstd extra is in the test environment
     pass
 
 #: The encodings this process can use, best first: what a trio_micro side announces.
@@ -198,7 +202,7 @@ class Compressor:
 
 
 def decompress(payload: Ext, accepted: frozenset[int], limit: int) -> bytes:
-    """Return the bytes a compressed payload stands for, inflating at most ``limit + 1``.
+    """Return the bytes a compressed payload stands for, never inflating past ``limit``.
 
     Args:
         payload: The frame's payload, an ext value whose code names the encoding.
