@@ -14,9 +14,9 @@ threshold, or that would not get smaller, go out as they are. :func:`decompress`
 receiver's half and never inflates past ``limit``: zlib inflates at most ``limit + 1``
 bytes (``max_length``), and a zstd frame must declare its size, which is checked before
 anything is inflated. A payload that would decompress past the receiver's
-``max_frame_size`` (a "decompression bomb") is refused without being inflated in full. Every failure is a
-:class:`CompressionError` carrying the call status to fail *that call* with; compression
-never closes a connection.
+``max_frame_size`` (a "decompression bomb") is refused without being inflated in full.
+Every failure is a :class:`CompressionError` carrying the call status to fail *that call*
+with; compression never closes a connection.
 
 Encodings: ``zlib`` (RFC 1950, the standard library) always; ``zstd`` when the optional
 ``zstandard`` package (``pip install trio-micro[zstd]``) is importable. Python 3.14's
@@ -26,9 +26,11 @@ it is, and only as an extra.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import zlib
 from collections.abc import Callable
-from typing import Final, final
+from typing import Any, Final, final
 
 from msgspec.msgpack import Ext
 
@@ -89,11 +91,14 @@ class CompressionError(Exception):
 
 def _zlib_inflate(data: bytes, limit: int) -> bytes:
     inflater = zlib.decompressobj()
-    out = inflater.decompress(data, limit + 1)  # bounded: never more than limit + 1 bytes
+    try:
+        out = inflater.decompress(data, limit + 1)  # bounded: never more than limit + 1 bytes
+    except zlib.error as exc:
+        raise _garbage(exc) from None
     if len(out) > limit:
         raise _too_large(limit)
     if not inflater.eof or inflater.unused_data:
-        raise zlib.error("truncated or followed by trailing bytes")
+        raise _garbage("truncated, or followed by trailing bytes")
     return out
 
 
@@ -104,35 +109,48 @@ def _too_large(limit: int) -> CompressionError:
     )
 
 
+def _garbage(why: object) -> CompressionError:
+    return CompressionError(Status.INVALID_ARGUMENT, f"compressed payload does not inflate: {why}")
+
+
+@functools.cache
+def _zstd() -> tuple[Any, Any, Any]:
+    """The zstandard module, a compressor and a decompressor, imported on first use: the
+    import takes longer than the rest of the protocol package's."""
+    import zstandard  # type: ignore[import-not-found,unused-ignore]
+
+    return zstandard, zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+
+
+def _zstd_compress(data: bytes) -> bytes:
+    out: bytes = _zstd()[1].compress(data)  # declares its content size (see _zstd_inflate)
+    return out
+
+
+def _zstd_inflate(data: bytes, limit: int) -> bytes:
+    # One frame that declares its size: checked before anything is inflated, and the output
+    # buffer is exactly that size (a frame that inflates past what its header says fails),
+    # so inflation is bounded as for zlib.
+    zstandard, _, decompressor = _zstd()
+    try:
+        size = zstandard.frame_content_size(data)
+        if size < 0:
+            raise _garbage("the zstd frame header does not declare its content size")
+        if size > limit:
+            raise _too_large(limit)
+        out: bytes = decompressor.decompress(data, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise _garbage(exc) from None
+    return out
+
+
 _COMPRESS: dict[str, Callable[[bytes], bytes]] = {
     "zlib": lambda data: zlib.compress(data, _ZLIB_LEVEL)
 }
 _INFLATE: dict[int, _Inflate] = {ENCODINGS["zlib"]: _zlib_inflate}
-_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
-
-try:
-    import zstandard  # type: ignore[import-not-found,unused-ignore]
-
-    _zstd_compressor = zstandard.ZstdCompressor(level=3)
-    _zstd_decompressor = zstandard.ZstdDecompressor()
-
-    def _zstd_inflate(data: bytes, limit: int) -> bytes:
-        # One frame that declares its size: checked before anything is inflated, and the
-        # output buffer is exactly that size (a frame that inflates past what its header
-        # says fails), so inflation is bounded as for zlib.
-        size = zstandard.frame_content_size(data)
-        if size < 0:
-            raise zstandard.ZstdError("the frame header does not declare its content size")
-        if size > limit:
-            raise _too_large(limit)
-        out: bytes = _zstd_decompressor.decompress(data, allow_extra_data=False)
-        return out
-
-    _COMPRESS["zstd"] = _zstd_compressor.compress
+if importlib.util.find_spec("zstandard") is not None:  # the zstd extra
+    _COMPRESS["zstd"] = _zstd_compress
     _INFLATE[ENCODINGS["zstd"]] = _zstd_inflate
-    _ERRORS = (zlib.error, zstandard.ZstdError)
-except ImportError:  # pragma: no cover - the zstd extra is in the test environment
-    pass
 
 #: The encodings this process can use, best first: what a trio_micro side announces.
 SUPPORTED_COMPRESSION: Final[tuple[str, ...]] = tuple(sorted(_COMPRESS, reverse=True))
@@ -221,9 +239,4 @@ def decompress(payload: Ext, accepted: frozenset[int], limit: int) -> bytes:
             Status.UNIMPLEMENTED, f"payload compressed with encoding code {code!r}, not accepted"
         )
     data = payload.data
-    try:
-        return inflate(data if type(data) is bytes else bytes(data), limit)
-    except _ERRORS as exc:
-        raise CompressionError(
-            Status.INVALID_ARGUMENT, f"compressed payload does not inflate: {exc}"
-        ) from None
+    return inflate(data if type(data) is bytes else bytes(data), limit)
