@@ -388,3 +388,20 @@ def test_a_call_on_a_lost_connection_is_unavailable() -> None:
             return info.value.code
 
     assert run(main) is rpc.Status.UNAVAILABLE
+
+
+def test_a_server_that_compresses_answers_the_aio_client_uncompressed() -> None:
+    # The asyncio client announces no encodings, so a server whose default is zlib, or a
+    # call that asks for it in its metadata, still answers it uncompressed.
+    running = start_server(compression="zlib")
+    try:
+
+        async def main() -> Answer:
+            async with aio.open_channel(running.target) as channel:
+                stub = channel.stub(AioTestService, metadata={"tm-compression": "zlib"})
+                return await stub.echo(Ask(value=3, size=64 * 1024))
+
+        answer = run(main)
+        assert (answer.value, len(answer.payload)) == (3, 64 * 1024)
+    finally:
+        running.stop()

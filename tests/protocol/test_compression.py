@@ -243,6 +243,7 @@ def test_uncompressed_frames_are_unchanged_on_the_wire() -> None:
 
 # -- zstd (the optional extra; installed in the test environment) ---------------------------
 
+
 def zstd_receiver(max_frame_size: int = 16384) -> Connection:
     both = Settings(compression=("zstd", "zlib"), max_frame_size=max_frame_size)
     _, s = handshake(server=both)
