@@ -45,7 +45,6 @@ __all__ = [
     "CompressionError",
     "Compressor",
     "check_compression",
-    "decompress",
 ]
 
 #: Wire code (the msgpack ext type) of each encoding this module knows.
