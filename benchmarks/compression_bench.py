@@ -25,13 +25,20 @@ without the proxy. Modes are interleaved within each run; the table shows median
 page of N users) and prints, per size, zlib's ratio and the CPU time of compress +
 decompress at levels 1 and 6, and the break-even link speed: how slow a link has to be for
 the bytes saved to take longer to send than the CPU time spent.
+
+``--sansio-cost TREE...`` counts, with valgrind, the instructions of one uncompressed
+REQUEST/RESPONSE round trip between two sans-io ``Connection`` objects (no I/O) for each
+source tree (e.g. ``git archive`` snapshots of main and of a branch): what compression
+costs the uncompressed hot path of the protocol layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -206,12 +213,61 @@ def threshold_table() -> None:
             )
 
 
+SANSIO_CHILD = """
+import sys
+from trio_micro.protocol import Connection, Role
+c, s = Connection(Role.CLIENT), Connection(Role.SERVER)
+s.receive_data(c.initiate())
+c.receive_data(s.initiate())
+payload = b"\\x82\\xa7user_id\\x01\\xa4name\\xa3Ada"
+for _ in range(int(sys.argv[1])):
+    sid = c.next_stream_id
+    (req,) = s.receive_data(c.send_request(sid, "users/get_user", payload, timeout_ms=1000))
+    c.receive_data(s.send_response(sid, req.payload))
+"""
+
+
+def sansio_cost(trees: list[Path]) -> None:
+    """Instructions per sans-io round trip for each tree (valgrind; 2,000 vs 12,000)."""
+
+    def count(tree: Path, child: Path, n: int) -> int:
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+        result = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                str(child),
+                str(n),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = re.search(r"Collected : (\d+)", result.stderr)
+        assert found is not None, result.stderr[-2000:]
+        return int(found.group(1))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        child = Path(tmp) / "sansio.py"
+        child.write_text(SANSIO_CHILD)
+        for tree in trees:
+            per = (count(tree, child, 12_000) - count(tree, child, 2_000)) / 10_000
+            print(f"| {tree} | {per:,.0f} instructions per sans-io round trip |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="per mode and run")
     parser.add_argument("--threshold", action="store_true", help="print the threshold table")
+    parser.add_argument("--sansio-cost", nargs="+", type=Path, metavar="TREE", default=None)
     args = parser.parse_args()
+    if args.sansio_cost:
+        sansio_cost(args.sansio_cost)
+        return 0
     print(f"# load average: {os.getloadavg()}", flush=True)
     observe.configure_logging(level="warning")
     if args.threshold:

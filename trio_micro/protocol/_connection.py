@@ -43,7 +43,12 @@ Flow control is per server-stream and counts ITEMs, not bytes (frames are alread
 one per ITEM and gets more from CREDIT frames. Client- and bidi-streams add the client's
 half (ITEMs, half-close with END, credit the other way): :mod:`._streams`.
 
-Why one module of about 830 lines: every rule has a sending half (``send_*``) and a
+Compression (:mod:`._compression`) rides on the same state: the peer's HELLO says which
+encodings we may use, a stream remembers the :class:`Compressor` its payloads go through
+(the connection's default, or the one a REQUEST's ``tm-compression`` metadata picks), and
+:meth:`~Connection.decompress` inflates what arrives, bounded by our ``max_frame_size``.
+
+Why one module of about 930 lines: every rule has a sending half (``send_*``) and a
 receiving half (``_receive_*``) that must agree, and the stream table, credit and GOAWAY
 bookkeeping are shared by both. The client's half of a stream, which only client- and
 bidi-streams have, is already apart (:mod:`._streams`); what stays here is shared by
