@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -220,7 +218,7 @@ c, s = Connection(Role.CLIENT), Connection(Role.SERVER)
 s.receive_data(c.initiate())
 c.receive_data(s.initiate())
 payload = b"\\x82\\xa7user_id\\x01\\xa4name\\xa3Ada"
-for _ in range(int(sys.argv[1])):
+for _ in range(int(sys.argv[2])):  # argv[1]: the mode rpc_cost.instructions passes
     sid = c.next_stream_id
     (req,) = s.receive_data(c.send_request(sid, "users/get_user", payload, timeout_ms=1000))
     c.receive_data(s.send_response(sid, req.payload))
@@ -229,32 +227,15 @@ for _ in range(int(sys.argv[1])):
 
 def sansio_cost(trees: list[Path]) -> None:
     """Instructions per sans-io round trip for each tree (valgrind; 2,000 vs 12,000)."""
-
-    def count(tree: Path, child: Path, n: int) -> int:
-        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-        result = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                sys.executable,
-                str(child),
-                str(n),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        found = re.search(r"Collected : (\d+)", result.stderr)
-        assert found is not None, result.stderr[-2000:]
-        return int(found.group(1))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from rpc_cost import instructions  # the same valgrind run as rpc_cost.py
 
     with tempfile.TemporaryDirectory() as tmp:
         child = Path(tmp) / "sansio.py"
         child.write_text(SANSIO_CHILD)
         for tree in trees:
-            per = (count(tree, child, 12_000) - count(tree, child, 2_000)) / 10_000
+            small = instructions(tree, "sansio", 2_000, child)
+            per = (instructions(tree, "sansio", 12_000, child) - small) / 10_000
             print(f"| {tree} | {per:,.0f} instructions per sans-io round trip |", flush=True)
 
 
