@@ -65,7 +65,7 @@ def test_the_lock_satisfies_every_declared_requirement() -> None:
 
 # What the published extras install, also in the test group so that the suite tests the
 # code behind them: optional runtime dependencies, not dev tools.
-EXTRA_RUNTIME = {"opentelemetry-api", "pyinstrument"}
+EXTRA_RUNTIME = {"opentelemetry-api", "pyinstrument", "zstandard"}
 
 
 def test_no_dev_tool_is_a_published_extra() -> None:

@@ -113,6 +113,15 @@ async def test_call_sends_metadata(target: str, capsys: pytest.CaptureFixture[st
     assert metadata["x"] == "a=b"
 
 
+async def test_call_compress_asks_for_the_encoding(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    method = "grpc.testing.TestService.call_info"
+    assert await cli("call", target, method, "--compress", "zlib") == 0
+    metadata = json.loads(capsys.readouterr().out)["metadata"]
+    assert metadata["tm-compression"] == "zlib"
+
+
 async def test_call_reads_the_request_from_stdin(
     target: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,6 +235,8 @@ async def test_call_bad_target(
         (["call", "h:1", "a.b", "--timeout", "0"], "expected a number of seconds > 0"),
         (["call", "h:1", "a.b", "--timeout", "soon"], "expected a number of seconds > 0"),
         (["call", "h:1", "a.b", "-m", "novalue"], "expected KEY=VALUE, got 'novalue'"),
+        (["call", "h:1", "a.b", "--compress", "brotli"], "expected one of none, "),
+        (["bench", "h:1", "a.b", "--compress", "gzip"], "got 'gzip'"),
         (["list"], "the following arguments are required: TARGET"),
     ],
 )

@@ -39,6 +39,7 @@ from typing import Final, cast, final
 
 from trio_micro.protocol import (
     CallType,
+    CompressionError,
     Connection,
     ConnectionClosed,
     End,
@@ -49,6 +50,7 @@ from trio_micro.protocol import (
     Hello,
     Item,
     LocalProtocolError,
+    Payload,
     Ping,
     RemoteProtocolError,
     Response,
@@ -64,6 +66,21 @@ _Terminal = Response | End | Error
 _TERMINAL: Final = (Response, End, Error)
 
 
+def _inflated(proto: Connection, payload: Payload) -> bytes:
+    """A payload's bytes. This client announces no compression (docs/aio.md), so a
+    compressed payload is the server's mistake: its call fails with ``INTERNAL``.
+
+    Raises:
+        RpcError: Why ``proto.decompress`` refused it.
+    """
+    if isinstance(payload, bytes):
+        return payload
+    try:
+        return proto.decompress(payload)
+    except CompressionError as exc:
+        raise RpcError(exc.client_status, f"bad payload from the server: {exc}") from None
+
+
 @final
 class _Call:
     """One call in flight: what its caller waits on, and the answer when it comes."""
@@ -71,7 +88,7 @@ class _Call:
     __slots__ = ("cancelled", "error", "frame", "future", "items", "unacked", "waiter")
 
     def __init__(
-        self, future: asyncio.Future[bytes] | None, items: collections.deque[bytes] | None
+        self, future: asyncio.Future[bytes] | None, items: collections.deque[Payload] | None
     ) -> None:
         self.future = future  # unary: resolved with the payload or an RpcError
         self.items = items  # server-stream: payloads not consumed yet
@@ -186,15 +203,17 @@ class AioConnection(asyncio.Protocol):
         if self.unusable is not None and not self.proto.open_streams:
             self._close(self.unusable)
 
-    @staticmethod
-    def _finish(call: _Call, frame: _Terminal) -> None:
+    def _finish(self, call: _Call, frame: _Terminal) -> None:
         future = call.future
         if future is None:  # a stream
             call.frame = frame
             call.wake()
         elif not future.done():
             if type(frame) is Response:
-                future.set_result(frame.payload)
+                try:
+                    future.set_result(_inflated(self.proto, frame.payload))
+                except RpcError as exc:
+                    future.set_exception(exc)
             elif type(frame) is Error:
                 future.set_exception(RpcError(frame.code, frame.message, frame.details))
             else:  # END on a unary stream: the protocol rejects it before it gets here
@@ -381,7 +400,13 @@ class AioConnection(asyncio.Protocol):
             if call.unacked * 2 >= self._window and call.frame is None:
                 self.write(self.proto.send_credit(stream_id, call.unacked))
                 call.unacked = 0
-            return payload
+            if isinstance(payload, bytes):
+                return payload
+            try:
+                return _inflated(self.proto, payload)
+            except RpcError:
+                self.cancel_stream(stream_id, call)
+                raise
         if call.error is not None:
             raise call.error
         frame = call.frame

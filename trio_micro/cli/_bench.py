@@ -23,6 +23,7 @@ import trio
 from .. import rpc
 from ._call import (
     add_target_arguments,
+    call_metadata,
     check_target,
     coerce_request,
     deadline_exceeded,
@@ -119,7 +120,7 @@ async def bench_main(args: argparse.Namespace) -> int:
     request = parse_request(args.request)
     check_target(args.target)
     tls = client_tls(args)
-    metadata = dict(args.metadata) or None
+    metadata = call_metadata(args)
     counter = PeerCounter()
     async with open_target_channel(
         args.target, tls, interceptors=[counter], pool_size=args.connections

@@ -34,12 +34,13 @@ import trio
 
 from .. import rpc
 from ..observe import configure_logging
-from ..protocol import DECODE_ERRORS
+from ..protocol import COMPRESSION_HINT, DECODE_ERRORS
 from ._common import (
     EXIT_OK,
     EXIT_STATUS_BASE,
     CommandError,
     Stopper,
+    compression,
     epilog,
     key_value,
     print_json,
@@ -101,6 +102,23 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
             metavar="KEY=VALUE",
             help="send this metadata pair (repeatable)",
         )
+        parser.add_argument(
+            "--compress",
+            type=compression,
+            metavar="ENCODING",
+            help="compress payloads of 1 KiB and more, both ways, if the server accepts "
+            "the encoding: zlib, zstd (with the zstd extra) or none (default: the server's "
+            "choice for its answers, none for requests)",
+        )
+
+
+def call_metadata(args: argparse.Namespace) -> dict[str, str] | None:
+    """The call's metadata: the ``--metadata`` pairs, and ``--compress`` as the hint
+    (docs/protocol.md §14) that picks the call's encoding both ways."""
+    metadata = dict(args.metadata)
+    if args.compress is not None:
+        metadata[COMPRESSION_HINT] = args.compress
+    return metadata or None
 
 
 def add_call_parsers(subparsers: Any) -> None:
@@ -411,7 +429,7 @@ async def call_main(args: argparse.Namespace) -> int:
         parse_request(request)  # bad JSON: a usage error before connecting
     check_target(args.target)
     tls = client_tls(args)
-    metadata = dict(args.metadata) or None
+    metadata = call_metadata(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
         async with open_target_channel(args.target, tls) as channel:

@@ -403,6 +403,21 @@ def port(text: str) -> int:
     return value
 
 
+def compression(text: str) -> str:
+    """argparse type: a payload encoding this process supports, or ``none``."""
+    from ..protocol import SUPPORTED_COMPRESSION, check_compression
+
+    try:
+        check_compression(text)
+    except ValueError:
+        known = ", ".join(("none", *SUPPORTED_COMPRESSION))
+        raise argparse.ArgumentTypeError(
+            f"expected one of {known}, got {text!r}"
+            + (" (pip install trio-micro[zstd])" if text == "zstd" else "")
+        ) from None
+    return text
+
+
 def key_value(text: str) -> tuple[str, str]:
     """argparse type: ``KEY=VALUE``; the value may be empty or hold ``=``, the key may not
     be empty or hold whitespace."""

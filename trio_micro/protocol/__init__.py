@@ -18,6 +18,14 @@ from __future__ import annotations
 
 from .._lazy import fixup_module_metadata
 from ._codec import DECODE_ERRORS, FrameDecoder, FrameEncoder
+from ._compression import (
+    COMPRESSION_HINT,
+    DEFAULT_COMPRESSION_THRESHOLD,
+    SUPPORTED_COMPRESSION,
+    CompressionError,
+    Compressor,
+    check_compression,
+)
 from ._connection import Connection, Role, StreamState
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
@@ -37,6 +45,7 @@ from ._frames import (
     GoAway,
     Hello,
     Item,
+    Payload,
     Ping,
     Pong,
     Request,
@@ -48,13 +57,18 @@ from ._status import ErrorCode, Status
 from ._streams import client_sends_items, server_sends_items
 
 __all__ = [
+    "COMPRESSION_HINT",
     "DECODE_ERRORS",
+    "DEFAULT_COMPRESSION_THRESHOLD",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAGIC",
     "PREFACE",
     "PROTOCOL_VERSION",
+    "SUPPORTED_COMPRESSION",
     "CallType",
     "Cancel",
+    "CompressionError",
+    "Compressor",
     "Connection",
     "ConnectionClosed",
     "Credit",
@@ -70,6 +84,7 @@ __all__ = [
     "Hello",
     "Item",
     "LocalProtocolError",
+    "Payload",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -81,6 +96,7 @@ __all__ = [
     "Status",
     "StreamState",
     "WindowCounter",
+    "check_compression",
     "client_sends_items",
     "server_sends_items",
 ]

@@ -43,7 +43,12 @@ Flow control is per server-stream and counts ITEMs, not bytes (frames are alread
 one per ITEM and gets more from CREDIT frames. Client- and bidi-streams add the client's
 half (ITEMs, half-close with END, credit the other way): :mod:`._streams`.
 
-Why one module of about 830 lines: every rule has a sending half (``send_*``) and a
+Compression (:mod:`._compression`) rides on the same state: the peer's HELLO says which
+encodings we may use, a stream remembers the :class:`Compressor` its payloads go through
+(the connection's default, or the one a REQUEST's ``tm-compression`` metadata picks), and
+:meth:`~Connection.decompress` inflates what arrives, bounded by our ``max_frame_size``.
+
+Why one module of about 930 lines: every rule has a sending half (``send_*``) and a
 receiving half (``_receive_*``) that must agree, and the stream table, credit and GOAWAY
 bookkeeping are shared by both. The client's half of a stream, which only client- and
 bidi-streams have, is already apart (:mod:`._streams`); what stays here is shared by
@@ -58,7 +63,18 @@ import enum
 from collections.abc import Callable
 from typing import Any, Final, final
 
+from msgspec.msgpack import Ext
+
 from ._codec import FrameDecoder, FrameEncoder
+from ._compression import (
+    COMPRESSION_HINT,
+    DEFAULT_COMPRESSION_THRESHOLD,
+    ENCODINGS,
+    SUPPORTED_COMPRESSION,
+    Compressor,
+    check_compression,
+    decompress,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._frames import (
     MAGIC,
@@ -90,6 +106,7 @@ from ._streams import _Stream, _StreamsMixin, server_sends_items
 
 __all__ = ["Connection", "Role", "StreamState"]
 
+_SUPPORTED: Final = frozenset(SUPPORTED_COMPRESSION)
 # GOAWAY may be sent before we know the peer's max_frame_size; this many characters always
 # fits in the 16 KiB every peer accepts.
 _MAX_GOAWAY_MESSAGE: Final = 2048
@@ -135,7 +152,16 @@ class Connection(_StreamsMixin):
     Args:
         role: :attr:`Role.CLIENT` (opens streams) or :attr:`Role.SERVER` (answers them).
         settings: What this side accepts; sent to the peer in HELLO. Defaults to
-            ``Settings()``.
+            ``Settings()``. Its ``compression`` names what we can decompress
+            (:meth:`decompress`).
+        compression: The encoding this side compresses its payloads with when a call does
+            not say (``None``: none); used only if the peer's HELLO accepts it. Per call, a
+            REQUEST's metadata ``tm-compression`` overrides it on both ends
+            (docs/protocol.md §14).
+        compression_threshold: Payloads shorter than this are sent uncompressed.
+
+    Raises:
+        ValueError: ``compression`` is not a supported encoding, or a negative threshold.
 
     Attributes:
         role: As passed.
@@ -159,9 +185,18 @@ class Connection(_StreamsMixin):
     Not thread-safe; from trio tasks it is fine to share, since no method awaits.
     """
 
-    def __init__(self, role: Role, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        *,
+        settings: Settings | None = None,
+        compression: str | None = None,
+        compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
+    ) -> None:
         if not isinstance(role, Role):
             raise TypeError(f"role must be Role.CLIENT or Role.SERVER, got {role!r}")
+        if compression_threshold < 0:
+            raise ValueError(f"compression_threshold must be >= 0, got {compression_threshold!r}")
         self.role: Final = role
         self._is_client = role is Role.CLIENT
         self.local_settings: Final = settings if settings is not None else Settings()
@@ -185,6 +220,14 @@ class Connection(_StreamsMixin):
         self._handlers: dict[type[Any], Callable[[Any], Event | None]] = {
             Hello: self._receive_hello
         }
+        # Compression: what we inflate, and (from the peer's HELLO) how we may deflate.
+        self._compression = check_compression(compression)
+        self._compression_threshold = compression_threshold
+        self._accepted_codes = frozenset(
+            ENCODINGS[name] for name in self.local_settings.compression if name in _SUPPORTED
+        )
+        self._compressors: dict[str, Compressor | None] = {"none": None}
+        self._default_compressor: Compressor | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -247,6 +290,22 @@ class Connection(_StreamsMixin):
         if 0 < stream_id <= self._last_stream_id:
             return StreamState.CLOSED
         return StreamState.IDLE
+
+    @property
+    def peer_compression(self) -> tuple[str, ...]:
+        """The encodings we may compress with: the peer accepts them and we support them
+        (empty until its HELLO, and for a peer that announced none)."""
+        return tuple(name for name in self._compressors if name != "none")
+
+    def decompress(self, payload: Ext) -> bytes:
+        """Return the bytes a compressed payload (a frame's ``payload`` that is not
+        ``bytes``) stands for, inflating no more than our ``max_frame_size``.
+
+        Raises:
+            CompressionError: An encoding we did not announce, too large once inflated, or
+                garbage; its ``status`` is what to fail that one call with.
+        """
+        return decompress(payload, self._accepted_codes, self.local_settings.max_frame_size)
 
     def stream_credit(self, stream_id: int) -> int:
         """ITEMs the server may still send on ``stream_id`` (0 if not an open server-stream).
@@ -357,6 +416,14 @@ class Connection(_StreamsMixin):
         self._encoder.max_frame_size = settings.max_frame_size
         self._peer_max_streams = settings.max_concurrent_streams
         self._peer_initial_credit = settings.initial_stream_credit
+        compressors = self._compressors
+        for name in settings.compression:
+            if name in _SUPPORTED and name not in compressors:  # unknown names: ignored
+                compressors[name] = Compressor(
+                    name, self._compression_threshold, settings.max_frame_size
+                )
+        if self._compression is not None:
+            self._default_compressor = compressors.get(self._compression)
         self._update_handshake()
         return frame
 
@@ -459,6 +526,7 @@ class Connection(_StreamsMixin):
                 f"max_concurrent_streams is {limit!r}",
                 code=ErrorCode.TOO_MANY_STREAMS,
             )
+        compress = self._default_compressor
         if frame.metadata:
             size = _metadata_size(frame.metadata)
             if size > self.local_settings.max_metadata_size:
@@ -467,7 +535,12 @@ class Connection(_StreamsMixin):
                     f"max_metadata_size is {self.local_settings.max_metadata_size!r}",
                     code=ErrorCode.METADATA_TOO_LARGE,
                 )
-        self._streams[stream_id] = self._new_stream(frame.call_type, client=False)
+            hint = frame.metadata.get(COMPRESSION_HINT)
+            if hint is not None:  # an encoding the client does not accept: ignored
+                compress = self._compressors.get(hint, compress)
+        stream = self._streams[stream_id] = self._new_stream(frame.call_type, client=False)
+        if compress is not None:
+            stream.compress = compress
         return frame
 
     def _live_or_raced(self, frame: Credit | Cancel) -> _Stream | None:
@@ -559,7 +632,9 @@ class Connection(_StreamsMixin):
             payload: The msgpack-encoded request.
             call_type: ``UNARY`` (expect RESPONSE) or ``SERVER_STREAM`` (expect ITEMs + END).
             timeout_ms: The caller's remaining time; ``None`` for no deadline.
-            metadata: String pairs such as ``traceparent``.
+            metadata: String pairs such as ``traceparent``. A ``tm-compression`` entry
+                picks this call's encoding, both ways (unknown or not accepted by the
+                server: the connection's default).
 
         Raises:
             LocalProtocolError: Not a client; handshake incomplete; GOAWAY sent or received;
@@ -603,12 +678,28 @@ class Connection(_StreamsMixin):
                     f"{self._remote_settings.max_metadata_size!r}",
                     code=ErrorCode.METADATA_TOO_LARGE,
                 )
+            hint = metadata.get(COMPRESSION_HINT)
+            compress = (
+                self._default_compressor
+                if hint is None
+                else self._compressors.get(hint, self._default_compressor)
+            )
         else:
             metadata = {}
+            compress = self._default_compressor
         data = self._encoder.encode(
-            Request(stream_id, method, payload, timeout_ms, metadata, call_type)
+            Request(
+                stream_id,
+                method,
+                payload if compress is None else compress(payload),
+                timeout_ms,
+                metadata,
+                call_type,
+            )
         )
-        self._streams[stream_id] = self._new_stream(call_type, client=True)
+        stream = self._streams[stream_id] = self._new_stream(call_type, client=True)
+        if compress is not None:
+            stream.compress = compress
         self._last_stream_id = stream_id
         return data
 
@@ -633,7 +724,10 @@ class Connection(_StreamsMixin):
             raise LocalProtocolError(
                 f"stream {stream_id!r} is a server-stream: send ITEMs and END, not RESPONSE"
             )
-        data = self._encoder.encode(Response(stream_id, payload))
+        compress = stream.compress
+        data = self._encoder.encode(
+            Response(stream_id, payload if compress is None else compress(payload))
+        )
         del self._streams[stream_id]
         return data
 
@@ -659,7 +753,10 @@ class Connection(_StreamsMixin):
                 f"no credit left on stream {stream_id!r}; wait for CREDIT",
                 code=ErrorCode.FLOW_CONTROL_ERROR,
             )
-        data = self._encoder.encode(Item(stream_id, payload))
+        compress = stream.compress
+        data = self._encoder.encode(
+            Item(stream_id, payload if compress is None else compress(payload))
+        )
         stream.credit -= 1
         return data
 

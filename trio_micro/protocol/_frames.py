@@ -16,6 +16,7 @@ import enum
 from typing import Annotated, Final, TypeAlias, final
 
 import msgspec
+from msgspec.msgpack import Ext
 
 from ._status import ErrorCode, Status
 
@@ -36,6 +37,7 @@ __all__ = [
     "GoAway",
     "Hello",
     "Item",
+    "Payload",
     "Ping",
     "Pong",
     "Request",
@@ -65,6 +67,12 @@ _LastId = Annotated[int, msgspec.Meta(ge=0, le=MAX_STREAM_ID)]
 _Opaque = Annotated[int, msgspec.Meta(ge=0, le=MAX_OPAQUE)]
 _Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_STREAM_ID)]
 _CreditN = Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDIT)]
+# The names of the encodings a side accepts (HELLO); bounded like all a peer sends.
+_EncodingName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+_EncodingNames = Annotated[tuple[_EncodingName, ...], msgspec.Meta(max_length=16)]
+#: A payload: the msgpack encoding of a message (``bin``), or that compressed (an ``ext``
+#: whose type code names the encoding; see :mod:`._compression`).
+Payload: TypeAlias = bytes | Ext
 
 
 class FrameKind(enum.IntEnum):
@@ -123,6 +131,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             client's HELLO), the client's on client- and bidi-streams (in a server's).
         min_ping_interval_ms: This side may answer PINGs that arrive more often than this
             with ``GOAWAY(ENHANCE_YOUR_CALM)``.
+        compression: Names of the payload encodings this side can decompress (at most 16,
+            each at most 32 characters); the peer compresses only with one of these.
+            Names it does not know are kept and ignored. Empty (the default, and what an
+            older peer's HELLO implies): send nothing compressed to this side.
 
     Raises:
         ValueError: A value is out of range (also on decode, where it becomes a
@@ -134,6 +146,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     max_metadata_size: int = 8 * 1024
     initial_stream_credit: int = 64
     min_ping_interval_ms: int = 5_000
+    compression: _EncodingNames = ()
 
     def __post_init__(self) -> None:
         _check_range(
@@ -143,6 +156,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         _check_range("max_metadata_size", self.max_metadata_size, 0, MAX_CREDIT)
         _check_range("initial_stream_credit", self.initial_stream_credit, 0, MAX_CREDIT)
         _check_range("min_ping_interval_ms", self.min_ping_interval_ms, 0, MAX_CREDIT)
+        names = self.compression
+        if not isinstance(names, tuple) or len(names) > 16:
+            raise ValueError(f"compression must be a tuple of at most 16 names, got {names!r}")
+        for name in names:
+            if not isinstance(name, str) or not 0 < len(name) <= 32:
+                raise ValueError(f"compression names must be 1 to 32 characters, got {name!r}")
 
 
 class _Frame(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -169,7 +188,7 @@ class Request(_Frame, frozen=True, tag=FrameKind.REQUEST.value):
 
     id: _StreamId
     method: str
-    payload: bytes
+    payload: Payload
     timeout_ms: _Millis | None = None
     metadata: dict[str, str] = {}
     call_type: CallType = CallType.UNARY
@@ -180,7 +199,7 @@ class Response(_Frame, frozen=True, tag=FrameKind.RESPONSE.value):
     """The result of a unary call; closes the stream."""
 
     id: _StreamId
-    payload: bytes
+    payload: Payload
 
 
 @final
@@ -188,7 +207,7 @@ class Item(_Frame, frozen=True, tag=FrameKind.ITEM.value):
     """One item of a server-stream; spends one unit of the stream's credit."""
 
     id: _StreamId
-    payload: bytes
+    payload: Payload
 
 
 @final

@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._codec import FrameEncoder
+from ._compression import Compressor
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._frames import MAX_CREDIT, CallType, Credit, End, Item
 from ._status import ErrorCode
@@ -57,10 +58,12 @@ def server_sends_items(call_type: CallType) -> bool:
 
 
 class _Stream:
-    __slots__ = ("call_type", "cancelled", "credit", "half_closed", "up_credit")
+    __slots__ = ("call_type", "cancelled", "compress", "credit", "half_closed", "up_credit")
 
     def __init__(self, call_type: CallType, credit: int, up_credit: int = 0) -> None:
         self.call_type = call_type
+        # What this side's payloads on the stream go through (None: sent as they are).
+        self.compress: Compressor | None = None
         self.credit = credit  # ITEMs the server may still send
         self.up_credit = up_credit  # ITEMs the client may still send
         self.cancelled = False
@@ -144,7 +147,10 @@ class _StreamsMixin:
                 f"no credit left on stream {stream_id!r}; wait for CREDIT",
                 code=ErrorCode.FLOW_CONTROL_ERROR,
             )
-        data = self._encoder.encode(Item(stream_id, payload))
+        compress = stream.compress
+        data = self._encoder.encode(
+            Item(stream_id, payload if compress is None else compress(payload))
+        )
         stream.up_credit -= 1
         return data
 

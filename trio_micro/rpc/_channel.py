@@ -25,7 +25,13 @@ from typing import Any, Final, TypeVar, final
 
 from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_int, check_seconds
-from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
+from trio_micro.protocol import (
+    COMPRESSION_HINT,
+    DEFAULT_MAX_FRAME_SIZE,
+    SUPPORTED_COMPRESSION,
+    Settings,
+    check_compression,
+)
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
 from ._calls import Caller
@@ -103,8 +109,10 @@ class Channel:
         discovery_timeout: float = 10.0,
         health_check: str | None = None,
         wait_for_ready: bool = False,
+        compression: str | None = None,
     ) -> None:
         self._service = service
+        self._compression = _check_choice(compression)
         self._balancer = balancer
         self._pool = EndpointPool(
             endpoints,
@@ -153,7 +161,24 @@ class Channel:
             retries_throttled=budget.throttled if budget is not None else 0,
         )
 
-    def stub(self, service: type[S], *, metadata: Mapping[str, str] | None = None) -> S:
+    def _metadata(
+        self, metadata: Mapping[str, str] | None, compression: str | None
+    ) -> dict[str, str] | None:
+        """``metadata`` checked, with the compression hint of the call's choice (its own,
+        else the channel's) when there is one."""
+        checked = check_metadata(metadata)
+        choice = self._compression if compression is None else _check_choice(compression)
+        if choice is None:
+            return checked
+        return {**(checked or {}), COMPRESSION_HINT: choice}
+
+    def stub(
+        self,
+        service: type[S],
+        *,
+        metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
+    ) -> S:
         """Return a client for ``service`` whose methods make calls over this channel.
 
         The stub has the service's type, so type checkers check requests and know the
@@ -164,13 +189,16 @@ class Channel:
         Args:
             service: The :class:`Service` subclass (the class, not an instance).
             metadata: Sent with every call of this stub (string pairs).
+            compression: The encoding of this stub's calls, both ways (``"zlib"``,
+                ``"none"``, ...), instead of the channel's; ``None``: the channel's.
 
         Raises:
             TypeError: ``service`` is not a Service subclass, or bad metadata.
+            ValueError: An unknown ``compression``.
         """
         if not (isinstance(service, type) and issubclass(service, Service)) or (service is Service):
             raise TypeError(f"service must be an rpc.Service subclass, got {service!r}")
-        return make_stub(self._caller, service, check_metadata(metadata))
+        return make_stub(self._caller, service, self._metadata(metadata, compression))
 
     async def call(
         self,
@@ -179,6 +207,7 @@ class Channel:
         *,
         idempotent: bool = False,
         metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
     ) -> Any:
         """Make an untyped unary call by name: ``await channel.call("users/get_user", {...})``.
 
@@ -194,15 +223,19 @@ class Channel:
             request: The request, e.g. ``{"user_id": 1}``.
             idempotent: Retry on ``UNAVAILABLE`` as for an idempotent method.
             metadata: Sent with the call (string pairs).
+            compression: This call's encoding, both ways; ``None``: the channel's.
 
         Raises:
             RpcError: The server's status, or ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` /
                 ``CANCELLED`` as for stub calls.
             TypeError: ``request`` cannot be encoded, or bad metadata.
-            ValueError: ``method`` is not ``"<service>/<method>"``.
+            ValueError: ``method`` is not ``"<service>/<method>"``, or an unknown
+                ``compression``.
         """
         info = untyped(method, "unary", idempotent)
-        return await unary_method(self._caller, info, check_metadata(metadata))(request)
+        return await unary_method(self._caller, info, self._metadata(metadata, compression))(
+            request
+        )
 
     def call_stream(
         self,
@@ -210,6 +243,7 @@ class Channel:
         request: Any,
         *,
         metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
     ) -> ResponseStream[Any]:
         """Open an untyped server-stream call by name; items come back as plain values.
 
@@ -221,7 +255,9 @@ class Channel:
             ValueError: ``method`` is not ``"<service>/<method>"``.
         """
         info = untyped(method, "server_stream", False)
-        return ResponseStream(self._caller, info, encodable(request), check_metadata(metadata))
+        return ResponseStream(
+            self._caller, info, encodable(request), self._metadata(metadata, compression)
+        )
 
     def stream_call(
         self,
@@ -229,6 +265,7 @@ class Channel:
         *,
         bidi: bool,
         metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
     ) -> StreamCall[Any, Any]:
         """Open an untyped client-stream (``bidi=False``) or bidi-stream call by name.
 
@@ -241,7 +278,14 @@ class Channel:
             ValueError: ``method`` is not ``"<service>/<method>"``.
         """
         info = untyped(method, "bidi_stream" if bidi else "client_stream", False)
-        return StreamCall(self._caller, info, check_metadata(metadata))
+        return StreamCall(self._caller, info, self._metadata(metadata, compression))
+
+
+def _check_choice(compression: str | None) -> str | None:
+    """A compression choice as the hint sends it: ``None`` (no choice), ``"none"`` or an
+    encoding; ``ValueError`` / ``TypeError`` from ``check_compression`` otherwise."""
+    check_compression(compression)
+    return compression
 
 
 def _endpoints(target: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoint]:
@@ -277,6 +321,7 @@ async def open_channel(
     initial_stream_credit: int = 64,
     health_check: str | None = None,
     wait_for_ready: bool = False,
+    compression: str | None = None,
 ) -> AsyncIterator[Channel]:
     """Open a channel to a server, several replicas of one, or a service found in a registry.
 
@@ -348,6 +393,12 @@ async def open_channel(
             unreachable, every connection failing, none ``SERVING``) instead of failing
             fast; :func:`rpc.wait_for_ready() <trio_micro.rpc.wait_for_ready>` overrides it
             per call.
+        compression: The encoding of every call's payloads, both ways (``"zlib"``;
+            ``"zstd"`` with the ``zstd`` extra; ``"none"``), unless a stub or call says
+            otherwise; ``None`` (the default): none from this side, and the server's own
+            default for its answers. Used only with servers that accept it, and only for
+            payloads of at least ``protocol.DEFAULT_COMPRESSION_THRESHOLD`` bytes
+            (1 KiB). The channel always accepts every encoding it supports; docs/rpc.md §16.
 
     Raises:
         TypeError / ValueError: A bad argument, or an unknown target scheme.
@@ -390,6 +441,7 @@ async def open_channel(
     settings = Settings(
         max_frame_size=check_int("max_frame_size", max_frame_size),
         initial_stream_credit=check_int("initial_stream_credit", initial_stream_credit, minimum=1),
+        compression=SUPPORTED_COMPRESSION,
     )
     options = ConnectOptions(
         settings,
@@ -411,6 +463,7 @@ async def open_channel(
         discovery_timeout=check_seconds("discovery_timeout", discovery_timeout),
         health_check=_check_health_check(health_check),
         wait_for_ready=check_bool("wait_for_ready", wait_for_ready),
+        compression=compression,
     )
     async with AsyncExitStack() as stack:
         resolver = registry

@@ -44,9 +44,11 @@ from typing import Final, final
 
 import structlog
 import trio
+from msgspec.msgpack import Ext
 
 from trio_micro.protocol import (
     CallType,
+    CompressionError,
     Connection,
     ConnectionClosed,
     Credit,
@@ -58,6 +60,7 @@ from trio_micro.protocol import (
     Hello,
     Item,
     LocalProtocolError,
+    Payload,
     Ping,
     RemoteProtocolError,
     Response,
@@ -91,7 +94,7 @@ class _Call:
 
     __slots__ = ("cancelled", "error", "frame", "items", "sender", "task", "unacked")
 
-    def __init__(self, items: collections.deque[bytes] | None) -> None:
+    def __init__(self, items: collections.deque[Payload] | None) -> None:
         self.task: trio.lowlevel.Task | None = None
         self.frame: Response | End | Error | None = None
         self.error: RpcError | None = None
@@ -353,7 +356,7 @@ class ClientConnection:
         call_type: CallType,
         timeout_ms: int | None,
         metadata: dict[str, str] | None,
-        items: collections.deque[bytes] | None,
+        items: collections.deque[Payload] | None,
         lone: bool = True,
     ) -> tuple[int, _Call]:
         proto = self.proto
@@ -412,7 +415,10 @@ class ClientConnection:
         await trio.lowlevel.wait_task_rescheduled(abort)
         frame = call.frame
         if type(frame) is Response:
-            return frame.payload
+            answer = frame.payload
+            if isinstance(answer, bytes):
+                return answer
+            return self.inflate(answer, stream_id, call)
         if call.error is not None:
             raise call.error
         assert type(frame) is Error
@@ -430,7 +436,7 @@ class ClientConnection:
         record. A client-stream's record has no item queue: its answer is one RESPONSE."""
         if self._unusable is not None or self._slots or not self.proto.can_open_stream():
             await self._wait_slot()
-        items = None if call_type is CallType.CLIENT_STREAM else collections.deque[bytes]()
+        items = None if call_type is CallType.CLIENT_STREAM else collections.deque[Payload]()
         return self._open(method, payload, call_type, timeout_ms, metadata, items)
 
     async def next_item(self, stream_id: int, call: _Call) -> bytes | None:
@@ -458,7 +464,9 @@ class ClientConnection:
             if call.unacked * 2 >= self._window and call.frame is None:
                 self.writer.write(self.proto.send_credit(stream_id, call.unacked))
                 call.unacked = 0
-            return payload
+            if isinstance(payload, bytes):
+                return payload
+            return self.inflate(payload, stream_id, call)
         if call.error is not None:
             raise call.error
         frame = call.frame
@@ -466,6 +474,21 @@ class ClientConnection:
             return None
         assert type(frame) is Error
         raise status_error(frame)
+
+    def inflate(self, payload: Ext, stream_id: int, call: _Call) -> bytes:
+        """Decompress a payload the server compressed; on failure cancel the call (if it
+        is still running) and raise. Synchronous.
+
+        Raises:
+            RpcError: ``RESOURCE_EXHAUSTED`` if it would inflate past our
+                ``max_frame_size``, ``INTERNAL`` for an encoding we did not announce or
+                garbage. Only this call fails; the connection carries on.
+        """
+        try:
+            return self.proto.decompress(payload)
+        except CompressionError as exc:
+            self.cancel_stream(stream_id, call)
+            raise RpcError(exc.client_status, f"bad payload from {self.peer}: {exc}") from None
 
     def cancel_stream(self, stream_id: int, call: _Call) -> None:
         """Give up on a stream: drop its record and send CANCEL (synchronous)."""

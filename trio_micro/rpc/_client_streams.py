@@ -214,7 +214,10 @@ class ResponseReceiver(trio.abc.ReceiveChannel[RespT]):
         frame = call.frame
         if type(frame) is Response and not self._delivered:
             self._delivered = True
-            return frame.payload
+            payload = frame.payload
+            if isinstance(payload, bytes):
+                return payload
+            return self._conn.inflate(payload, self._sid, call)
         if type(frame) is Response:
             raise trio.EndOfChannel
         raise _ended(call)

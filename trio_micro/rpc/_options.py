@@ -50,5 +50,6 @@ class ServerOptions(TypedDict, total=False):
     keepalive_timeout: float
     idle_timeout: float
     min_ping_interval: float
+    compression: str | None
     grace_period: float
     listeners: Sequence[trio.SocketListener] | None

@@ -54,7 +54,12 @@ import trio
 
 from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_int, check_optional_int, check_seconds
-from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Settings
+from trio_micro.protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    SUPPORTED_COMPRESSION,
+    Settings,
+    check_compression,
+)
 
 from ._admission import Admission
 from ._health import HEALTH_SERVICE, HealthService
@@ -351,6 +356,7 @@ async def serve(
     keepalive_timeout: float = 20.0,
     idle_timeout: float = math.inf,
     min_ping_interval: float = 5.0,
+    compression: str | None = None,
     grace_period: float = 10.0,
     listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -405,6 +411,11 @@ async def serve(
             (``math.inf``: never).
         min_ping_interval: Clients may not PING more often than this (seconds); a client
             that keeps doing it gets ``GOAWAY(ENHANCE_YOUR_CALM)``. Advertised in HELLO.
+        compression: The encoding (``"zlib"``, ``"zstd"`` with the extra, or ``"none"``)
+            that answers are compressed with when the call does not ask for one and the
+            client accepts it; payloads under 1 KiB
+            (``protocol.DEFAULT_COMPRESSION_THRESHOLD``) are sent as they are. The server
+            always accepts (decompresses) every encoding it supports; docs/rpc.md §16.
         grace_period: Seconds :meth:`Server.shutdown` lets running calls finish.
         listeners: Serve on these (e.g. from :func:`open_tcp_listeners`, several ports, or
             a port shared with ``reuse_port``) instead of binding ``host`` and ``port``,
@@ -442,6 +453,7 @@ async def serve(
         keepalive_timeout=keepalive_timeout,
         idle_timeout=idle_timeout,
         min_ping_interval=min_ping_interval,
+        compression=compression,
         grace_period=grace_period,
         listeners=listeners,
     )
@@ -485,6 +497,7 @@ def _prepare(
     keepalive_timeout: float,
     idle_timeout: float,
     min_ping_interval: float,
+    compression: str | None,
     grace_period: float,
     listeners: Sequence[trio.SocketListener] | None,
 ) -> _Prepared:
@@ -515,6 +528,7 @@ def _prepare(
             min_ping_interval_ms=math.ceil(
                 check_seconds("min_ping_interval", min_ping_interval, finite=True) * 1000
             ),
+            compression=SUPPORTED_COMPRESSION,
         )
     except msgspec.ValidationError as exc:  # pragma: no cover - __post_init__ raises ValueError
         raise ValueError(str(exc)) from None
@@ -537,6 +551,7 @@ def _prepare(
         min_ping_interval=min_ping_interval,
         grace_period=check_seconds("grace_period", grace_period),
         max_inflight=max_inflight,
+        compression=check_compression(compression),
     )
     by_name, methods = _build(services, reflection, check_bool("health", health))
     checked = None if listeners is None else _check_listeners(listeners, host, port)

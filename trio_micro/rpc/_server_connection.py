@@ -56,6 +56,7 @@ import trio
 from trio_micro.protocol import (
     CallType,
     Cancel,
+    CompressionError,
     Connection,
     ConnectionClosed,
     Credit,
@@ -157,6 +158,7 @@ class ServerConfig:
     max_server_buffered_bytes: int = DEFAULT_MAX_SERVER_BUFFERED_BYTES
     max_stalled_streams: int = 32
     stall_timeout: float = 30.0
+    compression: str | None = None
 
 
 @final
@@ -176,7 +178,9 @@ class ServerConnection:
             if options.ssl_context is None
             else trio.SSLStream(stream, options.ssl_context, server_side=True)
         )
-        self.proto = Connection(Role.SERVER, settings=options.settings)
+        self.proto = Connection(
+            Role.SERVER, settings=options.settings, compression=options.compression
+        )
         self.writer = Writer(self.stream)
         self.admission: Admission = server._admission
         #: The payloads of this connection's calls in progress (see ._server_limits).
@@ -333,6 +337,7 @@ class ServerConnection:
                             event,  # type: ignore[arg-type]
                             (self.budget, self.server.buffer_budget),
                             self.writer.pending,
+                            self.proto,
                         )
                     elif kind is Ping:
                         if not self._on_ping(event):  # type: ignore[arg-type]
@@ -484,8 +489,15 @@ class ServerConnection:
                     self.proto.send_error(frame.id, refusal.code, refusal.message, refusal.details)
                 )
                 return
+        payload = frame.payload
+        if not isinstance(payload, bytes):
+            try:  # bounded by our max_frame_size: see protocol.Connection.decompress
+                payload = self.proto.decompress(payload)
+            except CompressionError as exc:
+                self._reject(frame, exc.status, f"bad request payload: {exc}")
+                return
         over = admit_request(
-            len(frame.payload), self.budget, self.server.buffer_budget, self.writer.pending
+            len(payload), self.budget, self.server.buffer_budget, self.writer.pending
         )
         if over is not None:
             self._refuse_buffered(frame, over)
@@ -516,9 +528,7 @@ class ServerConnection:
         )
         self.calls[sid] = call
         answer = ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWERS[info.call_type]
-        workers.start(
-            worker, self.runner.run(answer, call, info, handler, frame.payload), task_name
-        )
+        workers.start(worker, self.runner.run(answer, call, info, handler, payload), task_name)
 
     def _unimplemented_message(self, method: str) -> str:
         service, _, name = method.partition("/")

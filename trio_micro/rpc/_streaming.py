@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, overload
 import msgspec
 import trio
 
-from trio_micro.protocol import Connection, End, Item, LocalProtocolError, Status
+from trio_micro.protocol import (
+    CompressionError,
+    Connection,
+    End,
+    Item,
+    LocalProtocolError,
+    Status,
+)
 
 from ._errors import RpcError
 from ._server_limits import ByteBudget, admit_request
@@ -123,12 +130,14 @@ def deliver(
     event: Item | End,
     budgets: tuple[ByteBudget, ByteBudget],
     queued: int,
+    proto: Connection,
 ) -> None:
     """Hand a client's ITEM or END to its call (synchronous; the reader calls it).
 
     An ITEM is charged against ``budgets`` (the connection's and the server's; ``queued``:
     what the connection's writer holds) or, when it does not fit, fails its call; see the
-    module docs.
+    module docs. A compressed ITEM is inflated first (by ``proto``, bounded by its
+    ``max_frame_size``); one that can't be fails its call the same way.
     """
     call = calls.get(event.id)
     if call is None:
@@ -138,6 +147,14 @@ def deliver(
         if box.error is not None:
             return  # the call failed for want of room: drop what follows
         payload = event.payload
+        if not isinstance(payload, bytes):
+            try:
+                payload = proto.decompress(payload)
+            except CompressionError as exc:
+                box.error = RpcError(exc.status, f"bad request item: {exc}")
+                box.drop()
+                box.wake()
+                return
         over = admit_request(len(payload), budgets[0], budgets[1], queued)
         if over is None:
             box.budgets = budgets
