@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from trio_micro import rpc
+from trio_micro.rpc._transport import Writer
 
 from .conftest import address
 from .test_channel import all_tasks
@@ -118,6 +119,47 @@ async def test_a_bidi_stream_answers_as_requests_arrive(stub: Shapes) -> None:
             assert await receive.receive() == Num(2 * n)
         await send.aclose()
         assert [x async for x in receive] == []
+
+
+@pytest.fixture
+def eager_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The frames handed to ``Writer.write_eager`` (both ends: same process)."""
+    frames: list[bytes] = []
+    write_eager = Writer.write_eager
+
+    def spy(self: Writer, data: bytes) -> None:
+        frames.append(data)
+        write_eager(self, data)
+
+    monkeypatch.setattr(Writer, "write_eager", spy)
+    return frames
+
+
+async def test_a_lone_ping_pong_sends_every_item_without_the_writers_round(
+    stub: Shapes, eager_writes: list[bytes]
+) -> None:
+    async with stub.double() as (send, receive):
+        await send.send(Num(0))
+        assert await receive.receive() == Num(0)
+        eager_writes.clear()
+        for n in range(1, 6):
+            await send.send(Num(n))
+            assert await receive.receive() == Num(2 * n)
+        # Each request followed an answer, each answer a wait for the request.
+        assert len(eager_writes) == 10
+        await send.aclose()
+
+
+async def test_a_run_of_sends_goes_through_the_writer(
+    stub: Shapes, eager_writes: list[bytes]
+) -> None:
+    async with stub.add() as (send, receive):
+        eager_writes.clear()
+        for n in range(100):
+            await send.send(Num(n))
+        await send.aclose()
+        assert await receive.receive() == Total(sum(range(100)), 100)
+    assert len(eager_writes) == 2  # the END, then the RESPONSE: no item
 
 
 async def test_a_bidi_stream_composes_with_a_nursery(stub: Shapes) -> None:

@@ -277,10 +277,21 @@ class CallRunner:
             data = self.proto.send_response(call.stream_id, _encode(result))
         except LocalProtocolError as exc:
             raise _too_large(exc) from None
+        self.write_answer(data)
+
+    def write_answer(self, data: bytes) -> None:
+        """Queue an answer's frame, or send it at once when its call is the connection's
+        only one in progress (synchronous, no checkpoint).
+
+        A lone answer skips the writer task's scheduling round
+        (:meth:`~._transport.Writer.write_eager`); with other calls in progress, their
+        answers may leave in the same ``send_all``. For a unary or client-stream RESPONSE,
+        and for a bidi-stream's item that answers a request the handler waited for.
+        """
         if len(self.calls) == 1:  # alone: send now, skip the writer's round
-            writer.write_eager(data)
+            self.writer.write_eager(data)
         else:  # others may answer in this batch too: one send_all for all
-            writer.write(data)
+            self.writer.write(data)
 
     async def _answer_stream(
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes

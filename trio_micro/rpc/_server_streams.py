@@ -61,7 +61,5 @@ async def answer_bidi_stream(
     runner: CallRunner, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
 ) -> None:
     """Run a bidi-stream handler; its responses are queued as it sends them."""
-    responses = ResponseSender(
-        call.stream_id, runner.proto, runner.writer, info.response_type, runner._wait_credit
-    )
+    responses = ResponseSender(call, runner, info.response_type)
     await _run_handler(runner, call, handler, _requests(runner, call, info), responses)

@@ -28,7 +28,7 @@ declare, so that on a stub (``channel.stub(Service)``) the method reads as
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, overload
 
 import msgspec
@@ -43,6 +43,7 @@ from ._transport import Writer
 if TYPE_CHECKING:
     from ._client_streams import StreamCall
     from ._context import ServerCall
+    from ._server_calls import CallRunner
 
 __all__ = ["RequestStream", "ResponseSender", "StreamingMethod"]
 
@@ -73,7 +74,7 @@ class StreamingMethod(Protocol[ReqT, RespT]):
 class _Inbox:
     """The client's items of one call, as they arrived; see the module docs."""
 
-    __slots__ = ("budgets", "ended", "error", "held", "items", "task")
+    __slots__ = ("budgets", "ended", "error", "held", "items", "task", "waited")
 
     def __init__(self) -> None:
         self.items: collections.deque[bytes] = collections.deque()
@@ -84,6 +85,9 @@ class _Inbox:
         self.budgets: tuple[ByteBudget, ByteBudget] | None = None
         # An item did not fit the budgets: receive() raises this; later items are dropped.
         self.error: RpcError | None = None
+        # The handler waited in receive() since it last sent: the client may be waiting
+        # for the answer, which then leaves at once (ResponseSender.send).
+        self.waited = False
 
     def take(self) -> bytes:
         """The oldest item, its bytes given back to the budgets."""
@@ -102,11 +106,14 @@ class _Inbox:
         self.items.clear()
         self.give_back(self.held)
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
+        """Wake the handler waiting in ``receive()``; whether there was one."""
         task = self.task
-        if task is not None:
-            self.task = None
-            trio.lowlevel.reschedule(task)
+        if task is None:
+            return False
+        self.task = None
+        trio.lowlevel.reschedule(task)
+        return True
 
 
 def inbox(call: ServerCall) -> _Inbox:
@@ -123,8 +130,9 @@ def deliver(
     event: Item | End,
     budgets: tuple[ByteBudget, ByteBudget],
     queued: int,
-) -> None:
-    """Hand a client's ITEM or END to its call (synchronous; the reader calls it).
+) -> bool:
+    """Hand a client's ITEM or END to its call (synchronous; the reader calls it); return
+    whether that woke the call's handler.
 
     An ITEM is charged against ``budgets`` (the connection's and the server's; ``queued``:
     what the connection's writer holds) or, when it does not fit, fails its call; see the
@@ -132,11 +140,11 @@ def deliver(
     """
     call = calls.get(event.id)
     if call is None:
-        return  # the call is ending: its terminal frame is queued
+        return False  # the call is ending: its terminal frame is queued
     box = inbox(call)
     if type(event) is Item:
         if box.error is not None:
-            return  # the call failed for want of room: drop what follows
+            return False  # the call failed for want of room: drop what follows
         payload = event.payload
         over = admit_request(len(payload), budgets[0], budgets[1], queued)
         if over is None:
@@ -153,7 +161,7 @@ def deliver(
             box.drop()
     else:
         box.ended = True
-    box.wake()
+    return box.wake()
 
 
 def release_inbox(call: ServerCall) -> None:
@@ -220,6 +228,7 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
+            box.waited = True
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         if box.error is not None:
@@ -260,21 +269,13 @@ class ResponseSender(trio.abc.SendChannel[T]):
         trio.ClosedResourceError: After :meth:`aclose`.
     """
 
-    __slots__ = ("_closed", "_item_type", "_proto", "_sid", "_wait_credit", "_writer")
+    __slots__ = ("_box", "_closed", "_item_type", "_runner", "_sid")
 
-    def __init__(
-        self,
-        sid: int,
-        proto: Connection,
-        writer: Writer,
-        item_type: type[T],
-        wait_credit: Callable[[int], Awaitable[None]],
-    ) -> None:
-        self._sid = sid
-        self._proto = proto
-        self._writer = writer
+    def __init__(self, call: ServerCall, runner: CallRunner, item_type: type[T]) -> None:
+        self._sid = call.stream_id
+        self._box = inbox(call)
+        self._runner = runner
         self._item_type = item_type
-        self._wait_credit = wait_credit
         self._closed = False
 
     async def send(self, value: T) -> None:
@@ -283,13 +284,14 @@ class ResponseSender(trio.abc.SendChannel[T]):
             raise trio.ClosedResourceError("the response sender was closed")
         if not isinstance(value, self._item_type):
             raise TypeError(f"responses must be {self._item_type.__name__}, got {value!r}")
-        proto = self._proto
+        runner = self._runner
+        proto = runner.proto
         sid = self._sid
         waited = False
         while proto.send_credit_available(sid) <= 0:
-            await self._wait_credit(sid)
+            await runner._wait_credit(sid)
             waited = True
-        writer = self._writer
+        writer = runner.writer
         if writer.congested:
             await writer.wait_uncongested()
         elif not waited:
@@ -298,11 +300,17 @@ class ResponseSender(trio.abc.SendChannel[T]):
             # server-stream's generator).
             await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            writer.write(proto.send_item(sid, _encode(value)))
+            data = proto.send_item(sid, _encode(value))
         except LocalProtocolError as exc:
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
             ) from None
+        box = self._box
+        if box.waited:  # answers a request we waited for (ping-pong): the client may wait
+            box.waited = False
+            runner.write_answer(data)
+        else:  # one of a run of sends: the writer sends the run together
+            writer.write(data)
 
     async def aclose(self) -> None:
         """Send nothing more (the END still waits for the handler to return). A checkpoint."""
