@@ -186,29 +186,35 @@ def trio_client(port: int, workload: str, messages: int, round_trips: int) -> tu
             bench = channel.stub(Bench)
             start = trio.current_time()
             cpu = time.process_time()
-            if workload == "upload":
-                async with bench.upload() as (send, receive):
-                    for n in range(messages):
-                        await send.send(Num(n))
-                    await send.aclose()
-                    total = await receive.receive()
-                assert total.count == messages
-                count = messages
-            elif workload == "download":
-                count = 0
-                async for _ in bench.download(Num(messages)):
-                    count += 1
-                assert count == messages
-            else:
-                async with bench.echo() as (send2, receive2):
-                    for n in range(round_trips):
-                        await send2.send(Num(n))
-                        await receive2.receive()
-                    await send2.aclose()
-                count = round_trips
+            count = await run_workload(bench, workload, messages, round_trips)
             return count / (trio.current_time() - start), time.process_time() - cpu
 
     return trio.run(main)
+
+
+async def run_workload(bench: Bench, workload: str, messages: int, round_trips: int) -> int:
+    """One workload on a trio_micro stub; return the items (or round trips) it made.
+    Also what ``streams_cost.py`` runs."""
+    if workload == "upload":
+        async with bench.upload() as (send, receive):
+            for n in range(messages):
+                await send.send(Num(n))
+            await send.aclose()
+            total = await receive.receive()
+        assert total.count == messages
+        return messages
+    if workload == "download":
+        count = 0
+        async for _ in bench.download(Num(messages)):
+            count += 1
+        assert count == messages
+        return count
+    async with bench.echo() as (send2, receive2):
+        for n in range(round_trips):
+            await send2.send(Num(n))
+            await receive2.receive()
+        await send2.aclose()
+    return round_trips
 
 
 def grpc_client(port: int, workload: str, messages: int, round_trips: int) -> tuple[float, float]:

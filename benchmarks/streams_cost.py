@@ -14,7 +14,7 @@ Each source tree is measured in turn, in the order given, ``--rounds`` times (in
     .venv/bin/python benchmarks/streams_cost.py BEFORE_TREE AFTER_TREE [--rounds 2]
     .venv/bin/python benchmarks/streams_cost.py . --profile pingpong   # cProfile, no valgrind
 
-Needs valgrind; about half a minute per tree, workload and round. ``--profile`` runs one
+Needs valgrind; one to two minutes per tree, workload and round. ``--profile`` runs one
 workload of ``--items`` items in-process under cProfile and prints the top functions by
 total time instead (what the counts do not say: where the instructions go).
 """
@@ -23,77 +23,35 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from rpc_cost import instructions  # noqa: E402  (after the path fix-up)
+
 WORKLOADS = ("upload", "download", "pingpong")
 SIZES = {"upload": (4_000, 20_000), "download": (4_000, 20_000), "pingpong": (500, 2_500)}
 
 CHILD = """
-import sys
-from collections.abc import AsyncIterator
-import msgspec, trio
+import os, sys
+os.environ.setdefault("STREAMS_BENCH_TREE", os.environ["PYTHONPATH"])
+sys.path.insert(0, "@HERE@")
+import trio
+from streams_bench import Bench, run_workload
 from trio_micro import observe, rpc
 
 workload, items = sys.argv[1], int(sys.argv[2])
 
 
-class Num(msgspec.Struct):
-    n: int
-
-
-class Total(msgspec.Struct):
-    total: int
-    count: int
-
-
-class Bench(rpc.Service, name="bench"):
-    @rpc.client_stream
-    async def upload(self, requests: rpc.RequestStream[Num]) -> Total:
-        total = count = 0
-        async for item in requests:
-            total += item.n
-            count += 1
-        return Total(total, count)
-
-    @rpc.server_stream
-    async def download(self, req: Num) -> AsyncIterator[Num]:
-        for n in range(req.n):
-            yield Num(n)
-
-    @rpc.bidi_stream
-    async def echo(
-        self, requests: rpc.RequestStream[Num], responses: rpc.ResponseSender[Num]
-    ) -> None:
-        async for item in requests:
-            await responses.send(item)
-
-
 async def main():
     async with rpc.open_server([Bench()], host="127.0.0.1", port=0) as server:
         async with rpc.open_channel(f"127.0.0.1:{server.address[1]}") as channel:
-            bench = channel.stub(Bench)
-            if workload == "upload":
-                async with bench.upload() as (send, receive):
-                    for n in range(items):
-                        await send.send(Num(n))
-                    await send.aclose()
-                    assert (await receive.receive()).count == items
-            elif workload == "download":
-                count = 0
-                async for _ in bench.download(Num(items)):
-                    count += 1
-                assert count == items
-            else:
-                async with bench.echo() as (send, receive):
-                    for n in range(items):
-                        await send.send(Num(n))
-                        await receive.receive()
-                    await send.aclose()
+            await run_workload(channel.stub(Bench), workload, items, items)
 
 
 observe.configure_logging(format="json", level="warning")
@@ -105,30 +63,6 @@ if len(sys.argv) > 3:
 else:
     trio.run(main)
 """
-
-
-def instructions(tree: Path, workload: str, items: int, child: Path) -> int:
-    """Instructions valgrind counted for one run of the child."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-    result = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            str(child),
-            workload,
-            str(items),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{result.stderr[-2000:]}")
-    return int(found.group(1))
 
 
 def main() -> int:
@@ -145,7 +79,7 @@ def main() -> int:
     per_item: dict[tuple[str, Path], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         child = Path(tmp) / "streams.py"
-        child.write_text(CHILD)
+        child.write_text(CHILD.replace("@HERE@", str(HERE)))
         if args.profile:
             env = {**os.environ, "PYTHONPATH": str(args.trees[0])}
             cmd = [sys.executable, str(child), args.profile, str(args.items), "30"]
