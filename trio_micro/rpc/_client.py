@@ -474,7 +474,8 @@ class ClientConnection:
             payload = items.popleft()
             call.unacked += 1
             if call.unacked * 2 >= self._window and call.frame is None:
-                self.writer.write(self.proto.send_credit(stream_id, call.unacked))
+                # The server may be waiting for this CREDIT: a lone stream's leaves at once.
+                self.write_lone(self.proto.send_credit(stream_id, call.unacked))
                 call.unacked = 0
             return payload
         if call.error is not None:

@@ -277,16 +277,17 @@ class CallRunner:
             data = self.proto.send_response(call.stream_id, _encode(result))
         except LocalProtocolError as exc:
             raise _too_large(exc) from None
-        self.write_answer(data)
+        self.write_lone(data)
 
-    def write_answer(self, data: bytes) -> None:
-        """Queue an answer's frame, or send it at once when its call is the connection's
-        only one in progress (synchronous, no checkpoint).
+    def write_lone(self, data: bytes) -> None:
+        """Queue a call's frame, or send it at once when that call is the connection's only
+        one in progress (synchronous, no checkpoint).
 
-        A lone answer skips the writer task's scheduling round
+        A lone frame skips the writer task's scheduling round
         (:meth:`~._transport.Writer.write_eager`); with other calls in progress, their
-        answers may leave in the same ``send_all``. For a unary or client-stream RESPONSE,
-        and for a bidi-stream's item that answers a request the handler waited for.
+        frames may leave in the same ``send_all``. For a unary or client-stream RESPONSE,
+        a bidi-stream's item that answers a request the handler waited for, and the CREDIT
+        a client-stream's sender may be waiting for.
         """
         if len(self.calls) == 1:  # alone: send now, skip the writer's round
             self.writer.write_eager(data)

@@ -24,7 +24,7 @@ __all__: list[str] = []
 
 
 def _requests(runner: CallRunner, call: ServerCall, info: MethodInfo) -> RequestStream[Any]:
-    return RequestStream(call, runner.proto, runner.writer, info.decode_request)
+    return RequestStream(call, runner, info.decode_request)
 
 
 async def _run_handler(

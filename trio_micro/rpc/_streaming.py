@@ -34,12 +34,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, overload
 import msgspec
 import trio
 
-from trio_micro.protocol import DECODE_ERRORS, Connection, End, Item, LocalProtocolError, Status
+from trio_micro.protocol import DECODE_ERRORS, End, Item, LocalProtocolError, Status
 
 from ._errors import RpcError
 from ._server_limits import ByteBudget, admit_request
 from ._service import invalid_argument
-from ._transport import Writer
 
 if TYPE_CHECKING:
     from ._client_streams import StreamCall
@@ -195,26 +194,20 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
         trio.ClosedResourceError: After :meth:`aclose`.
     """
 
-    __slots__ = ("_box", "_closed", "_decode", "_proto", "_sid", "_unacked", "_window", "_writer")
+    __slots__ = ("_box", "_closed", "_decode", "_runner", "_sid", "_unacked", "_window")
 
-    def __init__(
-        self,
-        call: ServerCall,
-        proto: Connection,
-        writer: Writer,
-        decode: Callable[[bytes], T],
-    ) -> None:
+    def __init__(self, call: ServerCall, runner: CallRunner, decode: Callable[[bytes], T]) -> None:
         self._box = inbox(call)
         self._sid = call.stream_id
-        self._proto = proto
-        self._writer = writer
+        self._runner = runner
+        proto = runner.proto
         self._decode = decode
         self._window = proto.local_settings.initial_stream_credit
         self._unacked = 0
         self._closed = False
         if self._window == 0:  # the client may send nothing until granted: grant a window
             self._window = 64
-            writer.write(proto.send_credit(self._sid, self._window))
+            runner.writer.write(proto.send_credit(self._sid, self._window))
 
     async def receive(self) -> T:
         """The next request; see the class docs."""
@@ -256,7 +249,9 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
         payload = box.take()
         self._unacked += 1
         if self._unacked * 2 >= self._window and not box.ended:
-            self._writer.write(self._proto.send_credit(self._sid, self._unacked))
+            # The client may be waiting for this CREDIT: a lone stream's leaves at once.
+            runner = self._runner
+            runner.write_lone(runner.proto.send_credit(self._sid, self._unacked))
             self._unacked = 0
         try:
             return self._decode(payload)
@@ -329,7 +324,7 @@ class ResponseSender(trio.abc.SendChannel[T]):
         box = self._box
         if box.waited:  # answers a request we waited for (ping-pong): the client may wait
             box.waited = False
-            runner.write_answer(data)
+            runner.write_lone(data)
         else:  # one of a run of sends: the writer sends the run together
             writer.write(data)
 
