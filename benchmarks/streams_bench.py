@@ -363,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tree", type=Path, action="append", default=[], help="another checkout to compare"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["upload", "download", "pingpong"],
+        help="run only these workloads (and no memory check)",
+    )
     args = parser.parse_args(argv)
     if args.serve == "trio":
         serve_trio()
@@ -383,12 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     grpc_server = _start("grpc")
     raw_server = _start("raw-trio")
     contenders: list[tuple[str, str, Path | None, tuple[subprocess.Popen[bytes], int], str]] = []
-    for workload in ("upload", "download", "pingpong"):
+    for workload in args.only or ("upload", "download", "pingpong"):
         for label, tree in trees:
             contenders.append((f"{label} {workload}", "trio", tree, servers[label], workload))
         if workload != "download":
             contenders.append((f"grpcio-aio {workload}", "grpc", None, grpc_server, workload))
-    contenders.append(("raw-trio socket pingpong", "raw-trio", None, raw_server, "pingpong"))
+    if "pingpong" in (args.only or ["pingpong"]):
+        contenders.append(("raw-trio socket pingpong", "raw-trio", None, raw_server, "pingpong"))
     results: dict[str, list[tuple[float, float, float]]] = {}
     try:
         for _ in range(args.runs):  # interleaved
@@ -397,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     _run_client(kind, tree, proc, port, workload, args)
                 )
         trio_proc, trio_port = servers["trio_micro"]
-        before, after, sent = memory(trio_port, trio_proc.pid, args.memory_seconds)
+        if not args.only:
+            before, after, sent = memory(trio_port, trio_proc.pid, args.memory_seconds)
     finally:
         for proc, _ in [*servers.values(), grpc_server, raw_server]:
             _stop(proc)
@@ -424,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("pingpong vs grpcio-aio", f"{label} pingpong", "grpcio-aio pingpong", "none"),
             ("pingpong vs raw-trio", f"{label} pingpong", "raw-trio socket pingpong", "none"),
         ):
-            print(f"{label}: {what}: {med[over] / med[under]:.2f}x (target {target})")
+            if over in med and under in med:
+                print(f"{label}: {what}: {med[over] / med[under]:.2f}x (target {target})")
+    if args.only:
+        return 0
     print(
         f"memory: non-reading handler, {args.memory_seconds:.0f} s of flooding: server RSS "
         f"{before / 1024:.1f} MiB -> {after / 1024:.1f} MiB; the client got to send {sent} "
