@@ -11,6 +11,8 @@ import trio
 import trio.testing
 
 from trio_micro import rpc
+from trio_micro.protocol import FrameDecoder
+from trio_micro.rpc._transport import Writer
 
 from .conftest import address
 from .test_channel import all_tasks
@@ -118,6 +120,50 @@ async def test_a_bidi_stream_answers_as_requests_arrive(stub: Shapes) -> None:
             assert await receive.receive() == Num(2 * n)
         await send.aclose()
         assert [x async for x in receive] == []
+
+
+@pytest.fixture
+def eager_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kinds of the frames handed to ``Writer.write_eager`` (both ends: same process)."""
+    kinds: list[str] = []
+    write_eager = Writer.write_eager
+
+    def spy(self: Writer, data: bytes) -> None:
+        kinds.extend(type(frame).__name__ for frame in FrameDecoder().receive_data(data))
+        write_eager(self, data)
+
+    monkeypatch.setattr(Writer, "write_eager", spy)
+    return kinds
+
+
+async def test_a_lone_ping_pong_sends_every_item_without_the_writers_round(
+    stub: Shapes, eager_writes: list[str]
+) -> None:
+    async with stub.double() as (send, receive):
+        await send.send(Num(0))
+        assert await receive.receive() == Num(0)
+        eager_writes.clear()
+        for n in range(1, 6):
+            await send.send(Num(n))
+            assert await receive.receive() == Num(2 * n)
+        # Each request followed an answer, each answer a wait for the request.
+        assert eager_writes == ["Item"] * 10
+        await send.aclose()
+
+
+async def test_a_run_of_sends_goes_through_the_writer(
+    stub: Shapes, eager_writes: list[str]
+) -> None:
+    async with stub.add() as (send, receive):
+        eager_writes.clear()
+        for n in range(100):
+            await send.send(Num(n))
+        await send.aclose()
+        assert await receive.receive() == Total(sum(range(100)), 100)
+    # Only what the other side may be waiting for: CREDIT, the END, the RESPONSE.
+    assert "Item" not in eager_writes
+    assert "End" in eager_writes
+    assert eager_writes[-1] == "Response"
 
 
 async def test_a_bidi_stream_composes_with_a_nursery(stub: Shapes) -> None:

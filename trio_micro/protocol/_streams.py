@@ -141,7 +141,16 @@ class _StreamsMixin:
         return stream
 
     def _send_client_item(self, stream_id: int, payload: bytes) -> bytes:
-        stream = self._client_half(stream_id, "ITEM")
+        stream = self._streams.get(stream_id)
+        # The common case in one test (a stream on record implies the HELLO exchange is
+        # done); _client_half raises the right error for the rest.
+        if (
+            stream is None
+            or stream.half_closed
+            or stream.cancelled
+            or stream.call_type not in _CLIENT_SENDS
+        ):
+            stream = self._client_half(stream_id, "ITEM")
         if stream.up_credit <= 0:
             raise LocalProtocolError(
                 f"no credit left on stream {stream_id!r}; wait for CREDIT",
@@ -187,8 +196,15 @@ class _StreamsMixin:
     # ------------------------------------------------------------------ server receives
 
     def _client_half_received(self, frame: Item | End) -> _Stream | None:
-        kind = type(frame).__name__.upper()
         stream = self._streams.get(frame.id)
+        if (
+            stream is not None
+            and stream.call_type in _CLIENT_SENDS
+            and not stream.cancelled
+            and not stream.half_closed
+        ):
+            return stream  # the common case in one test; the errors below
+        kind = type(frame).__name__.upper()
         if stream is None:
             if frame.id > self._last_stream_id:
                 raise RemoteProtocolError(f"{kind} for stream {frame.id!r}, never opened")
@@ -199,9 +215,7 @@ class _StreamsMixin:
             )
         if stream.cancelled:
             raise RemoteProtocolError(f"{kind} on stream {frame.id!r} after CANCEL")
-        if stream.half_closed:
-            raise RemoteProtocolError(f"{kind} on stream {frame.id!r} after the client's END")
-        return stream
+        raise RemoteProtocolError(f"{kind} on stream {frame.id!r} after the client's END")
 
     def _receive_client_item(self, frame: Item) -> Item | None:
         stream = self._client_half_received(frame)

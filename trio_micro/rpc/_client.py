@@ -92,7 +92,7 @@ class RefusedError(RpcError):
 class _Call:
     """The waiter of one call: the parked caller, and the answer when it comes."""
 
-    __slots__ = ("cancelled", "error", "frame", "items", "sender", "task", "unacked")
+    __slots__ = ("cancelled", "error", "frame", "items", "sender", "task", "unacked", "waited")
 
     def __init__(self, items: collections.deque[Payload] | None) -> None:
         self.task: trio.lowlevel.Task | None = None
@@ -102,6 +102,9 @@ class _Call:
         self.unacked = 0  # stream items consumed but not yet granted back as CREDIT
         self.cancelled = False
         self.sender: trio.lowlevel.Task | None = None  # waiting for credit (rpc._client_streams)
+        # The caller waited for an item since it last sent one: the server may be waiting
+        # for its next request, which then leaves at once (rpc._client_streams).
+        self.waited = False
 
 
 def _wake(call: _Call) -> None:
@@ -260,10 +263,11 @@ class ClientConnection:
                 if events:
                     if not self._dispatch(events):
                         return
-                    if not self._calls:
-                        # Answered everything: a caller making one call at a time sends
-                        # its next one before the next read, which would find nothing yet
-                        # and register for epoll -- two system calls off its way.
+                    if len(self._calls) <= 1:
+                        # Answered everything (or fed the one stream in flight): a caller
+                        # making one call at a time sends its next one (a bidi-stream's
+                        # caller, its next item) before the next read, which would find
+                        # nothing yet and register for epoll -- two system calls off its way.
                         await trio.lowlevel.cancel_shielded_checkpoint()
                 try:
                     data = await receive(RECEIVE_SIZE)
@@ -373,13 +377,26 @@ class ClientConnection:
         except LocalProtocolError as exc:
             raise local_error(exc) from None
         call = _Call(items)
-        calls = self._calls
-        calls[stream_id] = call
-        if lone and len(calls) == 1:  # alone: send now, skip the writer's round
+        self._calls[stream_id] = call
+        if lone:
+            self.write_lone(data)
+        else:
+            self.writer.write(data)
+        return stream_id, call
+
+    def write_lone(self, data: bytes) -> None:
+        """Queue a call's frame, or send it at once when that call is the connection's only
+        one in flight (synchronous, no checkpoint).
+
+        A lone frame skips the writer task's scheduling round
+        (:meth:`~._transport.Writer.write_eager`); with other calls in flight, their frames
+        may leave in the same ``send_all``. For a REQUEST, and for a client- or bidi-stream's
+        item or END that the caller sends after waiting for the server.
+        """
+        if len(self._calls) == 1:  # alone: send now, skip the writer's round
             self.writer.write_eager(data)
         else:  # others may send in this batch too: one send_all for all
             self.writer.write(data)
-        return stream_id, call
 
     async def unary(
         self,
@@ -456,13 +473,15 @@ class ClientConnection:
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
+            call.waited = True
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         if items:
             payload = items.popleft()
             call.unacked += 1
             if call.unacked * 2 >= self._window and call.frame is None:
-                self.writer.write(self.proto.send_credit(stream_id, call.unacked))
+                # The server may be waiting for this CREDIT: a lone stream's leaves at once.
+                self.write_lone(self.proto.send_credit(stream_id, call.unacked))
                 call.unacked = 0
             if isinstance(payload, bytes):
                 return payload

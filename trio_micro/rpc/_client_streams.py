@@ -18,6 +18,12 @@ on the server's CREDIT and when the call ends. Leaving the block while the call 
 running -- an exception, a cancellation, or just not waiting for the answer -- sends CANCEL,
 and the server cancels the handler. No task is started: the caller's own tasks do the
 sending and receiving.
+
+Frames leave through the connection's writer, so a run of sends goes out in one
+``send_all``. An item sent right after the caller waited for an answer (ping-pong on a
+bidi-stream) and the END are sent at once instead when the call is alone on its connection
+(:meth:`~._client.ClientConnection.write_lone`, as for a lone unary REQUEST): the server is
+probably waiting for them, and the writer task's scheduling round would delay them.
 """
 
 from __future__ import annotations
@@ -134,7 +140,11 @@ class RequestSender(trio.abc.SendChannel[ReqT]):
             if exc.code is ErrorCode.FRAME_SIZE_ERROR:
                 raise RpcError(Status.RESOURCE_EXHAUSTED, exc.message) from None
             raise _ended(call) from None
-        writer.write(data)
+        if call.waited:  # an answer to an answer (ping-pong): the server may be waiting
+            call.waited = False
+            conn.write_lone(data)
+        else:  # one of a run of sends: the writer sends the run together
+            writer.write(data)
 
     async def aclose(self) -> None:
         """Half-close: tell the server no more requests come (END). Idempotent; does
@@ -147,7 +157,7 @@ class RequestSender(trio.abc.SendChannel[ReqT]):
                     data = self._conn.proto.send_end(self._sid)
                 except LocalProtocolError:  # pragma: no cover - the stream just ended
                     data = b""
-                self._conn.writer.write(data)
+                self._conn.write_lone(data)  # the caller now waits for the answer
         await trio.lowlevel.checkpoint()
 
 

@@ -283,10 +283,22 @@ class CallRunner:
             data = self.proto.send_response(call.stream_id, _encode(result))
         except LocalProtocolError as exc:
             raise _too_large(exc) from None
+        self.write_lone(data)
+
+    def write_lone(self, data: bytes) -> None:
+        """Queue a call's frame, or send it at once when that call is the connection's only
+        one in progress (synchronous, no checkpoint).
+
+        A lone frame skips the writer task's scheduling round
+        (:meth:`~._transport.Writer.write_eager`); with other calls in progress, their
+        frames may leave in the same ``send_all``. For a unary or client-stream RESPONSE,
+        a bidi-stream's item that answers a request the handler waited for, and the CREDIT
+        a client-stream's sender may be waiting for.
+        """
         if len(self.calls) == 1:  # alone: send now, skip the writer's round
-            writer.write_eager(data)
+            self.writer.write_eager(data)
         else:  # others may answer in this batch too: one send_all for all
-            writer.write(data)
+            self.writer.write(data)
 
     async def _answer_stream(
         self, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes

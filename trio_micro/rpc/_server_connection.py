@@ -310,6 +310,7 @@ class ServerConnection:
         with self._read_scope:
             while True:
                 started_before = started
+                woke = False  # a stream handler waiting for the client's next item
                 for event in events:
                     kind = type(event)
                     if kind is Request:
@@ -332,7 +333,7 @@ class ServerConnection:
                     elif kind is Credit:
                         self.runner.credit(event.id)  # type: ignore[union-attr]
                     elif kind is Item or kind is End:  # a client- or bidi-stream's half
-                        deliver(
+                        woke |= deliver(
                             self.calls,
                             event,  # type: ignore[arg-type]
                             (self.budget, self.server.buffer_budget),
@@ -349,10 +350,11 @@ class ServerConnection:
                     # Pong: liveness is already recorded by last_receive.
                 if self._closing:
                     return
-                if started == started_before + 1 and len(self.calls) == 1:
-                    # A lone call (one at a time, latency-bound): let it run and answer
-                    # before the next read, which would find nothing yet and register
-                    # for epoll -- two system calls off the call's way.
+                if (started == started_before + 1 or woke) and len(self.calls) == 1:
+                    # A lone call (one at a time, latency-bound; or a lone stream's handler
+                    # given the item it waited for): let it run and answer before the next
+                    # read, which would find nothing yet and register for epoll -- two
+                    # system calls off the call's way.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 if self.writer.congested:
                     await self.writer.wait_uncongested()

@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from trio_micro.protocol import DECODE_ERRORS
-
 from ._context import ServerCall
-from ._service import MethodInfo, invalid_argument
+from ._service import MethodInfo
 from ._streaming import RequestStream, ResponseSender
 
 if TYPE_CHECKING:
@@ -26,15 +24,7 @@ __all__: list[str] = []
 
 
 def _requests(runner: CallRunner, call: ServerCall, info: MethodInfo) -> RequestStream[Any]:
-    decode = info.decode_request
-
-    def checked(payload: bytes) -> Any:
-        try:
-            return decode(payload)
-        except DECODE_ERRORS as exc:
-            raise invalid_argument(exc) from None
-
-    return RequestStream(call, runner.proto, runner.writer, checked)
+    return RequestStream(call, runner, info.decode_request)
 
 
 async def _run_handler(
@@ -61,7 +51,5 @@ async def answer_bidi_stream(
     runner: CallRunner, call: ServerCall, info: MethodInfo, handler: Handler, payload: bytes
 ) -> None:
     """Run a bidi-stream handler; its responses are queued as it sends them."""
-    responses = ResponseSender(
-        call.stream_id, runner.proto, runner.writer, info.response_type, runner._wait_credit
-    )
+    responses = ResponseSender(call, runner, info.response_type)
     await _run_handler(runner, call, handler, _requests(runner, call, info), responses)

@@ -28,13 +28,14 @@ declare, so that on a stub (``channel.stub(Service)``) the method reads as
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, overload
 
 import msgspec
 import trio
 
 from trio_micro.protocol import (
+    DECODE_ERRORS,
     CompressionError,
     Connection,
     End,
@@ -45,11 +46,12 @@ from trio_micro.protocol import (
 
 from ._errors import RpcError
 from ._server_limits import ByteBudget, admit_request
-from ._transport import Writer
+from ._service import invalid_argument
 
 if TYPE_CHECKING:
     from ._client_streams import StreamCall
     from ._context import ServerCall
+    from ._server_calls import CallRunner
 
 __all__ = ["RequestStream", "ResponseSender", "StreamingMethod"]
 
@@ -80,7 +82,7 @@ class StreamingMethod(Protocol[ReqT, RespT]):
 class _Inbox:
     """The client's items of one call, as they arrived; see the module docs."""
 
-    __slots__ = ("budgets", "ended", "error", "held", "items", "task")
+    __slots__ = ("budgets", "ended", "error", "held", "items", "task", "waited")
 
     def __init__(self) -> None:
         self.items: collections.deque[bytes] = collections.deque()
@@ -91,6 +93,9 @@ class _Inbox:
         self.budgets: tuple[ByteBudget, ByteBudget] | None = None
         # An item did not fit the budgets: receive() raises this; later items are dropped.
         self.error: RpcError | None = None
+        # The handler waited in receive() since it last sent: the client may be waiting
+        # for the answer, which then leaves at once (ResponseSender.send).
+        self.waited = False
 
     def take(self) -> bytes:
         """The oldest item, its bytes given back to the budgets."""
@@ -109,11 +114,14 @@ class _Inbox:
         self.items.clear()
         self.give_back(self.held)
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
+        """Wake the handler waiting in ``receive()``; whether there was one."""
         task = self.task
-        if task is not None:
-            self.task = None
-            trio.lowlevel.reschedule(task)
+        if task is None:
+            return False
+        self.task = None
+        trio.lowlevel.reschedule(task)
+        return True
 
 
 def inbox(call: ServerCall) -> _Inbox:
@@ -131,8 +139,9 @@ def deliver(
     budgets: tuple[ByteBudget, ByteBudget],
     queued: int,
     proto: Connection,
-) -> None:
-    """Hand a client's ITEM or END to its call (synchronous; the reader calls it).
+) -> bool:
+    """Hand a client's ITEM or END to its call (synchronous; the reader calls it); return
+    whether that woke the call's handler.
 
     An ITEM is charged against ``budgets`` (the connection's and the server's; ``queued``:
     what the connection's writer holds) or, when it does not fit, fails its call; see the
@@ -141,11 +150,11 @@ def deliver(
     """
     call = calls.get(event.id)
     if call is None:
-        return  # the call is ending: its terminal frame is queued
+        return False  # the call is ending: its terminal frame is queued
     box = inbox(call)
     if type(event) is Item:
         if box.error is not None:
-            return  # the call failed for want of room: drop what follows
+            return False  # the call failed for want of room: drop what follows
         payload = event.payload
         if not isinstance(payload, bytes):
             try:
@@ -153,8 +162,7 @@ def deliver(
             except CompressionError as exc:
                 box.error = RpcError(exc.status, f"bad request item: {exc}")
                 box.drop()
-                box.wake()
-                return
+                return box.wake()
         over = admit_request(len(payload), budgets[0], budgets[1], queued)
         if over is None:
             box.budgets = budgets
@@ -170,7 +178,7 @@ def deliver(
             box.drop()
     else:
         box.ended = True
-    box.wake()
+    return box.wake()
 
 
 def release_inbox(call: ServerCall) -> None:
@@ -203,26 +211,20 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
         trio.ClosedResourceError: After :meth:`aclose`.
     """
 
-    __slots__ = ("_box", "_closed", "_decode", "_proto", "_sid", "_unacked", "_window", "_writer")
+    __slots__ = ("_box", "_closed", "_decode", "_runner", "_sid", "_unacked", "_window")
 
-    def __init__(
-        self,
-        call: ServerCall,
-        proto: Connection,
-        writer: Writer,
-        decode: Callable[[bytes], T],
-    ) -> None:
+    def __init__(self, call: ServerCall, runner: CallRunner, decode: Callable[[bytes], T]) -> None:
         self._box = inbox(call)
         self._sid = call.stream_id
-        self._proto = proto
-        self._writer = writer
+        self._runner = runner
+        proto = runner.proto
         self._decode = decode
         self._window = proto.local_settings.initial_stream_credit
         self._unacked = 0
         self._closed = False
         if self._window == 0:  # the client may send nothing until granted: grant a window
             self._window = 64
-            writer.write(proto.send_credit(self._sid, self._window))
+            runner.writer.write(proto.send_credit(self._sid, self._window))
 
     async def receive(self) -> T:
         """The next request; see the class docs."""
@@ -237,18 +239,41 @@ class RequestStream(trio.abc.ReceiveChannel[T]):
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
+            box.waited = True
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         if box.error is not None:
             raise box.error
         if not box.items:
             raise trio.EndOfChannel
+        return self._take()
+
+    async def __anext__(self) -> T:
+        """``async for``: :meth:`receive` without trio's wrapper coroutine for an item that
+        is already waiting (the common case of an upload)."""
+        box = self._box
+        if box.items and box.error is None and not self._closed:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return self._take()
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def _take(self) -> T:
+        """The oldest waiting item, decoded; grants credit back every half window."""
+        box = self._box
         payload = box.take()
         self._unacked += 1
         if self._unacked * 2 >= self._window and not box.ended:
-            self._writer.write(self._proto.send_credit(self._sid, self._unacked))
+            # The client may be waiting for this CREDIT: a lone stream's leaves at once.
+            runner = self._runner
+            runner.write_lone(runner.proto.send_credit(self._sid, self._unacked))
             self._unacked = 0
-        return self._decode(payload)
+        try:
+            return self._decode(payload)
+        except DECODE_ERRORS as exc:
+            raise invalid_argument(exc) from None
 
     async def aclose(self) -> None:
         """Stop reading; later ``receive()`` calls raise ``ClosedResourceError``. The
@@ -277,21 +302,13 @@ class ResponseSender(trio.abc.SendChannel[T]):
         trio.ClosedResourceError: After :meth:`aclose`.
     """
 
-    __slots__ = ("_closed", "_item_type", "_proto", "_sid", "_wait_credit", "_writer")
+    __slots__ = ("_box", "_closed", "_item_type", "_runner", "_sid")
 
-    def __init__(
-        self,
-        sid: int,
-        proto: Connection,
-        writer: Writer,
-        item_type: type[T],
-        wait_credit: Callable[[int], Awaitable[None]],
-    ) -> None:
-        self._sid = sid
-        self._proto = proto
-        self._writer = writer
+    def __init__(self, call: ServerCall, runner: CallRunner, item_type: type[T]) -> None:
+        self._sid = call.stream_id
+        self._box = inbox(call)
+        self._runner = runner
         self._item_type = item_type
-        self._wait_credit = wait_credit
         self._closed = False
 
     async def send(self, value: T) -> None:
@@ -300,13 +317,14 @@ class ResponseSender(trio.abc.SendChannel[T]):
             raise trio.ClosedResourceError("the response sender was closed")
         if not isinstance(value, self._item_type):
             raise TypeError(f"responses must be {self._item_type.__name__}, got {value!r}")
-        proto = self._proto
+        runner = self._runner
+        proto = runner.proto
         sid = self._sid
         waited = False
         while proto.send_credit_available(sid) <= 0:
-            await self._wait_credit(sid)
+            await runner._wait_credit(sid)
             waited = True
-        writer = self._writer
+        writer = runner.writer
         if writer.congested:
             await writer.wait_uncongested()
         elif not waited:
@@ -315,11 +333,17 @@ class ResponseSender(trio.abc.SendChannel[T]):
             # server-stream's generator).
             await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            writer.write(proto.send_item(sid, _encode(value)))
+            data = proto.send_item(sid, _encode(value))
         except LocalProtocolError as exc:
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
             ) from None
+        box = self._box
+        if box.waited:  # answers a request we waited for (ping-pong): the client may wait
+            box.waited = False
+            runner.write_lone(data)
+        else:  # one of a run of sends: the writer sends the run together
+            writer.write(data)
 
     async def aclose(self) -> None:
         """Send nothing more (the END still waits for the handler to return). A checkpoint."""
