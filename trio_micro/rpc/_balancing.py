@@ -165,20 +165,20 @@ class OutlierEjection:
     are also cut at that threshold and retried on another endpoint, so a replica that
     stops answering costs its callers a threshold's wait, not their deadline.
 
-    Success rate (an endpoint that answers, but wrongly): over windows of
-    ``2 x success_rate_request_volume x endpoints`` unary calls, the channel counts each
-    endpoint's calls and errors (failures as above, and answers with a code in
-    ``error_codes``). An endpoint with at least ``success_rate_request_volume`` calls in
-    the window, among at least ``success_rate_minimum_hosts`` such endpoints, is ejected
-    when its success rate is below ``success_rate_ratio`` x that of the others together
-    *and* significantly so (3 standard deviations below what their rate predicts for its
-    number of calls). So an empty replica answering ``NOT_FOUND`` for ids its peers find
-    is ejected after about ``2 x success_rate_request_volume`` calls, while a workload
-    whose ``NOT_FOUND`` s are real (a missing key is missing everywhere) ejects nobody;
-    with two endpoints nobody can say which one is wrong, hence at least three. Windows
-    are counted in calls, not seconds (Envoy sweeps every 10 s): detection time scales
-    with traffic, and no clock is read per call. ``max_ejected_fraction`` and the
-    ejection times apply as for failures.
+    Success rate (an endpoint that answers, but wrongly): the channel counts each
+    endpoint's unary calls and errors (failures as above, and answers with a code in
+    ``error_codes``); a window ends when one endpoint has counted ``2 x
+    success_rate_request_volume`` calls. An endpoint with at least
+    ``success_rate_request_volume`` calls in the window, among at least
+    ``success_rate_minimum_hosts`` such endpoints, is ejected when its success rate is
+    below ``success_rate_ratio`` x that of the others together *and* significantly so (3
+    standard deviations below what their rate predicts for its number of calls). So an
+    empty replica answering ``NOT_FOUND`` for ids its peers find is ejected after about
+    ``2 x success_rate_request_volume`` calls, while a workload whose ``NOT_FOUND`` s are
+    real (a missing key is missing everywhere) ejects nobody; with two endpoints nobody
+    can say which one is wrong, hence at least three. Windows are counted in calls, not
+    seconds (Envoy sweeps every 10 s): detection time scales with traffic, and no clock is
+    read per call. ``max_ejected_fraction`` and the ejection times apply as for failures.
 
     Args:
         consecutive_failures: Failures in a row (no fast success in between) that eject
@@ -249,7 +249,7 @@ class OutlierEjection:
 
     @property
     def success_rate_window(self) -> int:
-        """Calls per endpoint in one success-rate window (0: the check is off)."""
+        """The calls of one endpoint that end a success-rate window (0: the check is off)."""
         return 2 * self.success_rate_request_volume if self.success_rate_ratio else 0
 
     def rate_outliers(self, counts: Sequence[tuple[int, int]]) -> list[int]:

@@ -27,10 +27,10 @@ connections leave the ready list for the ejection time, restored by a short task
 sleeps until then. When every non-ejected connection is gone the ejected ones are used
 rather than failing. Each endpoint also counts its unary calls and errors (failures, and
 answers with a code in the policy's ``error_codes``: :meth:`EndpointPool.answered`);
-after every ``2 x success_rate_request_volume x endpoints`` calls the pool asks
+whenever one endpoint has counted ``2 x success_rate_request_volume`` calls the pool asks
 :meth:`~trio_micro.rpc.OutlierEjection.rate_outliers` which endpoints answer far worse
-than their peers, ejects them (within ``max_ejected_fraction``) and starts the counts
-again -- two counters and a comparison per call, no clock.
+than their peers, ejects them (within ``max_ejected_fraction``) and starts every count
+again -- a counter and a comparison per call, no clock.
 
 Health (opt-in, ``open_channel(health_check=SERVICE)``): each connection also runs the
 server's health ``watch`` for SERVICE (gRPC's health-checking client); while the answer is
@@ -187,11 +187,11 @@ class EndpointPool:
         self._options = options
         self._balancer = balancer
         self._ejection = ejection
-        # The success-rate check: calls counted since the last one, and how many make a
-        # window (never reached when the check is off).
+        # The success-rate check: the codes that count as errors, and the calls one
+        # endpoint counts before all are judged (never reached when the check is off).
+        window = 0 if ejection is None else ejection.success_rate_window
         self._error_codes = frozenset() if ejection is None else ejection.error_codes
-        self._window = 0
-        self._check_at = self._window_size(len(endpoints))
+        self._check_at = window or sys.maxsize
         self._service = service
         self._discovery_timeout = discovery_timeout
         self.states: dict[Endpoint, EndpointState] = {}
@@ -222,8 +222,7 @@ class EndpointPool:
             if state.failures:
                 state.failures = 0
             state.calls += 1
-            self._window += 1
-            if self._window >= self._check_at:
+            if state.calls >= self._check_at:
                 self._check_rates()
 
     def answered(self, endpoint: Endpoint, code: Status) -> None:
@@ -236,8 +235,7 @@ class EndpointPool:
             state.calls += 1
             if code in self._error_codes:
                 state.errors += 1
-            self._window += 1
-            if self._window >= self._check_at:
+            if state.calls >= self._check_at:
                 self._check_rates()
 
     def failed(self, endpoint: Endpoint) -> None:
@@ -247,9 +245,8 @@ class EndpointPool:
         if state is not None:
             state.calls += 1
             state.errors += 1
-            self._window += 1
             self._failure(state)
-            if self._window >= self._check_at:
+            if state.calls >= self._check_at:
                 self._check_rates()
 
     # ------------------------------------------------------------------ endpoints
@@ -431,13 +428,6 @@ class EndpointPool:
         # failure once that is allowed.
         self._eject(state, policy, "consecutive_failures")
 
-    def _window_size(self, endpoints: int) -> int:
-        """Calls in a success-rate window for ``endpoints`` endpoints (off: never)."""
-        policy = self._ejection
-        if policy is None or not policy.success_rate_window:
-            return sys.maxsize
-        return policy.success_rate_window * max(endpoints, policy.success_rate_minimum_hosts)
-
     def _check_rates(self) -> None:
         """End a success-rate window: eject its outliers, start the counts again."""
         policy = self._ejection
@@ -446,8 +436,6 @@ class EndpointPool:
         counts = [(state.calls, state.errors) for state in judged]
         for state in self.states.values():
             state.calls = state.errors = 0
-        self._window = 0
-        self._check_at = self._window_size(len(self.states))
         for index in policy.rate_outliers(counts):
             calls, errors = counts[index]
             self._eject(
