@@ -124,8 +124,10 @@ async def test_an_empty_replica_is_ejected_after_one_window(
     ):
         await wait_ready(channel, 3)
         with capture_logs() as logs:
-            failed = await lookups(channel, 300)  # one window: 2 x 50 x 3 calls
-        assert failed == 100
+            failed = await lookups(channel, 300)  # one window: 2 x 50 calls each
+        # The window ends when the first endpoint in turn has counted 100 calls: the
+        # empty one (100 failed), or one before it in the turn (99).
+        assert failed in (99, 100)
         assert channel.statistics().ejected == (target[1],)
         ejected = [e for e in logs if e["event"] == "rpc.channel.endpoint_ejected"]
         assert [(e["peer"], e["reason"], e["success_rate"]) for e in ejected] == [
