@@ -5,6 +5,10 @@ Prints one line to stdout once it listens, ``registry listening on HOST:PORT`` (
 (watch streams end, calls in progress get ``--grace`` seconds), logs ``serve.stopped``
 and exits ``128 +`` the signal number; a second signal cancels at once, as for
 ``trio-micro serve`` (the signal policy and exit codes of :mod:`._common`).
+
+``--token-file`` / ``--allow-identity`` / ``--protect-lookups`` say who may write (and
+read): see :class:`~trio_micro.registry.RegistryService`. A token file that can't be used
+is a usage error (exit 2) that never shows its content.
 """
 
 from __future__ import annotations
