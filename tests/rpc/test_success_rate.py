@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from trio_micro import rpc
 
-from .replicas import Empty, ReplicaService
+from .replicas import ReplicaService, count_errors
 from .test_balancing import replicas, wait_ready
 
 NOT_FOUND = rpc.Status.NOT_FOUND
@@ -103,15 +103,7 @@ def test_the_success_rate_settings_are_checked(
 
 async def lookups(channel: rpc.Channel, calls: int) -> int:
     """Make ``calls`` idempotent calls; return how many answered NOT_FOUND."""
-    stub = channel.stub(ReplicaService)
-    codes = []
-    for _ in range(calls):
-        try:
-            await stub.whoami(Empty())
-        except rpc.RpcError as exc:
-            codes.append(exc.code)
-    assert set(codes) <= {NOT_FOUND}
-    return len(codes)
+    return await count_errors(channel.stub(ReplicaService).whoami, calls, NOT_FOUND)
 
 
 async def test_an_empty_replica_is_ejected_after_one_window(
