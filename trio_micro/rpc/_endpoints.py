@@ -25,12 +25,10 @@ failures in a row -- connection failures, and what the caller (:mod:`._calls`) r
 (:meth:`EndpointPool.failed`, reset by :meth:`EndpointPool.succeeded`); at the limit its
 connections leave the ready list for the ejection time, restored by a short task that
 sleeps until then. When every non-ejected connection is gone the ejected ones are used
-rather than failing. Each endpoint also counts its unary calls and errors (failures, and
-answers with a code in the policy's ``error_codes``: :meth:`EndpointPool.answered`);
-whenever one endpoint has counted ``2 x success_rate_request_volume`` calls the pool asks
-:meth:`~trio_micro.rpc.OutlierEjection.rate_outliers` which endpoints answer far worse
-than their peers, ejects them (within ``max_ejected_fraction``) and starts every count
-again -- a counter and a comparison per call, no clock.
+rather than failing. Each endpoint also counts unary calls and errors (failures, and the
+``error_codes`` answers of :meth:`EndpointPool.answered`); once one has counted ``2 x
+success_rate_request_volume``, :meth:`~trio_micro.rpc.OutlierEjection.rate_outliers`
+names those far worse than their peers, they are ejected and every count starts again.
 
 Health (opt-in, ``open_channel(health_check=SERVICE)``): each connection also runs the
 server's health ``watch`` for SERVICE (gRPC's health-checking client); while the answer is
@@ -187,8 +185,7 @@ class EndpointPool:
         self._options = options
         self._balancer = balancer
         self._ejection = ejection
-        # The success-rate check: the codes that count as errors, and the calls one
-        # endpoint counts before all are judged (never reached when the check is off).
+        # Success rate: the error codes, and the calls that end a window (off: never).
         window = 0 if ejection is None else ejection.success_rate_window
         self._error_codes = frozenset() if ejection is None else ejection.error_codes
         self._check_at = window or sys.maxsize
@@ -226,15 +223,13 @@ class EndpointPool:
                 self._check_rates()
 
     def answered(self, endpoint: Endpoint, code: Status) -> None:
-        """A call over ``endpoint`` got an error answer (not a failure): its failures in a
-        row start again, and ``code`` counts against its success rate if it is one of the
-        policy's ``error_codes``."""
+        """A call over ``endpoint`` got an error answer, not a failure: its failures in a
+        row start again; ``code`` counts against its success rate if in ``error_codes``."""
         state = self.states.get(endpoint)
         if state is not None:
             state.failures = 0
             state.calls += 1
-            if code in self._error_codes:
-                state.errors += 1
+            state.errors += code in self._error_codes
             if state.calls >= self._check_at:
                 self._check_rates()
 
@@ -438,13 +433,8 @@ class EndpointPool:
             state.calls = state.errors = 0
         for index in policy.rate_outliers(counts):
             calls, errors = counts[index]
-            self._eject(
-                judged[index],
-                policy,
-                "success_rate",
-                calls=calls,
-                success_rate=round(1 - errors / calls, 3),
-            )
+            rate = round(1 - errors / calls, 3)
+            self._eject(judged[index], policy, "success_rate", calls=calls, success_rate=rate)
 
     def _eject(
         self, state: EndpointState, policy: OutlierEjection, reason: str, **why: float
