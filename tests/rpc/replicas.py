@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import trio
@@ -67,3 +67,17 @@ async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.001) -> N
     """Wait until ``predicate()`` is true: channel state has no event to wait on."""
     while not predicate():  # noqa: ASYNC110 - polling a condition owned by other tasks
         await trio.sleep(poll)
+
+
+async def count_errors(
+    method: Callable[[Empty], Awaitable[Name]], calls: int, code: rpc.Status
+) -> int:
+    """Call ``method`` ``calls`` times in turn; return how many failed (all with ``code``)."""
+    codes = []
+    for _ in range(calls):
+        try:
+            await method(Empty())
+        except rpc.RpcError as exc:
+            codes.append(exc.code)
+    assert set(codes) <= {code}
+    return len(codes)

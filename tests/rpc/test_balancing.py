@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from trio_micro import rpc
 
-from .replicas import Empty, ReplicaService, address, wait_until
+from .replicas import Empty, ReplicaService, address, count_errors, wait_until
 from .test_channel import free_port
 
 
@@ -273,15 +273,7 @@ async def test_a_success_resets_the_failure_count(autojump_clock: trio.testing.M
 
 async def write_many(channel: rpc.Channel, calls: int) -> int:
     """Make non-idempotent calls; return how many failed (all with UNAVAILABLE)."""
-    stub = channel.stub(ReplicaService)
-    codes = []
-    for _ in range(calls):
-        try:
-            await stub.write(Empty())
-        except rpc.RpcError as exc:
-            codes.append(exc.code)
-    assert set(codes) <= {rpc.Status.UNAVAILABLE}
-    return len(codes)
+    return await count_errors(channel.stub(ReplicaService).write, calls, rpc.Status.UNAVAILABLE)
 
 
 async def test_never_more_than_half_of_the_endpoints_are_ejected(

@@ -445,6 +445,9 @@ def timestamp(text: str) -> datetime:
 #: A flag on the command line wins; ``--help`` shows each as ``[env: NAME]``.
 ENV_DEFAULTS: Final[dict[str, str]] = {
     "--registry": "TRIO_MICRO_REGISTRY",
+    # The registry's shared token: the server's and its registrants' (issue #15).
+    "--token-file": "TRIO_MICRO_REGISTRY_TOKEN_FILE",
+    "--registry-token-file": "TRIO_MICRO_REGISTRY_TOKEN_FILE",
     "--timeout": "TRIO_MICRO_TIMEOUT",
     "--log-level": "TRIO_MICRO_LOG_LEVEL",
     "--log-file": "TRIO_MICRO_LOG_FILE",

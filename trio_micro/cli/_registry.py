@@ -5,6 +5,10 @@ Prints one line to stdout once it listens, ``registry listening on HOST:PORT`` (
 (watch streams end, calls in progress get ``--grace`` seconds), logs ``serve.stopped``
 and exits ``128 +`` the signal number; a second signal cancels at once, as for
 ``trio-micro serve`` (the signal policy and exit codes of :mod:`._common`).
+
+``--token-file`` / ``--allow-identity`` / ``--protect-lookups`` say who may write (and
+read): see :class:`~trio_micro.registry.RegistryService`. A token file that can't be used
+is a usage error (exit 2) that never shows its content.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from typing import Any
 
 from trio_micro.registry import open_registry_server
 
-from ._common import EXIT_OK, Stopper, epilog, port, run_trio, seconds
+from ._common import EXIT_OK, Stopper, epilog, port, run_trio, seconds, usage_error
 from ._serve import (
     SERVER_SIGNALS_HELP,
     add_logging_arguments,
     configure_command_logging,
     listen_error,
 )
-from ._tls import add_tls_arguments, server_tls
+from ._tls import add_tls_arguments, read_token_file, server_tls
 
 
 def add_registry_parser(subparsers: Any) -> None:
@@ -39,6 +43,27 @@ def add_registry_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--port", type=port, default=7000, help="TCP port, 0 for any free one (default: 7000)"
     )
+    auth = parser.add_argument_group(
+        "who may register",
+        description="By default anyone who reaches the server may register and deregister. "
+        "With --token-file and/or --allow-identity, register/keep_alive/deregister need the "
+        "token (serve --registry-token-file) or a client certificate (--tls-ca: mutual TLS) "
+        "whose common name or a SAN is allowed; others get UNAUTHENTICATED (no or a wrong "
+        "token) or PERMISSION_DENIED (a certificate not allowed). Lookups stay open unless "
+        "--protect-lookups.",
+    )
+    auth.add_argument("--token-file", metavar="FILE", help="a file holding the shared token")
+    auth.add_argument(
+        "--allow-identity",
+        action="append",
+        metavar="NAME",
+        help="a client-certificate name (CN or SAN) that may register (repeatable; needs --tls-ca)",
+    )
+    auth.add_argument(
+        "--protect-lookups",
+        action="store_true",
+        help="resolve and watch need the same credentials",
+    )
     add_logging_arguments(parser)
     add_tls_arguments(parser)
     parser.add_argument(
@@ -54,6 +79,12 @@ def run_registry(args: argparse.Namespace) -> int:
 
     async def main(stopper: Stopper) -> int:
         ssl_context = server_tls(args)
+        token = None if not args.token_file else read_token_file(args.token_file, "--token-file")
+        identities = args.allow_identity or ()
+        if identities and not args.tls_ca:
+            raise usage_error("--allow-identity needs --tls-ca (client certificates)")
+        if args.protect_lookups and token is None and not identities:
+            raise usage_error("--protect-lookups needs --token-file or --allow-identity")
         configure_command_logging(args.log_file, args.log_level)
         async with AsyncExitStack() as stack:
             try:
@@ -63,6 +94,9 @@ def run_registry(args: argparse.Namespace) -> int:
                         port=args.port,
                         grace_period=args.grace,
                         ssl_context=ssl_context,
+                        token=token,
+                        allow_identities=identities,
+                        protect_lookups=args.protect_lookups,
                     )
                 )
             except* OSError as group:

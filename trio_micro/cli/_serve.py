@@ -70,7 +70,14 @@ from ._common import (
 from ._gateway import add_http_port_argument, enter_http_gateway  # issue #19
 from ._limits import LimitOptions, add_limit_arguments, limit_options
 from ._service_spec import enter_service, resolve_service
-from ._tls import ClientTls, add_tls_arguments, client_tls, open_registry, server_tls
+from ._tls import (
+    ClientTls,
+    add_tls_arguments,
+    client_tls,
+    open_registry,
+    read_token_file,
+    server_tls,
+)
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -214,6 +221,12 @@ def add_serve_parser(subparsers: Any) -> None:
         "registry), or etcd://HOST:PORT",
     )
     parser.add_argument(
+        "--registry-token-file",
+        metavar="FILE",
+        help="a file holding the shared token of the --registry server (trio-micro registry "
+        "--token-file)",
+    )
+    parser.add_argument(
         "--advertise",
         metavar="HOST:PORT",
         help="the address clients use, registered and printed (default: the bound address)",
@@ -285,6 +298,7 @@ class _ServeConfig:
     # TLS: the server's context (None: plain TCP), and how to reach --registry.
     server_tls: ssl.SSLContext | None = None
     client_tls: ClientTls = field(default_factory=ClientTls)
+    registry_token: str | None = None  # never logged
     max_inflight: int | None = None
     rate_limit: tuple[float, int] | None = None
     rate_limit_key: str = "peer"
@@ -312,6 +326,11 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
             "--http-port with --workers: each worker would bind the HTTP port; run the "
             "gateway as a process of its own in front of them (trio-micro gateway TARGET)"
         )
+    registry_token = None
+    if args.registry_token_file and registry is not None:  # the env default may be set
+        if registry[0] == "etcd":
+            raise usage_error("--registry-token-file is for registry:// targets, not etcd")
+        registry_token = read_token_file(args.registry_token_file, "--registry-token-file")
     target = resolve_service(args.service)
     return _ServeConfig(
         spec=args.service,
@@ -331,6 +350,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         http_port=args.http_port,
         server_tls=server_tls(args),
         client_tls=client_tls(args),
+        registry_token=registry_token,
         max_inflight=args.max_inflight,
         rate_limit=args.rate_limit,
         rate_limit_key=args.rate_limit_key,
@@ -439,7 +459,7 @@ async def _serve(
             where = f"{scheme}://{authority}"
             try:
                 registry = await stack.enter_async_context(
-                    open_registry(scheme, authority, config.client_tls)
+                    open_registry(scheme, authority, config.client_tls, config.registry_token)
                 )
                 # Deregisters before the client closes, also when a registration fails.
                 stack.push_async_callback(registrations.aclose)

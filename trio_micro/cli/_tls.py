@@ -16,6 +16,12 @@ A client uses TLS when any of them is given, and uses it for the registry or etc
 ``registry://`` / ``etcd://`` target too (``https://`` for etcd); ``serve`` uses the same
 files to talk to its ``--registry``. A file that cannot be used is a usage error (exit 2)
 naming the flag and the file, on one line.
+
+The registry token (issue #15) is a file of the same kind: ``registry --token-file`` and
+``serve --registry-token-file`` (both default to ``$TRIO_MICRO_REGISTRY_TOKEN_FILE``) name
+a file holding the shared token, read by :func:`read_token_file`; one that is missing,
+unreadable, empty or not one printable word is a usage error (exit 2) too, and the token
+never appears in a message.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any, Final, final
 from trio_micro import rpc
 from trio_micro.registry import (
     Registry,
+    check_token,
     open_etcd_registry,
     open_registry_client,
 )
@@ -37,6 +44,9 @@ from trio_micro.registry import (
 from ._common import usage_error
 
 __all__: list[str] = []  # internal to the cli package
+
+# A token file larger than this is not a token file (it is read whole).
+MAX_TOKEN_FILE_SIZE: Final = 4096
 
 _TLS_HELP: Final = """\
 TLS: --tls-cert/--tls-key are this side's certificate and key; --tls-ca is the CA of the
@@ -125,15 +135,41 @@ def _load(args: argparse.Namespace, build: Callable[[], ssl.SSLContext]) -> ssl.
         raise usage_error(f"{flags.get(exc.path, '--tls-cert')}: {exc}") from None
 
 
+def read_token_file(path: str, flag: str) -> str:
+    """The token in file ``path`` (surrounding whitespace stripped); not a checkpoint.
+
+    Raises:
+        CommandError: The file is missing, unreadable, larger than 4 KiB, empty, or its
+            content is not one printable word (exit 2); the message names ``flag`` and
+            the file, never the content.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TOKEN_FILE_SIZE + 1)
+    except OSError as exc:
+        raise usage_error(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TOKEN_FILE_SIZE:
+        raise usage_error(f"{flag}: {path!r} is larger than {MAX_TOKEN_FILE_SIZE} bytes")
+    try:
+        token = data.decode().strip()
+        check_token(token)
+    except (UnicodeDecodeError, ValueError):
+        what = "is empty" if not data.strip() else "does not hold one printable word"
+        raise usage_error(f"{flag}: {path!r} {what}") from None
+    return token
+
+
 def open_registry(
-    scheme: str, authority: str, tls: ClientTls
+    scheme: str, authority: str, tls: ClientTls, token: str | None = None
 ) -> AbstractAsyncContextManager[Registry]:
-    """Open the registry at ``scheme://authority`` (``registry`` or ``etcd``) with ``tls``."""
+    """Open the registry at ``scheme://authority`` (``registry`` or ``etcd``) with ``tls``,
+    presenting ``token`` to a registry server (etcd, which has its own authentication,
+    ignores it)."""
     if scheme == "etcd":
         if tls.context is None:
             return open_etcd_registry(f"http://{authority}")
         return open_etcd_registry(f"https://{authority}", ssl_context=tls.context)
-    return open_registry_client(authority, **tls.channel_options)
+    return open_registry_client(authority, token=token, **tls.channel_options)
 
 
 @asynccontextmanager

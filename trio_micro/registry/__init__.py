@@ -9,7 +9,8 @@
   :class:`RegistryService`): a registry as a service on trio_micro's RPC, the default for
   one machine; :func:`open_registry_client` (:class:`RegistryClient`) talks to it.
 * :class:`Endpoint`, :class:`Registration`, :func:`parse_address`, :func:`check_service`
-  (the rule every backend applies to service names), :data:`MAX_TTL` (the longest TTL any
+  (the rule every backend applies to service names), :func:`check_token` (what a registry
+  server's shared token may be), :data:`MAX_TTL` (the longest TTL any
   backend accepts), and the :class:`RegistryError` tree.
 
 Every backend is also an :class:`rpc.Resolver <trio_micro.rpc.Resolver>`, so
@@ -30,7 +31,13 @@ from . import _schemes  # noqa: F401  (registers the etcd:// and registry:// sch
 from ._client import RegistryClient, open_registry_client
 from ._etcd import EtcdRegistry, open_etcd_registry
 from ._memory import MemoryRegistry
-from ._server import RegistryServer, RegistryService, open_registry_server, serve_registry
+from ._server import (
+    RegistryServer,
+    RegistryService,
+    check_token,
+    open_registry_server,
+    serve_registry,
+)
 from ._types import (
     MAX_TTL,
     DuplicateRegistrationError,
@@ -59,6 +66,7 @@ __all__ = [
     "RegistryService",
     "RegistryUnavailableError",
     "check_service",
+    "check_token",
     "open_etcd_registry",
     "open_registry_client",
     "open_registry_server",

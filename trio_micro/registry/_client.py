@@ -28,6 +28,7 @@ from ._server import (
     RegisterRequest,
     RegistryService,
     ServiceRequest,
+    token_metadata,
 )
 from ._types import (
     Endpoint,
@@ -276,7 +277,7 @@ class RegistryClient:
 
 @asynccontextmanager
 async def open_registry_client(
-    target: str, **channel_options: Any
+    target: str, *, token: str | None = None, **channel_options: Any
 ) -> AsyncIterator[RegistryClient]:
     """Connect to a registry server for the body of ``async with``.
 
@@ -290,11 +291,16 @@ async def open_registry_client(
 
     Args:
         target: The server's ``"host:port"``.
+        token: The registry's shared token, sent with every call (see
+            :func:`open_registry_server`); ``None``: none. A server that wants one and
+            gets none or a wrong one refuses ``register`` with ``UNAUTHENTICATED``
+            (:class:`RegistryBackendError`).
         channel_options: Passed to :func:`rpc.open_channel` (``ssl_context``, ...).
 
     Raises:
-        TypeError / ValueError: A bad target or option.
+        TypeError / ValueError: A bad target, token (not shown) or option.
         BaseException: What the body raised, unwrapped, as from :func:`rpc.open_channel`.
     """
+    metadata = token_metadata(token)
     async with rpc.open_channel(target, **channel_options) as channel:
-        yield RegistryClient(target, channel.stub(RegistryService))
+        yield RegistryClient(target, channel.stub(RegistryService, metadata=metadata))

@@ -31,6 +31,19 @@ costs O(log n) per expired lease instead of a sweep of all n leases. Watchers pa
 per-service :class:`trio.Event` with a deadline at the service's earliest expiry, so there
 is no background task and expiry is exact under ``MockClock``.
 
+Who may register (design §8, issue #15): by default anyone who can reach the server --
+bind it to loopback or a private network, or use mutual TLS. With ``token=`` and/or
+``allow_identities=`` it serves only authorised writers: ``register``, ``keep_alive`` and
+``deregister`` need the shared token in the call's ``authorization`` metadata (``Bearer
+TOKEN``, compared with :func:`hmac.compare_digest`) *or* a verified client certificate
+(mutual TLS) whose common name or one of whose SANs is in ``allow_identities``. A call with
+neither credential, or a wrong token, gets ``UNAUTHENTICATED`` (gRPC: the request lacks
+valid credentials); a verified certificate whose identity is not allowed, and no valid
+token, gets ``PERMISSION_DENIED`` (gRPC: the caller is known but not permitted). The check
+runs before anything else, so an unauthorised ``register(address=victim)`` evicts nobody.
+``resolve`` and ``watch`` stay open unless ``protect_lookups=True``. The token is never
+logged, nor put in an error message.
+
 Wire API (service ``trio_micro.registry``): ``register`` (not idempotent), ``keep_alive``,
 ``deregister``, ``resolve`` (idempotent, so clients retry them) and ``watch``, a
 server-stream of endpoint sets: the current one, then one per change.
@@ -43,9 +56,10 @@ Log events (``registry.server.*``, distinct from the client's ``registry.endpoin
 from __future__ import annotations
 
 import heapq
+import hmac
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -76,6 +90,34 @@ SERVICE_NAME: Final = "trio_micro.registry"
 #: The most leases one server holds; a ``register`` beyond it gets ``RESOURCE_EXHAUSTED``,
 #: so the server's state is bounded whatever its clients do.
 MAX_LEASES: Final = 100_000
+
+#: The metadata key that carries the registry token, as ``Bearer TOKEN``.
+AUTHORIZATION: Final = "authorization"
+_BEARER: Final = "Bearer "
+
+
+def check_token(token: str | None) -> bytes | None:
+    """The registry token as bytes (``None``: no token); a bad one raises, without showing it.
+
+    Raises:
+        TypeError: Not a str.
+        ValueError: Empty, or with whitespace or control characters (it travels in
+            metadata as ``Bearer TOKEN``; a token file's trailing newline is the caller's
+            to strip).
+    """
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str or None, got a {type(token).__name__}")
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("token must be non-empty, printable and without whitespace")
+    return token.encode()
+
+
+def token_metadata(token: str | None) -> dict[str, str]:
+    """The call metadata that presents ``token`` to a registry server (``{}`` for none)."""
+    check_token(token)
+    return {} if token is None else {AUTHORIZATION: _BEARER + token}
 
 
 class RegisterRequest(msgspec.Struct):
@@ -140,9 +182,32 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
     """The registry's RPC service; serve it with :func:`open_registry_server`.
 
     One instance holds one registry's state; it may be served by one server at a time.
+
+    Args:
+        token: The shared token writers must present (see the module docs); ``None``: none.
+        allow_identities: Client-certificate names (common name or SAN value) that may
+            write without the token (mutual TLS).
+        protect_lookups: ``resolve`` and ``watch`` need the same credentials too.
+
+    Raises:
+        TypeError / ValueError: A bad token (the message does not show it) or identity.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        allow_identities: Iterable[str] = (),
+        protect_lookups: bool = False,
+    ) -> None:
+        self._token = check_token(token)
+        identities = frozenset(allow_identities)
+        for name in identities:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"allow_identities must hold non-empty strs, got {name!r}")
+        self._identities = identities
+        self._guarded = self._token is not None or bool(identities)
+        self._protect_lookups = bool(protect_lookups) and self._guarded
         self._leases: dict[int, _Lease] = {}
         self._entries: dict[str, dict[str, int]] = {}
         self._changed: dict[str, trio.Event] = {}
@@ -164,6 +229,39 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         for event in self._changed.values():
             event.set()
         self._changed.clear()
+
+    # ------------------------------------------------------------------ credentials
+
+    def _authorise(self) -> None:
+        """Raise ``UNAUTHENTICATED`` / ``PERMISSION_DENIED`` unless the current call
+        carries the token or an allowed client certificate; nothing when unguarded."""
+        if not self._guarded:
+            return
+        call = rpc.current_call()
+        presented = call.metadata.get(AUTHORIZATION, "")
+        # Both sides as bytes: compare_digest takes only ASCII strs.
+        if (
+            self._token is not None
+            and presented.startswith(_BEARER)
+            and hmac.compare_digest(presented[len(_BEARER) :].encode(), self._token)
+        ):
+            return
+        identity = call.peer_identity
+        if identity is not None and self._identities:
+            names = {identity.common_name, *(value for _, value in identity.sans)}
+            if not self._identities.isdisjoint(names):
+                return
+            if not presented:
+                raise rpc.RpcError(
+                    rpc.Status.PERMISSION_DENIED,
+                    f"client certificate {str(identity)!r} may not write to this registry",
+                )
+        if presented:
+            raise rpc.RpcError(rpc.Status.UNAUTHENTICATED, "wrong registry token")
+        raise rpc.RpcError(
+            rpc.Status.UNAUTHENTICATED,
+            "this registry needs a token (authorization metadata) or an allowed client certificate",
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -216,6 +314,7 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
 
     @rpc.unary
     async def register(self, req: RegisterRequest) -> LeaseGrant:
+        self._authorise()
         try:
             service = check_service(req.service)
             endpoint = Endpoint(req.address, req.metadata)
@@ -257,6 +356,7 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
 
     @rpc.unary(idempotent=True)
     async def keep_alive(self, req: LeaseRequest) -> KeepAliveResponse:
+        self._authorise()
         self._expire()
         lease = self._leases.get(req.lease_id)
         if lease is None:
@@ -267,6 +367,7 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
 
     @rpc.unary(idempotent=True)
     async def deregister(self, req: LeaseRequest) -> Empty:
+        self._authorise()
         self._expire()
         lease = self._leases.get(req.lease_id)
         if lease is not None:
@@ -276,6 +377,8 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
 
     @rpc.unary(idempotent=True)
     async def resolve(self, req: ServiceRequest) -> EndpointSet:
+        if self._protect_lookups:
+            self._authorise()
         try:
             service = check_service(req.service)
         except (TypeError, ValueError) as exc:
@@ -284,6 +387,8 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
 
     @rpc.server_stream
     async def watch(self, req: ServiceRequest) -> AsyncIterator[EndpointSet]:
+        if self._protect_lookups:
+            self._authorise()
         try:
             service = check_service(req.service)
         except (TypeError, ValueError) as exc:
@@ -331,7 +436,13 @@ class RegistryServer:
 
 @asynccontextmanager
 async def open_registry_server(
-    *, host: str | None = "127.0.0.1", port: int = 0, **server_options: Any
+    *,
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    allow_identities: Iterable[str] = (),
+    protect_lookups: bool = False,
+    **server_options: Any,
 ) -> AsyncIterator[RegistryServer]:
     """Run a registry server for the body of ``async with``.
 
@@ -344,13 +455,18 @@ async def open_registry_server(
     Args:
         host: What to bind (default loopback: the registry trusts its clients).
         port: The TCP port; 0 picks a free one (see :attr:`RegistryServer.address`).
+        token / allow_identities / protect_lookups: Who may write (and read), as for
+            :class:`RegistryService`; by default anyone.
         server_options: Passed to :func:`rpc.open_server` (``ssl_context``, limits, ...).
 
     Raises:
+        TypeError / ValueError: A bad token or identity (before anything binds).
         OSError: Binding failed.
         BaseException: What the body raised, unwrapped, as from :func:`rpc.open_server`.
     """
-    service = RegistryService()
+    service = RegistryService(
+        token=token, allow_identities=allow_identities, protect_lookups=protect_lookups
+    )
     async with rpc.open_server([service], host=host, port=port, **server_options) as server:
         registry_server = RegistryServer(service, server)
         log.info("registry.server.started", address=registry_server.target)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._address import Endpoint
     from ._admission import RateLimitInterceptor, RateLimitStatistics
     from ._balancing import (
+        EJECTION_ERROR_CODES,
         Balancer,
         LatencyTracker,
         OutlierEjection,
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ._tls import PeerIdentity, TlsFileError, client_ssl_context, server_ssl_context
 
 __all__ = [
+    "EJECTION_ERROR_CODES",
     "AccessLogInterceptor",
     "Balancer",
     "Channel",
@@ -159,6 +161,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._address": ("Endpoint",),
     "._admission": ("RateLimitInterceptor", "RateLimitStatistics"),
     "._balancing": (
+        "EJECTION_ERROR_CODES",
         "Balancer",
         "LatencyTracker",
         "OutlierEjection",

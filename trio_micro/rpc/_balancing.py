@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from typing import Final, Protocol, final, runtime_checkable
 
 from trio_micro._validate import check_int, check_number, check_seconds
+from trio_micro.protocol import Status
 
 from ._transport import Endpoint
 
 __all__ = [
+    "EJECTION_ERROR_CODES",
     "Balancer",
     "LatencyTracker",
     "OutlierEjection",
@@ -129,6 +131,28 @@ class PowerOfTwoChoices:
         return first
 
 
+#: The answered status codes :class:`OutlierEjection`'s success-rate check counts as
+#: errors: every code but ``OK``, ``CANCELLED`` (the caller's doing), ``RESOURCE_EXHAUSTED``
+#: (overload is admission control's and the retry budget's to handle: ejecting a loaded
+#: replica loads the others more) and ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` (failures,
+#: which count anyway). ``NOT_FOUND`` and ``INVALID_ARGUMENT`` are in: a correct answer for a
+#: missing key or a bad request comes from every replica alike, so only an endpoint that
+#: gives it far more often than its peers, for the same traffic, stands out.
+EJECTION_ERROR_CODES: Final = frozenset(Status) - {
+    Status.OK,
+    Status.CANCELLED,
+    Status.RESOURCE_EXHAUSTED,
+    Status.UNAVAILABLE,
+    Status.DEADLINE_EXCEEDED,
+}
+
+# The success-rate check's significance: an endpoint is an outlier only if its successes
+# fall this many standard deviations below what its peers' rate predicts for its calls
+# (one-sided normal tail 0.13%: about one false alarm per 740 endpoint-windows of traffic
+# that is in fact alike -- and then also only if below ``success_rate_ratio``).
+_Z: Final = 3.0
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class OutlierEjection:
@@ -140,6 +164,21 @@ class OutlierEjection:
     successful calls (and at least ``slow_call_min``). Idempotent calls that may be retried
     are also cut at that threshold and retried on another endpoint, so a replica that
     stops answering costs its callers a threshold's wait, not their deadline.
+
+    Success rate (an endpoint that answers, but wrongly): the channel counts each
+    endpoint's unary calls and errors (failures as above, and answers with a code in
+    ``error_codes``); a window ends when one endpoint has counted ``2 x
+    success_rate_request_volume`` calls. An endpoint with at least
+    ``success_rate_request_volume`` calls in the window, among at least
+    ``success_rate_minimum_hosts`` such endpoints, is ejected when its success rate is
+    below ``success_rate_ratio`` x that of the others together *and* significantly so (3
+    standard deviations below what their rate predicts for its number of calls). So an
+    empty replica answering ``NOT_FOUND`` for ids its peers find is ejected after about
+    ``2 x success_rate_request_volume`` calls, while a workload whose ``NOT_FOUND`` s are
+    real (a missing key is missing everywhere) ejects nobody; with two endpoints nobody
+    can say which one is wrong, hence at least three. Windows are counted in calls, not
+    seconds (Envoy sweeps every 10 s): detection time scales with traffic, and no clock is
+    read per call. ``max_ejected_fraction`` and the ejection times apply as for failures.
 
     Args:
         consecutive_failures: Failures in a row (no fast success in between) that eject
@@ -153,6 +192,14 @@ class OutlierEjection:
             counts as a failure (``math.inf``: slowness never does, and nothing is cut).
         slow_call_min: The slow-call threshold is never below this (seconds), so that
             jitter on a method that takes microseconds is not called slow.
+        success_rate_ratio: An endpoint whose success rate is below this fraction of its
+            peers' is an outlier (0: the success-rate check is off).
+        success_rate_minimum_hosts: Endpoints with enough calls needed for the check
+            (Envoy's name; at least 2).
+        success_rate_request_volume: Calls an endpoint needs in a window to be judged.
+        error_codes: The answered codes that count as errors (a set of
+            :class:`~trio_micro.rpc.Status`, without ``OK``); see
+            :data:`EJECTION_ERROR_CODES`.
 
     Raises:
         TypeError / ValueError: A bad value.
@@ -164,6 +211,10 @@ class OutlierEjection:
     max_ejected_fraction: float = 0.5
     slow_call_factor: float = 10.0
     slow_call_min: float = 0.1
+    success_rate_ratio: float = 0.5
+    success_rate_minimum_hosts: int = 3
+    success_rate_request_volume: int = 50
+    error_codes: frozenset[Status] = EJECTION_ERROR_CODES
 
     def __post_init__(self) -> None:
         check_int("consecutive_failures", self.consecutive_failures, minimum=1)
@@ -177,6 +228,16 @@ class OutlierEjection:
         if check_number("slow_call_factor", self.slow_call_factor, finite=False) < 1:
             raise ValueError(f"slow_call_factor must be >= 1, got {self.slow_call_factor!r}")
         check_seconds("slow_call_min", self.slow_call_min, finite=True)
+        ratio = check_number("success_rate_ratio", self.success_rate_ratio, zero=True)
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"success_rate_ratio must be in [0, 1], got {ratio!r}")
+        check_int("success_rate_minimum_hosts", self.success_rate_minimum_hosts, minimum=2)
+        check_int("success_rate_request_volume", self.success_rate_request_volume, minimum=1)
+        codes = self.error_codes
+        if not isinstance(codes, frozenset) or not all(isinstance(c, Status) for c in codes):
+            raise TypeError(f"error_codes must be a frozenset of rpc.Status, got {codes!r}")
+        if Status.OK in codes:
+            raise ValueError("error_codes must not hold Status.OK")
 
     def ejection_time(self, times_ejected: int) -> float:
         """Seconds the ``times_ejected``-th ejection (1 for the first) lasts."""
@@ -185,6 +246,39 @@ class OutlierEjection:
     def may_eject(self, ejected: int, endpoints: int) -> bool:
         """Whether one more endpoint may be ejected while ``ejected`` of ``endpoints`` are."""
         return ejected + 1 <= math.floor(endpoints * self.max_ejected_fraction)
+
+    @property
+    def success_rate_window(self) -> int:
+        """The calls of one endpoint that end a success-rate window (0: the check is off)."""
+        return 2 * self.success_rate_request_volume if self.success_rate_ratio else 0
+
+    def rate_outliers(self, counts: Sequence[tuple[int, int]]) -> list[int]:
+        """The indexes in ``counts`` of the success-rate outliers, lowest rate first.
+
+        Args:
+            counts: ``(calls, errors)`` of each endpoint over one window.
+
+        An endpoint is judged only with at least ``success_rate_request_volume`` calls,
+        and only when ``success_rate_minimum_hosts`` endpoints are; it is an outlier
+        when its successes are below ``success_rate_ratio`` x and 3 standard deviations
+        below what the others' pooled success rate predicts for its calls. Synchronous.
+        """
+        volume = self.success_rate_request_volume
+        judged = [i for i, (calls, _) in enumerate(counts) if calls >= volume]
+        if not self.success_rate_ratio or len(judged) < self.success_rate_minimum_hosts:
+            return []
+        total_calls = sum(counts[i][0] for i in judged)
+        total_successes = total_calls - sum(counts[i][1] for i in judged)
+        outliers: list[tuple[float, int]] = []
+        for i in judged:
+            calls, errors = counts[i]
+            successes = calls - errors
+            rate = (total_successes - successes) / (total_calls - calls)  # the others'
+            expected = calls * rate
+            spread = _Z * math.sqrt(calls * rate * (1 - rate))
+            if successes < self.success_rate_ratio * expected and successes < expected - spread:
+                outliers.append((successes / calls, i))
+        return [i for _, i in sorted(outliers)]
 
 
 # Successful calls a LatencyTracker remembers, how many it needs before it calls anything

@@ -21,7 +21,9 @@ Failure accrual (issue #15, gray failure): ``UNAVAILABLE`` and ``DEADLINE_EXCEED
 results, a call still unanswered when the caller's deadline passes, and a *slow* answer
 (slower than the method's :class:`~._balancing.LatencyTracker` threshold: by default 10 x
 the median of its last 64 successful calls, at least 100 ms) count towards the endpoint's
-outlier ejection; any other answer resets it. An idempotent call that may still be retried
+outlier ejection; any other answer resets it. Every unary outcome also feeds the
+endpoint's success rate (:meth:`~._endpoints.EndpointPool.answered`): an endpoint that
+answers errors its peers don't is ejected too. An idempotent call that may still be retried
 is cut at that threshold (when it lies before the deadline) and retried at once on another
 endpoint under the retry budget -- a replica that stopped answering costs a threshold's
 wait, not the deadline. A cut attempt is retried even when the budget is spent (it was
@@ -228,7 +230,9 @@ class Caller:
                         self._pool.failed(conn.endpoint)
                         raise
                     if exc.code is not Status.UNAVAILABLE:
-                        self._pool.succeeded(conn.endpoint)  # it answered: reachable
+                        # It answered (reachable), but the answer counts for its success
+                        # rate: an empty replica answers NOT_FOUND where its peers don't.
+                        self._pool.answered(conn.endpoint, exc.code)
                         raise
                     self._pool.failed(conn.endpoint)
                     if not idempotent or policy is None or attempt >= policy.max_attempts:

@@ -30,7 +30,10 @@ failures in a row -- connection failures, and what the caller (:mod:`._calls`) r
 (:meth:`EndpointPool.failed`, reset by :meth:`EndpointPool.succeeded`); at the limit its
 connections leave the ready list for the ejection time, restored by a short task that
 sleeps until then. When every non-ejected connection is gone the ejected ones are used
-rather than failing.
+rather than failing. Each endpoint also counts unary calls and errors (failures, and the
+``error_codes`` answers of :meth:`EndpointPool.answered`); once one has counted ``2 x
+success_rate_request_volume``, :meth:`~trio_micro.rpc.OutlierEjection.rate_outliers`
+names those far worse than their peers, they are ejected and every count starts again.
 
 Health (opt-in, ``open_channel(health_check=SERVICE)``): each connection also runs the
 server's health ``watch`` for SERVICE (gRPC's health-checking client); while the answer is
@@ -41,16 +44,22 @@ per call.
 
 Log events: ``rpc.channel.connect_failed``, ``rpc.channel.not_serving``,
 ``rpc.channel.serving``, ``rpc.channel.connected``,
-``rpc.channel.endpoint_ejected``, ``rpc.channel.endpoint_restored``,
+``rpc.channel.endpoint_ejected`` (its ``reason``: ``consecutive_failures`` or
+``success_rate``), ``rpc.channel.endpoint_restored``,
 ``rpc.channel.bad_address``, ``rpc.channel.resolver_failed``, ``rpc.channel.resolver_status``
 (the status changed state); a connection's own
 (``rpc.channel.connection_lost``, ``rpc.channel.protocol_error``,
 ``rpc.channel.keepalive_timeout``, ``rpc.channel.goaway``) are logged by :mod:`._client`.
+
+Length: a little over 600 lines because slots, ejection and the ready list share one
+state (an endpoint's connections move between them); the parts that stand alone already
+live elsewhere (:mod:`._ready`'s statuses, :mod:`._balancing`'s policies and arithmetic).
 """
 
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, replace
@@ -97,9 +106,11 @@ class EndpointState:
     """One endpoint: its slots, its metadata, and its outlier-ejection record."""
 
     __slots__ = (
+        "calls",
         "ejected_until",
         "ejections",
         "endpoint",
+        "errors",
         "failures",
         "metadata",
         "not_serving",
@@ -112,6 +123,8 @@ class EndpointState:
         self.metadata = dict(metadata)
         self.slots = [Slot(self) for _ in range(pool_size)]
         self.failures = 0  # connection failures or failed calls in a row
+        self.calls = 0  # unary calls answered or failed in this success-rate window
+        self.errors = 0  # of which errors (see OutlierEjection.error_codes)
         self.ejections = 0
         self.ejected_until: float | None = None
         self.removed = False
@@ -183,6 +196,10 @@ class EndpointPool:
         self._options = options
         self._balancer = balancer
         self._ejection = ejection
+        # Success rate: the error codes, and the calls that end a window (off: never).
+        window = 0 if ejection is None else ejection.success_rate_window
+        self._error_codes = frozenset() if ejection is None else ejection.error_codes
+        self._check_at = window or sys.maxsize
         self._service = service
         self._discovery_timeout = discovery_timeout
         self._wait_for_ready = wait_for_ready
@@ -211,15 +228,36 @@ class EndpointPool:
         return self._ejection
 
     def succeeded(self, endpoint: Endpoint) -> None:
-        """A call over ``endpoint`` got an answer: its failures in a row start again."""
+        """A call over ``endpoint`` succeeded: its failures in a row start again."""
         state = self.states.get(endpoint)
-        if state is not None and state.failures:
+        if state is not None:
+            if state.failures:
+                state.failures = 0
+            state.calls += 1
+            if state.calls >= self._check_at:
+                self._check_rates()
+
+    def answered(self, endpoint: Endpoint, code: Status) -> None:
+        """A call over ``endpoint`` got an error answer, not a failure: its failures in a
+        row start again; ``code`` counts against its success rate if in ``error_codes``."""
+        state = self.states.get(endpoint)
+        if state is not None:
             state.failures = 0
+            state.calls += 1
+            state.errors += code in self._error_codes
+            if state.calls >= self._check_at:
+                self._check_rates()
 
     def failed(self, endpoint: Endpoint) -> None:
         """A call over ``endpoint`` failed (``UNAVAILABLE``, deadline, too slow); see outlier
-        ejection."""
-        self._failure(self.states.get(endpoint))
+        ejection. It counts against the success rate too."""
+        state = self.states.get(endpoint)
+        if state is not None:
+            state.calls += 1
+            state.errors += 1
+            self._failure(state)
+            if state.calls >= self._check_at:
+                self._check_rates()
 
     # ------------------------------------------------------------------ endpoints
 
@@ -411,10 +449,31 @@ class EndpointPool:
         state.failures += 1
         if state.failures < policy.consecutive_failures or state.ejected_until is not None:
             return
+        # If max_ejected_fraction forbids it, it stays counted: ejected at its next
+        # failure once that is allowed.
+        self._eject(state, policy, "consecutive_failures")
+
+    def _check_rates(self) -> None:
+        """End a success-rate window: eject its outliers, start the counts again."""
+        policy = self._ejection
+        assert policy is not None
+        judged = [state for state in self.states.values() if state.ejected_until is None]
+        counts = [(state.calls, state.errors) for state in judged]
+        for state in self.states.values():
+            state.calls = state.errors = 0
+        for index in policy.rate_outliers(counts):
+            calls, errors = counts[index]
+            rate = round(1 - errors / calls, 3)
+            self._eject(judged[index], policy, "success_rate", calls=calls, success_rate=rate)
+
+    def _eject(
+        self, state: EndpointState, policy: OutlierEjection, reason: str, **why: float
+    ) -> None:
+        """Eject ``state`` unless ``max_ejected_fraction`` is reached already."""
         states = self.states.values()
         ejected = sum(1 for other in states if other.ejected_until is not None)
         if not policy.may_eject(ejected, len(states)):
-            return  # stays counted: ejected at its next failure once that is allowed
+            return
         state.failures = 0
         state.ejections += 1
         duration = policy.ejection_time(state.ejections)
@@ -430,6 +489,8 @@ class EndpointPool:
             service=self._service,
             duration=duration,
             times=state.ejections,
+            reason=reason,
+            **why,
         )
         assert self._nursery is not None
         self._nursery.start_soon(self._end_ejection, state, until)

@@ -1,0 +1,185 @@
+"""Who may write to a registry server (issue #15): a shared token, or an allowed client
+certificate; everyone else is refused before anything changes. Real loopback sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from structlog.testing import capture_logs
+
+from trio_micro import rpc
+from trio_micro.registry import (
+    Endpoint,
+    RegistryBackendError,
+    RegistryClient,
+    RegistryService,
+    check_token,
+    open_registry_client,
+    open_registry_server,
+)
+from trio_micro.registry._server import LeaseRequest, ServiceRequest
+
+from ..cli.test_tls import Pki
+
+TOKEN = "s3cret-token_0123456789"
+VICTIM = "10.0.0.1:50051"
+WAIT = 10.0
+
+
+@asynccontextmanager
+async def client(target: str, **options: Any) -> AsyncIterator[RegistryClient]:
+    # One attempt per call: refusals are not retried anyway, and a failure shows at once.
+    async with open_registry_client(target, **options) as reg:
+        yield reg
+
+
+async def refusal(reg: RegistryClient, address: str = VICTIM) -> RegistryBackendError:
+    with pytest.raises(RegistryBackendError) as caught, trio.fail_after(WAIT):
+        async with reg.register("users", address):
+            pass
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "server_token", [TOKEN, None], ids=["the right token", "a server without a token"]
+)
+async def test_a_replica_with_the_token_registers(server_token: str | None) -> None:
+    async with (
+        open_registry_server(token=server_token) as server,
+        client(server.target, token=TOKEN) as reg,
+    ):
+        with trio.fail_after(WAIT):
+            async with reg.register("users", VICTIM):
+                assert await reg.resolve("users") == [Endpoint(VICTIM)]
+
+
+async def test_a_wrong_token_is_unauthenticated() -> None:
+    async with (
+        open_registry_server(token=TOKEN) as server,
+        client(server.target, token="not-the-token") as reg,
+    ):
+        error = await refusal(reg)
+    assert error.code == int(rpc.Status.UNAUTHENTICATED)
+    assert "wrong registry token" in str(error)
+
+
+async def test_no_token_is_unauthenticated() -> None:
+    async with open_registry_server(token=TOKEN) as server, client(server.target) as reg:
+        error = await refusal(reg)
+    assert error.code == int(rpc.Status.UNAUTHENTICATED)
+    assert "needs a token" in str(error)
+
+
+async def test_a_hostile_register_without_the_token_evicts_nobody() -> None:
+    async with (
+        open_registry_server(token=TOKEN) as server,
+        client(server.target, token=TOKEN) as owner,
+        client(server.target) as hostile,
+    ):
+        with trio.fail_after(WAIT):
+            async with owner.register("users", VICTIM):
+                error = await refusal(hostile)
+                assert error.code == int(rpc.Status.UNAUTHENTICATED)
+                assert await hostile.resolve("users") == [Endpoint(VICTIM)]
+
+
+async def test_keep_alive_and_deregister_need_the_token_too() -> None:
+    async with (
+        open_registry_server(token=TOKEN) as server,
+        rpc.open_channel(server.target) as channel,
+    ):
+        stub = channel.stub(RegistryService)
+        with trio.fail_after(WAIT):
+            for call in (stub.keep_alive, stub.deregister):
+                with pytest.raises(rpc.RpcError) as caught:
+                    await call(LeaseRequest(1))
+                assert caught.value.code is rpc.Status.UNAUTHENTICATED
+
+
+async def test_lookups_stay_open_without_the_token() -> None:
+    async with open_registry_server(token=TOKEN) as server, client(server.target) as reg:
+        with trio.fail_after(WAIT):
+            assert await reg.resolve("users") == []
+
+
+async def test_protected_lookups_need_the_token() -> None:
+    async with (
+        open_registry_server(token=TOKEN, protect_lookups=True) as server,
+        rpc.open_channel(server.target) as channel,
+        client(server.target, token=TOKEN) as reg,
+    ):
+        stub = channel.stub(RegistryService)
+        with trio.fail_after(WAIT):
+            with pytest.raises(rpc.RpcError) as caught:
+                await stub.resolve(ServiceRequest("users"))
+            assert caught.value.code is rpc.Status.UNAUTHENTICATED
+            assert await reg.resolve("users") == []
+
+
+async def test_the_token_is_never_logged() -> None:
+    with capture_logs() as logs:
+        async with (
+            open_registry_server(token=TOKEN) as server,
+            client(server.target, token=TOKEN + "x") as reg,
+        ):
+            error = await refusal(reg)
+    assert TOKEN not in str(error)
+    assert logs
+    assert all(TOKEN not in repr(entry) for entry in logs)
+
+
+@pytest.mark.parametrize(
+    ("token", "exception"),
+    [
+        (b"secret", TypeError),
+        ("", ValueError),
+        ("two secret", ValueError),
+        ("secret\n", ValueError),
+    ],
+)
+def test_a_bad_token_is_refused_without_showing_it(
+    token: str | bytes, exception: type[Exception]
+) -> None:
+    with pytest.raises(exception) as caught:
+        check_token(token)  # type: ignore[arg-type]
+    assert "secret" not in str(caught.value)
+
+
+# --- mutual TLS: an allowed client certificate instead of the token -----------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def tls_options(pki: Pki) -> dict[str, Any]:
+    context = rpc.client_ssl_context(ca=pki.ca, certfile=pki.client_cert, keyfile=pki.client_key)
+    return {"ssl_context": context}
+
+
+async def test_an_allowed_client_certificate_registers_without_the_token(pki: Pki) -> None:
+    async with (
+        open_registry_server(
+            token=TOKEN, allow_identities=["client"], ssl_context=pki.server_context()
+        ) as server,
+        client(server.target, **tls_options(pki)) as reg,
+    ):
+        with trio.fail_after(WAIT):
+            async with reg.register("users", VICTIM):
+                assert await reg.resolve("users") == [Endpoint(VICTIM)]
+
+
+async def test_a_client_certificate_not_allowed_is_permission_denied(pki: Pki) -> None:
+    async with (
+        open_registry_server(allow_identities=["billing"], ssl_context=pki.server_context()) as srv,
+        client(srv.target, **tls_options(pki)) as reg,
+    ):
+        error = await refusal(reg)
+    assert error.code == int(rpc.Status.PERMISSION_DENIED)
+    assert "CN=client" in str(error)
