@@ -14,8 +14,13 @@ compress its answers too):
 * ``ListUsers``: the service's own server-stream, ``page_size=1000, limit=1000``: 1,000
   ITEMs of one ``User`` each (about 70 bytes: under the 1 KiB threshold, so sent as they
   are -- per-message compression can't help small messages);
+* ``ListUsers/t0``: the same stream from a channel and server with
+  ``compression_threshold=0``: every ITEM is compressed, and sent as it is when that did not
+  make it smaller (a lower threshold can't help one-record items);
 * ``page``: the same 1,000 users as ONE unary answer (a ``Page`` with a ``list[User]``,
-  ~70 KB), from a bench-local service reading the same database.
+  ~70 KB), from a bench-local service reading the same database;
+* ``pages``: the same 1,000 users as a server-stream of ``PAGE`` users per ITEM (a stream
+  of pages: each ITEM is over the threshold).
 
 Bytes on the wire come from one call per mode through a counting TCP proxy (both
 directions, frames and preface included); calls/s from ``--seconds`` of back-to-back calls
@@ -56,9 +61,10 @@ sys.path.insert(0, str(ROOT))
 from examples.user_service.database import UserDatabase  # noqa: E402
 from examples.user_service.service import ListUsersRequest, User, UserService  # noqa: E402
 from trio_micro import observe, rpc  # noqa: E402
-from trio_micro.protocol import SUPPORTED_COMPRESSION  # noqa: E402
+from trio_micro.protocol import DEFAULT_COMPRESSION_THRESHOLD, SUPPORTED_COMPRESSION  # noqa: E402
 
 USERS = 1000
+PAGE = 100  # users per ITEM of the `pages` stream: ~7 KB each
 
 
 class PageRequest(msgspec.Struct):
@@ -79,6 +85,15 @@ class Pages(rpc.Service, name="pages"):
     async def page(self, req: PageRequest) -> Page:
         rows = await self.db.list_users(after_id=0, limit=req.size)
         return Page([User(r.user_id, r.name, r.email, "database") for r in rows])
+
+    @rpc.server_stream
+    async def pages(self, req: PageRequest) -> AsyncIterator[Page]:
+        """The first ``USERS`` users, ``req.size`` per ITEM."""
+        rows = await self.db.list_users(after_id=0, limit=USERS)
+        for at in range(0, len(rows), req.size):
+            yield Page(
+                [User(r.user_id, r.name, r.email, "database") for r in rows[at : at + req.size]]
+            )
 
 
 class Counter:
@@ -117,20 +132,27 @@ async def counting_proxy(port: int) -> AsyncIterator[tuple[int, Counter]]:
 
 async def one_call(channel: rpc.Channel, shape: str) -> int:
     """Make one call of ``shape``; return the users it brought."""
-    if shape == "ListUsers":
+    if shape.startswith("ListUsers"):
         users = channel.stub(UserService)
         req = ListUsersRequest(page_size=USERS, limit=USERS)
         return len([u async for u in users.list_users(req)])
+    if shape == "pages":
+        return sum([len(p.users) async for p in channel.stub(Pages).pages(PageRequest(PAGE))])
     return len((await channel.stub(Pages).page(PageRequest(USERS))).users)
+
+
+def threshold(shape: str) -> int:
+    return 0 if shape.endswith("/t0") else DEFAULT_COMPRESSION_THRESHOLD
 
 
 async def measure(port: int, shape: str, compression: str, seconds: float) -> tuple[int, float]:
     """Bytes on the wire for one call, and calls/s over ``seconds``."""
+    options = {"compression": compression, "compression_threshold": threshold(shape)}
     async with counting_proxy(port) as (proxied, counter):
-        async with rpc.open_channel(f"127.0.0.1:{proxied}", compression=compression) as ch:
+        async with rpc.open_channel(f"127.0.0.1:{proxied}", **options) as ch:  # type: ignore[arg-type]
             assert await one_call(ch, shape) == USERS
         wire = counter.up + counter.down
-    async with rpc.open_channel(f"127.0.0.1:{port}", compression=compression) as ch:
+    async with rpc.open_channel(f"127.0.0.1:{port}", **options) as ch:  # type: ignore[arg-type]
         await one_call(ch, shape)  # connected and warm
         calls = 0
         start = time.perf_counter()
@@ -151,10 +173,13 @@ async def run_all(runs: int, seconds: float) -> dict[tuple[str, str], list[tuple
             UserService.open(db=db_path) as users,
             UserDatabase(db_path) as db,
             rpc.open_server([users, Pages(db)], host="127.0.0.1", port=0) as server,
+            rpc.open_server(
+                [users, Pages(db)], host="127.0.0.1", port=0, compression_threshold=0
+            ) as server_t0,
         ):
-            port = server.address[1]
             for run in range(runs):
-                for shape in ("ListUsers", "page"):
+                for shape in ("ListUsers", "ListUsers/t0", "page", "pages"):
+                    port = (server_t0 if shape.endswith("/t0") else server).address[1]
                     for compression in ("none", *reversed(SUPPORTED_COMPRESSION)):
                         wire, rate = await measure(port, shape, compression, seconds)
                         results.setdefault((shape, compression), []).append((wire, rate))

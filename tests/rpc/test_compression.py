@@ -158,6 +158,69 @@ async def test_the_servers_default_compresses_answers(server: rpc.Server) -> Non
         assert counter.up > len(TEXT) > 10 * counter.down
 
 
+THRESHOLD = 200  # bytes: our own, far from the default; under 256, one bin8 header
+
+
+def sized(size: int) -> Blob:
+    """A compressible Blob whose encoded payload is exactly ``size`` bytes."""
+    blob = Blob(b"a" * (size - len(msgspec.msgpack.encode(Blob(b"")))))
+    assert len(msgspec.msgpack.encode(blob)) == size
+    return blob
+
+
+async def test_a_channels_threshold_decides_which_requests_are_compressed(
+    server: rpc.Server,
+) -> None:
+    async with (
+        proxy(server) as (target, counter),
+        rpc.open_channel(target, compression="zlib", compression_threshold=THRESHOLD) as ch,
+    ):
+        stub = ch.stub(Blobs)
+        await stub.echo(Blob(b""))  # connected: the handshake's bytes are behind us
+        sent = []
+        for size in (THRESHOLD - 1, THRESHOLD):
+            before = counter.up
+            await stub.echo(sized(size))
+            sent.append(counter.up - before)
+    under, at = sent
+    assert under > THRESHOLD - 1  # as it is
+    assert at < under - THRESHOLD / 2  # one byte more, yet 192 times "a" squeezed
+
+
+async def test_a_servers_threshold_decides_which_answers_are_compressed() -> None:
+    async with (
+        rpc.open_server(
+            [Blobs()], host="127.0.0.1", port=0, compression="zlib", compression_threshold=THRESHOLD
+        ) as zs,
+        proxy(zs) as (target, counter),
+        rpc.open_channel(target) as ch,
+    ):
+        stub = ch.stub(Blobs)
+        await stub.echo(Blob(b""))
+        received = []
+        for size in (THRESHOLD - 1, THRESHOLD):
+            before = counter.down
+            assert await stub.echo(sized(size)) == sized(size)
+            received.append(counter.down - before)
+    under, at = received
+    assert under > THRESHOLD - 1
+    assert at < under - THRESHOLD / 2
+
+
+@pytest.mark.parametrize(
+    ("threshold", "error"), [(-1, ValueError), ("1024", TypeError), (True, TypeError)]
+)
+async def test_a_bad_compression_threshold_is_refused(
+    server: rpc.Server, threshold: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="compression_threshold"):
+        async with rpc.open_channel(address(server), compression_threshold=threshold):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+    with pytest.raises(error, match="compression_threshold"):
+        async with rpc.open_server([Blobs()], port=0, compression_threshold=threshold):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+
+
 async def test_an_unknown_compression_name_is_a_value_error(server: rpc.Server) -> None:
     with pytest.raises(ValueError, match="unknown compression 'brotli'"):
         async with rpc.open_channel(address(server), compression="brotli"):

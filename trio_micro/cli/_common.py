@@ -456,6 +456,7 @@ ENV_DEFAULTS: Final[dict[str, str]] = {
     "--tls-cert": "TRIO_MICRO_TLS_CERT",
     "--tls-key": "TRIO_MICRO_TLS_KEY",
     "--tls-server-name": "TRIO_MICRO_TLS_SERVER_NAME",
+    "--compress": "TRIO_MICRO_COMPRESS",
 }
 
 

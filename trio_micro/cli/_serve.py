@@ -59,6 +59,7 @@ from ._common import (
     EXIT_OK,
     CommandError,
     Stopper,
+    compression,
     epilog,
     key_value,
     port,
@@ -272,6 +273,14 @@ def add_serve_parser(subparsers: Any) -> None:
         "all accept on --port (SO_REUSEPORT; 0: one free port chosen for all), and each "
         "also listens on a port of its own, which it registers (default: 1, no supervisor)",
     )
+    parser.add_argument(
+        "--compress",
+        type=compression,
+        metavar="ENCODING",
+        help="compress answers of 1 KiB and more with this encoding when the call does not "
+        "choose one and the client accepts it: zlib, zstd (with the zstd extra) or none "
+        "(default: none; requests are always accepted compressed)",
+    )
     add_http_port_argument(parser)  # --http-port (issue #19)
     add_tls_arguments(parser)
     add_admission_arguments(parser)
@@ -303,6 +312,7 @@ class _ServeConfig:
     rate_limit: tuple[float, int] | None = None
     rate_limit_key: str = "peer"
     limits: LimitOptions = field(default_factory=LimitOptions)
+    compression: str | None = None  # --compress: the server's default for its answers
 
 
 def _check_args(args: argparse.Namespace) -> _ServeConfig:
@@ -355,6 +365,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         rate_limit=args.rate_limit,
         rate_limit_key=args.rate_limit_key,
         limits=limit_options(args),
+        compression=args.compress,
     )
 
 
@@ -397,6 +408,7 @@ async def _serve(
                         grace_period=config.grace,
                         ssl_context=config.server_tls,
                         max_inflight=config.max_inflight,
+                        compression=config.compression,
                         **config.limits,
                     )
                 )
@@ -415,6 +427,7 @@ async def _serve(
                         grace_period=config.grace,
                         ssl_context=config.server_tls,
                         max_inflight=config.max_inflight,
+                        compression=config.compression,
                         **config.limits,
                     )
                 )

@@ -27,6 +27,7 @@ from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_int, check_seconds
 from trio_micro.protocol import (
     COMPRESSION_HINT,
+    DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_FRAME_SIZE,
     SUPPORTED_COMPRESSION,
     Settings,
@@ -322,6 +323,7 @@ async def open_channel(
     health_check: str | None = None,
     wait_for_ready: bool = False,
     compression: str | None = None,
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
 ) -> AsyncIterator[Channel]:
     """Open a channel to a server, several replicas of one, or a service found in a registry.
 
@@ -397,8 +399,12 @@ async def open_channel(
             ``"zstd"`` with the ``zstd`` extra; ``"none"``), unless a stub or call says
             otherwise; ``None`` (the default): none from this side, and the server's own
             default for its answers. Used only with servers that accept it, and only for
-            payloads of at least ``protocol.DEFAULT_COMPRESSION_THRESHOLD`` bytes
-            (1 KiB). The channel always accepts every encoding it supports; docs/rpc.md §16.
+            payloads of at least ``compression_threshold`` bytes. The channel always
+            accepts every encoding it supports; docs/rpc.md §16.
+        compression_threshold: Requests and stream items shorter than this many bytes are
+            sent uncompressed, whatever the encoding (default 1 KiB,
+            ``protocol.DEFAULT_COMPRESSION_THRESHOLD``; 0: compress every payload that gets
+            smaller). The server's answers follow the server's own threshold.
 
     Raises:
         TypeError / ValueError: A bad argument, or an unknown target scheme.
@@ -450,6 +456,7 @@ async def open_channel(
         check_seconds("handshake_timeout", handshake_timeout, finite=True),
         check_seconds("keepalive_interval", keepalive_interval),
         check_seconds("keepalive_timeout", keepalive_timeout, finite=True),
+        check_int("compression_threshold", compression_threshold, minimum=0),
     )
     channel = Channel(
         endpoints,

@@ -527,6 +527,7 @@ async def connect(
     handshake_timeout: float,
     keepalive_interval: float,
     keepalive_timeout: float,
+    compression_threshold: int,
     on_unusable: Callable[[ClientConnection], None],
 ) -> ClientConnection:
     """Open a connection and complete the handshake (TLS, then HELLO both ways).
@@ -545,7 +546,9 @@ async def connect(
                     stream, ssl_context, server_hostname=server_hostname or endpoint.host
                 )
                 await stream.do_handshake()
-            proto = Connection(Role.CLIENT, settings=settings)
+            proto = Connection(
+                Role.CLIENT, settings=settings, compression_threshold=compression_threshold
+            )
             await stream.send_all(proto.initiate())
             events: list[Event] = []
             while not proto.handshake_complete:

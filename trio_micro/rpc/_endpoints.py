@@ -164,6 +164,7 @@ class ConnectOptions:
     handshake_timeout: float
     keepalive_interval: float
     keepalive_timeout: float
+    compression_threshold: int
 
 
 @final
@@ -390,6 +391,7 @@ class EndpointPool:
                         handshake_timeout=options.handshake_timeout,
                         keepalive_interval=options.keepalive_interval,
                         keepalive_timeout=options.keepalive_timeout,
+                        compression_threshold=options.compression_threshold,
                         on_unusable=self._unusable,
                     )
                 except RpcError as exc:

@@ -51,5 +51,6 @@ class ServerOptions(TypedDict, total=False):
     idle_timeout: float
     min_ping_interval: float
     compression: str | None
+    compression_threshold: int
     grace_period: float
     listeners: Sequence[trio.SocketListener] | None

@@ -55,6 +55,7 @@ import trio
 from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_int, check_optional_int, check_seconds
 from trio_micro.protocol import (
+    DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_FRAME_SIZE,
     SUPPORTED_COMPRESSION,
     Settings,
@@ -357,6 +358,7 @@ async def serve(
     idle_timeout: float = math.inf,
     min_ping_interval: float = 5.0,
     compression: str | None = None,
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
     grace_period: float = 10.0,
     listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -413,9 +415,13 @@ async def serve(
             that keeps doing it gets ``GOAWAY(ENHANCE_YOUR_CALM)``. Advertised in HELLO.
         compression: The encoding (``"zlib"``, ``"zstd"`` with the extra, or ``"none"``)
             that answers are compressed with when the call does not ask for one and the
-            client accepts it; payloads under 1 KiB
-            (``protocol.DEFAULT_COMPRESSION_THRESHOLD``) are sent as they are. The server
-            always accepts (decompresses) every encoding it supports; docs/rpc.md §16.
+            client accepts it; payloads under ``compression_threshold`` are sent as they
+            are. The server always accepts (decompresses) every encoding it supports;
+            docs/rpc.md §16.
+        compression_threshold: Answers shorter than this many bytes are sent uncompressed,
+            whatever the encoding (default 1 KiB,
+            ``protocol.DEFAULT_COMPRESSION_THRESHOLD``; 0: compress every answer that gets
+            smaller).
         grace_period: Seconds :meth:`Server.shutdown` lets running calls finish.
         listeners: Serve on these (e.g. from :func:`open_tcp_listeners`, several ports, or
             a port shared with ``reuse_port``) instead of binding ``host`` and ``port``,
@@ -454,6 +460,7 @@ async def serve(
         idle_timeout=idle_timeout,
         min_ping_interval=min_ping_interval,
         compression=compression,
+        compression_threshold=compression_threshold,
         grace_period=grace_period,
         listeners=listeners,
     )
@@ -498,6 +505,7 @@ def _prepare(
     idle_timeout: float,
     min_ping_interval: float,
     compression: str | None,
+    compression_threshold: int,
     grace_period: float,
     listeners: Sequence[trio.SocketListener] | None,
 ) -> _Prepared:
@@ -552,6 +560,7 @@ def _prepare(
         grace_period=check_seconds("grace_period", grace_period),
         max_inflight=max_inflight,
         compression=check_compression(compression),
+        compression_threshold=check_int("compression_threshold", compression_threshold, minimum=0),
     )
     by_name, methods = _build(services, reflection, check_bool("health", health))
     checked = None if listeners is None else _check_listeners(listeners, host, port)

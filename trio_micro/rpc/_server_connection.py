@@ -54,6 +54,7 @@ import structlog
 import trio
 
 from trio_micro.protocol import (
+    DEFAULT_COMPRESSION_THRESHOLD,
     CallType,
     Cancel,
     CompressionError,
@@ -159,6 +160,7 @@ class ServerConfig:
     max_stalled_streams: int = 32
     stall_timeout: float = 30.0
     compression: str | None = None
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD
 
 
 @final
@@ -179,7 +181,10 @@ class ServerConnection:
             else trio.SSLStream(stream, options.ssl_context, server_side=True)
         )
         self.proto = Connection(
-            Role.SERVER, settings=options.settings, compression=options.compression
+            Role.SERVER,
+            settings=options.settings,
+            compression=options.compression,
+            compression_threshold=options.compression_threshold,
         )
         self.writer = Writer(self.stream)
         self.admission: Admission = server._admission
