@@ -320,7 +320,7 @@ def test_print_json_shows_bytes_as_base64_and_extensions_as_objects(
 ) -> None:
     import msgspec
 
-    from trio_micro.cli._common import print_json
+    from trio_micro.cli._output import print_json
 
     print_json({"b": b"\x00\x01", "x": msgspec.msgpack.Ext(5, b"\xff"), "n": float("nan")})
     assert capsys.readouterr().out == ('{"b":"AAE=","x":{"ext_code":5,"data":"/w=="},"n":null}\n')

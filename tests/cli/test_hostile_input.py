@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_micro import registry
-from trio_micro.cli._common import print_table, safe_text
 from trio_micro.cli._main import main
+from trio_micro.cli._output import print_table, safe_text
 
 from ..analysis._records import line, record
 from .test_call import GET_USER, cli, free_port

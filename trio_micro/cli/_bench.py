@@ -34,18 +34,9 @@ from ._call import (
     run_rpc_command,
     status_exit,
 )
-from ._common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    epilog,
-    integer,
-    number,
-    print_json,
-    print_table,
-    safe_text,
-    seconds,
-)
+from ._common import EXIT_ERROR, EXIT_OK, epilog, integer, number, seconds
 from ._load import LoadResult, PeerCounter, progress, run_load
+from ._output import print_json, print_table, safe_text
 from ._tls import client_tls, open_target_channel
 
 __all__: list[str] = []  # internal to the cli package

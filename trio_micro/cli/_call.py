@@ -43,13 +43,11 @@ from ._common import (
     compression,
     epilog,
     key_value,
-    print_json,
-    print_table,
     run_trio,
-    safe_text,
     seconds,
     usage_error,
 )
+from ._output import print_json, print_table, safe_text
 from ._tls import add_tls_arguments, client_tls, open_target_channel
 
 __all__: list[str] = []  # internal to the cli package

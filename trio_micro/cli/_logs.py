@@ -27,16 +27,8 @@ from ..analysis import (
     SummaryBuilder,
     summarize_files,
 )
-from ._common import (
-    CommandError,
-    epilog,
-    integer,
-    print_json,
-    print_table,
-    run_command,
-    safe_text,
-    timestamp,
-)
+from ._common import CommandError, epilog, integer, run_command, timestamp
+from ._output import print_json, print_table, safe_text
 
 if TYPE_CHECKING:
     from ..analysis import Trace

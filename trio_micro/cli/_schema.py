@@ -23,7 +23,8 @@ from ._call import (
     run_rpc_command,
     status_exit,
 )
-from ._common import EXIT_OK, CommandError, print_json, seconds
+from ._common import EXIT_OK, CommandError, seconds
+from ._output import print_json
 
 __all__: list[str] = []
 
