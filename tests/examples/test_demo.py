@@ -296,10 +296,15 @@ async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
                 r"debug endpoint of the client: (http://\S+)/debug/tasks", seen.decode()
             )
             assert match, seen.decode()
+            # The task tree shows the load running, once the client has found orders too
+            # and imported its batch of users (seconds on a busy machine): polled.
             async with httpx.AsyncClient() as client:
-                page = await client.get(f"{match.group(1)}/debug/tasks")
-            assert page.status_code == 200
-            assert "run_load" in page.text  # the task tree shows the load running
+                while True:
+                    page = await client.get(f"{match.group(1)}/debug/tasks")
+                    assert page.status_code == 200
+                    if "run_load" in page.text:
+                        break
+                    await trio.sleep(0.1)
             process.send_signal(signal.SIGINT)
             async with process.stdout:
                 while await process.stdout.receive_some():
