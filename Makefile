@@ -25,8 +25,9 @@ $(STAMP): $(BIN)/python $(LOCK) pyproject.toml
 
 venv: $(STAMP)
 
+# `make demo TLS=1`: the same over mutual TLS (a throwaway CA, removed at exit).
 demo: $(STAMP)
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m examples.demo $(if $(filter-out 0,$(TLS)),--tls)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

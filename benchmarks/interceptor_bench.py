@@ -11,13 +11,21 @@ by peer) called the way the server's chain calls its outermost interceptor,
 and ``KeyedRateLimiter.acquire_nowait`` alone. No sockets: this is the CPU the interceptor
 adds to each admitted call, which ``rpc_bench.py``'s ``trio_micro_ratelimit`` contender
 measures end to end.
+
+For instruction counts, ``--count STEP N`` runs only one step N times (``empty``,
+``current_time``, ``perf_counter``, ``acquire``, ``intercept``); the difference of two
+runs under valgrind is the step's cost per call, whatever the load::
+
+    for n in 10000 110000; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python benchmarks/interceptor_bench.py --count acquire $n; done
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 import trio
@@ -71,5 +79,28 @@ async def _main() -> None:
     print(f"\ninterceptor cost per admitted call: {ns['chain'] - ns['direct']:,.0f} ns")
 
 
+async def _count(step: str, n: int) -> None:
+    limiter = rpc.RateLimitInterceptor(1e9, burst=1_000_000)
+    keyed = limiter._limiter
+    call = _Call()
+
+    def innermost() -> None:
+        return None
+
+    steps: dict[str, Callable[[], object]] = {
+        "empty": lambda: None,
+        "current_time": trio.current_time,
+        "perf_counter": time.perf_counter,
+        "acquire": lambda: keyed.acquire_nowait("127.0.0.1"),
+        "intercept": lambda: limiter.intercept(call, innermost),  # type: ignore[arg-type]
+    }
+    run = steps[step]
+    for _ in range(n):
+        run()
+
+
 if __name__ == "__main__":
-    trio.run(_main)
+    if sys.argv[1:2] == ["--count"]:
+        trio.run(_count, sys.argv[2], int(sys.argv[3]))
+    else:
+        trio.run(_main)

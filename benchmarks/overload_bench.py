@@ -150,6 +150,16 @@ def _cpus() -> tuple[int, int] | None:
     return (available[0], available[1]) if len(available) >= 2 else None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (NaN once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -204,15 +214,21 @@ def _measure(
     server_cpu, client_cpu = cpus if cpus else (None, None)
     with _server(db, server_cpu, max_inflight) as (pid, port):
         rss: list[int] = []
+        server_cpu_start = _cpu_seconds(pid)
         child = subprocess.Popen(
             _client_command(port, client_cpu, rate, args.seconds, args.deadline),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        started = time.monotonic()
+        client_cpu_seen = math.nan
         while child.poll() is None:
             rss.append(_rss(pid))
+            client_cpu_seen = _cpu_seconds(child.pid)
             time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        server_cpu_used = _cpu_seconds(pid) - server_cpu_start
         out, err = child.communicate()
         if child.returncode:
             raise RuntimeError(f"client failed: {err.decode()[-500:]}")
@@ -220,6 +236,10 @@ def _measure(
         result["rss_first_mib"] = rss[0] / 2**20 if rss else math.nan
         result["rss_last_mib"] = rss[-1] / 2**20 if rss else math.nan
         result["rss_max_mib"] = max(rss) / 2**20 if rss else math.nan
+        # Share of one core each process used over the client's life (its warm-up and
+        # start included): is either side saturated?
+        result["server_cpu"] = server_cpu_used / elapsed
+        result["client_cpu"] = client_cpu_seen / elapsed
         return result
 
 
@@ -244,11 +264,13 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
         + (f"server on core {cpus[0]}, client on core {cpus[1]}" if cpus else "not pinned")
         + f"; {USERS:,} users, cache_size={CACHE_SIZE}, threads={THREADS}, "
         f"deadline {args.deadline:g} s, {args.seconds:g} s per phase, "
-        f"max_inflight={args.max_inflight}; medians of {args.runs} run(s); "
+        f"max_inflight={','.join(map(str, args.max_inflight))}; medians of {args.runs} run(s); "
         f"load average before: {os.getloadavg()[0]:.1f}\n",
         flush=True,
     )
-    rows: dict[str, list[dict[str, Any]]] = {"unloaded": [], "without": [], "with": []}
+    limits = args.max_inflight
+    rows: dict[str, list[dict[str, Any]]] = {"unloaded": [], "without": []}
+    rows.update({f"with {n}": [] for n in limits})
     capacities: list[float] = []
     with tempfile.TemporaryDirectory(prefix="overload-") as scratch:
         db = Path(scratch) / "users.db"
@@ -257,10 +279,10 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
             with _server(db, cpus[0] if cpus else None, None) as (_, port):
                 capacity = _client(port, cpus[1] if cpus else None, 0, 3.0, 10.0)["capacity"]
             capacities.append(capacity)
-            phases = [
+            phases: list[tuple[str, int | None, float]] = [
                 ("unloaded", None, 0.1 * capacity),
                 ("without", None, 3 * capacity),
-                ("with", args.max_inflight, 3 * capacity),
+                *((f"with {n}", n, 3 * capacity) for n in limits),
             ]
             for name, limit, rate in phases:
                 result = _measure(db, cpus, limit, rate, args)
@@ -275,14 +297,15 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"Capacity (64 in flight, closed loop): {statistics.median(capacities):,.0f} calls/s\n")
     header = (
         "| phase | offered calls/s | sent calls/s | ok | refused | deadline exceeded | "
-        "ok p50 ms | ok p99 ms | refused p50 ms | refused p99 ms | RSS first / last / max MiB |"
+        "ok p50 ms | ok p99 ms | refused p50 ms | refused p99 ms | RSS first / last / max MiB | "
+        "server / client CPU |"
     )
     print(header)
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     labels = {
         "unloaded": "unloaded (0.1 C)",
         "without": "3 C, no max_inflight",
-        "with": f"3 C, max_inflight={args.max_inflight}",
+        **{f"with {n}": f"3 C, max_inflight={n}" for n in limits},
     }
     for name, label in labels.items():
         print(
@@ -291,26 +314,29 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"{med(name, 'deadline'):,.0f} | {med(name, 'ok_p50_ms'):.2f} | "
             f"{med(name, 'ok_p99_ms'):.2f} | {med(name, 'refused_p50_ms'):.3f} | "
             f"{med(name, 'refused_p99_ms'):.3f} | {med(name, 'rss_first_mib'):.1f} / "
-            f"{med(name, 'rss_last_mib'):.1f} / {med(name, 'rss_max_mib'):.1f} |"
+            f"{med(name, 'rss_last_mib'):.1f} / {med(name, 'rss_max_mib'):.1f} | "
+            f"{med(name, 'server_cpu'):.0%} / {med(name, 'client_cpu'):.0%} |"
         )
     unloaded_p99 = med("unloaded", "ok_p99_ms")
-    with_p99 = med("with", "ok_p99_ms")
-    ratio = with_p99 / unloaded_p99
-    refused_p99 = med("with", "refused_p99_ms")
-    growth = med("with", "rss_max_mib") - med("with", "rss_first_mib")
-    print("\n## Targets (issue #14)\n")
-    print(
-        f"- admitted p99 within 2x the unloaded p99: {'PASS' if ratio <= 2 else 'FAIL'}: "
-        f"{ratio:.2f}x ({with_p99:.2f} ms vs {unloaded_p99:.2f} ms)"
-    )
-    print(
-        f"- refused calls fail in under 1 ms (p99, client-side): "
-        f"{'PASS' if refused_p99 < 1 else 'FAIL'}: {refused_p99:.3f} ms"
-    )
-    print(
-        f"- server RSS flat under overload: {'PASS' if growth < 5 else 'FAIL'}: "
-        f"+{growth:.1f} MiB from the first sample to the largest"
-    )
+    for n in limits:
+        name = f"with {n}"
+        with_p99 = med(name, "ok_p99_ms")
+        ratio = with_p99 / unloaded_p99
+        refused_p99 = med(name, "refused_p99_ms")
+        growth = med(name, "rss_max_mib") - med(name, "rss_first_mib")
+        print(f"\n## Targets (issue #14), max_inflight={n}\n")
+        print(
+            f"- admitted p99 within 2x the unloaded p99: {'PASS' if ratio <= 2 else 'FAIL'}: "
+            f"{ratio:.2f}x ({with_p99:.2f} ms vs {unloaded_p99:.2f} ms)"
+        )
+        print(
+            f"- refused calls fail in under 1 ms (p99, client-side): "
+            f"{'PASS' if refused_p99 < 1 else 'FAIL'}: {refused_p99:.3f} ms"
+        )
+        print(
+            f"- server RSS flat under overload: {'PASS' if growth < 5 else 'FAIL'}: "
+            f"+{growth:.1f} MiB from the first sample to the largest"
+        )
     return 0
 
 
@@ -321,7 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="per overload phase")
     parser.add_argument("--deadline", type=float, default=1.0, help="per call, seconds")
-    parser.add_argument("--max-inflight", type=int, default=8)
+    parser.add_argument(
+        "--max-inflight",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[8],
+        help="the limit, or several (comma-separated: one overload phase each; default 8)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 run of 3 s phases")
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)

@@ -5,9 +5,17 @@ the cores; instruction counts barely move. This runs N unary calls (64 in flight
 and client in one process over loopback, a tiny msgspec request and response) under
 ``valgrind --tool=callgrind`` for two values of N and reports the difference per call, so
 start-up and imports cancel out. Each source tree is measured in turn, in the order given,
-``--rounds`` times (interleaved), without and with the access-log interceptor::
+``--rounds`` times (interleaved), in each mode: ``plain`` (no interceptor), ``log`` (the
+access-log interceptor), ``noop`` (one interceptor that only proceeds: the chain's own
+cost) and ``ratelimit`` (``rpc.RateLimitInterceptor`` keyed by peer, a rate never
+reached)::
 
     .venv/bin/python benchmarks/rpc_cost.py BEFORE_TREE AFTER_TREE [--rounds 2]
+    .venv/bin/python benchmarks/rpc_cost.py TREE --modes plain,noop,ratelimit --in-flight 1 \
+        --calls 200,1200
+
+(``--in-flight 1``: one call at a time, no batching of answers, so the count barely moves
+from run to run.)
 
 (a tree is a checkout of trio_micro, e.g. one made with ``git worktree add``). Needs
 valgrind; takes about a minute per tree, mode and round. The count still moves by a few
@@ -32,7 +40,7 @@ import sys, tempfile
 import msgspec, trio
 from trio_micro import observe, rpc
 
-mode, calls = sys.argv[1], int(sys.argv[2])
+mode, calls, in_flight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 
 class Request(msgspec.Struct):
@@ -42,6 +50,11 @@ class Request(msgspec.Struct):
 class User(msgspec.Struct):
     user_id: int
     name: str
+
+
+class Proceed:
+    def intercept(self, call, proceed):
+        return proceed()
 
 
 class Users(rpc.Service, name="users"):
@@ -62,7 +75,7 @@ async def main(interceptors):
                     await users.get_user(Request(1))
 
             async with trio.open_nursery() as nursery:
-                for _ in range(64):
+                for _ in range(in_flight):
                     nursery.start_soon(worker)
 
 
@@ -72,11 +85,16 @@ with tempfile.NamedTemporaryFile(suffix=".jsonl") as log:
         trio.run(main, [rpc.AccessLogInterceptor()])
     else:
         observe.configure_logging(format="json", file=log.name, level="warning")
-        trio.run(main, [])
+        interceptors = {
+            "plain": [],
+            "noop": [Proceed()],
+            "ratelimit": [rpc.RateLimitInterceptor(1e9, burst=1_000_000)],
+        }[mode]
+        trio.run(main, interceptors)
 """
 
 
-def instructions(tree: Path, mode: str, calls: int, child: Path) -> int:
+def instructions(tree: Path, mode: str, calls: int, in_flight: int, child: Path) -> int:
     """Instructions valgrind counted for one run of the child."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     result = subprocess.run(
@@ -88,6 +106,7 @@ def instructions(tree: Path, mode: str, calls: int, child: Path) -> int:
             str(child),
             mode,
             str(calls),
+            str(in_flight),
         ],
         env=env,
         capture_output=True,
@@ -104,24 +123,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="+", type=Path, help="trio_micro checkouts to compare")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument(
+        "--modes", default="plain,log", help="comma-separated: plain, log, noop, ratelimit"
+    )
+    parser.add_argument("--in-flight", type=int, default=64, help="calls at once (default 64)")
+    parser.add_argument(
+        "--calls", default=f"{SMALL},{LARGE}", help=f"the two run sizes (default {SMALL},{LARGE})"
+    )
     args = parser.parse_args()
+    small, large = (int(n) for n in args.calls.split(","))
+    modes = args.modes.split(",")
     per_call: dict[tuple[str, Path], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         child = Path(tmp) / "calls.py"
         child.write_text(CHILD)
         for _ in range(args.rounds):
-            for mode in ("plain", "log"):
+            for mode in modes:
                 for tree in args.trees:
-                    small = instructions(tree, mode, SMALL, child)
-                    large = instructions(tree, mode, LARGE, child)
-                    cost = (large - small) / (LARGE - SMALL)
+                    few = instructions(tree, mode, small, args.in_flight, child)
+                    many = instructions(tree, mode, large, args.in_flight, child)
+                    cost = (many - few) / (large - small)
                     per_call.setdefault((mode, tree), []).append(cost)
                     print(f"# {mode} {tree}: {cost:,.0f} instructions per call", flush=True)
-    print("\n| tree | access log | instructions per call (median) | runs |")
+    print(f"\n{args.in_flight} in flight\n")
+    print("| tree | mode | instructions per call (median) | runs |")
     print("|---|---|---|---|")
     for (mode, tree), costs in per_call.items():
-        log = "yes" if mode == "log" else "no"
-        print(f"| {tree} | {log} | {statistics.median(costs):,.0f} | {len(costs)} |")
+        print(f"| {tree} | {mode} | {statistics.median(costs):,.0f} | {len(costs)} |")
     return 0
 
 

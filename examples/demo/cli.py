@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -40,6 +42,7 @@ from .system_report import (
     service_tables,
     write_report,
 )
+from .tls import make_certificates
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -120,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-kill", action="store_true", help="do not kill a replica halfway through"
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS everywhere: a throwaway CA and certificates in a temporary folder "
+        "(removed at exit); every server requires a client certificate",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
@@ -177,11 +186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo with ``argv`` (default: ``sys.argv[1:]``); return the exit code (see
     the package docs)."""
     args = build_parser().parse_args(argv)
-    try:
-        config = _check_args(args)
-    except DemoError as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="trio-micro-demo-tls-") as certs:
+        try:
+            config = _check_args(args)
+            if args.tls:
+                config = dataclasses.replace(config, tls=make_certificates(Path(certs)))
+        except DemoError as exc:
+            print(f"demo: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return _main(config)
+
+
+def _main(config: Config) -> int:
     run = Run(config)
     run_dir = config.run_dir
     system = f", {config.orders} replicas of {ORDERS_SPEC}" if config.orders else ""
@@ -192,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{system}; {config.users:,} users, {config.calls:,} calls: {calls} "
         f"({config.concurrency} in flight)"
         + ("; one users replica is killed halfway" if config.kill else "")
+        + ("; mutual TLS everywhere (throwaway CA)" if config.tls else "")
     )
     say(f"run folder: {run_dir}")
     observe.configure_logging(format="json", file=run_dir / "client.jsonl")

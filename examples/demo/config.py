@@ -9,9 +9,12 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from examples.user_service.service import DB_QUERY
+
+if TYPE_CHECKING:
+    from .tls import DemoCertificates
 
 #: The service the replicas run, and how the client calls it.
 SERVICE_SPEC: Final = "examples.user_service:UserService"
@@ -103,6 +106,7 @@ class Config:
     orders: int = 0  # order-service replicas; 0: the users-only demo
     order_share: float = 0.0  # the share of the calls that are CreateOrder
     notifier: bool = False
+    tls: DemoCertificates | None = None  # --tls: every connection is mutual TLS
 
 
 def order_calls(n: int, share: float, *, seed: int = 0) -> list[bool]:

@@ -185,6 +185,7 @@ def build_summary(run: Run, logs: dict[str, ReplicaLog]) -> dict[str, Any]:
         "replica_count": config.replicas,
         "ttl_s": config.ttl,
         "kill": config.kill,
+        "tls": config.tls is not None,
         "calls": result.calls if result else 0,
         "ok": ok,
         "failed": result.failed if result else 0,

@@ -32,7 +32,7 @@ from .config import (
     zipf_user_ids,
 )
 from .processes import Child, child_env, kill_all_now, seed_database, start_child, stop_all
-from .system import say, start_orders_and_notifier
+from .system import say, start_orders_and_notifier, tls_flags
 
 
 @dataclass
@@ -117,7 +117,7 @@ async def _work(run: Run) -> None:
                 drains,
                 run.children,
                 "registry",
-                [*python, "registry", "--host", "127.0.0.1", "--port", "0"],
+                [*python, "registry", "--host", "127.0.0.1", "--port", "0", *tls_flags(config)],
                 REGISTRY_READY,
                 config,
                 env,
@@ -127,7 +127,7 @@ async def _work(run: Run) -> None:
         replica_argv = [*python, "serve", SERVICE_SPEC, "--host", "127.0.0.1", "--port", "0"]
         replica_argv += ["--registry", f"registry://{registry.address}"]
         replica_argv += ["--ttl", f"{config.ttl:g}", "-o", f"db={db}"]
-        replica_argv += ["--workers", str(config.workers)]
+        replica_argv += ["--workers", str(config.workers), *tls_flags(config)]
         async with trio.open_nursery() as nursery:
             for i in range(1, config.replicas + 1):
                 nursery.start_soon(
@@ -149,11 +149,11 @@ async def _work(run: Run) -> None:
         drains.cancel_scope.cancel()  # the children are stopped by the caller
 
 
-async def _import_batch(reg: Any) -> None:
+async def _import_batch(reg: Any, tls: dict[str, Any]) -> None:
     """Import ``IMPORTED_USERS`` new users through ImportUsers, a client stream (on a
     channel of its own, so the load's per-replica counts stay the load's)."""
     async with (
-        rpc.open_channel(SERVICE, registry=reg) as channel,
+        rpc.open_channel(SERVICE, registry=reg, **tls) as channel,
         channel.stub(UserService).import_users() as (send, receive),
     ):
         for i in range(IMPORTED_USERS):
@@ -179,19 +179,25 @@ async def _client(run: Run, registry: Child) -> None:
     assert registry.address is not None
     ids = zipf_user_ids(config.users, config.calls, seed=config.seed)
     is_order = order_calls(config.calls, config.order_share, seed=config.seed)
+    tls: dict[str, Any] = {}
+    if config.tls is not None:  # the demo's own certificate: demo-client
+        certs = config.tls
+        tls["ssl_context"] = rpc.client_ssl_context(
+            ca=str(certs.ca), certfile=str(certs.client_cert), keyfile=str(certs.client_key)
+        )
     async with (
         observe.open_task_monitor(leak_threshold=max(1000, 4 * config.concurrency)) as monitor,
         observe.open_memory_monitor(interval=1.0),
-        open_registry_client(registry.address) as reg,
-        rpc.open_channel(SERVICE, registry=reg, interceptors=[run.counter]) as channel,
-        rpc.open_channel(ORDERS, registry=reg, interceptors=[run.counter]) as orders,
+        open_registry_client(registry.address, **tls) as reg,
+        rpc.open_channel(SERVICE, registry=reg, interceptors=[run.counter], **tls) as channel,
+        rpc.open_channel(ORDERS, registry=reg, interceptors=[run.counter], **tls) as orders,
         trio.open_nursery() as nursery,
     ):
         await _start_debug_endpoint(run, nursery)
         await _wait_discovered(run, channel, SERVICE)
         if config.orders:
             await _wait_discovered(run, orders, ORDERS)
-        await _import_batch(reg)
+        await _import_batch(reg, tls)
         victim = run.replicas()[-1] if config.kill else None
         kill_at = max(1, config.calls // 2)
         sources = run.sources

@@ -7,14 +7,19 @@ order up to it is done) to ``--state`` and prints ``notifier stopped: ...``. A l
 with the same ``--state`` resumes after that cursor: what was still in flight is handed
 back, not lost.
 
+With ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mutual TLS) it reaches orders and
+the registry behind a ``registry://`` target over TLS (the demo's ``--tls``).
+
 Exit codes: 128 + the signal number after a stop by signal (as ``trio-micro serve``), 1
-when the state file can't be read or written, 2 on bad arguments.
+when the state file can't be read or written, 2 on bad arguments (a certificate file
+that can't be used among them).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +30,13 @@ import trio
 import trio_micro.registry  # noqa: F401 - registers the registry:// and etcd:// targets
 from examples.options import seconds, whole_number
 from examples.orders.service import OrderService
-from trio_micro import observe, rpc
+from examples.targets import open_target, tls_context
+from trio_micro import observe
 
 from .worker import LogDownstream, Notifier
 
 EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
 EXIT_SIGNAL_BASE: Final = 128
 READY: Final = "notifier following orders on {target} after order {cursor}"
 
@@ -55,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=seconds, default=5.0, help="seconds to finish at stop (default 5)"
     )
     parser.add_argument("--log-file", type=Path, metavar="FILE", help="JSON-lines log file")
+    tls = parser.add_argument_group("TLS (to orders and the registry: mutual TLS with a cert)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA that verifies the servers (PEM)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate to present (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     return parser
 
 
@@ -73,11 +84,13 @@ def read_cursor(state: Path | None) -> int:
     return cursor
 
 
-async def _run(args: argparse.Namespace, cursor: int) -> tuple[Notifier, str]:
+async def _run(
+    args: argparse.Namespace, cursor: int, context: ssl.SSLContext | None
+) -> tuple[Notifier, str]:
     stop = trio.Event()
     stopped_by = ""
     async with (
-        rpc.open_channel(args.orders) as channel,
+        open_target(args.orders, context) as channel,
         trio.open_nursery() as nursery,
     ):
         notifier = Notifier(
@@ -111,8 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"notifier: error: cannot read the state file: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        context = tls_context(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:  # rpc.TlsFileError names the file
+        print(f"notifier: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     observe.configure_logging(format="json", file=args.log_file)
-    notifier, stopped_by = trio.run(_run, args, cursor)
+    notifier, stopped_by = trio.run(_run, args, cursor, context)
     stats = notifier.statistics()
     try:
         if args.state is not None:

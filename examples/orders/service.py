@@ -38,6 +38,7 @@ import trio
 
 import trio_micro.registry  # noqa: F401 - registers the registry:// and etcd:// targets
 from examples.options import positive_int, positive_seconds
+from examples.targets import open_target, tls_context
 from examples.user_service.cache import TTLCache
 from examples.user_service.service import GetUserRequest, User, UserService
 from trio_micro import rpc
@@ -165,6 +166,9 @@ class OrderService(rpc.Service, name="orders"):
         cache_ttl: str | float = 5.0,
         users_timeout: str | float = 5.0,
         threads: str | int = 4,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> AsyncIterator[OrderService]:
         """Open the database and a channel to the user service; yield a service using them.
 
@@ -181,11 +185,15 @@ class OrderService(rpc.Service, name="orders"):
             cache_ttl: Seconds a found user is remembered.
             users_timeout: Most seconds one CreateOrder waits for users.
             threads: Worker threads (and connections) for database queries.
+            tls_ca, tls_cert, tls_key: PEM files: with them, users and the registry
+                behind ``users`` are reached over TLS, verified with ``tls_ca``, this
+                replica presenting ``tls_cert`` (mutual TLS; the demo's ``--tls``).
 
         Raises:
             TypeError: An unknown option (raised by the call, before entering).
             ValueError: An option has a bad value, or the database can't be opened; the
-                message names the option and shows the value.
+                message names the option and shows the value (a certificate file that
+                can't be used: :class:`rpc.TlsFileError`, a ValueError naming it).
         """
         if not isinstance(db, str | os.PathLike) or not os.fspath(db):
             raise ValueError(f"db must be the path of a SQLite database file, got {db!r}")
@@ -198,7 +206,7 @@ class OrderService(rpc.Service, name="orders"):
         timeout = positive_seconds("users_timeout", users_timeout)
         async with (
             OrderDatabase.open_option(db, threads=positive_int("threads", threads)) as database,
-            rpc.open_channel(users) as channel,
+            open_target(users, tls_context(tls_ca, tls_cert, tls_key)) as channel,
         ):
             check = UserCheck(channel.stub(UserService), cache, timeout=timeout)
             yield cls(database, check)

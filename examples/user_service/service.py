@@ -229,6 +229,9 @@ class UserService(rpc.Service, name="users"):
     async def get_user(self, req: GetUserRequest) -> User:
         row, hit = await self.cache.get_or_load(req.user_id, self._query_user)
         structlog.contextvars.bind_contextvars(cache=CACHE_HIT if hit else CACHE_MISS)
+        client = _verified_client()
+        if client is not None:  # mutual TLS: who called, in the access record
+            structlog.contextvars.bind_contextvars(client=client)
         if row is None:
             raise rpc.RpcError(rpc.Status.NOT_FOUND, f"no user with user_id={req.user_id}")
         return _user(row, "cache" if hit else "database")
@@ -304,3 +307,13 @@ class UserService(rpc.Service, name="users"):
             after = page[-1].user_id
             if remaining is not None:
                 remaining -= len(page)
+
+
+def _verified_client() -> str | None:
+    """The common name of the client certificate the server verified for this call (mutual
+    TLS), else ``None`` (plain TCP, or the handler called directly, not by a server)."""
+    try:
+        identity = rpc.current_call().peer_identity
+    except RuntimeError:
+        return None
+    return None if identity is None else identity.common_name

@@ -79,9 +79,13 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
             os.kill(pid, signal.SIGKILL)
 
 
-async def _demo(run_dir: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
-    """Run the demo; return its exit status, its stdout and its summary.json."""
+async def _demo(
+    run_dir: Path, *args: str, tmp: Path | None = None
+) -> tuple[int, str, dict[str, Any]]:
+    """Run the demo (with ``TMPDIR=tmp`` if given); return its exit status, its stdout and
+    its summary.json."""
     argv = [sys.executable, "-m", "examples.demo", "--out", str(run_dir), *args]
+    env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
     with trio.fail_after(RUN_TIMEOUT):
         # On timeout run_process sends SIGTERM (the demo stops its children), then SIGKILL.
         done = await trio.run_process(
@@ -91,6 +95,7 @@ async def _demo(run_dir: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
             check=False,
             stdin=subprocess.DEVNULL,
             cwd=ROOT,
+            env=env,
         )
     stdout = done.stdout.decode()
     assert (run_dir / "summary.json").exists(), done.stderr.decode()[-3000:]
@@ -106,6 +111,8 @@ class _Log:
         self.failed: list[dict[str, Any]] = []
         self.hits = 0
         self.queries: Counter[int] = Counter()  # user_id -> users.db.query records
+        # OK get_user records by the verified client certificate's name (--tls), else None
+        self.clients: Counter[str | None] = Counter()
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
@@ -119,6 +126,7 @@ class _Log:
             ):
                 if record["code"] == "OK":
                     self.ok[record["server"]] += 1
+                    self.clients[record.get("client")] += 1
                     self.hits += record.get("cache") == "hit"
                 else:
                     self.failed.append(record)
@@ -224,11 +232,25 @@ async def test_demo_without_a_kill_matches_the_logs_exactly(run_dir: Path) -> No
     _check_processes_gone(summary, run_dir)
 
 
-async def test_the_whole_system_survives_a_killed_users_replica(run_dir: Path) -> None:
+async def test_the_whole_system_survives_a_killed_users_replica_over_mutual_tls(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    certs_tmp = tmp_path / "tmp"
+    certs_tmp.mkdir()
     code, stdout, summary = await _demo(
         run_dir, "--users", "300", "--calls", "1200", "--concurrency", "30", "--order-share", "0.5",
+        "--tls", tmp=certs_tmp,
     )  # fmt: skip
     assert code == 0, stdout
+    # Every GetUser a users replica answered came over TLS from a client whose certificate
+    # it verified (the identity is in its access record): the demo's own, or an orders
+    # replica's. Without TLS the record has no client; with a cert from elsewhere, no call.
+    assert summary["tls"] is True
+    clients: Counter[str | None] = Counter()
+    for log in _worker_logs(summary).values():
+        clients.update(log.clients)
+    assert set(clients) == {"demo-client", "demo-service"}, clients
+    assert list(certs_tmp.iterdir()) == []  # the throwaway CA and keys are gone
     assert (summary["calls"], summary["ok"], summary["failed"]) == (1200, 1200, 0)
     assert summary["orders_created"] > 0
     assert [r["name"] for r in summary["replicas"] if r["killed_at_call"]] == ["users-3"]
@@ -274,15 +296,15 @@ async def test_ctrl_c_stops_every_process_of_the_demo(run_dir: Path) -> None:
                 r"debug endpoint of the client: (http://\S+)/debug/tasks", seen.decode()
             )
             assert match, seen.decode()
+            # The task tree shows the load running, once the client has found orders too
+            # and imported its batch of users (seconds on a busy machine): polled.
             async with httpx.AsyncClient() as client:
-                # The load starts after the import batch: on a loaded machine, a while after
-                # "client: found".
                 while True:
                     page = await client.get(f"{match.group(1)}/debug/tasks")
                     assert page.status_code == 200
-                    if "run_load" in page.text:  # the task tree shows the load running
+                    if "run_load" in page.text:
                         break
-                    await trio.sleep(0.2)
+                    await trio.sleep(0.1)
             process.send_signal(signal.SIGINT)
             async with process.stdout:
                 while await process.stdout.receive_some():

@@ -208,10 +208,24 @@ def test_rate_limit_interceptor_rejects_bad_arguments(
         rpc.RateLimitInterceptor(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def _call(key: str) -> ServerCall:
-    return ServerCall(
-        "svc", "m", "unary", "10.0.0.1:5", {"k": key}, float("inf"), 1, trio.CancelScope()
-    )
+def _call(key: str, peer: str = "10.0.0.1:5") -> ServerCall:
+    return ServerCall("svc", "m", "unary", peer, {"k": key}, float("inf"), 1, trio.CancelScope())
+
+
+async def test_rate_limit_by_peer_keys_each_call_by_its_own_host(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The host of the last peer seen is remembered: calls of two connections interleaved
+    # must still each be keyed by their own host (and two ports of one host share one).
+    limiter = rpc.RateLimitInterceptor(1, burst=1)
+    await limiter.intercept(_call("", "10.0.0.1:5"), _proceed)
+    await limiter.intercept(_call("", "10.0.0.2:6"), _proceed)
+    await limiter.intercept(_call("", "[::1]:7"), _proceed)
+    with pytest.raises(rpc.RpcError, match="rate limit"):
+        await limiter.intercept(_call("", "10.0.0.1:8"), _proceed)
+    with pytest.raises(rpc.RpcError, match="rate limit"):
+        await limiter.intercept(_call("", "10.0.0.2:6"), _proceed)
+    assert sorted(limiter._limiter._buckets) == ["10.0.0.1", "10.0.0.2", "[::1]"]
 
 
 async def _proceed() -> None:

@@ -3,8 +3,9 @@
 The multi-process demo (a registry, replicas of the example user service, a load with a
 replica killed halfway, a report) is example code: it lives in ``examples/demo`` of the
 source repository, next to the service it runs, and the installed package has neither.
-``make demo`` (or ``python -m examples.demo`` from the repository's folder) runs it. This
-command prints that in one line and exits 1, whatever its arguments.
+``make demo`` (or ``python -m examples.demo`` from the repository's folder) runs it;
+``make demo TLS=1`` (``--tls``) runs it over mutual TLS. This command prints that in one
+line and exits 1, whatever its arguments (``trio-micro demo --tls`` included).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ __all__: list[str] = []  # internal to the cli package
 
 WHERE: Final = (
     "the demo is not part of the installed package: in a checkout of the trio_micro "
-    "repository, run `make demo` (or `python -m examples.demo --help`)"
+    "repository, run `make demo` (`make demo TLS=1` for mutual TLS; or "
+    "`python -m examples.demo --help`)"
 )
 
 

@@ -70,7 +70,9 @@ class RefusalLog:
         self._logged = 0
         self._suppressed = 0
 
-    def refused(self, call_peer: str, method: str, key: str, **fields: object) -> None:
+    def refused(self, call_peer: str, method: str, key: str | None, **fields: object) -> None:
+        """Count a refusal; log it unless this second's lines are used up. ``key`` ``None``:
+        the peer's host, worked out only when the line is written."""
         second = int(trio.current_time())
         if second != self._second:
             self._second = second
@@ -82,7 +84,7 @@ class RefusalLog:
         log.warning(
             "rpc.call.refused",
             reason=self.reason,
-            key=key,
+            key=_peer_host(call_peer) if key is None else key,
             peer=call_peer,
             method=method,
             suppressed=self._suppressed,
@@ -103,7 +105,16 @@ class Admission:
         exempt: Wire name of a service always admitted (the health service).
     """
 
-    __slots__ = ("_log", "exempt", "inflight", "limit", "max_inflight", "refused", "uncounted")
+    __slots__ = (
+        "_log",
+        "_refusal",
+        "exempt",
+        "inflight",
+        "limit",
+        "max_inflight",
+        "refused",
+        "uncounted",
+    )
 
     def __init__(self, limit: int | None, exempt: str | None) -> None:
         self.max_inflight = limit
@@ -114,18 +125,21 @@ class Admission:
         self.uncounted: Callable[[], int] = lambda: 0
         self.refused = 0
         self._log = RefusalLog("max_inflight")
+        # One error for every refusal: the connection only reads its fields.
+        self._refusal = RpcError(
+            Status.RESOURCE_EXHAUSTED,
+            f"server at max_inflight ({limit} calls)",
+            {REFUSED: "max_inflight"},
+        )
 
     def over_limit(self, service: str, peer: str, method: str) -> RpcError | None:
-        """At :attr:`inflight` >= the limit: the error refusing the call, or ``None``."""
+        """At :attr:`inflight` >= the limit: the error refusing the call (one instance,
+        not to be raised or changed), or ``None``. Not a checkpoint."""
         if service == self.exempt or self.inflight - self.uncounted() < self.limit:
             return None
         self.refused += 1
-        self._log.refused(peer, method, _peer_host(peer), max_inflight=self.max_inflight)
-        return RpcError(
-            Status.RESOURCE_EXHAUSTED,
-            f"server at max_inflight ({self.max_inflight} calls)",
-            {REFUSED: "max_inflight"},
-        )
+        self._log.refused(peer, method, None, max_inflight=self.max_inflight)
+        return self._refusal
 
 
 def _peer_host(peer: str) -> str:
@@ -187,7 +201,17 @@ class RateLimitInterceptor:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_admitted", "_key", "_limiter", "_log", "_refused", "_retry_ms", "key")
+    __slots__ = (
+        "_admitted",
+        "_key",
+        "_limiter",
+        "_log",
+        "_peer",
+        "_peer_key",
+        "_refused",
+        "_retry_ms",
+        "key",
+    )
 
     def __init__(
         self, rate: float, burst: int = 1, *, key: str = "peer", max_keys: int = 100_000
@@ -209,6 +233,8 @@ class RateLimitInterceptor:
         self._admitted = 0
         self._refused = 0
         self._log = RefusalLog("rate_limit")
+        self._peer: str | None = None  # the last call's peer, and its key
+        self._peer_key = ""
 
     def __repr__(self) -> str:
         return f"RateLimitInterceptor({self._limiter!r}, key={self.key!r})"
@@ -233,7 +259,16 @@ class RateLimitInterceptor:
         call pays no coroutine of its own here, the hot path of admission.
         """
         name = self._key
-        key = _peer_host(call.peer) if name is None else _bounded(call.metadata.get(name, ""))
+        if name is None:
+            # A connection's calls share one peer string: its host is worked out once per
+            # run of calls from the same connection, not per call.
+            peer = call.peer
+            if peer is not self._peer:
+                self._peer_key = _peer_host(peer)
+                self._peer = peer
+            key = self._peer_key
+        else:
+            key = _bounded(call.metadata.get(name, ""))
         try:
             self._limiter.acquire_nowait(key)
         except trio.WouldBlock:

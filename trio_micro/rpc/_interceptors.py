@@ -101,8 +101,10 @@ def run_intercepted(
     if not interceptors:
         return innermost()
     chain = innermost
-    for index in range(len(interceptors) - 1, 0, -1):
-        chain = _bind(interceptors[index], call, chain)
+    last = len(interceptors) - 1
+    if last:  # one interceptor (a rate limit alone) builds nothing
+        for index in range(last, 0, -1):
+            chain = _bind(interceptors[index], call, chain)
     return interceptors[0].intercept(call, chain)  # the outermost needs no closure
 
 

@@ -388,6 +388,8 @@ class KeyedRateLimiter(Generic[KeyT]):
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is not None:
+            if len(buckets) == 1:  # the one key (a server's lone peer): nothing to sweep
+                return bucket
             buckets.move_to_end(key)
         # Sweep after the lookup and never the bucket we hand out: a caller below its rate
         # finds its bucket full at every call, and forgetting it then would cost a new one
