@@ -30,8 +30,8 @@ import trio
 import trio_micro.registry  # noqa: F401 - registers the registry:// and etcd:// targets
 from examples.options import seconds, whole_number
 from examples.orders.service import OrderService
-from examples.targets import open_target, tls_context
-from trio_micro import observe
+from examples.targets import tls_context
+from trio_micro import observe, rpc
 
 from .worker import LogDownstream, Notifier
 
@@ -90,7 +90,7 @@ async def _run(
     stop = trio.Event()
     stopped_by = ""
     async with (
-        open_target(args.orders, context) as channel,
+        rpc.open_channel(args.orders, ssl_context=context) as channel,
         trio.open_nursery() as nursery,
     ):
         notifier = Notifier(

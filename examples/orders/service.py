@@ -38,7 +38,7 @@ import trio
 
 import trio_micro.registry  # noqa: F401 - registers the registry:// and etcd:// targets
 from examples.options import positive_int, positive_seconds
-from examples.targets import open_target, tls_context
+from examples.targets import tls_context
 from examples.user_service.cache import TTLCache
 from examples.user_service.service import GetUserRequest, User, UserService
 from trio_micro import rpc
@@ -206,7 +206,7 @@ class OrderService(rpc.Service, name="orders"):
         timeout = positive_seconds("users_timeout", users_timeout)
         async with (
             OrderDatabase.open_option(db, threads=positive_int("threads", threads)) as database,
-            open_target(users, tls_context(tls_ca, tls_cert, tls_key)) as channel,
+            rpc.open_channel(users, ssl_context=tls_context(tls_ca, tls_cert, tls_key)) as channel,
         ):
             check = UserCheck(channel.stub(UserService), cache, timeout=timeout)
             yield cls(database, check)

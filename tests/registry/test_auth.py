@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from trio_micro import rpc
 from trio_micro.registry import (
     Endpoint,
+    MemoryRegistry,
     RegistryBackendError,
     RegistryClient,
     RegistryService,
@@ -25,6 +26,7 @@ from trio_micro.registry import (
 from trio_micro.registry._server import LeaseRequest, ServiceRequest
 
 from ..cli.test_tls import Pki
+from ..rpc.replicas import Empty, ReplicaService, address
 
 TOKEN = "s3cret-token_0123456789"
 VICTIM = "10.0.0.1:50051"
@@ -183,3 +185,36 @@ async def test_a_client_certificate_not_allowed_is_permission_denied(pki: Pki) -
         error = await refusal(reg)
     assert error.code == int(rpc.Status.PERMISSION_DENIED)
     assert "CN=client" in str(error)
+
+
+# --- a registry:// target over TLS: the channel's context reaches the registry too --------
+
+
+async def test_a_registry_target_reaches_a_tls_registry_with_the_channel_context(
+    pki: Pki,
+) -> None:
+    context = tls_options(pki)["ssl_context"]
+    async with (
+        open_registry_server(ssl_context=pki.server_context()) as server,
+        rpc.open_server(
+            [ReplicaService("tls")], host="127.0.0.1", port=0, ssl_context=pki.server_context()
+        ) as replica_server,
+        client(server.target, ssl_context=context) as reg,
+        reg.register("replica", address(replica_server)),
+        rpc.open_channel(
+            f"registry://{server.target}/replica", ssl_context=context, wait_for_ready=True
+        ) as channel,
+    ):
+        with trio.fail_after(WAIT):
+            assert (await channel.stub(ReplicaService).whoami(Empty())).name == "tls"
+
+
+async def test_a_scheme_that_cannot_use_tls_is_refused_with_an_ssl_context(pki: Pki) -> None:
+    @asynccontextmanager
+    async def plain_only(authority: str) -> AsyncIterator[MemoryRegistry]:  # pragma: no cover
+        yield MemoryRegistry()
+
+    rpc.register_resolver("plainonly", plain_only)
+    with pytest.raises(ValueError, match="plainonly:// resolver can't use TLS"):
+        async with rpc.open_channel("plainonly://h:1/svc", **tls_options(pki)):
+            pass  # pragma: no cover

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, final
 
@@ -39,7 +39,7 @@ from ._calls import Caller
 from ._client_streams import StreamCall
 from ._endpoints import ConnectOptions, EndpointPool
 from ._interceptors import ClientInterceptor
-from ._resolver import Resolver, ResolverStatus, split_target
+from ._resolver import Resolver, ResolverStatus, resolver_context
 from ._retry import RetryPolicy
 from ._service import Service
 from ._stubs import (
@@ -363,7 +363,10 @@ async def open_channel(
         pool_size: Connections per address. One multiplexed connection carries any number
             of concurrent calls, and in a single-threaded trio program it batches best;
             more help when one connection's socket is the bottleneck.
-        ssl_context: Use TLS with this client-side context.
+        ssl_context: Use TLS with this client-side context: to the endpoints and, for a
+            ``"<scheme>://..."`` target, to the registry behind it (``registry://`` over
+            TLS, ``etcd://`` at ``https://``); a scheme whose resolver can't use TLS is
+            refused (``ValueError``) rather than reached in plain text.
         server_hostname: The name to verify the certificate against (default: the host).
         interceptors: :class:`ClientInterceptor` objects wrapped around every call, the
             first outermost.
@@ -415,7 +418,7 @@ async def open_channel(
             the body's exception too, if it raised.
     """
     service: str | None = None
-    opener = None
+    opener: AbstractAsyncContextManager[Resolver] | None = None
     endpoints: list[Endpoint] = []
     if registry is not None:
         if not isinstance(registry, Resolver):
@@ -423,13 +426,14 @@ async def open_channel(
         if not isinstance(target, str) or "://" in target or not target:
             raise ValueError(f"with registry=, target must be a service name, got {target!r}")
         service = target
-    elif isinstance(target, str) and (split := split_target(target)) is not None:
-        opener, authority, service = split
-    else:
-        endpoints = _endpoints(target)
     check_int("pool_size", pool_size, minimum=1)
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext or None, got {ssl_context!r}")
+    if registry is None:
+        if isinstance(target, str) and (opener := resolver_context(target, ssl_context)):
+            service = target.rpartition("/")[2]
+        else:
+            endpoints = _endpoints(target)
     if not isinstance(interceptors, Sequence) or not all(
         isinstance(i, ClientInterceptor) for i in interceptors
     ):
@@ -475,7 +479,7 @@ async def open_channel(
     async with AsyncExitStack() as stack:
         resolver = registry
         if opener is not None:
-            resolver = await stack.enter_async_context(opener(authority))
+            resolver = await stack.enter_async_context(opener)
         async with open_background_nursery() as nursery:
             channel._pool.start(nursery, resolver)
             try:

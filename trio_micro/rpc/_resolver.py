@@ -21,6 +21,7 @@ is unreachable, and why) between endpoint sets, so that a channel's calls fail f
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -37,10 +38,13 @@ __all__ = [
 
 _SCHEME_RE: Final = re.compile(r"[a-z][a-z0-9+.-]*")
 
-#: Opens a resolver for the authority part of a target (``"127.0.0.1:2379"``).
-ResolverOpener = Callable[[str], AbstractAsyncContextManager["Resolver"]]
+#: Opens a resolver for the authority part of a target (``"127.0.0.1:2379"``); one
+#: registered with ``tls=True`` also takes ``ssl_context=`` (:func:`register_resolver`).
+ResolverOpener = Callable[..., AbstractAsyncContextManager["Resolver"]]
 
 _schemes: dict[str, ResolverOpener] = {}
+# The schemes whose opener takes the channel's ``ssl_context=`` keyword.
+_tls_schemes: set[str] = set()
 
 
 @runtime_checkable
@@ -143,7 +147,7 @@ class StatusResolver(Resolver, Protocol):
         ...
 
 
-def register_resolver(scheme: str, opener: ResolverOpener) -> None:
+def register_resolver(scheme: str, opener: ResolverOpener, *, tls: bool = False) -> None:
     """Make :func:`~trio_micro.rpc.open_channel` accept ``"<scheme>://<authority>/<service>"``.
 
     Args:
@@ -151,6 +155,11 @@ def register_resolver(scheme: str, opener: ResolverOpener) -> None:
         opener: Called with the authority (``"127.0.0.1:2379"``); returns an async context
             manager yielding a :class:`Resolver`, entered for the life of the channel.
             A later registration of the same scheme replaces the earlier one.
+        tls: The opener also takes ``ssl_context=`` (keyword): the channel's
+            ``ssl_context``, or ``None``; given one, it must reach its backend over TLS
+            with it. A channel with an ``ssl_context`` refuses a scheme registered without
+            ``tls`` (:func:`resolver_context`): its registry would be reached in plain
+            text.
 
     Raises:
         TypeError / ValueError: A bad scheme or a non-callable opener.
@@ -162,6 +171,37 @@ def register_resolver(scheme: str, opener: ResolverOpener) -> None:
     if not callable(opener):
         raise TypeError(f"opener must be callable, got {opener!r}")
     _schemes[scheme] = opener
+    if tls:
+        _tls_schemes.add(scheme)
+    else:
+        _tls_schemes.discard(scheme)
+
+
+def resolver_context(
+    target: str, ssl_context: ssl.SSLContext | None
+) -> AbstractAsyncContextManager[Resolver] | None:
+    """The resolver a ``"<scheme>://<authority>/<service>"`` target opens, with TLS to its
+    backend when ``ssl_context`` is given; ``None`` for a target without a scheme. Not a
+    checkpoint: nothing is opened until the result is entered.
+
+    Raises:
+        ValueError: As :func:`split_target`, or ``ssl_context`` with a scheme whose opener
+            was registered without ``tls=True`` (it would reach its registry in plain
+            text: open that registry yourself and pass ``registry=``).
+    """
+    split = split_target(target)
+    if split is None:
+        return None
+    opener, authority, _ = split
+    scheme = target.partition("://")[0]
+    if scheme in _tls_schemes:
+        return opener(authority, ssl_context=ssl_context)
+    if ssl_context is not None:
+        raise ValueError(
+            f"the {scheme}:// resolver can't use TLS, and ssl_context is given: open the "
+            "registry yourself and pass registry= (its connection would be in plain text)"
+        )
+    return opener(authority)
 
 
 def split_target(target: str) -> tuple[ResolverOpener, str, str] | None:
