@@ -909,3 +909,17 @@ async def test_broadcast_checkpoints_when_nothing_blocks() -> None:
         await out.receive()
         delivered = out.statistics().current_buffer_used
     assert delivered < 1_000
+
+
+async def test_every_pattern_keeps_moving_items_after_its_periodic_checkpoint() -> None:
+    # 200 items, none of which blocks: each helper passes its checkpoint budget three times.
+    async def generate() -> AsyncIterator[int]:
+        for item in range(200):
+            yield item
+
+    async with open_fan_out(generate(), double, workers=1, buffer=1_000) as results:
+        assert await collect(results) == [2 * x for x in range(200)]
+    async with open_merge(prefilled(200), buffer=1_000) as merged:
+        assert await collect(merged) == list(range(200))
+    async with open_broadcast(prefilled(200), consumers=1, buffer=1_000) as (out,):
+        assert await collect(out) == list(range(200))
