@@ -923,3 +923,11 @@ async def test_every_pattern_keeps_moving_items_after_its_periodic_checkpoint() 
         assert await collect(merged) == list(range(200))
     async with open_broadcast(prefilled(200), consumers=1, buffer=1_000) as (out,):
         assert await collect(out) == list(range(200))
+
+
+async def test_broadcast_drops_a_consumer_that_closes_while_the_distributor_waits_on_it() -> None:
+    async with open_broadcast(prefilled(5), consumers=2) as (first, second):
+        assert (await first.receive(), await second.receive()) == (0, 0)
+        await trio.testing.wait_all_tasks_blocked()  # the distributor waits to give 1 to first
+        first.close()
+        assert await collect(second) == [1, 2, 3, 4]
