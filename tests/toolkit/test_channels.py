@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -271,10 +271,10 @@ async def test_fan_out_consumer_closing_results_stops_the_workers(
             assert calls == calls_when_closed
 
 
-async def test_fan_out_consumer_closing_results_cancels_calls_in_progress() -> None:
-    cancelled: list[int] = []
+def stuck_on_one_and_two(cancelled: list[int]) -> Callable[[int], Awaitable[int]]:
+    """An ``fn`` that returns its item after a checkpoint, but never returns for 1 and 2."""
 
-    async def stuck_on_one_and_two(x: int) -> int:
+    async def fn(x: int) -> int:
         await trio.lowlevel.checkpoint()
         if x not in (1, 2):
             return x
@@ -285,13 +285,34 @@ async def test_fan_out_consumer_closing_results_cancels_calls_in_progress() -> N
             raise
         raise AssertionError("unreachable")
 
+    return fn
+
+
+@pytest.mark.parametrize("kind", ["iterable", "memory channel", "async iterable"])
+async def test_fan_out_consumer_closing_results_cancels_calls_in_progress(kind: str) -> None:
+    cancelled: list[int] = []
+
     # The third worker fills the buffer and waits in send, so it sees the close.
-    source = itertools.count()
-    async with open_fan_out(source, stuck_on_one_and_two, workers=3, buffer=4) as results:
+    fn = stuck_on_one_and_two(cancelled)
+    async with open_fan_out(many_items(kind), fn, workers=3, buffer=4) as results:
         await trio.testing.wait_all_tasks_blocked()
         results.close()
         await trio.testing.wait_all_tasks_blocked()
         # Still inside the block: the stuck calls were cancelled by the fan-out itself.
+        assert sorted(cancelled) == [1, 2]
+
+
+@pytest.mark.parametrize("kind", ["iterable", "memory channel", "async iterable"])
+async def test_fan_out_worker_finding_results_closed_without_waiting_cancels_the_others(
+    kind: str,
+) -> None:
+    cancelled: list[int] = []
+    fn = stuck_on_one_and_two(cancelled)
+    # A big buffer: the third worker never waits in send; it meets the close in send_nowait.
+    async with open_fan_out(many_items(kind), fn, workers=3, buffer=100_000) as results:
+        assert await results.receive() == 0
+        results.close()
+        await trio.testing.wait_all_tasks_blocked()
         assert sorted(cancelled) == [1, 2]
 
 
