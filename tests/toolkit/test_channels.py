@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 import trio_micro.toolkit
 from trio_micro.toolkit import open_broadcast, open_fan_out, open_merge, receive_batch
+
+from .helpers import prefilled
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -56,6 +58,20 @@ def unchecked(value: object) -> Any:
 async def double(x: int) -> int:
     await trio.lowlevel.checkpoint()
     return 2 * x
+
+
+def many_items(kind: str) -> Any:
+    """A source of the given kind that never blocks: counting up, or 10,000 buffered items."""
+    if kind == "iterable":
+        return itertools.count()
+    if kind == "memory channel":
+        return prefilled(10_000)
+
+    async def endless() -> AsyncIterator[int]:
+        for item in itertools.count():
+            yield item
+
+    return endless()
 
 
 async def collect(channel: trio.MemoryReceiveChannel[Any]) -> list[Any]:
@@ -229,8 +245,13 @@ async def test_fan_out_consumer_closing_results_breaks_the_upstream_producer(
             assert outcome == ["broken"]
 
 
+@pytest.mark.parametrize(
+    # buffer=0: the memory and locked workers meet the closed results in the blocking send.
+    ("kind", "buffer"),
+    [("iterable", 1), ("memory channel", 0), ("async iterable", 0)],
+)
 async def test_fan_out_consumer_closing_results_stops_the_workers(
-    autojump_clock: object,
+    kind: str, buffer: int, autojump_clock: object
 ) -> None:
     calls = 0
 
@@ -241,7 +262,7 @@ async def test_fan_out_consumer_closing_results_stops_the_workers(
         return x
 
     with trio.fail_after(10):
-        async with open_fan_out(itertools.count(), count_calls, workers=4, buffer=1) as results:
+        async with open_fan_out(many_items(kind), count_calls, workers=4, buffer=buffer) as results:
             await results.receive()
             results.close()
             await trio.testing.wait_all_tasks_blocked()
@@ -250,10 +271,10 @@ async def test_fan_out_consumer_closing_results_stops_the_workers(
             assert calls == calls_when_closed
 
 
-async def test_fan_out_consumer_closing_results_cancels_calls_in_progress() -> None:
-    cancelled: list[int] = []
+def stuck_on_one_and_two(cancelled: list[int]) -> Callable[[int], Awaitable[int]]:
+    """An ``fn`` that returns its item after a checkpoint, but never returns for 1 and 2."""
 
-    async def stuck_on_one_and_two(x: int) -> int:
+    async def fn(x: int) -> int:
         await trio.lowlevel.checkpoint()
         if x not in (1, 2):
             return x
@@ -264,13 +285,34 @@ async def test_fan_out_consumer_closing_results_cancels_calls_in_progress() -> N
             raise
         raise AssertionError("unreachable")
 
+    return fn
+
+
+@pytest.mark.parametrize("kind", ["iterable", "memory channel", "async iterable"])
+async def test_fan_out_consumer_closing_results_cancels_calls_in_progress(kind: str) -> None:
+    cancelled: list[int] = []
+
     # The third worker fills the buffer and waits in send, so it sees the close.
-    source = itertools.count()
-    async with open_fan_out(source, stuck_on_one_and_two, workers=3, buffer=4) as results:
+    fn = stuck_on_one_and_two(cancelled)
+    async with open_fan_out(many_items(kind), fn, workers=3, buffer=4) as results:
         await trio.testing.wait_all_tasks_blocked()
         results.close()
         await trio.testing.wait_all_tasks_blocked()
         # Still inside the block: the stuck calls were cancelled by the fan-out itself.
+        assert sorted(cancelled) == [1, 2]
+
+
+@pytest.mark.parametrize("kind", ["iterable", "memory channel", "async iterable"])
+async def test_fan_out_worker_finding_results_closed_without_waiting_cancels_the_others(
+    kind: str,
+) -> None:
+    cancelled: list[int] = []
+    fn = stuck_on_one_and_two(cancelled)
+    # A big buffer: the third worker never waits in send; it meets the close in send_nowait.
+    async with open_fan_out(many_items(kind), fn, workers=3, buffer=100_000) as results:
+        assert await results.receive() == 0
+        results.close()
+        await trio.testing.wait_all_tasks_blocked()
         assert sorted(cancelled) == [1, 2]
 
 
@@ -297,7 +339,8 @@ async def test_fan_out_closes_a_generic_source_channel_when_leaving() -> None:
     assert source.closed
 
 
-async def test_fan_out_worker_checkpoints_regularly_when_nothing_blocks() -> None:
+@pytest.mark.parametrize("kind", ["iterable", "memory channel", "async iterable"])
+async def test_fan_out_worker_checkpoints_regularly_when_nothing_blocks(kind: str) -> None:
     calls = 0
 
     async def no_checkpoint(x: int) -> int:
@@ -306,7 +349,7 @@ async def test_fan_out_worker_checkpoints_regularly_when_nothing_blocks() -> Non
         return x
 
     # A big buffer, so only the periodic checkpoint lets the body run again.
-    async with open_fan_out(itertools.count(), no_checkpoint, workers=1, buffer=100_000) as rx:
+    async with open_fan_out(many_items(kind), no_checkpoint, workers=1, buffer=100_000) as rx:
         await rx.receive()
     assert calls < 1_000
 
@@ -770,3 +813,142 @@ async def test_receive_batch_rejects_bad_arguments_with_the_value(
     channel: Any = rx if channel_ok else [1, 2]
     with pytest.raises(error, match=re.escape(shown)):
         await receive_batch(channel, max_items)
+
+
+# -- what the mutation tests asked for (docs/testing.md, "Surviving mutants") --------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda rx: open_fan_out([1], double, workers=0), r"^workers must be >= 1, got 0$"),
+        (
+            lambda rx: open_fan_out([1], double, workers=1, buffer=-1),
+            r"^buffer must be >= 0, got -1$",
+        ),
+        (
+            lambda rx: open_fan_out([1], unchecked(42), workers=1),
+            r"^fn must be an async callable, got 42$",
+        ),
+        (
+            lambda rx: open_merge(rx, unchecked(42)),
+            r"^receive_channels\[1\] must be a trio receive channel, got 42$",
+        ),
+        (
+            lambda rx: open_broadcast(unchecked(42), consumers=1),
+            r"^receive_channel must be a trio receive channel, got 42$",
+        ),
+        (lambda rx: open_broadcast(rx, consumers=0), r"^consumers must be >= 1, got 0$"),
+    ],
+)
+def test_bad_arguments_are_named_in_the_message(
+    make: Callable[[Any], object], message: str
+) -> None:
+    _, rx = trio.open_memory_channel[int](0)
+    with pytest.raises((TypeError, ValueError), match=message):
+        make(rx)
+
+
+async def test_receive_batch_names_max_items_in_the_message() -> None:
+    _, rx = trio.open_memory_channel[int](1)
+    with pytest.raises(ValueError, match=r"^max_items must be >= 1, got 0$"):
+        await receive_batch(rx, 0)
+
+
+async def test_receive_batch_reads_a_fast_receive_channel() -> None:
+    async with open_merge(prefilled(3), buffer=3) as merged:
+        await trio.testing.wait_all_tasks_blocked()
+        assert await receive_batch(merged, 10) == [0, 1, 2]
+
+
+async def test_merge_and_broadcast_buffer_nothing_by_default() -> None:
+    _, rx_a = trio.open_memory_channel[int](0)
+    _, rx_b = trio.open_memory_channel[int](0)
+    async with open_merge(rx_a) as merged, open_broadcast(rx_b, consumers=1) as (out,):
+        assert merged.statistics().max_buffer_size == 0
+        assert out.statistics().max_buffer_size == 0
+
+
+@pytest.mark.parametrize("kind", ["iterable", "memory channel", "async iterable"])
+async def test_fan_out_with_no_buffer_delivers_every_result(kind: str) -> None:
+    # buffer=0: every result goes through the blocking send, not send_nowait.
+    items = list(range(100))
+    source: Any = iter(items)
+    if kind == "memory channel":
+        source = prefilled(len(items))
+    elif kind == "async iterable":
+
+        async def generate() -> AsyncIterator[int]:
+            for item in items:
+                yield item
+
+        source = generate()
+    async with open_fan_out(source, double, workers=3, buffer=0) as results:
+        got = await collect(results)
+    assert sorted(got) == [2 * x for x in items]
+
+
+@pytest.mark.parametrize("kind", ["memory channel", "async iterable"])
+async def test_fan_out_input_ending_while_a_worker_waits_keeps_the_calls_in_progress(
+    kind: str, autojump_clock: object
+) -> None:
+    async def sleep_for(x: int) -> int:
+        await trio.sleep(x)
+        return x
+
+    send_channel, receive_channel = trio.open_memory_channel[int](3)
+
+    async def produce() -> None:
+        with send_channel:
+            for item in (5, 1, 2):
+                send_channel.send_nowait(item)
+            await trio.sleep(1.5)  # the workers done with 1 and 2 wait for more
+
+    async def generate() -> AsyncIterator[int]:
+        async for item in receive_channel:
+            yield item
+
+    source: Any = receive_channel if kind == "memory channel" else generate()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        async with open_fan_out(source, sleep_for, workers=3, buffer=3) as results:
+            got = await collect(results)
+    assert sorted(got) == [1, 2, 5]
+
+
+async def test_merge_forwarder_checkpoints_when_nothing_blocks() -> None:
+    source = prefilled(10_000)
+    async with open_merge(source, buffer=100_000) as merged:
+        await merged.receive()
+        forwarded = merged.statistics().current_buffer_used
+    assert forwarded < 1_000
+
+
+async def test_broadcast_checkpoints_when_nothing_blocks() -> None:
+    source = prefilled(10_000)
+    async with open_broadcast(source, consumers=1, buffer=100_000) as (out,):
+        await out.receive()
+        delivered = out.statistics().current_buffer_used
+    assert delivered < 1_000
+
+
+async def test_every_pattern_keeps_moving_items_after_its_periodic_checkpoint() -> None:
+    # 200 items, none of which blocks: each helper passes its checkpoint budget three times.
+    async def generate() -> AsyncIterator[int]:
+        for item in range(200):
+            yield item
+
+    async with open_fan_out(generate(), double, workers=1, buffer=1_000) as results:
+        assert await collect(results) == [2 * x for x in range(200)]
+    async with open_merge(prefilled(200), buffer=1_000) as merged:
+        assert await collect(merged) == list(range(200))
+    async with open_broadcast(prefilled(200), consumers=1, buffer=1_000) as (out,):
+        assert await collect(out) == list(range(200))
+
+
+async def test_broadcast_drops_a_consumer_that_closes_while_the_distributor_waits_on_it() -> None:
+    async with open_broadcast(prefilled(5), consumers=2) as (first, second):
+        assert (await first.receive(), await second.receive()) == (0, 0)
+        await trio.testing.wait_all_tasks_blocked()  # the distributor waits to give 1 to first
+        first.close()
+        assert await collect(second) == [1, 2, 3, 4]

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_micro.toolkit import KeyedRateLimiter, RateLimiter
+from trio_micro.toolkit._ratelimit import pacer
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -38,7 +39,8 @@ async def acquire_and_record(
     ],
 )
 def test_bad_rate_is_rejected_with_the_value(rate: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match=re.escape(repr(rate))):
+    message = rf"^rate must be .* \(tokens per second\), got {re.escape(repr(rate))}$"
+    with pytest.raises(error, match=message):
         RateLimiter(rate)  # type: ignore[arg-type]
 
 
@@ -47,7 +49,7 @@ def test_bad_rate_is_rejected_with_the_value(rate: object, error: type[Exception
     [(0, ValueError), (-3, ValueError), (1.0, TypeError), ("2", TypeError), (True, TypeError)],
 )
 def test_bad_burst_is_rejected_with_the_value(burst: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match=re.escape(repr(burst))):
+    with pytest.raises(error, match=rf"^burst must be .*, got {re.escape(repr(burst))}$"):
         RateLimiter(10, burst)  # type: ignore[arg-type]
 
 
@@ -57,9 +59,10 @@ def test_bad_burst_is_rejected_with_the_value(burst: object, error: type[Excepti
 )
 async def test_bad_n_is_rejected_before_any_checkpoint(n: object, error: type[Exception]) -> None:
     limiter = RateLimiter(10, burst=3)
-    with trio.testing.assert_no_checkpoints(), pytest.raises(error, match=re.escape(repr(n))):
+    message = rf"^n must be .*, got {re.escape(repr(n))}$"
+    with trio.testing.assert_no_checkpoints(), pytest.raises(error, match=message):
         await limiter.acquire(n)  # type: ignore[arg-type]
-    with pytest.raises(error, match=re.escape(repr(n))):
+    with pytest.raises(error, match=message):
         limiter.acquire_nowait(n)  # type: ignore[arg-type]
 
 
@@ -67,6 +70,10 @@ def test_n_greater_than_burst_raises_value_error_naming_the_burst() -> None:
     limiter = RateLimiter(10, burst=3)
     with pytest.raises(ValueError, match=r"n must be <= burst \(3\), got 4"):
         limiter.acquire_nowait(4)
+
+
+def test_burst_defaults_to_one() -> None:
+    assert RateLimiter(5).burst == 1
 
 
 def test_limiter_can_be_created_outside_trio() -> None:
@@ -158,6 +165,82 @@ async def test_late_wakeup_within_burst_loses_no_tokens(
         limiter.acquire_nowait()  # the one due at t=0.3 is not yet
 
 
+async def test_acquire_nowait_admits_a_token_at_the_instant_it_accrues(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(4, burst=2)
+    limiter.acquire_nowait(2)
+    mock_clock.jump(0.25)  # exactly one token back, the bucket not yet full
+    limiter.acquire_nowait()
+    with pytest.raises(trio.WouldBlock):
+        limiter.acquire_nowait()
+
+
+def move_clock_to(clock: trio.testing.MockClock, t: float) -> None:
+    """Set the mock clock to exactly ``t`` (one jump can round: ``a + (t - a) != t``)."""
+    if trio.current_time() < t / 2:
+        clock.jump(0.75 * t - trio.current_time())
+    # Now t/2 <= current <= t, so t - current is exact (Sterbenz) and so is the sum.
+    clock.jump(t - trio.current_time())
+    assert trio.current_time() == t
+
+
+async def test_a_bucket_drained_the_instant_it_is_full_refills_from_that_instant(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(7, burst=5)
+    limiter.acquire_nowait(5)
+    move_clock_to(mock_clock, 5 / 7)  # full again, exactly
+    limiter.acquire_nowait()
+    # One float step before 5/7 + 1/7, when it is full again: measured from t=0 instead
+    # (6/7, which rounds down to this very instant) the bucket would look full already.
+    move_clock_to(mock_clock, 0.8571428571428571)
+    with pytest.raises(trio.WouldBlock):
+        limiter.acquire_nowait(5)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "drained_at", "taken", "now", "available"),
+    [
+        # floor((now - anchor) * rate) is one token short of the exact predicate...
+        (10, 3, 0.4, 2, 0.5, 2),
+        (10, 2, 0.4, 2, 0.5, 1),
+        # ... or one token over it (0.1 is a little more than a tenth).
+        (0.1, 3, 0.0, 3, 29.999999999999996, 2),
+        (0.1, 4, 0.0, 3, 29.999999999999996, 3),
+        (0.2, 1, 0.24284200151794577, 1, 5.242842001517945, 0),
+    ],
+)
+async def test_tokens_available_is_what_acquire_nowait_would_admit(
+    mock_clock: trio.testing.MockClock,
+    rate: float,
+    burst: int,
+    drained_at: float,
+    taken: int,
+    now: float,
+    available: int,
+) -> None:
+    limiter = RateLimiter(rate, burst)
+    move_clock_to(mock_clock, drained_at)
+    limiter.acquire_nowait(taken)
+    move_clock_to(mock_clock, now)
+    assert limiter.statistics().tokens_available == available
+    for _ in range(available):
+        limiter.acquire_nowait()
+    with pytest.raises(trio.WouldBlock):
+        limiter.acquire_nowait()
+
+
+async def test_tokens_available_is_zero_while_the_head_waiter_holds_a_reservation(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    limiter = RateLimiter(1, burst=1)
+    limiter.acquire_nowait()
+    nursery.start_soon(limiter.acquire, 1)  # reserves the token due at t=1
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().tokens_available == 0
+
+
 # -- fairness and cancellation ------------------------------------------------------------
 
 
@@ -201,6 +284,76 @@ async def test_cancelled_head_waiter_gives_its_place_and_tokens_back(
     await trio.sleep(2)
     # No token was lost: at t=3 a never-contended bucket would also hold 2.
     assert limiter.statistics().tokens_available == 2
+
+
+async def test_head_waiter_giving_up_as_the_bucket_fills_leaves_the_next_a_full_bucket(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    limiter = RateLimiter(1, burst=2)
+    limiter.acquire_nowait(2)
+    log: list[tuple[str, float]] = []
+
+    async def impatient() -> None:
+        # Its deadline is also the instant its tokens are due, and the bucket's refill.
+        with trio.move_on_at(2):
+            await acquire_and_record(limiter, 2, "impatient", log)
+
+    nursery.start_soon(impatient)
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(acquire_and_record, limiter, 1, "next", log)
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(2.5)
+    assert log == [("next", 2.0)]
+    stats = limiter.statistics()  # at t=2.5: the one token left, plus half a token
+    assert (stats.tokens_available, stats.tokens_admitted) == (1, 3)
+
+
+async def test_woken_waiter_whose_tokens_are_ready_is_admitted_without_another_wait(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    limiter = RateLimiter(1, burst=2)
+    limiter.acquire_nowait(2)
+    log: list[tuple[str, float]] = []
+    next_scope = trio.CancelScope()
+
+    async def impatient() -> None:
+        with trio.move_on_at(2):
+            await limiter.acquire(2)
+        # Its give-up has just handed the turn (and a full bucket) to the next waiter.
+        next_scope.cancel()
+
+    async def next_waiter() -> None:
+        with next_scope:
+            await acquire_and_record(limiter, 1, "next", log)
+
+    nursery.start_soon(impatient)
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(next_waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(2.5)
+    assert log == [("next", 2.0)]
+    assert limiter.statistics().tokens_admitted == 3
+
+
+async def test_waiter_that_gives_up_and_asks_again_goes_behind_the_others(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    limiter = RateLimiter(1, burst=3)
+    limiter.acquire_nowait(3)
+    log: list[tuple[str, float]] = []
+
+    async def fickle() -> None:
+        with trio.move_on_after(1):
+            await limiter.acquire(2)  # due at t=2
+        await acquire_and_record(limiter, 1, "fickle", log)  # at once, still at t=1
+
+    nursery.start_soon(fickle)
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(acquire_and_record, limiter, 1, "patient", log)
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(3)
+    # The 2 tokens came back whole: one is due at t=1 and is the patient one's.
+    assert log == [("patient", 1.0), ("fickle", 2.0)]
 
 
 async def test_cancelled_middle_waiter_leaves_the_others_in_order(
@@ -272,6 +425,34 @@ async def test_statistics_report_tokens_waiters_and_admissions(
     assert (stats.tasks_waiting, stats.tokens_admitted) == (0, 8)
 
 
+# -- pacer: what run_all / amap await for max_per_second ------------------------------------
+
+
+def test_pacer_of_none_is_none() -> None:
+    assert pacer(None) is None
+
+
+@pytest.mark.parametrize(("rate", "error"), [("4", TypeError), (0, ValueError)])
+def test_pacer_rejects_a_bad_rate_naming_max_per_second(
+    rate: object, error: type[Exception]
+) -> None:
+    message = rf"^max_per_second must be .* \(jobs per second\), got {re.escape(repr(rate))}$"
+    with pytest.raises(error, match=message):
+        pacer(rate)
+
+
+async def test_pacer_admits_one_job_per_interval_with_no_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pace = pacer(4)
+    assert pace is not None
+    starts = []
+    for _ in range(3):
+        await pace()
+        starts.append(trio.current_time())
+    assert starts == [0.0, 0.25, 0.5]
+
+
 # -- the bound, as a property ---------------------------------------------------------------
 
 requests_strategy = st.lists(
@@ -332,15 +513,29 @@ def test_never_admits_more_than_burst_plus_rate_times_elapsed(
 def test_keyed_bad_max_keys_is_rejected_with_the_value(
     max_keys: object, error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match=repr(max_keys)):
+    with pytest.raises(error, match=rf"^max_keys must be .*, got {re.escape(repr(max_keys))}$"):
         KeyedRateLimiter(1, max_keys=max_keys)  # type: ignore[arg-type]
 
 
 def test_keyed_bad_rate_and_burst_are_rejected() -> None:
     with pytest.raises(ValueError, match="nan"):
         KeyedRateLimiter(math.nan)
-    with pytest.raises(ValueError, match="0"):
+    with pytest.raises(ValueError, match=r"^burst must be >= 1, got 0$"):
         KeyedRateLimiter(1, burst=0)
+
+
+async def test_keyed_statistics_report_the_rate_and_the_default_bounds() -> None:
+    stats = KeyedRateLimiter(2.5).statistics()
+    assert (stats.rate, stats.burst, stats.max_keys) == (2.5, 1, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("n", "error"), [(0, ValueError), (3, ValueError), (1.0, TypeError), ("1", TypeError)]
+)
+async def test_keyed_bad_n_is_rejected_by_acquire_nowait(n: object, error: type[Exception]) -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(1, burst=2)
+    with pytest.raises(error, match=rf"^n must be .*, got {re.escape(repr(n))}$"):
+        limiter.acquire_nowait("a", n)  # type: ignore[arg-type]
 
 
 async def test_keyed_bad_n_does_not_create_a_key() -> None:
@@ -359,6 +554,15 @@ async def test_keyed_keys_have_independent_buckets() -> None:
         limiter.acquire_nowait("alice")
     limiter.acquire_nowait("bob")
     assert limiter.statistics().tokens_admitted == 2
+
+
+async def test_keyed_acquire_counts_the_tokens_it_admits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(1, burst=3)
+    await limiter.acquire("alice", 2)
+    await limiter.acquire("alice", 3)
+    assert limiter.statistics().tokens_admitted == 5
 
 
 async def test_keyed_acquire_waits_only_for_its_own_key(
@@ -408,6 +612,21 @@ async def test_keyed_refilled_keys_are_forgotten_lazily(
     limiter.acquire_nowait("carol")
     stats = limiter.statistics()
     assert (stats.keys, stats.keys_forgotten, stats.keys_evicted) == (1, 2, 0)
+
+
+async def test_keyed_forgetting_drops_the_oldest_key_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(1, burst=1)
+    limiter.acquire_nowait("alice")
+    await trio.sleep(0.5)
+    limiter.acquire_nowait("bob")
+    await trio.sleep(0.5)  # alice, the oldest, is full again; bob is not
+    limiter.acquire_nowait("carol")  # forgets alice, keeps bob
+    stats = limiter.statistics()
+    assert (stats.keys, stats.keys_forgotten) == (2, 1)
+    with pytest.raises(trio.WouldBlock):
+        limiter.acquire_nowait("bob")
 
 
 async def test_keyed_keys_still_refilling_are_kept(
