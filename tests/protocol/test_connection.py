@@ -151,15 +151,34 @@ def test_a_second_hello_is_rejected() -> None:
 def test_nothing_but_hello_can_be_sent_before_the_peers_hello_arrives() -> None:
     client = Connection(Role.CLIENT)
     client.initiate()
-    with pytest.raises(LocalProtocolError, match="before the HELLO exchange completes"):
+    with pytest.raises(LocalProtocolError, match=r"^can't send REQUEST before the HELLO exchange"):
         client.send_request(1, "s/m", b"")
     assert not client.can_open_stream()
+
+
+def test_a_ping_before_the_peers_hello_is_refused_by_name() -> None:
+    client = Connection(Role.CLIENT)
+    client.initiate()
+    with pytest.raises(LocalProtocolError, match=r"^can't send PING before the HELLO exchange"):
+        client.send_ping()
+
+
+def test_sending_too_early_says_which_hello_is_missing() -> None:
+    client = Connection(Role.CLIENT)
+    assert client.handshake_complete is False
+    with pytest.raises(LocalProtocolError) as info:
+        client.send_ping()
+    assert info.value.message.endswith("(our HELLO sent: False, theirs received: False)")
+    client.initiate()
+    with pytest.raises(LocalProtocolError) as info:
+        client.send_ping()
+    assert info.value.message.endswith("(our HELLO sent: True, theirs received: False)")
 
 
 def test_initiate_twice_is_refused() -> None:
     client = Connection(Role.CLIENT)
     client.initiate()
-    with pytest.raises(LocalProtocolError, match="already called"):
+    with pytest.raises(LocalProtocolError, match=r"^initiate\(\) was already called$"):
         client.initiate()
 
 
@@ -265,6 +284,13 @@ def test_a_server_may_not_send_a_request() -> None:
         pair.to_client(forge(Request(1, "s/m", b"")))
 
 
+def test_a_client_may_not_send_a_response() -> None:
+    pair = ConnectionPair()
+    sid = pair.call()
+    with pytest.raises(RemoteProtocolError, match=r"^a client may not send RESPONSE frames"):
+        pair.to_server(forge(Response(sid, b"")))
+
+
 def test_only_a_client_sends_requests() -> None:
     pair = ConnectionPair()
     with pytest.raises(LocalProtocolError, match="only a client sends REQUEST"):
@@ -301,6 +327,21 @@ def test_ids_may_skip_values() -> None:
     assert pair.client.next_stream_id == 11
     assert pair.server.stream_state(4) is StreamState.CLOSED  # used-or-skipped ids are dead
     assert pair.server.stream_state(11) is StreamState.IDLE
+
+
+def test_the_highest_stream_id_may_be_used() -> None:
+    pair = ConnectionPair()
+    [request] = pair.to_server(pair.client.send_request(2**63 - 1, "s/m", b""))
+    assert isinstance(request, Request)
+    assert request.id == 2**63 - 1
+
+
+@pytest.mark.parametrize("timeout_ms", [0, 2**63 - 1])
+def test_a_request_carries_any_timeout_in_range(timeout_ms: int) -> None:
+    pair = ConnectionPair()
+    [request] = pair.to_server(pair.client.send_request(1, "s/m", b"", timeout_ms=timeout_ms))
+    assert isinstance(request, Request)
+    assert request.timeout_ms == timeout_ms
 
 
 def test_memory_holds_only_live_streams() -> None:
@@ -377,6 +418,37 @@ def test_credit_past_the_limit_is_a_flow_control_error() -> None:
     assert info.value.code is ErrorCode.FLOW_CONTROL_ERROR
 
 
+def test_credit_may_reach_the_limit_exactly() -> None:
+    pair = ConnectionPair(client=Settings(initial_stream_credit=2**31 - 2))
+    sid = pair.call(call_type=STREAM)
+    assert pair.to_server(forge(Credit(sid, 1))) == [Credit(sid, 1)]
+    assert pair.server.stream_credit(sid) == 2**31 - 1
+
+
+def test_granting_credit_past_the_limit_is_refused() -> None:
+    pair = ConnectionPair(client=Settings(initial_stream_credit=2**31 - 2))
+    sid = pair.call(call_type=STREAM)
+    assert pair.to_server(pair.client.send_credit(sid, 1)) == [Credit(sid, 1)]  # to the limit
+    with pytest.raises(LocalProtocolError) as info:
+        pair.client.send_credit(sid, 1)
+    assert info.value.message == f"CREDIT 1 would take stream {sid} over 2147483647"
+    assert info.value.code is ErrorCode.FLOW_CONTROL_ERROR
+
+
+def test_granting_credit_on_a_stream_never_opened_is_refused_by_name() -> None:
+    pair = ConnectionPair()
+    with pytest.raises(LocalProtocolError, match=r"^can't send CREDIT on stream 5: never opened"):
+        pair.client.send_credit(5, 1)
+
+
+def test_a_stream_that_is_not_open_has_no_credit() -> None:
+    pair = ConnectionPair(client=Settings(initial_stream_credit=3))
+    sid = pair.call(call_type=STREAM)
+    pair.to_client(pair.server.send_end(sid))
+    assert pair.server.stream_credit(sid) == 0
+    assert pair.server.stream_credit(sid + 1) == 0
+
+
 def test_credit_for_a_stream_that_just_ended_is_ignored_by_the_server() -> None:
     pair = ConnectionPair()
     sid = pair.call(call_type=STREAM)
@@ -395,16 +467,22 @@ def test_a_client_at_the_stream_limit_cannot_open_another() -> None:
     assert pair.client.available_streams == 1
     pair.call()
     assert not pair.client.can_open_stream()
-    with pytest.raises(LocalProtocolError, match="wait until can_open_stream") as info:
+    with pytest.raises(LocalProtocolError) as info:
         pair.client.send_request(pair.client.next_stream_id, "s/m", b"")
+    assert info.value.message == (
+        "2 streams open, the server's max_concurrent_streams; wait until can_open_stream()"
+    )
     assert info.value.code is ErrorCode.TOO_MANY_STREAMS
 
 
 def test_a_request_beyond_the_stream_limit_is_a_protocol_error() -> None:
     pair = ConnectionPair(server=Settings(max_concurrent_streams=1))
     pair.call()
-    with pytest.raises(RemoteProtocolError, match="max_concurrent_streams is 1") as info:
+    with pytest.raises(RemoteProtocolError) as info:
         pair.to_server(forge(Request(2, "s/m", b"")))
+    assert info.value.message == (
+        "REQUEST 2 opens stream number 2; our max_concurrent_streams is 1"
+    )
     assert info.value.code is ErrorCode.TOO_MANY_STREAMS
 
 
@@ -458,7 +536,7 @@ def test_cancel_after_the_stream_closed_sends_nothing() -> None:
 
 def test_cancel_for_a_stream_never_opened_is_refused() -> None:
     pair = ConnectionPair()
-    with pytest.raises(LocalProtocolError, match="never opened"):
+    with pytest.raises(LocalProtocolError, match=r"^can't send CANCEL on stream 1: never opened"):
         pair.client.send_cancel(1)
 
 
@@ -484,6 +562,15 @@ def test_received_metadata_over_our_limit_is_a_protocol_error() -> None:
     with pytest.raises(RemoteProtocolError, match="11 bytes of metadata") as info:
         pair.to_server(forge(Request(1, "s/m", b"", None, {"key": "12345678"})))
     assert info.value.code is ErrorCode.METADATA_TOO_LARGE
+
+
+def test_metadata_size_is_every_key_and_value_in_utf8_bytes() -> None:
+    metadata = {"ab": "c", "é": "éé"}  # 2 + 1 + 2 + 4 bytes
+    pair = ConnectionPair(server=Settings(max_metadata_size=8))
+    with pytest.raises(LocalProtocolError, match="metadata is 9 bytes"):
+        pair.client.send_request(1, "s/m", b"", metadata=metadata)
+    pair = ConnectionPair(server=Settings(max_metadata_size=9))
+    assert pair.to_server(pair.client.send_request(1, "s/m", b"", metadata=metadata))
 
 
 def test_a_frame_over_the_peers_max_frame_size_is_refused_and_changes_nothing() -> None:
@@ -527,11 +614,44 @@ def test_a_request_that_crossed_the_goaway_is_dropped_by_the_server() -> None:
     assert pair.client.stream_state(first) is StreamState.OPEN
 
 
+def test_a_request_at_the_goaways_last_id_is_still_processed() -> None:
+    pair = ConnectionPair()
+    pair.server.send_goaway(last_id=2)
+    pair.call()
+    assert [type(e) for e in pair.to_server(pair.client.send_request(2, "s/m", b""))] == [Request]
+
+
+def test_a_servers_goaway_drops_its_streams_above_last_id_at_once() -> None:
+    pair = ConnectionPair()
+    first, second = pair.call(), pair.call()
+    pair.server.send_goaway(last_id=first)
+    assert pair.server.stream_state(second) is StreamState.CLOSED
+    assert pair.server.open_streams == 1
+
+
+def test_a_clients_goaway_says_last_id_0_and_keeps_its_streams() -> None:
+    pair = ConnectionPair()
+    sid = pair.call()
+    assert pair.to_server(pair.client.send_goaway()) == [GoAway(0)]
+    assert pair.client.stream_state(sid) is StreamState.OPEN
+
+
+def test_a_goaway_may_name_the_highest_stream_id() -> None:
+    pair = ConnectionPair()
+    assert pair.to_client(pair.server.send_goaway(last_id=2**63 - 1)) == [GoAway(2**63 - 1)]
+
+
 def test_a_goaway_with_a_higher_last_id_than_before_is_a_protocol_error() -> None:
     pair = ConnectionPair()
     pair.to_client(forge(GoAway(3)))
     with pytest.raises(RemoteProtocolError, match="only decrease: 3, then 4"):
         pair.to_client(forge(GoAway(4)))
+
+
+def test_a_goaway_repeating_the_last_id_is_accepted() -> None:
+    pair = ConnectionPair()
+    pair.to_client(pair.server.send_goaway(last_id=0))
+    assert pair.to_client(pair.server.send_goaway(last_id=0)) == [GoAway(0)]
 
 
 def test_sending_a_goaway_with_a_higher_last_id_than_before_is_refused() -> None:
@@ -570,16 +690,32 @@ def test_ping_and_pong_round_trip() -> None:
     assert pair.to_client(pair.server.send_pong(ping.opaque)) == [Pong(42)]
 
 
+@pytest.mark.parametrize("opaque", [0, 2**63 - 1])
+def test_ping_and_pong_carry_any_opaque_in_range(opaque: int) -> None:
+    pair = ConnectionPair()
+    assert pair.to_server(pair.client.send_ping(opaque)) == [Ping(opaque)]
+    assert pair.to_client(pair.server.send_pong(opaque)) == [Pong(opaque)]
+
+
+def test_a_ping_carries_0_by_default() -> None:
+    pair = ConnectionPair()
+    assert pair.to_server(pair.client.send_ping()) == [Ping(0)]
+
+
 def test_a_clean_close_between_frames_is_an_event() -> None:
     pair = ConnectionPair()
     assert pair.to_server(b"") == [ConnectionClosed()]
+
+
+def test_a_close_before_any_byte_is_a_clean_close() -> None:
+    assert Connection(Role.SERVER).receive_data(b"") == [ConnectionClosed()]
 
 
 def test_a_close_in_the_middle_of_a_frame_is_a_protocol_error() -> None:
     pair = ConnectionPair()
     data = pair.client.send_request(1, "s/m", b"payload")
     pair.to_server(data[:-3])
-    with pytest.raises(RemoteProtocolError, match="in the middle of a frame"):
+    with pytest.raises(RemoteProtocolError, match=r"in the middle of a frame, \d+ bytes into it$"):
         pair.to_server(b"")
 
 
@@ -605,6 +741,16 @@ def test_receiving_after_a_protocol_error_raises_again() -> None:
         pair.to_server(forge(Ping(1)))
 
 
+def test_receiving_after_a_protocol_error_raises_with_its_code() -> None:
+    pair = ConnectionPair(client=Settings(initial_stream_credit=0))
+    sid = pair.call(call_type=STREAM)
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(forge(Item(sid, b"")))
+    with pytest.raises(RemoteProtocolError) as info:
+        pair.to_client(forge(Ping(1)))
+    assert info.value.code is ErrorCode.FLOW_CONTROL_ERROR
+
+
 # -- argument checking ----------------------------------------------------------------------
 
 
@@ -628,14 +774,14 @@ def test_out_of_range_arguments_raise_value_error(
 
 
 def test_goaway_before_initiate_is_refused() -> None:
-    with pytest.raises(LocalProtocolError, match="before initiate"):
+    with pytest.raises(LocalProtocolError, match=r"^can't send GOAWAY before initiate\(\)$"):
         Connection(Role.SERVER).send_goaway()
 
 
 def test_a_client_opens_no_streams_after_its_own_goaway() -> None:
     pair = ConnectionPair()
     pair.client.send_goaway()
-    with pytest.raises(LocalProtocolError, match="after sending GOAWAY"):
+    with pytest.raises(LocalProtocolError, match=r"^can't open a stream after sending GOAWAY$"):
         pair.client.send_request(1, "s/m", b"")
 
 
@@ -650,8 +796,11 @@ def test_sending_a_request_with_a_used_id_is_refused() -> None:
     pair = ConnectionPair()
     pair.to_client(pair.server.send_response(pair.call(), b""))
     pair.call()
-    with pytest.raises(LocalProtocolError, match="must increase: got 1, but 2"):
+    with pytest.raises(LocalProtocolError) as info:
         pair.client.send_request(1, "s/m", b"")
+    assert info.value.message == (
+        "stream ids must increase: got 1, but 2 was already used (see next_stream_id)"
+    )
 
 
 def test_end_on_a_unary_stream_is_refused() -> None:
@@ -659,6 +808,71 @@ def test_end_on_a_unary_stream_is_refused() -> None:
     sid = pair.call()
     with pytest.raises(LocalProtocolError, match="unary: send RESPONSE, not END"):
         pair.server.send_end(sid)
+
+
+def test_end_on_a_closed_stream_is_refused_by_name() -> None:
+    pair = ConnectionPair()
+    sid = pair.call(call_type=STREAM)
+    pair.server.send_end(sid)
+    with pytest.raises(LocalProtocolError, match=rf"^can't send END on stream {sid}: it is closed"):
+        pair.server.send_end(sid)
+
+
+@pytest.mark.parametrize(
+    ("kind", "send"),
+    [
+        ("RESPONSE", lambda c, sid: c.send_response(sid, b"")),
+        ("ITEM", lambda c, sid: c.send_item(sid, b"")),
+        ("ERROR", lambda c, sid: c.send_error(sid, Status.INTERNAL)),
+    ],
+    ids=["response", "item", "error"],
+)
+def test_a_server_frame_on_a_closed_stream_is_refused_by_name(
+    kind: str, send: Callable[[Connection, int], bytes]
+) -> None:
+    pair = ConnectionPair()
+    sid = pair.call(call_type=STREAM if kind == "ITEM" else CallType.UNARY)
+    pair.server.send_error(sid, Status.CANCELLED)
+    with pytest.raises(LocalProtocolError, match=rf"^can't send {kind} on stream {sid}: it is"):
+        send(pair.server, sid)
+
+
+def test_a_server_frame_from_a_client_is_refused_by_name() -> None:
+    pair = ConnectionPair()
+    with pytest.raises(LocalProtocolError, match=r"^only a server sends RESPONSE; this is a"):
+        pair.client.send_response(1, b"")
+
+
+def test_a_client_frame_from_a_server_is_refused_by_name() -> None:
+    pair = ConnectionPair()
+    with pytest.raises(LocalProtocolError, match=r"^only a client sends CANCEL; this is a"):
+        pair.server.send_cancel(1)
+
+
+def test_a_server_frame_before_the_handshake_is_refused_by_name() -> None:
+    server = Connection(Role.SERVER)
+    with pytest.raises(LocalProtocolError, match=r"^can't send RESPONSE before the HELLO"):
+        server.send_response(1, b"")
+
+
+def test_a_client_frame_before_the_handshake_is_refused_by_name() -> None:
+    client = Connection(Role.CLIENT)
+    with pytest.raises(LocalProtocolError, match=r"^can't send CANCEL before the HELLO"):
+        client.send_cancel(1)
+
+
+def test_cancel_for_stream_0_is_refused() -> None:
+    pair = ConnectionPair()
+    with pytest.raises(LocalProtocolError, match="never opened"):
+        pair.client.send_cancel(0)
+
+
+def test_a_stream_id_never_used_is_idle_and_0_is_never_used() -> None:
+    pair = ConnectionPair()
+    assert pair.client.stream_state(0) is StreamState.IDLE
+    sid = pair.call()
+    assert pair.client.stream_state(sid) is StreamState.OPEN
+    assert pair.client.stream_state(0) is StreamState.IDLE
 
 
 @pytest.mark.parametrize(

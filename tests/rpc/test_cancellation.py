@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
@@ -128,3 +129,62 @@ async def test_slow_consumer_bounds_what_the_server_produces(
         # The server did not run ahead: everything it produced fits in the credit window.
         assert service.produced <= consumed + credit
         await service.cancelled.wait()
+
+
+class RecordErrors:
+    """A server interceptor keeping the ``RpcError`` each call's ``proceed`` raised."""
+
+    def __init__(self) -> None:
+        self.errors: list[rpc.RpcError] = []
+
+    async def intercept(self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await proceed()
+        except rpc.RpcError as exc:
+            self.errors.append(exc)
+            raise
+
+
+async def test_a_call_the_client_cancels_ends_as_cancelled_on_the_server() -> None:
+    service, record = TestService(), RecordErrors()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", interceptors=[record]) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        await cancel_sleep_once_started(service, channel.stub(TestService))
+        with trio.fail_after(5):
+            while not record.errors:  # noqa: ASYNC110 - recorded as the call ends
+                await trio.sleep(0.001)
+    [error] = record.errors
+    assert (error.code, error.message) == (rpc.Status.CANCELLED, "cancelled by the client")
+
+
+async def test_a_stream_cancelled_while_waiting_for_credit_ends_as_cancelled_on_the_server(
+    service: TestService,
+) -> None:
+    record = RecordErrors()
+    async with (
+        rpc.open_server([service], host="127.0.0.1", interceptors=[record]) as server,
+        rpc.open_channel(address(server), initial_stream_credit=4) as channel,
+    ):
+        async with channel.stub(TestService).streaming_output_call(StreamingRequest(100)) as s:
+            await s.__anext__()
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # out of credit
+        with trio.fail_after(5):
+            await service.cancelled.wait()
+            while not record.errors:  # noqa: ASYNC110 - recorded as the call ends
+                await trio.sleep(0.001)
+    [error] = record.errors
+    assert (error.code, error.message) == (rpc.Status.CANCELLED, "cancelled by the client")
+
+
+async def test_a_server_stream_sends_exactly_its_credit_before_it_waits(
+    service: TestService, server: rpc.Server
+) -> None:
+    async with (
+        rpc.open_channel(address(server), initial_stream_credit=4) as channel,
+        channel.stub(TestService).streaming_output_call(StreamingRequest(100)) as stream,
+    ):
+        assert (await stream.__anext__()).index == 0
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert service.produced == 4

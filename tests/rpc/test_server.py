@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import msgspec
@@ -88,6 +89,46 @@ async def test_server_enforces_the_request_deadline(
     await client.aclose()
 
 
+async def test_the_deadline_is_enforced_in_an_interceptor_too(
+    autojump_clock: trio.testing.MockClock, service: TestService
+) -> None:
+    class Slow:
+        async def intercept(
+            self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]
+        ) -> None:
+            await trio.sleep(10)  # the deadline passes here, before the handler runs
+            await proceed()  # pragma: no cover
+
+    async with rpc.open_server([service], host="127.0.0.1", interceptors=[Slow()]) as server:
+        client = await RawClient.connect(server)
+        error, seconds = await client.call_with_deadline("grpc.testing.TestService/sleep", 250)
+        assert (error.code, error.message) == (rpc.Status.DEADLINE_EXCEEDED, "deadline exceeded")
+        assert seconds == pytest.approx(0.25)
+        assert not service.started.is_set()
+        await client.aclose()
+
+
+async def test_max_inflight_counts_each_call_until_it_ends_and_no_longer(
+    autojump_clock: trio.testing.MockClock, service: TestService
+) -> None:
+    async with (
+        rpc.open_server([service], host="127.0.0.1", max_inflight=2) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        stub = channel.stub(TestService)
+        for _ in range(3):
+            await stub.empty_call(Empty())  # each gives its place back as it ends
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stub.hold, Empty())
+            nursery.start_soon(stub.hold, Empty())
+            while service.running < 2:  # noqa: ASYNC110 - the two calls are starting
+                await trio.sleep(0.01)
+            with pytest.raises(rpc.RpcError) as info:
+                await stub.empty_call(Empty())
+            service.release.set()
+        assert info.value.details == {"refused": "max_inflight"}
+
+
 async def test_call_type_mismatch_is_unimplemented(server: rpc.Server) -> None:
     client = await RawClient.connect(server)
     payload = msgspec.msgpack.encode(Empty())
@@ -150,6 +191,40 @@ async def test_shutdown_cancels_calls_left_after_the_grace_period(
         assert trio.current_time() - start == pytest.approx(3)
         assert service.cancelled.is_set()
         assert events_named(logs, "rpc.server.grace_expired")
+
+
+async def test_a_call_cut_short_by_shutdown_is_cancelled_not_failed(
+    autojump_clock: trio.testing.MockClock, service: TestService
+) -> None:
+    seen: list[BaseException] = []
+
+    class Record:
+        async def intercept(
+            self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]
+        ) -> None:
+            try:
+                await proceed()
+            except BaseException as exc:
+                seen.append(exc)
+                raise
+
+    async with (
+        rpc.open_server(
+            [service], host="127.0.0.1", grace_period=1, interceptors=[Record()]
+        ) as server,
+        rpc.open_channel(address(server)) as channel,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def sleep() -> None:
+            with pytest.raises(rpc.RpcError):  # UNAVAILABLE: the connection closed
+                await channel.stub(TestService).sleep(Empty())
+
+        nursery.start_soon(sleep)
+        await service.started.wait()
+        await server.shutdown()
+    # Not this call's cancellation: the handler's Cancelled goes on up, unconverted.
+    assert [type(exc) for exc in seen] == [trio.Cancelled]
 
 
 async def test_handshake_timeout_drops_a_client_that_stalls(

@@ -41,6 +41,13 @@ class FailingStreams(rpc.Service, name="test.FailingStreams"):
         yield Empty()  # type: ignore[misc]
 
     @rpc.server_stream
+    async def bad_cleanup(self, req: Empty) -> AsyncIterator[StreamItem]:
+        try:
+            yield Empty()  # type: ignore[misc]
+        finally:
+            raise ValueError("cleanup failed")
+
+    @rpc.server_stream
     async def hang(self, req: Empty) -> AsyncIterator[StreamItem]:
         yield StreamItem(0)
         try:
@@ -80,9 +87,13 @@ async def test_stream_handler_failures_become_the_calls_status(interceptors: boo
             received, error = await items_then_error(stub, "bad_item")
             assert (received, error.code) == (1, rpc.Status.INTERNAL)
     crashes = [log for log in logs if log["event"] == "rpc.handler.crashed"]
-    assert [(log["method"], log["what"]) for log in crashes] == [
-        ("crash", "stream handler raised"),
-        ("bad_item", "bad item"),
+    assert [(log["method"], log["what"], repr(log["exc_info"])) for log in crashes] == [
+        ("crash", "stream handler raised", "ValueError('secret in this message')"),
+        (
+            "bad_item",
+            "bad item",
+            "TypeError('test.FailingStreams/bad_item must yield StreamItem items, got Empty()')",
+        ),
     ]
     if interceptors:
         assert [(method, code) for method, _, code in record.outcomes] == [
@@ -101,7 +112,7 @@ async def test_deadline_inside_a_stream_handler_ends_the_stream_with_deadline_ex
         error, seconds = await client.call_with_deadline(
             "test.FailingStreams/hang", 250, call_type=CallType.SERVER_STREAM
         )
-        assert error.code is rpc.Status.DEADLINE_EXCEEDED
+        assert (error.code, error.message) == (rpc.Status.DEADLINE_EXCEEDED, "deadline exceeded")
         assert seconds == pytest.approx(0.25)
         assert service.cancelled.is_set()
         # One item, then the ERROR instead of an END.
@@ -110,3 +121,18 @@ async def test_deadline_inside_a_stream_handler_ends_the_stream_with_deadline_ex
             Error,
         ]
         await client.aclose()
+
+
+async def test_a_stream_handler_that_fails_as_it_is_closed_is_logged() -> None:
+    with capture_logs() as logs:
+        async with (
+            rpc.open_server([FailingStreams()], host="127.0.0.1") as server,
+            rpc.open_channel(address(server)) as channel,
+        ):
+            received, error = await items_then_error(channel.stub(FailingStreams), "bad_cleanup")
+    assert (received, error.code) == (0, rpc.Status.INTERNAL)
+    crashes = [log for log in logs if log["event"] == "rpc.handler.crashed"]
+    assert [(log["method"], log["what"], repr(log["exc_info"])) for log in crashes[1:]] == [
+        ("bad_cleanup", "stream handler raised while closing", "ValueError('cleanup failed')")
+    ]
+    assert crashes[0]["what"] == "bad item"

@@ -253,6 +253,24 @@ async def test_a_client_that_stops_reading_holds_the_server_to_its_credit(
         await shapes.cancelled.wait()
 
 
+async def test_a_bidi_stream_cancelled_while_waiting_for_credit_stops_counting_as_stalled(
+    shapes: Shapes,
+) -> None:
+    async with (
+        rpc.open_server([shapes], host="127.0.0.1", max_stalled_streams=1) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        stub = channel.stub(Shapes)
+        for _ in range(2):  # the second stream may wait as the first did: it is alone
+            shapes.cancelled = trio.Event()
+            async with stub.flood() as (_, receive):
+                assert isinstance(await receive.receive(), Num)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                assert server.statistics().active_calls == 1  # waiting, not refused
+            with trio.fail_after(5):
+                await shapes.cancelled.wait()
+
+
 async def test_leaving_the_block_cancels_the_handler(shapes: Shapes, stub: Shapes) -> None:
     async with stub.hold() as (send, _):
         await send.send(Num(1))
@@ -338,6 +356,11 @@ class Sink(rpc.Service, name="sink"):
             count += 1
         return Total(count, count)
 
+    @rpc.client_stream
+    async def ignore(self, requests: rpc.RequestStream[Blob]) -> Total:
+        await self.gate.wait()
+        return Total(0, 0)  # the items are never read
+
     @rpc.unary
     async def echo(self, request: Num) -> Num:
         return request
@@ -372,3 +395,20 @@ async def test_items_waiting_to_be_read_fail_their_call_past_the_byte_budget() -
         assert "request items waiting to be read" in caught.value.message
         assert server.statistics().request_bytes == 0
         assert await stub.echo(Num(8)) == Num(8)
+
+
+async def test_items_the_handler_never_read_give_their_bytes_back_when_the_call_ends() -> None:
+    sink = Sink()
+    async with (
+        rpc.open_server([sink], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        stub = channel.stub(Sink)
+        async with stub.ignore() as (send, receive):
+            for _ in range(3):
+                await send.send(Blob(b"x" * 1024))
+            assert await stub.echo(Num(7)) == Num(7)  # the server has read the items
+            assert server.statistics().request_bytes > 3 * 1024
+            sink.gate.set()
+            assert await receive.receive() == Total(0, 0)
+        assert server.statistics().request_bytes == 0
