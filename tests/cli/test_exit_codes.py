@@ -84,6 +84,8 @@ def test_call_and_list_help_document_the_status_exit_codes(
     [
         ["serve"],
         ["registry", "--port", "x"],
+        ["registry", "--warmup", "-1"],
+        ["registry", "--warmup", "inf"],
         ["call", "127.0.0.1:1"],
         ["list", "127.0.0.1:1", "--timeout", "0"],
         ["bench", "127.0.0.1:1", GET_USER, "-n", "0"],

@@ -388,9 +388,10 @@ async def test_registry_server_restart_mid_load(nursery: trio.Nursery) -> None:
         open_registry_client(f"127.0.0.1:{port}") as registry,
         registry.register("replica", address(server_a), ttl=1),
         registry.register("replica", address(server_b), ttl=1),
-        # Waits for ready: the registry comes back empty, and until a and b register again
-        # (at their next renewal) calls failing fast would say "no endpoints".
-        rpc.open_channel("replica", registry=registry, wait_for_ready=True) as channel,
+        # Fails fast (the default): the registry comes back empty, and its warm-up holds the
+        # reopened watch's first answer until a and b register again, so the channel never
+        # hears "no endpoints" and keeps calling them.
+        rpc.open_channel("replica", registry=registry) as channel,
         load(channel) as calls,
     ):
         await calls.wait_calls(300)

@@ -125,3 +125,66 @@ async def test_the_registry_server_exposes_the_service_it_serves() -> None:
         assert isinstance(server.service, RegistryService)
         resolved = await server.service.resolve(ServiceRequest("users"))
         assert resolved.endpoints == []
+
+
+# --- warm-up after a restart: a reopened watch keeps its client's last set ----------------
+
+
+async def first_answer(
+    service: RegistryService, request: ServiceRequest
+) -> tuple[float, list[str]]:
+    """When the first endpoint set of a watch arrives, and its addresses."""
+    start = trio.current_time()
+    updates = service.watch(request)
+    async with aclosing(updates):  # type: ignore[type-var]
+        with trio.fail_after(60):
+            answer = await anext(updates)
+    return trio.current_time() - start, [record.address for record in answer.endpoints]
+
+
+async def test_a_reopened_watch_of_an_empty_restarted_server_waits_for_a_registration(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService(warmup=5.0)
+    got: list[tuple[float, list[str]]] = []
+
+    async def watch() -> None:
+        got.append(await first_answer(service, ServiceRequest("users", known=True)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.sleep(0.4)  # the replica registers again at its next renewal
+        await service.register(RegisterRequest("users", A, TTL))
+    assert got == [(pytest.approx(0.4), [A])]
+
+
+async def test_a_reopened_watch_hears_no_endpoints_when_the_warmup_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService(warmup=5.0)
+    await trio.sleep(1.0)  # nothing served yet: the warm-up starts with the first call
+    assert await first_answer(service, ServiceRequest("users", known=True)) == (
+        pytest.approx(5.0),
+        [],
+    )
+    # After the warm-up a reopened watch is answered at once.
+    assert await first_answer(service, ServiceRequest("users", known=True)) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("request_", "warmup"),
+    [(ServiceRequest("users"), 5.0), (ServiceRequest("users", known=True), 0.0)],
+    ids=["a-first-time-watcher", "warmup-off"],
+)
+async def test_an_unknown_service_is_answered_at_once(
+    autojump_clock: trio.testing.MockClock, request_: ServiceRequest, warmup: float
+) -> None:
+    service = RegistryService(warmup=warmup)
+    assert await first_answer(service, request_) == (0, [])
+
+
+def test_a_bad_warmup_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="warmup must be a finite number >= 0"):
+        RegistryService(warmup=-1)
+    with pytest.raises(TypeError, match="warmup must be an int or float"):
+        RegistryService(warmup="5")  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import argparse
 from contextlib import AsyncExitStack
 from typing import Any
 
-from trio_micro.registry import open_registry_server
+from trio_micro.registry import DEFAULT_WARMUP, open_registry_server
 
 from ._common import EXIT_OK, Stopper, epilog, port, run_trio, seconds, usage_error
 from ._serve import (
@@ -72,6 +72,14 @@ def add_registry_parser(subparsers: Any) -> None:
         default=5.0,
         help="seconds calls in progress may take to finish on shutdown (default: 5)",
     )
+    parser.add_argument(
+        "--warmup",
+        type=seconds(zero=True),
+        default=DEFAULT_WARMUP,
+        help="seconds after start during which a client reopening a watch keeps its last "
+        "endpoints until they register again, instead of hearing none (default: "
+        f"{DEFAULT_WARMUP:g}; 0: off)",
+    )
 
 
 def run_registry(args: argparse.Namespace) -> int:
@@ -97,6 +105,7 @@ def run_registry(args: argparse.Namespace) -> int:
                         token=token,
                         allow_identities=identities,
                         protect_lookups=args.protect_lookups,
+                        warmup=args.warmup,
                     )
                 )
             except* OSError as group:

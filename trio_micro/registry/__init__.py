@@ -32,6 +32,7 @@ from ._client import RegistryClient, open_registry_client
 from ._etcd import EtcdRegistry, open_etcd_registry
 from ._memory import MemoryRegistry
 from ._server import (
+    DEFAULT_WARMUP,
     RegistryServer,
     RegistryService,
     check_token,
@@ -52,6 +53,7 @@ from ._types import (
 )
 
 __all__ = [
+    "DEFAULT_WARMUP",
     "MAX_TTL",
     "DuplicateRegistrationError",
     "Endpoint",

@@ -252,7 +252,7 @@ class RegistryClient:
         while True:
             error: str
             try:
-                stream: Any = self._stub.watch(ServiceRequest(service))
+                stream: Any = self._stub.watch(ServiceRequest(service, known=bool(last)))
                 async with aclosing(stream) as items:
                     async for item in items:
                         backoff.reset()

@@ -48,6 +48,16 @@ Wire API (service ``trio_micro.registry``): ``register`` (not idempotent), ``kee
 ``deregister``, ``resolve`` (idempotent, so clients retry them) and ``watch``, a
 server-stream of endpoint sets: the current one, then one per change.
 
+After a restart the server knows nothing until the replicas' clients register again (each
+does at its next renewal, at most ``ttl / 3`` later, or as soon as the server answers its
+retries). For ``warmup`` seconds from the first call it serves (default
+:data:`DEFAULT_WARMUP`), a ``watch`` reopened by a client that knew endpoints of the service
+(``known``) and finding none holds its first answer until an entry appears or the warm-up
+ends, so that the client keeps its last set meanwhile instead of being told the service
+has no endpoints, which fail-fast channels would turn into ``UNAVAILABLE`` for the calls of
+that window. A first-time watcher is answered at once, so an unknown service still fails
+fast.
+
 Log events (``registry.server.*``, distinct from the client's ``registry.endpoint.*``):
 ``registry.server.started``, ``registry.server.registered``,
 ``registry.server.deregistered``, ``registry.server.replaced``, ``registry.server.expired``.
@@ -68,6 +78,7 @@ import msgspec
 import trio
 
 from trio_micro import rpc
+from trio_micro._validate import check_number
 
 from ._types import (
     Endpoint,
@@ -78,6 +89,7 @@ from ._types import (
 )
 
 __all__ = [
+    "DEFAULT_WARMUP",
     "RegistryServer",
     "RegistryService",
     "open_registry_server",
@@ -86,6 +98,11 @@ __all__ = [
 
 #: The registry's wire name.
 SERVICE_NAME: Final = "trio_micro.registry"
+
+#: Seconds after a (re)start during which a reopened ``watch`` waits for the service's
+#: replicas to register again (:class:`RegistryService`'s ``warmup``): a renewal interval
+#: (``ttl / 3``) of replicas with the default TTL of 10 s, with room to spare.
+DEFAULT_WARMUP: Final = 5.0
 
 #: The most leases one server holds; a ``register`` beyond it gets ``RESOURCE_EXHAUSTED``,
 #: so the server's state is bounded whatever its clients do.
@@ -146,6 +163,9 @@ class Empty(msgspec.Struct):
 
 class ServiceRequest(msgspec.Struct):
     service: str
+    # watch only: the client knew endpoints of the service before this stream (it is
+    # reopening a broken one); see RegistryService.watch. Older clients send no field.
+    known: bool = False
 
 
 class EndpointRecord(msgspec.Struct, array_like=True):
@@ -188,9 +208,12 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         allow_identities: Client-certificate names (common name or SAN value) that may
             write without the token (mutual TLS).
         protect_lookups: ``resolve`` and ``watch`` need the same credentials too.
+        warmup: Seconds, from the first call served, during which a reopened ``watch`` of a
+            service with no entries waits for one (see the module docs); 0: none.
 
     Raises:
-        TypeError / ValueError: A bad token (the message does not show it) or identity.
+        TypeError / ValueError: A bad token (the message does not show it), identity or
+            warmup.
     """
 
     def __init__(
@@ -199,8 +222,12 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         token: str | None = None,
         allow_identities: Iterable[str] = (),
         protect_lookups: bool = False,
+        warmup: float = DEFAULT_WARMUP,
     ) -> None:
         self._token = check_token(token)
+        self._warmup = check_number("warmup", warmup, unit="seconds", zero=True)
+        # When the warm-up ends, on trio's clock: set by the first call served.
+        self._warm_until: float | None = None
         identities = frozenset(allow_identities)
         for name in identities:
             if not isinstance(name, str) or not name:
@@ -218,6 +245,12 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         # still holds from before the restart for one of its own.
         self._ids = random.Random()
         self._closed = False
+
+    def _warming(self) -> float:
+        """When the warm-up ends (the first call served starts it). Not a checkpoint."""
+        if self._warm_until is None:
+            self._warm_until = trio.current_time() + self._warmup
+        return self._warm_until
 
     def close(self) -> None:
         """End every ``watch`` stream (clients reopen them elsewhere or later).
@@ -394,9 +427,16 @@ class RegistryService(rpc.Service, name=SERVICE_NAME):
         except (TypeError, ValueError) as exc:
             raise _invalid(exc) from None
         last: list[Endpoint] | None = None
+        hold = req.known and trio.current_time() < self._warming()
         while not self._closed:
             changed = self._changed.setdefault(service, trio.Event())
             current = self._snapshot(service)
+            if hold and not current and trio.current_time() < self._warming():
+                # Restarted: the client keeps its last set while its replicas register again.
+                with trio.move_on_at(self._warming()):
+                    await changed.wait()
+                continue
+            hold = False
             if current != last:
                 last = current
                 yield _records(current)
@@ -442,6 +482,7 @@ async def open_registry_server(
     token: str | None = None,
     allow_identities: Iterable[str] = (),
     protect_lookups: bool = False,
+    warmup: float = DEFAULT_WARMUP,
     **server_options: Any,
 ) -> AsyncIterator[RegistryServer]:
     """Run a registry server for the body of ``async with``.
@@ -457,17 +498,22 @@ async def open_registry_server(
         port: The TCP port; 0 picks a free one (see :attr:`RegistryServer.address`).
         token / allow_identities / protect_lookups: Who may write (and read), as for
             :class:`RegistryService`; by default anyone.
+        warmup: As for :class:`RegistryService`; it starts when the server listens.
         server_options: Passed to :func:`rpc.open_server` (``ssl_context``, limits, ...).
 
     Raises:
-        TypeError / ValueError: A bad token or identity (before anything binds).
+        TypeError / ValueError: A bad token, identity or warmup (before anything binds).
         OSError: Binding failed.
         BaseException: What the body raised, unwrapped, as from :func:`rpc.open_server`.
     """
     service = RegistryService(
-        token=token, allow_identities=allow_identities, protect_lookups=protect_lookups
+        token=token,
+        allow_identities=allow_identities,
+        protect_lookups=protect_lookups,
+        warmup=warmup,
     )
     async with rpc.open_server([service], host=host, port=port, **server_options) as server:
+        service._warming()  # the warm-up runs from now
         registry_server = RegistryServer(service, server)
         log.info("registry.server.started", address=registry_server.target)
         try:
