@@ -507,25 +507,12 @@ async def test_merge_reads_a_generic_receive_channel() -> None:
     assert sorted(got) == [1, 2, 3, 10, 11, 12]
 
 
-async def test_merge_consumer_closing_breaks_every_producer(autojump_clock: object) -> None:
-    tx_a, rx_a = trio.open_memory_channel[int](0)
-    tx_b, rx_b = trio.open_memory_channel[int](0)
-    outcome: list[str] = []
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery, open_merge(rx_a, rx_b) as merged:
-            nursery.start_soon(expect_broken, tx_a, outcome)
-            nursery.start_soon(expect_broken, tx_b, outcome)
-            await merged.receive()
-            merged.close()
-            await trio.testing.wait_all_tasks_blocked()
-            assert outcome == ["broken", "broken"]
-
-
-async def test_merge_consumer_closing_while_every_forwarder_waits_to_send_breaks_every_producer(
-    autojump_clock: object,
+@pytest.mark.parametrize("receive_first", [True, False])
+async def test_merge_consumer_closing_breaks_every_producer(
+    receive_first: bool, autojump_clock: object
 ) -> None:
-    # Nothing is received, so each forwarder holds an item and waits in the blocking send
-    # when the merged channel closes: no forwarder meets the closed channel in send_nowait.
+    # Having received an item, its forwarder meets the closed channel in send_nowait;
+    # having received nothing, every forwarder holds an item and waits in the blocking send.
     tx_a, rx_a = trio.open_memory_channel[int](0)
     tx_b, rx_b = trio.open_memory_channel[int](0)
     outcome: list[str] = []
@@ -533,7 +520,10 @@ async def test_merge_consumer_closing_while_every_forwarder_waits_to_send_breaks
         async with trio.open_nursery() as nursery, open_merge(rx_a, rx_b) as merged:
             nursery.start_soon(expect_broken, tx_a, outcome)
             nursery.start_soon(expect_broken, tx_b, outcome)
-            await trio.testing.wait_all_tasks_blocked()
+            if receive_first:
+                await merged.receive()
+            else:
+                await trio.testing.wait_all_tasks_blocked()
             merged.close()
             await trio.testing.wait_all_tasks_blocked()
             assert outcome == ["broken", "broken"]
