@@ -30,7 +30,11 @@ _PACKAGES = ("toolkit", "protocol", "observe", "rpc", "registry", "analysis")
 TESTS_FOR: dict[str, tuple[str, ...]] = {
     "trio_micro.toolkit._ratelimit": ("tests/toolkit/test_ratelimit.py",),
     "trio_micro.toolkit._singleflight": ("tests/toolkit/test_singleflight.py",),
-    "trio_micro.toolkit._channels": ("tests/toolkit/test_channels.py",),
+    # _forward is also open_throttle's loop: its limiter path is tested there.
+    "trio_micro.toolkit._channels": (
+        "tests/toolkit/test_channels.py",
+        "tests/toolkit/test_throttle.py",
+    ),
     # Not test_streams_state.py: its Hypothesis state machine reaches every method and
     # takes 6 s, which would make each of the 567 mutants cost that much.
     "trio_micro.protocol._connection": (

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable, Iterable
 
 import pytest
 from ddsketch import DDSketch
@@ -82,7 +84,7 @@ def test_negative_value_is_rejected() -> None:
 
 
 def test_quantile_of_empty_sketch_raises() -> None:
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=r"^quantile of an empty sketch$"):
         LatencySketch().quantile(0.5)
 
 
@@ -152,6 +154,34 @@ def test_add_many_rejects_a_bad_value_and_adds_nothing(bad: float) -> None:
     with pytest.raises(ValueError, match="non-negative"):
         sketch.add_many([1.0, bad, 2.0])
     assert sketch == LatencySketch()
+
+
+@pytest.mark.parametrize("bad", [-2.0, math.nan])
+def test_add_many_names_the_first_bad_value(bad: float) -> None:
+    # The good values before it include 0 and values in (0, 1), and a bad one follows.
+    with pytest.raises(ValueError, match=re.escape(f"got {bad!r}") + "$"):
+        LatencySketch().add_many([0.0, 0.5, 1.0, bad, 3.0, -4.0])
+
+
+def test_add_many_adds_to_the_values_already_there() -> None:
+    sketch = LatencySketch([1.0, 2.0])
+    sketch.add_many([3.0, 4.0])
+    assert (sketch.count, sketch.total) == (4, 10.0)
+
+
+def test_a_value_of_exactly_min_tracked_is_tracked() -> None:
+    sketch = LatencySketch()
+    sketch.add(MIN_TRACKED)
+    [(low, high, count)] = sketch.buckets()
+    assert (0 < low <= MIN_TRACKED < high, count) == (True, 1)
+
+
+@pytest.mark.parametrize("kind", [tuple, iter])
+def test_bucket_indices_of_any_iterable_equal_those_of_a_list(
+    kind: Callable[[list[float]], Iterable[float]],
+) -> None:
+    values = [0.0, 0.5, 2.0, 700.0]
+    assert LatencySketch.bucket_indices(kind(values)) == LatencySketch.bucket_indices(values)
 
 
 @given(st.lists(durations))

@@ -507,7 +507,12 @@ async def test_merge_reads_a_generic_receive_channel() -> None:
     assert sorted(got) == [1, 2, 3, 10, 11, 12]
 
 
-async def test_merge_consumer_closing_breaks_every_producer(autojump_clock: object) -> None:
+@pytest.mark.parametrize("receive_first", [True, False])
+async def test_merge_consumer_closing_breaks_every_producer(
+    receive_first: bool, autojump_clock: object
+) -> None:
+    # Having received an item, its forwarder meets the closed channel in send_nowait;
+    # having received nothing, every forwarder holds an item and waits in the blocking send.
     tx_a, rx_a = trio.open_memory_channel[int](0)
     tx_b, rx_b = trio.open_memory_channel[int](0)
     outcome: list[str] = []
@@ -515,7 +520,10 @@ async def test_merge_consumer_closing_breaks_every_producer(autojump_clock: obje
         async with trio.open_nursery() as nursery, open_merge(rx_a, rx_b) as merged:
             nursery.start_soon(expect_broken, tx_a, outcome)
             nursery.start_soon(expect_broken, tx_b, outcome)
-            await merged.receive()
+            if receive_first:
+                await merged.receive()
+            else:
+                await trio.testing.wait_all_tasks_blocked()
             merged.close()
             await trio.testing.wait_all_tasks_blocked()
             assert outcome == ["broken", "broken"]

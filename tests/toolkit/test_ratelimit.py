@@ -653,3 +653,43 @@ async def test_keyed_key_with_waiters_is_not_forgotten(
     limiter.acquire_nowait("bob")
     stats = limiter.statistics()
     assert (stats.keys, stats.keys_forgotten) == (2, 0)
+
+
+class ClockThatJumpsOnce(trio.abc.Clock):
+    """A frozen clock that moves ``jump`` seconds right after its next read, once armed."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self.jump = 0.0
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        now = self._now
+        self._now += self.jump
+        self.jump = 0.0
+        return now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        # Called when every task is blocked: jump to the next deadline, like autojump.
+        if deadline == math.inf:
+            return 86400.0
+        self._now = max(self._now, deadline)
+        return 0.0
+
+
+def test_acquire_whose_tokens_accrue_just_after_the_fast_path_still_checkpoints() -> None:
+    # The fast path reads the clock one token short; the reservation, one read later,
+    # finds the token there, so the call never sleeps: its only schedule point is the last.
+    clock = ClockThatJumpsOnce()
+
+    async def main() -> None:
+        limiter = RateLimiter(1, burst=1)
+        await limiter.acquire()
+        clock.jump = 1.0
+        with trio.testing.assert_checkpoints():
+            await limiter.acquire()
+        assert (trio.current_time(), limiter.statistics().tokens_admitted) == (1.0, 2)
+
+    trio.run(main, clock=clock)
