@@ -32,7 +32,7 @@ from ._client import ClientConnection
 from ._errors import RpcError
 from ._transport import RECEIVE_SIZE, Endpoint, peer_name
 
-__all__ = ["connect"]
+__all__: list[str] = []
 
 
 async def connect(

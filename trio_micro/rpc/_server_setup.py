@@ -31,7 +31,7 @@ from ._reflection import ReflectionService
 from ._server_connection import Method, ServerConfig
 from ._service import Service
 
-__all__ = ["Prepared", "build_services", "check_listeners", "prepare"]
+__all__: list[str] = []
 
 # The call workers' task names (what the task monitor and tracebacks show): the module that
 # made them before this one was split off, so that they stay what they were.
