@@ -54,7 +54,11 @@ bookkeeping are shared by both. The client's half of a stream, which only client
 bidi-streams have, is already apart (:mod:`._streams`); what stays here is shared by
 every call type. Split by direction, each rule would be read in two files;
 split by frame kind, the shared state would need an API of its own. The tests drive two
-connections against each other, as this module is meant to be read.
+connections against each other, as this module is meant to be read. Compression is apart
+too (:mod:`._compression`: the codecs, the inflation bound, the per-peer
+:class:`Compressor`); what stays here is its glue, a few lines in each of HELLO, REQUEST
+(sent and received), RESPONSE and ITEM that pick a stream's compressor: taken out as an
+object of its own it would put a call on every REQUEST's path and save few lines.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import math
-import ssl
 from collections.abc import Callable
 from typing import Final, final
 
@@ -57,21 +56,18 @@ from trio_micro.protocol import (
     ErrorCode,
     Event,
     GoAway,
-    Hello,
     Item,
     LocalProtocolError,
     Payload,
     Ping,
     RemoteProtocolError,
     Response,
-    Role,
-    Settings,
     Status,
 )
 
 from ._errors import RpcError
 from ._observability import with_traceparent
-from ._transport import RECEIVE_SIZE, Endpoint, Writer, peer_name
+from ._transport import RECEIVE_SIZE, Endpoint, Writer
 
 __all__: list[str] = []
 
@@ -138,7 +134,8 @@ def status_error(frame: Error) -> RpcError:
 
 @final
 class ClientConnection:
-    """One connection to a server; created by :func:`connect`, driven by :meth:`run`."""
+    """One connection to a server; created by :func:`~._connect.connect` after the
+    handshake, driven by :meth:`run`."""
 
     def __init__(
         self,
@@ -149,11 +146,13 @@ class ClientConnection:
         keepalive_interval: float,
         keepalive_timeout: float,
         on_unusable: Callable[[ClientConnection], None],
+        peer: str | None = None,
+        pending_events: list[Event] | None = None,
     ) -> None:
         self.stream = stream
         self.proto = proto
         self.endpoint = endpoint
-        self.peer = str(endpoint)
+        self.peer = str(endpoint) if peer is None else peer
         self.writer = Writer(stream)
         self._calls: dict[int, _Call] = {}
         self._slots = trio.lowlevel.ParkingLot()
@@ -166,7 +165,8 @@ class ClientConnection:
         # What pending calls fail with when the connection ends.
         self.close_error = RpcError(Status.UNAVAILABLE, f"connection to {self.peer} lost")
         self.last_receive = trio.current_time()
-        self._pending_events: list[Event] = []
+        # Events that arrived with the server's HELLO, for the reader to handle first.
+        self._pending_events: list[Event] = [] if pending_events is None else pending_events
         self._window = proto.local_settings.initial_stream_credit
 
     @property
@@ -516,93 +516,3 @@ class ClientConnection:
         call.cancelled = True
         if self._calls.pop(stream_id, None) is not None:
             self.writer.write(self.proto.send_cancel(stream_id))
-
-
-async def connect(
-    endpoint: Endpoint,
-    *,
-    settings: Settings,
-    ssl_context: ssl.SSLContext | None,
-    server_hostname: str | None,
-    handshake_timeout: float,
-    keepalive_interval: float,
-    keepalive_timeout: float,
-    compression_threshold: int,
-    on_unusable: Callable[[ClientConnection], None],
-) -> ClientConnection:
-    """Open a connection and complete the handshake (TLS, then HELLO both ways).
-
-    Raises:
-        RpcError: ``UNAVAILABLE`` naming the address: refused, unreachable, timed out, TLS
-            failure, or the server broke the protocol or said GOAWAY at once.
-    """
-    where = str(endpoint)
-    stream: trio.abc.Stream | None = None
-    try:
-        with trio.fail_after(handshake_timeout):
-            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-            if ssl_context is not None:
-                stream = trio.SSLStream(
-                    stream, ssl_context, server_hostname=server_hostname or endpoint.host
-                )
-                await stream.do_handshake()
-            proto = Connection(
-                Role.CLIENT, settings=settings, compression_threshold=compression_threshold
-            )
-            await stream.send_all(proto.initiate())
-            events: list[Event] = []
-            while not proto.handshake_complete:
-                data = await stream.receive_some(RECEIVE_SIZE)
-                events = proto.receive_data(data)
-                if not proto.handshake_complete and any(
-                    isinstance(e, ConnectionClosed | GoAway) for e in events
-                ):
-                    raise trio.BrokenResourceError("closed during the handshake")
-            rest = events[next(i for i, e in enumerate(events) if isinstance(e, Hello)) + 1 :]
-    except BaseException as exc:
-        if stream is not None:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
-        if isinstance(exc, trio.TooSlowError):
-            raise RpcError(
-                Status.UNAVAILABLE, f"can't connect to {where}: handshake timed out"
-            ) from exc
-        if isinstance(exc, OSError | trio.BrokenResourceError | RemoteProtocolError):
-            # trio's BrokenResourceError carries no message: the reason is its cause, e.g.
-            # the ssl.SSLCertVerificationError of a server the client doesn't trust.
-            cause = exc.__cause__
-            if isinstance(exc, RemoteProtocolError):
-                reason = exc.message
-            elif isinstance(cause, ssl.SSLError):
-                reason = f"TLS failed: {cause}"
-            else:
-                reason = str(exc) or repr(cause or exc)
-            reason += _tls_hint(cause, tls=ssl_context is not None, connected=stream is not None)
-            raise RpcError(Status.UNAVAILABLE, f"can't connect to {where}: {reason}") from exc
-        raise
-    conn = ClientConnection(
-        stream,
-        proto,
-        endpoint,
-        keepalive_interval=keepalive_interval,
-        keepalive_timeout=keepalive_timeout,
-        on_unusable=on_unusable,
-    )
-    conn.peer = peer_name(stream) if ssl_context is None else where
-    conn._pending_events = rest
-    return conn
-
-
-def _tls_hint(cause: BaseException | None, *, tls: bool, connected: bool) -> str:
-    """A guess at a TLS mismatch behind a failed handshake, for the error message."""
-    if not connected:
-        return ""
-    if not tls:
-        return " (does the server require TLS?)"
-    if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
-        return " (is the server serving TLS?)"
-    if isinstance(cause, ssl.SSLEOFError) or (
-        isinstance(cause, ssl.SSLError) and "CERTIFICATE_REQUIRED" in (cause.reason or "")
-    ):
-        return " (the server may require a client certificate, or refuse this one)"
-    return ""

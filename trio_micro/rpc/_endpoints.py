@@ -73,7 +73,8 @@ from trio_micro.protocol import Settings, Status
 from trio_micro.toolkit import Backoff
 
 from ._balancing import Balancer, OutlierEjection
-from ._client import ClientConnection, RefusedError, connect
+from ._client import ClientConnection, RefusedError
+from ._connect import connect
 from ._errors import RpcError
 from ._health import HEALTH_SERVICE, HealthCheckRequest, HealthCheckResponse, HealthStatus
 from ._ready import waiting_for_ready

@@ -10,12 +10,14 @@ Tasks::
                └─ call workers (:mod:`._workers`), each running one call at a time
                   (:mod:`._server_calls`)
 
-This module owns the listeners and the set of connections: it accepts, refuses
+This module owns the listeners and the set of connections: it binds, accepts, refuses
 connections beyond ``max_connections`` or ``max_connections_per_peer`` (with a GOAWAY
 saying why, unless TLS; :mod:`._server_limits` has the bounds a client can't raise), runs each
 connection in a task of its own (a failure there is logged and ends that connection only),
-and shuts down. A connection reads frames and dispatches each REQUEST to a call worker,
-which runs the call in a context and under a cancel scope of its own; see those modules.
+and shuts down. What it serves is built, and every argument checked, by
+:mod:`._server_setup` before anything is bound. A connection reads frames and dispatches
+each REQUEST to a call worker, which runs the call in a context and under a cancel scope of
+its own; see those modules.
 
 Admission (:mod:`._admission`): with ``max_inflight``, a REQUEST arriving while that many
 calls run on the whole server is answered ``RESOURCE_EXHAUSTED`` at once by the connection
@@ -39,34 +41,21 @@ import errno
 import inspect
 import math
 import ssl
-from collections.abc import (
-    AsyncIterator,
-    Iterable,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Unpack, final
 
-import msgspec
 import structlog
 import trio
 
 from trio_micro._background import open_background_nursery
-from trio_micro._validate import check_bool, check_int, check_optional_int, check_seconds
-from trio_micro.protocol import (
-    DEFAULT_COMPRESSION_THRESHOLD,
-    DEFAULT_MAX_FRAME_SIZE,
-    SUPPORTED_COMPRESSION,
-    Settings,
-    check_compression,
-)
+from trio_micro.protocol import DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_MAX_FRAME_SIZE
 
 from ._admission import Admission
 from ._health import HEALTH_SERVICE, HealthService
 from ._interceptors import ServerInterceptor
 from ._options import ServerOptions
-from ._reflection import ReflectionService
 from ._server_connection import Method, ServerConfig, ServerConnection
 from ._server_limits import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -74,6 +63,7 @@ from ._server_limits import (
     ByteBudget,
     ConnectionGate,
 )
+from ._server_setup import Prepared, prepare
 from ._service import Service
 
 __all__ = ["Server", "ServerStatistics", "open_server", "serve"]
@@ -301,38 +291,6 @@ class Server:
             self._check_drained()
 
 
-def _build(
-    services: Iterable[Service], reflection: bool, health: bool = False
-) -> tuple[dict[str, Service], dict[str, Method]]:
-    if isinstance(services, Service) or not isinstance(services, Iterable):
-        raise TypeError(f"services must be an iterable of rpc.Service instances, got {services!r}")
-    by_name: dict[str, Service] = {}
-    for service in services:
-        if not isinstance(service, Service) or type(service) is Service:
-            raise TypeError(f"services must hold rpc.Service instances, got {service!r}")
-        name = service.__rpc_name__
-        if name in by_name:
-            raise ValueError(f"two services named {name!r}: {by_name[name]!r} and {service!r}")
-        by_name[name] = service
-    if health:
-        if HEALTH_SERVICE in by_name:
-            raise ValueError(f"a service is named {HEALTH_SERVICE!r}; pass health=False")
-        by_name[HEALTH_SERVICE] = HealthService(by_name)
-    if reflection:
-        reflector = ReflectionService(by_name.values())
-        if reflector.__rpc_name__ in by_name:
-            raise ValueError(
-                f"a service is named {reflector.__rpc_name__!r}; pass reflection=False"
-            )
-        by_name[reflector.__rpc_name__] = reflector
-    methods: dict[str, Method] = {}
-    for service in by_name.values():
-        for attr, info in service.__rpc_methods__.items():
-            task_name = f"{__name__}.call:{info.wire_name}"
-            methods[info.wire_name] = (info, getattr(service, attr), task_name)
-    return by_name, methods
-
-
 async def serve(
     services: Iterable[Service],
     *,
@@ -436,7 +394,7 @@ async def serve(
         TypeError / ValueError: A bad argument (before anything is bound).
         OSError: The address can't be bound.
     """
-    prepared = _prepare(
+    prepared = prepare(
         services,
         host=host,
         port=port,
@@ -467,108 +425,8 @@ async def serve(
     await _serve_prepared(prepared, task_status)
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """What :func:`serve` serves, made from arguments that passed every check."""
-
-    by_name: dict[str, Service]
-    methods: dict[str, Method]
-    options: ServerConfig
-    host: str | None
-    port: int
-    listeners: list[trio.SocketListener] | None
-
-
-def _prepare(
-    services: Iterable[Service],
-    *,
-    host: str | None,
-    port: int,
-    ssl_context: ssl.SSLContext | None,
-    interceptors: Sequence[ServerInterceptor],
-    reflection: bool,
-    health: bool,
-    max_connections: int | None,
-    max_connections_per_peer: int | None,
-    max_inflight: int | None,
-    max_concurrent_streams: int,
-    max_buffered_bytes: int,
-    max_server_buffered_bytes: int,
-    max_stalled_streams: int,
-    stall_timeout: float,
-    max_frame_size: int,
-    max_metadata_size: int,
-    handshake_timeout: float,
-    keepalive_interval: float,
-    keepalive_timeout: float,
-    idle_timeout: float,
-    min_ping_interval: float,
-    compression: str | None,
-    compression_threshold: int,
-    grace_period: float,
-    listeners: Sequence[trio.SocketListener] | None,
-) -> _Prepared:
-    """Check :func:`serve`'s arguments and build its services (no I/O, no checkpoint).
-
-    Raises:
-        TypeError / ValueError: A bad argument.
-    """
-    if not isinstance(interceptors, Sequence) or not all(
-        isinstance(i, ServerInterceptor) for i in interceptors
-    ):
-        raise TypeError(
-            f"interceptors must be a sequence of rpc.ServerInterceptor, got {interceptors!r}"
-        )
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError(f"ssl_context must be an ssl.SSLContext or None, got {ssl_context!r}")
-    check_int("port", port, minimum=0)
-    check_optional_int("max_connections", max_connections, minimum=1)
-    check_optional_int("max_connections_per_peer", max_connections_per_peer, minimum=1)
-    check_optional_int("max_inflight", max_inflight, minimum=1)
-    try:
-        settings = Settings(
-            max_frame_size=check_int("max_frame_size", max_frame_size),
-            max_concurrent_streams=check_int(
-                "max_concurrent_streams", max_concurrent_streams, minimum=1
-            ),
-            max_metadata_size=check_int("max_metadata_size", max_metadata_size, minimum=0),
-            min_ping_interval_ms=math.ceil(
-                check_seconds("min_ping_interval", min_ping_interval, finite=True) * 1000
-            ),
-            compression=SUPPORTED_COMPRESSION,
-        )
-    except msgspec.ValidationError as exc:  # pragma: no cover - __post_init__ raises ValueError
-        raise ValueError(str(exc)) from None
-    options = ServerConfig(
-        settings=settings,
-        ssl_context=ssl_context,
-        interceptors=tuple(interceptors),
-        max_connections=max_connections,
-        max_connections_per_peer=max_connections_per_peer,
-        max_buffered_bytes=check_int("max_buffered_bytes", max_buffered_bytes, minimum=1),
-        max_server_buffered_bytes=check_int(
-            "max_server_buffered_bytes", max_server_buffered_bytes, minimum=1
-        ),
-        max_stalled_streams=check_int("max_stalled_streams", max_stalled_streams, minimum=0),
-        stall_timeout=check_seconds("stall_timeout", stall_timeout),
-        handshake_timeout=check_seconds("handshake_timeout", handshake_timeout, finite=True),
-        keepalive_interval=check_seconds("keepalive_interval", keepalive_interval),
-        keepalive_timeout=check_seconds("keepalive_timeout", keepalive_timeout, finite=True),
-        idle_timeout=check_seconds("idle_timeout", idle_timeout),
-        min_ping_interval=min_ping_interval,
-        grace_period=check_seconds("grace_period", grace_period),
-        max_inflight=max_inflight,
-        compression=check_compression(compression),
-        compression_threshold=check_int("compression_threshold", compression_threshold, minimum=0),
-    )
-    by_name, methods = _build(services, reflection, check_bool("health", health))
-    checked = None if listeners is None else _check_listeners(listeners, host, port)
-    return _Prepared(by_name, methods, options, host, port, checked)
-
-
 async def _serve_prepared(
-    prepared: _Prepared, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    prepared: Prepared, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Bind (unless given listeners) and run the server; see :func:`serve`."""
     listeners = prepared.listeners
@@ -576,22 +434,6 @@ async def _serve_prepared(
         listeners = await trio.open_tcp_listeners(prepared.port, host=prepared.host)
     server = Server(prepared.by_name, prepared.methods, prepared.options, list(listeners))
     await server._run(task_status)
-
-
-def _check_listeners(listeners: object, host: str | None, port: int) -> list[trio.SocketListener]:
-    if host is not None or port != 0:
-        raise ValueError(
-            f"pass either listeners or host/port, not both (host={host!r}, port={port!r})"
-        )
-    if (
-        not isinstance(listeners, Sequence)
-        or not listeners
-        or not all(isinstance(item, trio.SocketListener) for item in listeners)
-    ):
-        raise TypeError(
-            f"listeners must be a non-empty sequence of trio.SocketListener, got {listeners!r}"
-        )
-    return list(listeners)
 
 
 @asynccontextmanager
@@ -626,7 +468,7 @@ async def open_server(
     arguments = inspect.signature(serve).bind(services, host=host, port=port, **options)
     arguments.apply_defaults()
     del arguments.arguments["task_status"]
-    prepared = _prepare(*arguments.args, **arguments.kwargs)
+    prepared = prepare(*arguments.args, **arguments.kwargs)
     async with open_background_nursery() as nursery:
         server: Server = await nursery.start(_serve_prepared, prepared)
         try:
