@@ -42,7 +42,7 @@ when the watch is opened (a window of one request when the consumer iterates pro
 that a retry loop was waiting on a wrong URL. Every httpx exception is translated at one
 boundary (:meth:`EtcdRegistry._post` and the watch loop) and chained with ``from``.
 
-About 700 lines in one module: the lease loop, the list-then-watch loop and the one httpx
+About 750 lines in one module: the lease loop, the list-then-watch loop and the one httpx
 boundary all speak the gateway's encoding (base64 keys, string integers) through the same
 few helpers; a split along registering/watching would export those helpers between two
 modules of one class. A candidate seam if it grows: the watch loop (``_watch_*``) alone.
