@@ -30,21 +30,23 @@ A = "10.0.0.1:50051"
 B = "10.0.0.2:50051"
 
 
+async def watch(service: RegistryService, seen: list[tuple[float, list[str]]]) -> None:
+    """Append each endpoint set the service's ``users`` watch yields, with its time."""
+    updates = service.watch(ServiceRequest("users"))
+    async with aclosing(updates):  # type: ignore[type-var]
+        async for endpoint_set in updates:
+            addresses = [record.address for record in endpoint_set.endpoints]
+            seen.append((trio.current_time(), addresses))
+
+
 async def test_a_lease_kept_alive_stays_registered_across_many_ttls(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     service = RegistryService()
     seen: list[tuple[float, list[str]]] = []
 
-    async def watch() -> None:
-        updates = service.watch(ServiceRequest("users"))
-        async with aclosing(updates):  # type: ignore[type-var]
-            async for endpoint_set in updates:
-                addresses = [record.address for record in endpoint_set.endpoints]
-                seen.append((trio.current_time(), addresses))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
+        nursery.start_soon(watch, service, seen)
         await trio.testing.wait_all_tasks_blocked()
         grant = await service.register(RegisterRequest("users", A, TTL))
         # Renew at ttl/3, as the registry client does, for 6 TTLs.
@@ -196,15 +198,8 @@ async def test_a_parked_watcher_is_woken_by_a_deregistration(
     service = RegistryService()
     seen: list[tuple[float, list[str]]] = []
 
-    async def watch() -> None:
-        updates = service.watch(ServiceRequest("users"))
-        async with aclosing(updates):  # type: ignore[type-var]
-            async for endpoint_set in updates:
-                addresses = [record.address for record in endpoint_set.endpoints]
-                seen.append((trio.current_time(), addresses))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
+        nursery.start_soon(watch, service, seen)
         grant = await service.register(RegisterRequest("users", A, MAX_TTL))
         await trio.testing.wait_all_tasks_blocked()  # parked until the lease's expiry
         start = trio.current_time()
