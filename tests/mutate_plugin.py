@@ -56,6 +56,8 @@ TESTS_FOR: dict[str, tuple[str, ...]] = {
     "trio_micro.registry._server": (
         "tests/registry/test_server_leases.py",
         "tests/registry/test_contract.py",
+        "tests/registry/test_auth.py",  # the token and client-certificate checks
+        "tests/registry/test_ownership.py",  # takeovers, the lease table's bounds
     ),
     "trio_micro.registry._memory": (
         "tests/registry/test_memory.py",

@@ -8,6 +8,7 @@ a watcher seeing the replica vanish.
 from __future__ import annotations
 
 from contextlib import aclosing
+from functools import partial
 
 import pytest
 import trio
@@ -15,11 +16,27 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from trio_micro import rpc
-from trio_micro.registry import RegistryService, open_registry_server
+from trio_micro.registry import (
+    MAX_TTL,
+    RegistryServer,
+    RegistryService,
+    open_registry_server,
+    serve_registry,
+)
 from trio_micro.registry._server import LeaseRequest, RegisterRequest, ServiceRequest
 
 TTL = 1.0
 A = "10.0.0.1:50051"
+B = "10.0.0.2:50051"
+
+
+async def watch(service: RegistryService, seen: list[tuple[float, list[str]]]) -> None:
+    """Append each endpoint set the service's ``users`` watch yields, with its time."""
+    updates = service.watch(ServiceRequest("users"))
+    async with aclosing(updates):  # type: ignore[type-var]
+        async for endpoint_set in updates:
+            addresses = [record.address for record in endpoint_set.endpoints]
+            seen.append((trio.current_time(), addresses))
 
 
 async def test_a_lease_kept_alive_stays_registered_across_many_ttls(
@@ -28,15 +45,8 @@ async def test_a_lease_kept_alive_stays_registered_across_many_ttls(
     service = RegistryService()
     seen: list[tuple[float, list[str]]] = []
 
-    async def watch() -> None:
-        updates = service.watch(ServiceRequest("users"))
-        async with aclosing(updates):  # type: ignore[type-var]
-            async for endpoint_set in updates:
-                addresses = [record.address for record in endpoint_set.endpoints]
-                seen.append((trio.current_time(), addresses))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
+        nursery.start_soon(watch, service, seen)
         await trio.testing.wait_all_tasks_blocked()
         grant = await service.register(RegisterRequest("users", A, TTL))
         # Renew at ttl/3, as the registry client does, for 6 TTLs.
@@ -188,3 +198,103 @@ def test_a_bad_warmup_is_refused_naming_it() -> None:
         RegistryService(warmup=-1)
     with pytest.raises(TypeError, match="warmup must be an int or float"):
         RegistryService(warmup="5")  # type: ignore[arg-type]
+
+
+async def resolved(service: RegistryService) -> list[str]:
+    return [record.address for record in (await service.resolve(ServiceRequest("users"))).endpoints]
+
+
+async def test_expiry_goes_on_past_the_item_of_a_deregistered_lease(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService()
+    gone = await service.register(RegisterRequest("users", A, TTL / 2))
+    await service.register(RegisterRequest("users", B, TTL))
+    await service.deregister(LeaseRequest(gone.lease_id))  # its heap item stays, stale
+    await trio.sleep(TTL)
+    assert await resolved(service) == []
+
+
+async def test_expiry_goes_on_past_the_item_of_a_renewed_lease(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService()
+    renewed = await service.register(RegisterRequest("users", A, TTL / 2))
+    await service.register(RegisterRequest("users", B, TTL * 0.6))
+    await trio.sleep(TTL * 0.4)
+    await service.keep_alive(LeaseRequest(renewed.lease_id))  # now expires at 0.9 TTL
+    await trio.sleep(TTL * 0.2)  # 0.6 TTL: A's first item surfaces early, B's is due
+    assert await resolved(service) == [A]
+
+
+async def test_the_expiry_heap_is_compacted_only_past_twice_the_leases_plus_64(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Compaction rebuilds the heap (O(n)); waiting for n + 64 stale items between two
+    # rebuilds keeps its cost O(1) per call, and the heap at most 2n + 65 items.
+    service = RegistryService()
+    for port in range(1000, 1100):
+        await service.register(RegisterRequest("live", f"10.0.0.1:{port}", MAX_TTL))
+    sizes = []
+    for _ in range(300):
+        grant = await service.register(RegisterRequest("users", A, MAX_TTL))
+        sizes.append(len(service._expiries))
+        await service.deregister(LeaseRequest(grant.lease_id))
+    assert len(service._leases) == 100
+    assert max(sizes) == 2 * 100 + 64 + 1  # 2n + 64 live and stale items, then the new one
+    assert sizes[sizes.index(max(sizes)) + 1] == 100 + 1  # rebuilt from the live leases
+
+
+async def test_deregistering_every_address_of_a_service_forgets_the_service(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService()
+    for name in ("users", "orders"):
+        grant = await service.register(RegisterRequest(name, A, TTL))
+        await service.deregister(LeaseRequest(grant.lease_id))
+    assert service._entries == {}
+
+
+async def test_a_parked_watcher_is_woken_by_a_deregistration(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = RegistryService()
+    seen: list[tuple[float, list[str]]] = []
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, service, seen)
+        grant = await service.register(RegisterRequest("users", A, MAX_TTL))
+        await trio.testing.wait_all_tasks_blocked()  # parked until the lease's expiry
+        start = trio.current_time()
+        await service.deregister(LeaseRequest(grant.lease_id))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert seen[-2:] == [(start, [A]), (start, [])]
+
+
+async def test_serve_registry_hands_start_the_server_it_runs_on_loopback() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_registry)
+        assert isinstance(server, RegistryServer)
+        assert server.address[0] == "127.0.0.1"
+        other = await nursery.start(serve_registry)  # the default port 0: another free one
+        assert other.address[1] != server.address[1]
+        nursery.cancel_scope.cancel()
+
+
+async def test_serve_registry_binds_the_port_it_is_given() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_registry)
+        with pytest.raises(OSError):
+            await nursery.start(partial(serve_registry, port=server.address[1]))
+        nursery.cancel_scope.cancel()
+
+
+async def test_serve_registry_passes_the_token_on() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_registry, token="s3cret"))
+        async with rpc.open_channel(server.target) as channel:
+            with pytest.raises(rpc.RpcError) as info, trio.fail_after(10):
+                await channel.stub(RegistryService).keep_alive(LeaseRequest(1))
+        assert info.value.code is rpc.Status.UNAUTHENTICATED
+        nursery.cancel_scope.cancel()
