@@ -254,21 +254,21 @@ async def test_a_million_distinct_hostile_keys_keep_memory_bounded(
     # cost more than the limiter, which sees nothing but the metadata value.
     call = _call("")
     metadata = call.metadata
+    huge = "x" * 8000  # as large as the default max_metadata_size lets a value be
     with untraced():  # a million traced iterations cost a minute under coverage
         for i in range(950_000):
             metadata["k"] = str(i)
             await limiter.intercept(call, _proceed)
-    huge = "x" * 8000  # as large as the default max_metadata_size lets a value be
-    tracemalloc.start()  # traced for the last 50,000 keys only: it is slow
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        for i in range(950_000, 1_000_000):
-            metadata["k"] = f"{huge}{i}" if i % 2 else str(i)
-            await limiter.intercept(call, _proceed)
-        del metadata["k"]  # the last huge value is the test's, not the limiter's
-        grown = tracemalloc.get_traced_memory()[0] - baseline
-    finally:
-        tracemalloc.stop()
+        tracemalloc.start()  # traced for the last 50,000 keys only: it is slow
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            for i in range(950_000, 1_000_000):
+                metadata["k"] = f"{huge}{i}" if i % 2 else str(i)
+                await limiter.intercept(call, _proceed)
+            del metadata["k"]  # the last huge value is the test's, not the limiter's
+            grown = tracemalloc.get_traced_memory()[0] - baseline
+        finally:
+            tracemalloc.stop()
     stats = limiter.statistics()
     assert stats.keys == 1000
     assert stats.admitted == 1_000_000
