@@ -26,6 +26,7 @@ from trio_micro.registry import (
 )
 
 TTL = 2.0  # etcd's minimum lease TTL
+HELD_TTL = 30.0  # a lease that outlives a test's waits even with a starved keep-alive
 WAIT = 10.0  # bound on anything that should happen "soon" (real time for etcd)
 A = "10.0.0.1:50051"
 B = "10.0.0.2:50051"
@@ -197,7 +198,10 @@ async def test_restarted_replica_replaces_its_dead_entry(
 ) -> None:
     async with registry.register("users", A, ttl=TTL, metadata={"v": "1"}) as old:
         old._abandon()
-    async with registry.register("users", A, ttl=TTL, metadata={"v": "2"}):
+    # The new registration's TTL is longer than the wait below: under machine load a
+    # starved keep-alive of a 2 s lease can lose it (real time for etcd and the server),
+    # and a keep-alive re-registering after the loss could hide the bug this looks for.
+    async with registry.register("users", A, ttl=HELD_TTL, metadata={"v": "2"}):
         assert await registry.resolve("users") == [Endpoint(A, {"v": "2"})]
         # The dead entry's expiry must not take the new registration with it.
         await trio.sleep(old.ttl + expiry_slack(registry))

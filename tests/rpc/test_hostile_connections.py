@@ -34,14 +34,18 @@ async def test_connections_beyond_the_per_peer_limit_get_a_goaway() -> None:
             await stream.aclose()
 
 
-async def test_a_client_of_a_full_server_fails_unavailable_at_once() -> None:
+async def test_a_client_of_a_full_server_fails_unavailable_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # Before: a client of a server out of connections hung until its deadline.
     async with rpc.open_server([TestService()], host="127.0.0.1", max_connections=1) as server:
         squatter = await trio.open_tcp_stream(*server.address)
         await squatter.send_all(hello())
         async with rpc.open_channel(address(server)) as channel:
+            start = trio.current_time()
             with trio.fail_after(2), pytest.raises(rpc.RpcError) as caught:
                 await channel.stub(TestService).get_user(GetUserRequest(1))
+            assert trio.current_time() == start  # virtual time: no wait at all
         assert caught.value.code is rpc.Status.UNAVAILABLE
         assert "max_connections" in caught.value.message
         await squatter.aclose()

@@ -280,8 +280,10 @@ async def test_leaving_the_block_cancels_the_handler(shapes: Shapes, stub: Shape
 
 
 async def test_a_caller_cancelled_while_receiving_cancels_the_handler(
-    shapes: Shapes, stub: Shapes
+    autojump_clock: trio.testing.MockClock, shapes: Shapes, stub: Shapes
 ) -> None:
+    # Virtual time: in real time a loaded machine could take the 50 ms to open the call,
+    # which then never reaches the handler whose cancellation this waits for.
     with trio.move_on_after(0.05) as scope:
         async with stub.hold() as (_, receive):
             await receive.receive()
@@ -304,7 +306,10 @@ async def test_an_exception_in_the_block_propagates_unchanged_and_cancels(
         await shapes.cancelled.wait()
 
 
-async def test_the_deadline_covers_both_halves(shapes: Shapes, stub: Shapes) -> None:
+async def test_the_deadline_covers_both_halves(
+    autojump_clock: trio.testing.MockClock, shapes: Shapes, stub: Shapes
+) -> None:
+    # Virtual time, for the reason given in the test above.
     with pytest.raises(trio.TooSlowError), trio.fail_after(0.1):
         async with stub.hold() as (_, receive):
             await receive.receive()
