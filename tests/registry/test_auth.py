@@ -23,7 +23,7 @@ from trio_micro.registry import (
     open_registry_client,
     open_registry_server,
 )
-from trio_micro.registry._server import LeaseRequest, ServiceRequest
+from trio_micro.registry._server import LeaseRequest, ServiceRequest, token_metadata
 
 from ..cli.test_tls import Pki
 from ..rpc.replicas import Empty, ReplicaService, address
@@ -67,14 +67,16 @@ async def test_a_wrong_token_is_unauthenticated() -> None:
     ):
         error = await refusal(reg)
     assert error.code == int(rpc.Status.UNAUTHENTICATED)
-    assert "wrong registry token" in str(error)
+    assert str(error).endswith(": wrong registry token")
 
 
 async def test_no_token_is_unauthenticated() -> None:
     async with open_registry_server(token=TOKEN) as server, client(server.target) as reg:
         error = await refusal(reg)
     assert error.code == int(rpc.Status.UNAUTHENTICATED)
-    assert "needs a token" in str(error)
+    assert str(error).endswith(
+        ": this registry needs a token (authorization metadata) or an allowed client certificate"
+    )
 
 
 async def test_a_hostile_register_without_the_token_evicts_nobody() -> None:
@@ -218,3 +220,56 @@ async def test_a_scheme_that_cannot_use_tls_is_refused_with_an_ssl_context(pki: 
     with pytest.raises(ValueError, match="plainonly:// resolver can't use TLS"):
         async with rpc.open_channel("plainonly://h:1/svc", **tls_options(pki)):
             pass  # pragma: no cover
+
+
+# --- the token and identity arguments, exactly --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "error", "message"),
+    [
+        (5, TypeError, "token must be a str or None, got a int"),
+        ("", ValueError, "token must be non-empty, printable and without whitespace"),
+        ("a b", ValueError, "token must be non-empty, printable and without whitespace"),
+    ],
+)
+def test_a_bad_token_is_refused_with_its_exact_message(
+    token: object, error: type[Exception], message: str
+) -> None:
+    for check in (check_token, token_metadata):
+        with pytest.raises(error) as caught:
+            check(token)  # type: ignore[arg-type]
+        assert str(caught.value) == message
+
+
+def test_token_metadata_presents_the_token_as_bearer() -> None:
+    assert token_metadata(TOKEN) == {"authorization": f"Bearer {TOKEN}"}
+    assert token_metadata(None) == {}
+
+
+@pytest.mark.parametrize("name", [5, ""])
+def test_a_bad_identity_is_refused_naming_it(name: object) -> None:
+    with pytest.raises(TypeError) as caught:
+        RegistryService(allow_identities=[name])  # type: ignore[list-item]
+    assert str(caught.value) == f"allow_identities must hold non-empty strs, got {name!r}"
+
+
+async def test_lookups_of_a_guarded_service_are_open_by_default() -> None:
+    service = RegistryService(token=TOKEN)  # protect_lookups left to its default
+    async with (
+        rpc.open_server([service], host="127.0.0.1", port=0) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        with trio.fail_after(WAIT):
+            answer = await channel.stub(RegistryService).resolve(ServiceRequest("users"))
+    assert answer.endpoints == []
+
+
+async def test_an_identity_list_without_a_client_certificate_asks_for_the_token() -> None:
+    # No TLS at all: the call has no peer identity, and the allow list can't apply.
+    async with (
+        open_registry_server(allow_identities=["billing"]) as server,
+        client(server.target) as reg,
+    ):
+        error = await refusal(reg)
+    assert error.code == int(rpc.Status.UNAUTHENTICATED)
