@@ -67,6 +67,9 @@ async def run(args: argparse.Namespace, progress: IO[str]) -> dict[str, object]:
             # every 5 s) and drop it, failing its calls with UNAVAILABLE, which retries.
             keepalive_interval=5.0,
             keepalive_timeout=2.0,
+            # The load may start before the replicas have registered: its calls wait for
+            # them (bounded by CALL_TIMEOUT) instead of failing fast with "no endpoints".
+            wait_for_ready=True,
         ) as channel,
         trio.open_nursery() as nursery,
     ):

@@ -167,3 +167,17 @@ async def test_wait_for_ready_refuses_a_non_bool() -> None:
     with pytest.raises(TypeError, match="wait_for_ready must be a bool"):
         async with rpc.open_channel("127.0.0.1:1", wait_for_ready="yes"):  # type: ignore[arg-type]
             pass  # pragma: no cover
+
+
+async def test_a_call_failing_fast_is_a_checkpoint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A caller retrying in a loop must let the other tasks run (the cluster test's load
+    # once made 50,000 failing calls a second and starved its own progress reports).
+    async with rpc.open_channel("nobody", registry=MemoryRegistry()) as channel:
+        stub = channel.stub(ReplicaService)
+        with pytest.raises(rpc.RpcError):  # the resolver's first answer
+            await stub.whoami(Empty())
+        with trio.testing.assert_checkpoints(), pytest.raises(rpc.RpcError) as info:
+            await stub.whoami(Empty())
+    assert info.value.message == "service 'nobody' has no endpoints"
