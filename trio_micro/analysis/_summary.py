@@ -67,7 +67,7 @@ class SummaryBuilder:
     and replica), a summary counts what the caller names: ``group_by`` fields split each
     group's calls by the value logged (e.g. ``group_by=("cache",)`` counts ``"hit"`` and
     ``"miss"``), and the records of ``count_events`` (events other than calls, e.g.
-    ``"users.db.query"``) are counted per ``server``. The records of
+    ``"db.query"``) are counted per ``server``. The records of
     :data:`~trio_micro.analysis.MARK_EVENTS` (a replica stops serving, a worker restarts,
     a GOAWAY) are kept as :attr:`LogSummary.marks`, the earliest :data:`MAX_MARKS`.
 

@@ -83,7 +83,7 @@ def add_logs_parser(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="also count the records of this event per server (e.g. users.db.query)",
+        help="also count the records of this event per server (e.g. db.query)",
     )
 
     # The exit codes, in the --help of `logs` and of each of its commands.
