@@ -20,19 +20,27 @@ Exit status: 130/143 after a stop by signal, 1 when the service could not be sta
 (import, options, bind, registry), 2 for malformed arguments. Errors are one line on
 stderr: ``trio-micro serve: error: ...``.
 
+Garbage collection: once the service is open and listening, and before the ``serving``
+line, every object the collector tracks is frozen (:func:`trio_micro.observe.tune_gc`
+with ``freeze=True``, :func:`gc.freeze`): the modules, the service and its caches stop
+being scanned by every full collection, which otherwise paused a loaded user-service
+replica for 14-30 ms at a time (``benchmarks/overload_bench.py``). Frozen objects are never
+collected; ``--no-gc-freeze`` turns it off.
+
 Admission control (see docs/rpc.md): ``--max-inflight N`` refuses calls beyond N
 running at once; ``--rate-limit RATE[/BURST]`` gives each caller (``--rate-limit-key
 peer`` or ``metadata:NAME``) RATE calls a second. Both answer ``RESOURCE_EXHAUSTED`` at
 once; with ``--debug-port`` both are counted on ``/metrics``
 (``trio_micro_rpc_server_refused_calls_total``, ``trio_micro_rpc_rate_limit_*``).
 
-Log events: ``serve.started``, ``serve.stopping``, ``serve.deregistered``,
+Log events: ``serve.gc_frozen``, ``serve.started``, ``serve.stopping``, ``serve.deregistered``,
 ``serve.not_serving``, ``serve.forced``, ``serve.stopped``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import os
 import pathlib
@@ -265,6 +273,12 @@ def add_serve_parser(subparsers: Any) -> None:
         help="do not log one record per call (rpc.AccessLogInterceptor)",
     )
     parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not freeze the objects made at startup out of the garbage collector's "
+        "full collections (gc.freeze, once listening)",
+    )
+    parser.add_argument(
         "--workers",
         type=worker_count,
         default=1,
@@ -300,6 +314,7 @@ class _ServeConfig:
     metadata: dict[str, str]
     grace: float
     access_log: bool
+    gc_freeze: bool = True
     debug_port: int | None = None
     log_file: str | None = None
     workers: int = 1
@@ -354,6 +369,7 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
         metadata=metadata,
         grace=args.grace,
         access_log=not args.no_access_log,
+        gc_freeze=not args.no_gc_freeze,
         debug_port=args.debug_port,
         log_file=args.log_file,
         workers=args.workers,
@@ -484,6 +500,11 @@ async def _serve(
                 raise CommandError(f"cannot register with {where}: {group.exceptions[0]}") from None
             readiness.registered = True
         stack.push_async_callback(_drain, server, registrations, readiness)
+        if config.gc_freeze:
+            # What startup made lives as long as the process: keep full collections
+            # from scanning it again and again (their pauses were the overload tail).
+            observe.tune_gc(freeze=True)
+            log.info("serve.gc_frozen", objects=gc.get_freeze_count())
         stopper.serving()
         log.info(
             "serve.started",
