@@ -6,17 +6,34 @@ it, say what happens.
 
 The server is ``trio-micro serve examples.user_service:UserService`` (a seeded SQLite
 database, a small cache so most calls go to the database, no access log), pinned to one
-core; the load comes from a client process pinned to another, *open loop*: calls start at
-a fixed rate whatever the answers do, as real callers do (a closed loop would slow down
-with the server and hide the overload). Every call has a deadline (``--deadline``) and the
+core; the load comes from processes pinned to another, *open loop*: calls start at a
+fixed rate whatever the answers do, as real callers do (a closed loop would slow down with
+the server and hide the overload). Every call has a deadline (``--deadline``) and the
 client's channel does not retry (``retry=None``), so a refused call's time is the server's
 refusal, not a retry's. Steps, for each run:
 
 1. capacity ``C``: calls/s with 64 in flight, closed loop, on a fresh server;
-2. unloaded: open loop at 0.1 C (p50/p99 of the calls);
-3. overload: open loop at 3 C for ``--seconds``, once without and once with
-   ``--max-inflight`` (fresh servers), interleaved; the parent samples the server's RSS
-   every 0.2 s.
+2. unloaded: the probe alone, open loop at 0.1 C (p50/p99 of its calls);
+3. overload: 3 C for ``--seconds``, once without ``max_inflight`` and once per
+   ``--max-inflight`` value (a fresh server each), interleaved; the parent samples the
+   server's RSS every 0.2 s.
+
+Who offers the load (``--layout``):
+
+* ``probe`` (the default): the *probe* -- an RPC client, ``rpc.open_channel`` and a stub,
+  as a user's program calls -- offers 0.1 C and measures, while a *flood* process offers
+  the other 2.9 C on its own connection with the sans-io protocol alone (no trio: it costs
+  a fraction of the CPU). Overload in production comes from many callers on other
+  machines, none of them saturated; here one client core has to offer 3x what the server
+  core serves, and an RPC client offering all of it is itself at ~70% of its core, so its
+  own scheduling shows up in the latencies it measures. The probe at 0.1 C measures what a
+  caller sees, the same way with and without the flood.
+* ``one-client``: one RPC client offers all of 3 C and measures (the layout before
+  2026-12-07's last session; kept to compare).
+
+The targets compare each run's overload p99 with the same run's unloaded p99 (the
+median of the runs' ratios is reported), so slow drift of the machine between runs
+cancels.
 
 ::
 
@@ -37,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +80,7 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
     import trio
 
     from examples.user_service.service import GetUserRequest, UserService
-    from trio_micro import rpc
+    from trio_micro import observe, rpc
 
     rng = random.Random(1)
     ok: list[float] = []
@@ -122,8 +139,19 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         async with rpc.open_channel(f"127.0.0.1:{args.port}", retry=None) as channel:
             stub = channel.stub(UserService)
-            for _ in range(200):  # warm up: connect, fill what caches there are
-                await stub.get_user(GetUserRequest(rng.randint(1, USERS)))
+            warm = 0
+            while warm < 200:  # warm up: connect, fill what caches there are
+                try:
+                    await stub.get_user(GetUserRequest(rng.randint(1, USERS)))
+                except rpc.RpcError as exc:  # a flood may be under way already
+                    if exc.code is not rpc.Status.RESOURCE_EXHAUSTED:
+                        raise
+                    await trio.sleep(0.001)
+                    continue
+                warm += 1
+            # As serve does once listening: the startup objects leave the collector's
+            # full passes, whose pauses would otherwise land in the measured tail.
+            observe.tune_gc(freeze=True)
             if args.rate == 0:
                 return {"capacity": await closed_loop(stub)}
             sent = await open_loop(stub)
@@ -137,6 +165,107 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     return trio.run(main)
+
+
+# --- the flood (a child process): the overload, as cheaply as a client can send it --------
+
+
+def flood(args: argparse.Namespace) -> dict[str, Any]:
+    """Offer ``args.rate`` calls/s for ``args.seconds`` with the sans-io protocol alone.
+
+    No trio, no tasks, no stub: one socket, one :class:`~trio_micro.protocol.Connection`,
+    requests sent every millisecond in one write, answers counted as they come. It costs a
+    fraction of the CPU the RPC client needs for the same rate, so a client core can offer
+    3x the server's capacity and still have room for a probe that measures the latency a
+    caller sees (the overload comes from elsewhere in production: many clients on other
+    machines, none of them saturated).
+    """
+    import gc
+    import random
+    import selectors
+    import socket
+
+    import msgspec
+
+    from examples.user_service.service import GetUserRequest, UserService
+    from trio_micro import protocol
+
+    rng = random.Random(2)
+    method = UserService.__rpc_methods__["get_user"].wire_name
+    encode = msgspec.msgpack.Encoder().encode
+    timeout_ms = int(args.deadline * 1000)
+    conn = protocol.Connection(protocol.Role.CLIENT)
+    sock = socket.create_connection(("127.0.0.1", args.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(conn.initiate())
+    while not conn.handshake_complete:
+        for event in conn.receive_data(sock.recv(65536)):
+            if isinstance(event, protocol.Ping):
+                sock.sendall(conn.send_pong(event.opaque))
+    gc.freeze()  # as the probe does (observe.tune_gc without importing trio)
+    sock.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    counts = {"ok": 0, "refused": 0, "deadline": 0, "other": 0, "not_sent": 0}
+    started_at: dict[int, float] = {}
+    ok: list[float] = []
+    refused: list[float] = []
+    pending = bytearray()
+    sent = 0
+    start = time.perf_counter()
+    end = start + args.seconds
+    closed = False
+    while not closed:
+        now = time.perf_counter()
+        if now >= end:  # sending is over; wait (at most a deadline) for the answers
+            if not started_at or now >= end + args.deadline:
+                break
+        else:
+            due = int((now - start) * args.rate)
+            while sent < due and conn.can_open_stream():
+                stream_id = conn.next_stream_id
+                request = encode(GetUserRequest(rng.randint(1, USERS)))
+                pending += conn.send_request(stream_id, method, request, timeout_ms=timeout_ms)
+                started_at[stream_id] = now
+                sent += 1
+            counts["not_sent"] += due - sent  # every stream slot taken: a caller gives up
+            sent = due
+        if pending:
+            with suppress(BlockingIOError):
+                del pending[: sock.send(pending)]
+        for _ in selector.select(0.001):
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            received = time.perf_counter()
+            for event in conn.receive_data(data):
+                if isinstance(event, protocol.Response):
+                    counts["ok"] += 1
+                    ok.append(received - started_at.pop(event.id))
+                elif isinstance(event, protocol.Error):
+                    began = started_at.pop(event.id)
+                    if event.code is protocol.Status.RESOURCE_EXHAUSTED:
+                        counts["refused"] += 1
+                        refused.append(received - began)
+                    elif event.code is protocol.Status.DEADLINE_EXCEEDED:
+                        counts["deadline"] += 1
+                    else:
+                        counts["other"] += 1
+                elif isinstance(event, protocol.Ping):
+                    pending += conn.send_pong(event.opaque)
+                elif isinstance(event, (protocol.GoAway, protocol.ConnectionClosed)):
+                    closed = True
+    sock.close()
+    counts["deadline"] += len(started_at)  # not answered within a deadline of the end
+    return {
+        "sent_rate": (sent - counts["not_sent"]) / args.seconds,
+        **counts,
+        "ok_p50_ms": _percentile(ok, 0.5) * 1000,
+        "ok_p99_ms": _percentile(ok, 0.99) * 1000,
+        "refused_p50_ms": _percentile(refused, 0.5) * 1000,
+        "refused_p99_ms": _percentile(refused, 0.99) * 1000,
+    }
 
 
 # --- the parent ---------------------------------------------------------------------------
@@ -193,10 +322,10 @@ def _server(db: Path, cpu: int | None, max_inflight: int | None) -> Iterator[tup
 
 
 def _client_command(
-    port: int, cpu: int | None, rate: float, seconds: float, deadline: float
+    port: int, cpu: int | None, rate: float, seconds: float, deadline: float, role: str = "client"
 ) -> list[str]:
     command = [
-        sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
+        sys.executable, str(Path(__file__).resolve()), role, "--port", str(port),
         "--rate", str(rate), "--seconds", str(seconds), "--deadline", str(deadline),
     ]  # fmt: skip
     return command if cpu is None else ["taskset", "-c", str(cpu), *command]
@@ -209,11 +338,26 @@ def _client(port: int, cpu: int | None, rate: float, seconds: float, deadline: f
 
 
 def _measure(
-    db: Path, cpus: tuple[int, int] | None, max_inflight: int | None, rate: float, args: Any
+    db: Path,
+    cpus: tuple[int, int] | None,
+    max_inflight: int | None,
+    rate: float,
+    args: Any,
+    flood_rate: float = 0.0,
 ) -> dict[str, Any]:
     server_cpu, client_cpu = cpus if cpus else (None, None)
     with _server(db, server_cpu, max_inflight) as (pid, port):
         rss: list[int] = []
+        flooder = None
+        if flood_rate:
+            # The flood starts first and outlasts the probe: every probe call meets it.
+            command = _client_command(
+                port, client_cpu, flood_rate, args.seconds + 1.5, args.deadline, "flood"
+            )
+            flooder = subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            time.sleep(0.5)
         server_cpu_start = _cpu_seconds(pid)
         child = subprocess.Popen(
             _client_command(port, client_cpu, rate, args.seconds, args.deadline),
@@ -240,6 +384,11 @@ def _measure(
         # start included): is either side saturated?
         result["server_cpu"] = server_cpu_used / elapsed
         result["client_cpu"] = client_cpu_seen / elapsed
+        if flooder is not None:
+            out, err = flooder.communicate(timeout=600)
+            if flooder.returncode:
+                raise RuntimeError(f"flood failed: {err.decode()[-500:]}")
+            result["flood"] = json.loads(out.decode().strip().splitlines()[-1])
         return result
 
 
@@ -264,7 +413,8 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
         + (f"server on core {cpus[0]}, client on core {cpus[1]}" if cpus else "not pinned")
         + f"; {USERS:,} users, cache_size={CACHE_SIZE}, threads={THREADS}, "
         f"deadline {args.deadline:g} s, {args.seconds:g} s per phase, "
-        f"max_inflight={','.join(map(str, args.max_inflight))}; medians of {args.runs} run(s); "
+        f"max_inflight={','.join(map(str, args.max_inflight))}; layout {args.layout}; "
+        f"medians of {args.runs} run(s); "
         f"load average before: {os.getloadavg()[0]:.1f}\n",
         flush=True,
     )
@@ -285,7 +435,11 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 *((f"with {n}", n, 3 * capacity) for n in limits),
             ]
             for name, limit, rate in phases:
-                result = _measure(db, cpus, limit, rate, args)
+                if args.layout == "probe" and name != "unloaded":
+                    # The probe offers what it offers unloaded; the flood the rest of 3 C.
+                    result = _measure(db, cpus, limit, 0.1 * capacity, args, rate - 0.1 * capacity)
+                else:
+                    result = _measure(db, cpus, limit, rate, args)
                 result["rate"] = rate
                 rows[name].append(result)
                 print(f"<!-- run {run + 1} {name}: {json.dumps(result)} -->", file=sys.stderr)
@@ -317,21 +471,44 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"{med(name, 'rss_last_mib'):.1f} / {med(name, 'rss_max_mib'):.1f} | "
             f"{med(name, 'server_cpu'):.0%} / {med(name, 'client_cpu'):.0%} |"
         )
-    unloaded_p99 = med("unloaded", "ok_p99_ms")
+    if args.layout == "probe":
+        print("\nThe flood's own view (median of the runs):\n")
+        print("| phase | sent calls/s | ok | refused | not sent (1,000 streams open) | "
+              "ok p50 / p99 ms | refused p50 / p99 ms |")  # fmt: skip
+        print("|---" * 6 + "|")
+        for name, label in list(labels.items())[1:]:
+            floods = [r["flood"] for r in rows[name]]
+
+            def fmed(key: str, floods: list[dict[str, Any]] = floods) -> float:
+                values = [f[key] for f in floods if not math.isnan(f[key])]
+                return statistics.median(values) if values else math.nan
+
+            print(
+                f"| {label} | {fmed('sent_rate'):,.0f} | {fmed('ok'):,.0f} | "
+                f"{fmed('refused'):,.0f} | {fmed('not_sent'):,.0f} | "
+                f"{fmed('ok_p50_ms'):.2f} / {fmed('ok_p99_ms'):.2f} | "
+                f"{fmed('refused_p50_ms'):.3f} / {fmed('refused_p99_ms'):.3f} |"
+            )
     for n in limits:
         name = f"with {n}"
-        with_p99 = med(name, "ok_p99_ms")
-        ratio = with_p99 / unloaded_p99
-        refused_p99 = med(name, "refused_p99_ms")
+        ratios = [
+            loaded["ok_p99_ms"] / alone["ok_p99_ms"]
+            for loaded, alone in zip(rows[name], rows["unloaded"], strict=True)
+        ]
+        ratio = statistics.median(ratios)
+        refused = [r["refused_p99_ms"] for r in rows[name]]
+        refused_p99 = statistics.median(refused)
         growth = med(name, "rss_max_mib") - med(name, "rss_first_mib")
         print(f"\n## Targets (issue #14), max_inflight={n}\n")
         print(
-            f"- admitted p99 within 2x the unloaded p99: {'PASS' if ratio <= 2 else 'FAIL'}: "
-            f"{ratio:.2f}x ({with_p99:.2f} ms vs {unloaded_p99:.2f} ms)"
+            f"- admitted p99 within 2x the unloaded p99 (the same run's): "
+            f"{'PASS' if ratio <= 2 else 'FAIL'}: {ratio:.2f}x "
+            f"(runs: {', '.join(f'{r:.2f}x' for r in ratios)})"
         )
         print(
             f"- refused calls fail in under 1 ms (p99, client-side): "
-            f"{'PASS' if refused_p99 < 1 else 'FAIL'}: {refused_p99:.3f} ms"
+            f"{'PASS' if refused_p99 < 1 else 'FAIL'}: {refused_p99:.3f} ms "
+            f"(runs: {', '.join(f'{r:.3f}' for r in refused)})"
         )
         print(
             f"- server RSS flat under overload: {'PASS' if growth < 5 else 'FAIL'}: "
@@ -343,7 +520,14 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", nargs="?", default="parent", choices=("parent", "client"))
+    parser.add_argument("role", nargs="?", default="parent", choices=("parent", "client", "flood"))
+    parser.add_argument(
+        "--layout",
+        choices=("probe", "one-client"),
+        default="probe",
+        help="probe: a light RPC client measures at 0.1 C while a sans-io flood offers the "
+        "rest of 3 C (default); one-client: one RPC client offers all of it and measures",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="per overload phase")
     parser.add_argument("--deadline", type=float, default=1.0, help="per call, seconds")
@@ -357,9 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.role == "client":
+    if args.role != "parent":
         sys.path.insert(0, str(ROOT))
-        print(json.dumps(client(args)), flush=True)
+        print(json.dumps((client if args.role == "client" else flood)(args)), flush=True)
         return 0
     if args.quick:
         args.runs, args.seconds = 1, 3.0
