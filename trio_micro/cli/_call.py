@@ -48,7 +48,7 @@ from ._common import (
     usage_error,
 )
 from ._output import print_json, print_table, safe_text
-from ._tls import add_tls_arguments, client_tls, open_target_channel
+from ._tls import add_registry_token_argument, add_tls_arguments, open_command_channel
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -75,6 +75,7 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also log connections etc. (stderr)"
     )
+    add_registry_token_argument(parser)
     add_tls_arguments(parser)
     if method:
         parser.add_argument(
@@ -426,11 +427,11 @@ async def call_main(args: argparse.Namespace) -> int:
     if request != "-" and not request.startswith("@") and "\n" not in request.strip():
         parse_request(request)  # bad JSON: a usage error before connecting
     check_target(args.target)
-    tls = client_tls(args)
+    opening = open_command_channel(args)
     metadata = call_metadata(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with open_target_channel(args.target, tls) as channel:
+        async with opening as channel:
             # The status becomes the exit code in here, where the call's error is known.
             try:
                 await _call(channel, service, name, request, metadata)
@@ -530,10 +531,10 @@ def run_list(args: argparse.Namespace) -> int:
 async def list_main(args: argparse.Namespace) -> int:
     """The ``list`` command, in trio. Returns the exit code (see the module docs)."""
     check_target(args.target)
-    tls = client_tls(args)
+    opening = open_command_channel(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with open_target_channel(args.target, tls) as channel:
+        async with opening as channel:
             try:
                 services = await list_services(channel)
             except rpc.RpcError as exc:
