@@ -109,21 +109,40 @@ async def test_list_with_a_wrong_token_fails_with_one_line(
     assert "not-the-token" not in err
 
 
+async def test_health_with_the_token_checks_the_service(
+    protected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await cli("health", protected, "--registry-token-file", token_file(tmp_path))
+    assert code == 0
+    assert capsys.readouterr().out == "SERVING\n"
+
+
+NON_REGISTRY_TARGETS = [
+    ("127.0.0.1:1", "'127.0.0.1:1' is one server, reached without a registry"),
+    ("etcd://127.0.0.1:1/test", "an etcd:// target is looked up in etcd, which does not take it"),
+]
+
+
+@pytest.mark.parametrize(("target", "why"), NON_REGISTRY_TARGETS)
 @pytest.mark.parametrize(
-    ("target", "why"),
-    [
-        ("127.0.0.1:1", "'127.0.0.1:1' is one server, reached without a registry"),
-        ("etcd://127.0.0.1:1/test", "an etcd:// target is looked up in etcd"),
-    ],
+    "command", [["call", GET_USER], ["list"], ["bench", GET_USER], ["health"], ["schema"]]
 )
 def test_the_flag_with_another_target_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, why: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], target: str, why: str
 ) -> None:
-    code = main(["call", target, GET_USER, "--registry-token-file", token_file(tmp_path)])
-    assert code == 2
+    argv = [command[0], target, *command[1:], "--registry-token-file", token_file(tmp_path)]
+    assert main(argv) == 2
     err = one_line(capsys)
-    assert "--registry-token-file is for registry://HOST:PORT/SERVICE targets" in err
-    assert why in err
+    assert err.startswith(f"trio-micro {command[0]}: error: --registry-token-file is for ")
+    assert f"registry://HOST:PORT/SERVICE targets: {why}" in err
+
+
+def test_the_gateway_refuses_the_flag_with_another_target_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["gateway", "127.0.0.1:1", "--registry-token-file", token_file(tmp_path)]
+    assert main(argv) == 2
+    assert "--registry-token-file is for registry://HOST:PORT/SERVICE" in one_line(capsys)
 
 
 def test_the_environment_default_is_ignored_for_another_target(
