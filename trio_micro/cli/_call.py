@@ -7,13 +7,15 @@ idempotent methods, and to turn base64 strings into bytes where the request type
 
 Targets: ``host:port`` (one server), or ``registry://host:port/SERVICE`` /
 ``etcd://host:port/SERVICE`` (the replicas of SERVICE found in a registry server or in
-etcd; the call goes to one of them).
+etcd; the call goes to one of them). ``--registry-token-file`` presents the registry
+server's token (:mod:`._tls`).
 
 Exit codes: 0 success; ``64 + N`` the call (for ``list``: the reflection call) ended
 with status code N, printed as ``CODE: message`` on standard error, as grpcurl does: e.g.
 69 ``NOT_FOUND``, 68 ``DEADLINE_EXCEEDED`` (``--timeout``), 78 ``UNAVAILABLE`` (target
 unreachable; for a registry target also, at once: registry unreachable, or no endpoints
-for the service); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
+for the service), 80 ``UNAUTHENTICATED`` (the registry of a ``registry://`` target protects
+lookups and got no or a wrong ``--registry-token-file``); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
 by SIGINT/SIGTERM (:mod:`._common`).
 """
 
@@ -64,7 +66,8 @@ STATUS_CODES_HELP: Final = """\
   64+N a call ended with status code N (printed as CODE: message on stderr), as
        grpcurl does: e.g. 68 DEADLINE_EXCEEDED (--timeout), 69 NOT_FOUND,
        78 UNAVAILABLE (target unreachable; registry unreachable or no endpoints
-       for the service, reported at once)"""
+       for the service, reported at once), 80 UNAUTHENTICATED (the registry
+       protects lookups: no or a wrong --registry-token-file)"""
 
 _EPILOG: Final = epilog(TARGETS_HELP, ok="success", more=STATUS_CODES_HELP)
 
