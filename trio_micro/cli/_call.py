@@ -15,8 +15,8 @@ with status code N, printed as ``CODE: message`` on standard error, as grpcurl d
 69 ``NOT_FOUND``, 68 ``DEADLINE_EXCEEDED`` (``--timeout``), 78 ``UNAVAILABLE`` (target
 unreachable; for a registry target also, at once: registry unreachable, or no endpoints
 for the service), 80 ``UNAUTHENTICATED`` (the registry of a ``registry://`` target protects
-lookups and got no or a wrong ``--registry-token-file``); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
-by SIGINT/SIGTERM (:mod:`._common`).
+lookups and got no or a wrong ``--registry-token-file``); 2 bad input (arguments, JSON, an
+unknown method or target); 130/143 stopped by SIGINT/SIGTERM (:mod:`._common`).
 """
 
 from __future__ import annotations
