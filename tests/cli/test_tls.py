@@ -141,6 +141,17 @@ async def test_list_over_mtls(
     assert "grpc.testing.TestService" in capsys.readouterr().out
 
 
+async def test_health_and_schema_over_mtls(
+    pki: Pki, mtls_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They took the TLS flags and connected in plain text (a TLS port hangs up on that).
+    assert await cli("health", mtls_target, *pki.client_flags()) == 0
+    assert await cli("schema", mtls_target, "--format", "jsonschema", *pki.client_flags()) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("SERVING\n")
+    assert "grpc.testing.TestService" in out
+
+
 async def test_bench_over_mtls(
     pki: Pki, mtls_target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

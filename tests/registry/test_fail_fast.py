@@ -14,7 +14,12 @@ import trio
 import trio.testing
 
 from trio_micro import rpc
-from trio_micro.registry import Endpoint, MemoryRegistry
+from trio_micro.registry import (
+    Endpoint,
+    MemoryRegistry,
+    open_registry_client,
+    open_registry_server,
+)
 
 from ..rpc.replicas import Empty, ReplicaService, address, wait_until
 from ._etcd_server import free_port
@@ -32,6 +37,23 @@ async def test_a_dead_registry_fails_a_call_fast_naming_it() -> None:
         )
         assert channel.resolver_status.state == "unreachable"
         assert str(channel.resolver_status).startswith("unreachable (registry unreachable at")
+
+
+async def test_a_registry_that_refuses_the_lookup_fails_a_call_with_its_refusal() -> None:
+    # A registry protecting its lookups answers a wrong token UNAUTHENTICATED: the call says
+    # so with that code (retrying won't help), not UNAVAILABLE "registry unreachable".
+    async with (
+        open_registry_server(port=0, token="the-token", protect_lookups=True) as server,
+        open_registry_client(server.target, token="a-wrong-token") as reg,
+        rpc.open_channel("replica", registry=reg) as channel,
+    ):
+        with trio.fail_after(10), pytest.raises(rpc.RpcError) as info:
+            await channel.stub(ReplicaService).whoami(Empty())
+    assert info.value.code is rpc.Status.UNAUTHENTICATED
+    assert info.value.message == (
+        f"service 'replica': the registry at {server.target} refused the lookup: "
+        "wrong registry token"
+    )
 
 
 async def test_a_dead_registry_is_waited_for_when_waiting_for_ready(
@@ -159,6 +181,9 @@ def test_resolver_status_is_checked_and_printed() -> None:
         rpc.ResolverStatus("unreachable")
     with pytest.raises(ValueError, match="endpoints must be"):
         rpc.ResolverStatus("resolved", -1)
+    assert rpc.ResolverStatus.unreachable("why").code is rpc.Status.UNAVAILABLE
+    with pytest.raises(ValueError, match="code must be a Status other than OK"):
+        rpc.ResolverStatus.unreachable("why", rpc.Status.OK)
 
 
 async def test_wait_for_ready_refuses_a_non_bool() -> None:

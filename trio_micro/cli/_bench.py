@@ -37,7 +37,7 @@ from ._call import (
 from ._common import EXIT_ERROR, EXIT_OK, epilog, integer, number, seconds
 from ._load import LoadResult, PeerCounter, progress, run_load
 from ._output import print_json, print_table, safe_text
-from ._tls import client_tls, open_target_channel
+from ._tls import open_command_channel
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -110,12 +110,10 @@ async def bench_main(args: argparse.Namespace) -> int:
     service, name = parse_method(args.method)
     request = parse_request(args.request)
     check_target(args.target)
-    tls = client_tls(args)
-    metadata = call_metadata(args)
     counter = PeerCounter()
-    async with open_target_channel(
-        args.target, tls, interceptors=[counter], pool_size=args.connections
-    ) as channel:
+    opening = open_command_channel(args, interceptors=[counter], pool_size=args.connections)
+    metadata = call_metadata(args)
+    async with opening as channel:
         with trio.move_on_after(args.timeout) as scope:
             try:
                 method = find_method(await list_services(channel), service, name)

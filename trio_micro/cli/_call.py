@@ -7,14 +7,16 @@ idempotent methods, and to turn base64 strings into bytes where the request type
 
 Targets: ``host:port`` (one server), or ``registry://host:port/SERVICE`` /
 ``etcd://host:port/SERVICE`` (the replicas of SERVICE found in a registry server or in
-etcd; the call goes to one of them).
+etcd; the call goes to one of them). ``--registry-token-file`` presents the registry
+server's token (:mod:`._tls`).
 
 Exit codes: 0 success; ``64 + N`` the call (for ``list``: the reflection call) ended
 with status code N, printed as ``CODE: message`` on standard error, as grpcurl does: e.g.
 69 ``NOT_FOUND``, 68 ``DEADLINE_EXCEEDED`` (``--timeout``), 78 ``UNAVAILABLE`` (target
 unreachable; for a registry target also, at once: registry unreachable, or no endpoints
-for the service); 2 bad input (arguments, JSON, an unknown method or target); 130/143 stopped
-by SIGINT/SIGTERM (:mod:`._common`).
+for the service), 80 ``UNAUTHENTICATED`` (the registry of a ``registry://`` target protects
+lookups and got no or a wrong ``--registry-token-file``); 2 bad input (arguments, JSON, an
+unknown method or target); 130/143 stopped by SIGINT/SIGTERM (:mod:`._common`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from ._common import (
     usage_error,
 )
 from ._output import print_json, print_table, safe_text
-from ._tls import add_tls_arguments, client_tls, open_target_channel
+from ._tls import add_registry_token_argument, add_tls_arguments, open_command_channel
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -64,7 +66,8 @@ STATUS_CODES_HELP: Final = """\
   64+N a call ended with status code N (printed as CODE: message on stderr), as
        grpcurl does: e.g. 68 DEADLINE_EXCEEDED (--timeout), 69 NOT_FOUND,
        78 UNAVAILABLE (target unreachable; registry unreachable or no endpoints
-       for the service, reported at once)"""
+       for the service, reported at once), 80 UNAUTHENTICATED (the registry
+       protects lookups: no or a wrong --registry-token-file)"""
 
 _EPILOG: Final = epilog(TARGETS_HELP, ok="success", more=STATUS_CODES_HELP)
 
@@ -75,6 +78,7 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also log connections etc. (stderr)"
     )
+    add_registry_token_argument(parser)
     add_tls_arguments(parser)
     if method:
         parser.add_argument(
@@ -426,11 +430,11 @@ async def call_main(args: argparse.Namespace) -> int:
     if request != "-" and not request.startswith("@") and "\n" not in request.strip():
         parse_request(request)  # bad JSON: a usage error before connecting
     check_target(args.target)
-    tls = client_tls(args)
+    opening = open_command_channel(args)
     metadata = call_metadata(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with open_target_channel(args.target, tls) as channel:
+        async with opening as channel:
             # The status becomes the exit code in here, where the call's error is known.
             try:
                 await _call(channel, service, name, request, metadata)
@@ -530,10 +534,10 @@ def run_list(args: argparse.Namespace) -> int:
 async def list_main(args: argparse.Namespace) -> int:
     """The ``list`` command, in trio. Returns the exit code (see the module docs)."""
     check_target(args.target)
-    tls = client_tls(args)
+    opening = open_command_channel(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with open_target_channel(args.target, tls) as channel:
+        async with opening as channel:
             try:
                 services = await list_services(channel)
             except rpc.RpcError as exc:

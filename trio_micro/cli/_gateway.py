@@ -20,6 +20,7 @@ import structlog
 from .. import gateway, rpc
 from ._call import check_target
 from ._common import EXIT_OK, Stopper, epilog, port, run_trio
+from ._tls import ClientTls, add_registry_token_argument, open_target_channel, registry_token
 
 __all__: list[str] = []
 
@@ -83,6 +84,7 @@ def add_gateway_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=port, default=0, help="TCP port (default: 0, any free port)")
+    add_registry_token_argument(parser)
     from ._serve import add_logging_arguments  # (here: _serve imports this module)
 
     add_logging_arguments(parser)
@@ -94,8 +96,9 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     async def main(stopper: Stopper) -> int:
         check_target(args.target)
+        opening = open_target_channel(args.target, ClientTls(), token=registry_token(args))
         configure_command_logging(args.log_file, args.log_level)
-        async with rpc.open_channel(args.target) as channel:
+        async with opening as channel:
             try:
                 opened = gateway.open_gateway(channel, host=args.host, port=args.port)
                 bound = await opened.__aenter__()

@@ -34,6 +34,7 @@ from ._call import (
     status_exit,
 )
 from ._common import EXIT_ERROR, EXIT_OK, epilog, seconds
+from ._tls import open_command_channel
 
 __all__: list[str] = []  # internal to the cli package
 
@@ -83,9 +84,10 @@ def run_health(args: argparse.Namespace) -> int:
 async def health_main(args: argparse.Namespace) -> int:
     """The ``health`` command, in trio; returns the exit code (see the module docs)."""
     check_target(args.target)
+    opening = open_command_channel(args)
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with rpc.open_channel(args.target) as channel:
+        async with opening as channel:
             try:
                 answer = await channel.stub(rpc.HealthService).check(
                     rpc.HealthCheckRequest(args.service)

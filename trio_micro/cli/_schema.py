@@ -25,6 +25,7 @@ from ._call import (
 )
 from ._common import EXIT_OK, CommandError, seconds
 from ._output import print_json
+from ._tls import open_command_channel
 
 __all__: list[str] = []
 
@@ -56,10 +57,11 @@ def run_schema(args: argparse.Namespace) -> int:
 async def schema_main(args: argparse.Namespace) -> int:
     """The ``schema`` command, in trio. Returns the exit code."""
     check_target(args.target)
+    opening = open_command_channel(args)
     listed: rpc.ListServicesResponse | None = None
     code = EXIT_OK
     with trio.move_on_after(args.timeout) as scope:
-        async with rpc.open_channel(args.target) as channel:
+        async with opening as channel:
             try:
                 listed = await list_services(channel)
             except rpc.RpcError as exc:

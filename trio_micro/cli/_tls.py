@@ -21,7 +21,13 @@ The registry token (issue #15) is a file of the same kind: ``registry --token-fi
 ``serve --registry-token-file`` (both default to ``$TRIO_MICRO_REGISTRY_TOKEN_FILE``) name
 a file holding the shared token, read by :func:`read_token_file`; one that is missing,
 unreadable, empty or not one printable word is a usage error (exit 2) too, and the token
-never appears in a message.
+never appears in a message. The client commands (``call``, ``list``, ``bench``, ``health``,
+``schema``, ``gateway``) take ``--registry-token-file`` too
+(:func:`add_registry_token_argument`), and present the token to the registry behind a
+``registry://`` target: one that runs with ``--protect-lookups`` answers lookups only
+with it. Given with another target, the flag is a usage error (there is no registry server
+to present it to); its environment default is then ignored, so that exporting it for
+registry targets does not break ``trio-micro health 127.0.0.1:50051``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ __all__: list[str] = []  # internal to the cli package
 
 # A token file larger than this is not a token file (it is read whole).
 MAX_TOKEN_FILE_SIZE: Final = 4096
+
+#: The flag that names the registry's token file, in ``serve`` and the client commands.
+REGISTRY_TOKEN_FLAG: Final = "--registry-token-file"
 
 _TLS_HELP: Final = """\
 TLS: --tls-cert/--tls-key are this side's certificate and key; --tls-ca is the CA of the
@@ -159,6 +168,55 @@ def read_token_file(path: str, flag: str) -> str:
     return token
 
 
+class _StoreGiven(argparse.Action):
+    """``store``, and a note on the namespace that the flag was on the command line (an
+    environment default does not pass through here)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def add_registry_token_argument(parser: argparse.ArgumentParser) -> None:
+    """Add a client command's ``--registry-token-file FILE`` (see the module docs)."""
+    parser.add_argument(
+        REGISTRY_TOKEN_FLAG,
+        action=_StoreGiven,
+        metavar="FILE",
+        help="a file holding the token of the registry behind a registry:// TARGET "
+        "(trio-micro registry --token-file); needed when it runs with --protect-lookups",
+    )
+
+
+def registry_token(args: argparse.Namespace) -> str | None:
+    """The token to present to the registry behind ``args.target`` (``None``: none); not a
+    checkpoint.
+
+    Raises:
+        CommandError: ``--registry-token-file`` given on the command line with a target
+            other than ``registry://`` (exit 2), or as :func:`read_token_file`.
+    """
+    path = args.registry_token_file
+    if not path:
+        return None
+    scheme, sep, _ = args.target.partition("://")
+    if sep and scheme == "registry":
+        return read_token_file(path, REGISTRY_TOKEN_FLAG)
+    if not getattr(args, "registry_token_file_given", False):
+        return None  # the environment default, meant for registry:// targets
+    if sep and scheme == "etcd":
+        why = "an etcd:// target is looked up in etcd, which does not take it"
+    else:
+        why = f"{args.target!r} is one server, reached without a registry"
+    raise usage_error(f"{REGISTRY_TOKEN_FLAG} is for registry://HOST:PORT/SERVICE targets: {why}")
+
+
 def open_registry(
     scheme: str, authority: str, tls: ClientTls, token: str | None = None
 ) -> AbstractAsyncContextManager[Registry]:
@@ -172,12 +230,23 @@ def open_registry(
     return open_registry_client(authority, token=token, **tls.channel_options)
 
 
+def open_command_channel(
+    args: argparse.Namespace, **options: Any
+) -> AbstractAsyncContextManager[rpc.Channel]:
+    """:func:`open_target_channel` for a client command's parsed TARGET, TLS options and
+    ``--registry-token-file``. Checks them at once (usage errors, exit 2), reading the
+    token file; nothing is opened until the result is entered. Not a checkpoint."""
+    tls = client_tls(args)
+    return open_target_channel(args.target, tls, token=registry_token(args), **options)
+
+
 @asynccontextmanager
 async def open_target_channel(
-    target: str, tls: ClientTls, **options: Any
+    target: str, tls: ClientTls, *, token: str | None = None, **options: Any
 ) -> AsyncIterator[rpc.Channel]:
     """``rpc.open_channel(target, **options)`` with ``tls``, which also reaches the registry
-    behind a ``registry://`` or ``etcd://`` target.
+    behind a ``registry://`` or ``etcd://`` target; ``token`` is presented to a registry
+    server (:func:`registry_token`).
 
     Calls over it fail fast as the library's do (:func:`rpc.open_channel`): an unreachable
     registry or a service with no endpoints is ``UNAVAILABLE`` saying so at once, with the
@@ -190,7 +259,7 @@ async def open_target_channel(
         return
     authority, _, service = rest.partition("/")
     async with (
-        open_registry(scheme, authority, tls) as registry,
+        open_registry(scheme, authority, tls, token) as registry,
         rpc.open_channel(service, registry=registry, **tls.channel_options, **options) as channel,
     ):
         yield channel

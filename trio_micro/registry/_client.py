@@ -7,7 +7,9 @@ server restarted with empty state) the client registers again (``registry.lease.
 keeping the last set meanwhile; ``watch_status`` (what a channel uses:
 :class:`rpc.StatusResolver <trio_micro.rpc.StatusResolver>`) also yields
 ``rpc.ResolverStatus.unreachable("registry unreachable at HOST:PORT: ...")`` for each
-failed attempt, so that the channel's calls fail fast saying so. RPC ``UNAVAILABLE`` becomes
+failed attempt, so that the channel's calls fail fast saying so (with ``UNAUTHENTICATED``
+or ``PERMISSION_DENIED`` instead of ``UNAVAILABLE`` when the registry refuses the
+lookup: ``protect_lookups``). RPC ``UNAVAILABLE`` becomes
 :class:`~trio_micro.registry.RegistryUnavailableError`, any other failure
 :class:`~trio_micro.registry.RegistryBackendError`.
 """
@@ -50,6 +52,9 @@ T = TypeVar("T")
 
 # How long exiting a registration may spend deregistering (shielded from cancellation).
 _DEREGISTER_TIMEOUT: Final = 5.0
+# A registry that answers a watch with these refuses this client (--protect-lookups):
+# the channel's calls fail with the same code, not UNAVAILABLE (the watch is retried).
+_REFUSALS: Final = (rpc.Status.UNAUTHENTICATED, rpc.Status.PERMISSION_DENIED)
 # Backoff of watch reconnects (seconds).
 _WATCH_BACKOFF_INITIAL: Final = 0.1
 _WATCH_BACKOFF_MAX: Final = 5.0
@@ -251,6 +256,7 @@ class RegistryClient:
         backoff = Backoff(initial=_WATCH_BACKOFF_INITIAL, maximum=_WATCH_BACKOFF_MAX)
         while True:
             error: str
+            code, refusal = rpc.Status.UNAVAILABLE, ""
             try:
                 stream: Any = self._stub.watch(ServiceRequest(service, known=bool(last)))
                 async with aclosing(stream) as items:
@@ -266,11 +272,16 @@ class RegistryClient:
                 if exc.code is rpc.Status.INVALID_ARGUMENT:
                     raise RegistryBackendError(str(exc), code=int(exc.code)) from exc
                 error = str(exc)
+                if exc.code in _REFUSALS:
+                    code, refusal = exc.code, exc.message or exc.code.name
             wait = backoff.next_delay()
             log.info("registry.watch.retry", service=service, error=error, retry_in=round(wait, 3))
             if statuses:
                 yield rpc.ResolverStatus.unreachable(
                     f"registry unreachable at {self._target}: {error}"
+                    if not refusal
+                    else f"the registry at {self._target} refused the lookup: {refusal}",
+                    code,
                 )
             await trio.sleep(wait)
 

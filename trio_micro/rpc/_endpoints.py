@@ -572,7 +572,7 @@ class EndpointPool:
         if not self.states and self._service is not None:
             status = self.status
             if status.state == "unreachable":
-                return RpcError(Status.UNAVAILABLE, f"service {self._service!r}: {status.error}")
+                return RpcError(status.code, f"service {self._service!r}: {status.error}")
             if status.state == "resolved":
                 return RpcError(Status.UNAVAILABLE, f"service {self._service!r} has no endpoints")
             return None  # the first answer is still to come

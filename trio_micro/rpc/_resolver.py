@@ -27,6 +27,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, final, runtime_checkable
 
+from trio_micro.protocol import Status
+
 __all__ = [
     "ResolvedEndpoint",
     "Resolver",
@@ -97,11 +99,16 @@ class ResolverStatus:
         endpoints: The endpoints the channel has (kept from the last set while
             unreachable).
         error: Why the backend is unreachable (``""`` in the other states).
+        code: The status of the calls that fail fast meanwhile: ``UNAVAILABLE``, or what
+            a backend that answers but refuses this client said (``UNAUTHENTICATED``,
+            ``PERMISSION_DENIED``: a registry that protects lookups), so that the caller
+            hears that retrying won't help.
     """
 
     state: Literal["resolving", "resolved", "unreachable"]
     endpoints: int = 0
     error: str = ""
+    code: Status = Status.UNAVAILABLE
 
     def __post_init__(self) -> None:
         if self.state not in ("resolving", "resolved", "unreachable"):
@@ -112,12 +119,15 @@ class ResolverStatus:
             raise ValueError(f"endpoints must be an int >= 0, got {self.endpoints!r}")
         if not isinstance(self.error, str) or bool(self.error) != (self.state == "unreachable"):
             raise ValueError("error must be a non-empty str exactly when state is 'unreachable'")
+        if not isinstance(self.code, Status) or self.code is Status.OK:
+            raise ValueError(f"code must be a Status other than OK, got {self.code!r}")
 
     @classmethod
-    def unreachable(cls, why: str) -> ResolverStatus:
-        """The status a resolver yields when its backend can't be reached: ``why`` names it
-        (``"registry unreachable at 127.0.0.1:7000: connection refused"``)."""
-        return cls("unreachable", 0, str(why) or "unknown error")
+    def unreachable(cls, why: str, code: Status = Status.UNAVAILABLE) -> ResolverStatus:
+        """The status a resolver yields when its backend can't be reached, or (``code``)
+        refuses it: ``why`` names it (``"registry unreachable at 127.0.0.1:7000:
+        connection refused"``)."""
+        return cls("unreachable", 0, str(why) or "unknown error", code)
 
     def __str__(self) -> str:
         if self.state == "resolved":
