@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from trio_micro import registry
-from trio_micro.cli._main import main
+from trio_micro.cli._main import build_parser, main
+from trio_micro.cli._serve import _check_args
 
 from .test_tls import SLOW, WAIT, started
 
@@ -53,6 +54,32 @@ def test_the_token_file_defaults_to_the_environment(
     monkeypatch.setenv("TRIO_MICRO_REGISTRY_TOKEN_FILE", missing)
     err = one_line_usage_error(capsys, main(["registry", "--port", "0"]))
     assert f"--token-file: cannot read {missing!r}" in err
+
+
+def test_serve_ignores_the_environment_token_with_an_etcd_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One environment for a host's replicas and its probes: the variable is meant for
+    # registry:// registries, so serve with etcd:// neither reads nor refuses it.
+    monkeypatch.setenv("TRIO_MICRO_REGISTRY_TOKEN_FILE", str(tmp_path / "unread"))
+    for extra in (["--registry", "etcd://127.0.0.1:1", "--advertise", "127.0.0.1:1"], []):
+        config = _check_args(build_parser().parse_args(["serve", SLOW, *extra]))
+        assert config.registry_token is None
+
+
+@pytest.mark.parametrize(
+    ("target", "why"), [("etcd://127.0.0.1:1", "not etcd"), (None, "given without --registry")]
+)
+def test_serve_refuses_the_token_flag_where_no_registry_server_takes_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, target: str | None, why: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("secret\n")
+    argv = ["serve", SLOW, "--registry-token-file", str(path)]
+    argv += ["--registry", target, "--advertise", "127.0.0.1:1"] if target else []
+    err = one_line_usage_error(capsys, main(argv))
+    assert f"--registry-token-file is for registry:// registries: {why}" in err
+    assert "secret" not in err
 
 
 def test_allow_identity_needs_client_certificates(capsys: pytest.CaptureFixture[str]) -> None:

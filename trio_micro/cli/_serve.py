@@ -81,11 +81,13 @@ from ._limits import LimitOptions, add_limit_arguments, limit_options
 from ._service_spec import enter_service, resolve_service
 from ._tls import (
     ClientTls,
+    add_registry_token_argument,
     add_tls_arguments,
     client_tls,
     open_registry,
     read_token_file,
     server_tls,
+    token_flag_given,
 )
 
 __all__: list[str] = []  # internal to the cli package
@@ -229,11 +231,10 @@ def add_serve_parser(subparsers: Any) -> None:
         help="register in a registry: HOST:PORT or registry://HOST:PORT (trio-micro "
         "registry), or etcd://HOST:PORT",
     )
-    parser.add_argument(
-        "--registry-token-file",
-        metavar="FILE",
-        help="a file holding the shared token of the --registry server (trio-micro registry "
-        "--token-file)",
+    add_registry_token_argument(
+        parser,
+        text="a file holding the shared token of the --registry server (trio-micro registry "
+        "--token-file); the environment default is ignored with an etcd:// registry",
     )
     parser.add_argument(
         "--advertise",
@@ -352,10 +353,12 @@ def _check_args(args: argparse.Namespace) -> _ServeConfig:
             "gateway as a process of its own in front of them (trio-micro gateway TARGET)"
         )
     registry_token = None
-    if args.registry_token_file and registry is not None:  # the env default may be set
-        if registry[0] == "etcd":
-            raise usage_error("--registry-token-file is for registry:// targets, not etcd")
-        registry_token = read_token_file(args.registry_token_file, "--registry-token-file")
+    if args.registry_token_file:
+        if registry is not None and registry[0] == "registry":
+            registry_token = read_token_file(args.registry_token_file, "--registry-token-file")
+        elif token_flag_given(args):  # only the environment default is ignored elsewhere
+            why = "not etcd" if registry is not None else "given without --registry"
+            raise usage_error(f"--registry-token-file is for registry:// registries: {why}")
     target = resolve_service(args.service)
     return _ServeConfig(
         spec=args.service,

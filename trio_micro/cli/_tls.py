@@ -183,15 +183,20 @@ class _StoreGiven(argparse.Action):
         setattr(namespace, f"{self.dest}_given", True)
 
 
-def add_registry_token_argument(parser: argparse.ArgumentParser) -> None:
-    """Add a client command's ``--registry-token-file FILE`` (see the module docs)."""
-    parser.add_argument(
-        REGISTRY_TOKEN_FLAG,
-        action=_StoreGiven,
-        metavar="FILE",
-        help="a file holding the token of the registry behind a registry:// TARGET "
-        "(trio-micro registry --token-file); needed when it runs with --protect-lookups",
-    )
+def add_registry_token_argument(
+    parser: argparse.ArgumentParser,
+    text: str = "a file holding the token of the registry behind a registry:// TARGET "
+    "(trio-micro registry --token-file); needed when it runs with --protect-lookups",
+) -> None:
+    """Add ``--registry-token-file FILE`` (see the module docs): a client command's, or
+    with its own help ``text``, serve's."""
+    parser.add_argument(REGISTRY_TOKEN_FLAG, action=_StoreGiven, metavar="FILE", help=text)
+
+
+def token_flag_given(args: argparse.Namespace) -> bool:
+    """Whether ``--registry-token-file`` was on the command line, not only its
+    environment default (``$TRIO_MICRO_REGISTRY_TOKEN_FILE``, meant for registry://)."""
+    return bool(getattr(args, "registry_token_file_given", False))
 
 
 def registry_token(args: argparse.Namespace) -> str | None:
@@ -208,7 +213,7 @@ def registry_token(args: argparse.Namespace) -> str | None:
     scheme, sep, _ = args.target.partition("://")
     if sep and scheme == "registry":
         return read_token_file(path, REGISTRY_TOKEN_FLAG)
-    if not getattr(args, "registry_token_file_given", False):
+    if not token_flag_given(args):
         return None  # the environment default, meant for registry:// targets
     if sep and scheme == "etcd":
         why = "an etcd:// target is looked up in etcd, which does not take it"
