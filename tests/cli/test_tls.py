@@ -1,6 +1,6 @@
-"""The TLS options of ``serve``, ``registry``, ``call``, ``list`` and ``bench``
-(cli/_tls.py), with throwaway CAs from trustme: mutual TLS from the command line, and a
-one-line usage error naming an unusable file."""
+"""The TLS options of ``serve``, ``registry``, ``call``, ``list``, ``bench``, ``health``,
+``schema`` and ``gateway`` (cli/_tls.py), with throwaway CAs from trustme: mutual TLS from
+the command line, and a one-line usage error naming an unusable file."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog
 import trio
@@ -150,6 +151,16 @@ async def test_health_and_schema_over_mtls(
     out = capsys.readouterr().out
     assert out.startswith("SERVING\n")
     assert "grpc.testing.TestService" in out
+
+
+async def test_gateway_reaches_an_mtls_service(pki: Pki, mtls_target: str) -> None:
+    # The gateway's HTTP side is plain; its calls to the service go over mutual TLS.
+    argv = ["gateway", mtls_target, "--port", "0", *pki.client_flags()]
+    async with started(argv) as line:
+        url = line.rpartition(" on ")[2]
+        async with httpx.AsyncClient(base_url=url) as http:
+            reply = await http.post("/grpc.testing.TestService/get_user", json={"user_id": 3})
+    assert (reply.status_code, reply.json()["user_id"]) == (200, 3)
 
 
 async def test_bench_over_mtls(

@@ -20,7 +20,13 @@ import structlog
 from .. import gateway, rpc
 from ._call import check_target
 from ._common import EXIT_OK, Stopper, epilog, port, run_trio
-from ._tls import ClientTls, add_registry_token_argument, open_target_channel, registry_token
+from ._tls import (
+    add_registry_token_argument,
+    add_tls_arguments,
+    client_tls,
+    open_target_channel,
+    registry_token,
+)
 
 __all__: list[str] = []
 
@@ -85,6 +91,7 @@ def add_gateway_parser(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=port, default=0, help="TCP port (default: 0, any free port)")
     add_registry_token_argument(parser)
+    add_tls_arguments(parser)  # to reach the services (and their registry); HTTP stays plain
     from ._serve import add_logging_arguments  # (here: _serve imports this module)
 
     add_logging_arguments(parser)
@@ -96,7 +103,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     async def main(stopper: Stopper) -> int:
         check_target(args.target)
-        opening = open_target_channel(args.target, ClientTls(), token=registry_token(args))
+        opening = open_target_channel(args.target, client_tls(args), token=registry_token(args))
         configure_command_logging(args.log_file, args.log_level)
         async with opening as channel:
             try:

@@ -1,7 +1,8 @@
 """The TLS options every networked command shares, and what they turn into.
 
 One set of flags, added by :func:`add_tls_arguments`, for ``serve``, ``registry``,
-``call``, ``list`` and ``bench``:
+``call``, ``list``, ``bench``, ``health``, ``schema`` and ``gateway`` (its calls to the
+services; its HTTP side stays plain):
 
 * ``--tls-cert FILE`` / ``--tls-key FILE``: this process's certificate and key (PEM). A
   server serves TLS with them; a client presents them (mutual TLS).
