@@ -9,9 +9,7 @@ import socket
 import subprocess
 import sys
 import zlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import msgspec
 import pytest
@@ -28,27 +26,10 @@ from trio_micro.protocol import (
     Settings,
 )
 
-from .conftest import ServerThread, start_server
+from .conftest import ServerThread, run, start_server
 from .services import AioTestService, Answer, Ask
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-BOUND = 30.0  # no test may hang; a real failure shows long before this
-
-
-def run(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(BOUND):
-            return await fn()
-
-    if loop_factory is None:
-        return asyncio.run(bounded())
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(bounded())
 
 
 def test_importing_aio_and_a_service_definition_imports_no_trio() -> None:

@@ -26,9 +26,31 @@ retries, interceptors or keepalive pings (the trio channel has them).
 from __future__ import annotations
 
 from .._lazy import fixup_module_metadata
-from ._channel import Channel, Deadline, ResponseStream, open_channel, timeout, timeout_at
+from ._channel import Channel, ResponseStream, open_channel
+from ._deadline import Deadline, timeout, timeout_at
+from ._streams import (
+    BrokenResourceError,
+    ClosedResourceError,
+    EndOfChannel,
+    RequestSender,
+    ResponseReceiver,
+    StreamCall,
+)
 
-__all__ = ["Channel", "Deadline", "ResponseStream", "open_channel", "timeout", "timeout_at"]
+__all__ = [
+    "BrokenResourceError",
+    "Channel",
+    "ClosedResourceError",
+    "Deadline",
+    "EndOfChannel",
+    "RequestSender",
+    "ResponseReceiver",
+    "ResponseStream",
+    "StreamCall",
+    "open_channel",
+    "timeout",
+    "timeout_at",
+]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})
 del fixup_module_metadata
