@@ -11,7 +11,7 @@ import pytest
 
 from trio_micro import aio, rpc
 
-from .conftest import ServerThread, run
+from .conftest import ServerThread, run, start_server
 from .services import AioTestService, Answer, Ask
 
 
@@ -285,3 +285,26 @@ def test_the_aio_stream_types_offer_what_a_type_checker_sees(ours: type, theirs:
         ours_params = list(inspect.signature(getattr(ours, name)).parameters)
         theirs_params = list(inspect.signature(getattr(theirs, name)).parameters)
         assert len(ours_params) == len(theirs_params) or name == "__aexit__", name
+
+
+def test_a_sender_waiting_for_credit_on_a_lost_connection_is_unavailable() -> None:
+    running = start_server(grace_period=0.1)
+
+    async def main() -> rpc.Status:
+        async with (
+            aio.open_channel(running.target) as channel,
+            channel.stub(AioTestService).hold() as (send, _),
+        ):
+            for n in range(64):  # all the server's credit
+                await send.send(Ask(value=n))
+            stopping = asyncio.create_task(asyncio.to_thread(running.stop))
+            with pytest.raises(rpc.RpcError) as info:
+                await send.send(Ask())  # waits for credit, then the server is gone
+            await stopping
+            return info.value.code
+
+    try:
+        code = run(main)
+    finally:
+        running.stop()
+    assert code is rpc.Status.UNAVAILABLE  # the grace period ran out
