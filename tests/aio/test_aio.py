@@ -295,7 +295,9 @@ def test_calls_work_under_uvloop(server: ServerThread) -> None:
 
 def test_an_asyncio_program_calls_the_user_service_with_typed_stubs(tmp_path: Path) -> None:
     from examples.user_service.service import (
+        CreateUserRequest,
         GetUserRequest,
+        ImportSummary,
         ListUsersRequest,
         User,
         UserService,
@@ -312,20 +314,26 @@ def test_an_asyncio_program_calls_the_user_service_with_typed_stubs(tmp_path: Pa
             line = server.stdout.readline().decode()  # "serving users on HOST:PORT"
             address = line.split()[-1]
 
-            async def main() -> tuple[User, list[int]]:
+            async def main() -> tuple[User, list[int], ImportSummary]:
                 async with aio.open_channel(address) as channel:
                     users = channel.stub(UserService)
                     async with aio.timeout(10):
                         user = await users.get_user(GetUserRequest(user_id=1))
                         listed = [u.user_id async for u in users.list_users(ListUsersRequest())]
-                return user, listed
+                        async with users.import_users() as (send, receive):
+                            for n in range(3):
+                                await send.send(CreateUserRequest(f"new{n}", f"new{n}@x.org"))
+                            await send.aclose()
+                            summary = await receive.receive()
+                return user, listed, summary
 
-            user, listed = run(main)
+            user, listed, summary = run(main)
         finally:
             server.terminate()
             server.wait(timeout=30)
     assert (type(user), user.user_id) == (User, 1)
     assert listed == [1, 2, 3, 4, 5]
+    assert (summary.imported, summary.first_id, summary.last_id) == (3, 6, 8)
 
 
 def test_calls_beyond_the_servers_stream_limit_wait_for_a_slot() -> None:

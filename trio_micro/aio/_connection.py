@@ -7,7 +7,9 @@ asyncio's callbacks instead of a reader task: :meth:`AioConnection.data_received
 the bytes and dispatches the events it returns; the ``send_*`` methods give the bytes to
 write. There is no task of our own at all. A call is a small :class:`_Call` record keyed by
 stream id, holding the future its caller awaits (unary) or the item deque and waiter of a
-server-stream.
+stream; a client- or bidi-stream's sender parks on a second future (``sender``) while the
+server's credit is used up, resolved by the server's CREDIT or the end of the call
+(:mod:`._streams` does the sending).
 
 Writes are batched: :meth:`AioConnection.write` appends to a list and schedules one flush
 with ``call_soon``, so the REQUESTs of every task that runs in one loop iteration (say the
@@ -20,7 +22,7 @@ Cancellation: a caller cancelled while it awaits its answer (``task.cancel()``, 
 the sans-io state until the server's terminal frame arrives, which is then dropped.
 
 Stream slots: a caller at the server's ``max_concurrent_streams`` waits in a FIFO of
-futures; each terminal frame wakes one. Server-streams keep at most
+futures; each terminal frame wakes one. Server- and bidi-streams keep at most
 ``initial_stream_credit`` items (the server can't send more than it was granted; a server
 that does breaks the protocol and the connection closes) and grant CREDIT back once half
 the window is consumed.
