@@ -117,6 +117,19 @@ def test_a_cancelled_caller_cancels_the_call_and_the_connection_carries_on(
     assert server.probe.cancelled.is_set()
 
 
+def test_leaving_the_block_without_the_answer_cancels_the_handler(server: ServerThread) -> None:
+    async def main() -> tuple[bool, int]:
+        async with aio.open_channel(server.target) as channel:
+            stub = channel.stub(AioTestService)
+            async with stub.hold() as (send, _):
+                await send.send(Ask())
+                await asyncio.to_thread(server.probe.started.wait, 10)
+            cancelled = await asyncio.to_thread(server.probe.cancelled.wait, 10)
+            return cancelled, (await stub.echo(Ask(value=2))).value
+
+    assert run(main) == (True, 2)
+
+
 def test_aio_timeout_sends_its_deadline_with_a_stream_call(server: ServerThread) -> None:
     async def main() -> float:
         async with (

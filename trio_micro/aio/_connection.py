@@ -420,7 +420,8 @@ class AioConnection(asyncio.Protocol):
         """The next item's payload; ``None`` at END. Cancellation sends CANCEL.
 
         Raises:
-            RpcError: The server's ERROR, or the connection failed.
+            RpcError: The server's ERROR, or the connection failed; ``CANCELLED`` if the
+                stream was cancelled (:meth:`cancel_stream`) while this waited.
         """
         items = call.items
         assert items is not None
