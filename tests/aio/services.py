@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import msgspec
 import trio
@@ -54,14 +55,16 @@ class AioTestService(rpc.Service, name="aio.Test"):
     async def fail(self, req: Ask) -> Answer:
         raise rpc.RpcError(rpc.Status.NOT_FOUND, f"no {req.value}", {"field": "value"})
 
-    @rpc.unary
-    async def slow(self, req: Ask) -> Answer:
+    async def _until_cancelled(self) -> NoReturn:
         self.probe.started.set()
         try:
             await trio.sleep_forever()
         finally:
             self.probe.cancelled.set()
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    @rpc.unary
+    async def slow(self, req: Ask) -> Answer:
+        await self._until_cancelled()
 
     @rpc.server_stream
     async def count(self, req: Ask) -> AsyncIterator[Answer]:
@@ -93,12 +96,7 @@ class AioTestService(rpc.Service, name="aio.Test"):
     @rpc.client_stream
     async def hold(self, requests: rpc.RequestStream[Ask]) -> Answer:
         """Reads nothing (the client's credit runs out) until the client goes away."""
-        self.probe.started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            self.probe.cancelled.set()
-        raise AssertionError("unreachable")  # pragma: no cover
+        await self._until_cancelled()
 
     @rpc.client_stream
     async def first(self, requests: rpc.RequestStream[Ask]) -> Answer:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, final
 
 import msgspec
 
@@ -81,6 +81,32 @@ class BrokenResourceError(Exception):
     (as ``trio.BrokenResourceError``)."""
 
 
+class _Half:
+    """What the two halves of a stream call share: the call they act on, and
+    ``async with`` closing them."""
+
+    __slots__ = ("_call", "_closed", "_conn", "_info", "_sid")
+
+    def __init__(self, conn: AioConnection, sid: int, call: _Call, info: MethodInfo) -> None:
+        self._conn = conn
+        self._sid = sid
+        self._call = call
+        self._info = info
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<aio.{type(self).__name__} {self._info.wire_name}>"
+
+    async def aclose(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 def _ended(call: _Call) -> Exception:
     """What sending on a call that has ended raises."""
     if call.error is not None:
@@ -94,7 +120,7 @@ def _ended(call: _Call) -> Exception:
 
 
 @final
-class RequestSender(Generic[ReqT]):
+class RequestSender(_Half, Generic[ReqT]):
     """The requests of a client- or bidi-stream call, as the caller sends them.
 
     :meth:`send` waits while the server's credit is used up or the connection's transport
@@ -116,17 +142,7 @@ class RequestSender(Generic[ReqT]):
             sending.
     """
 
-    __slots__ = ("_call", "_closed", "_conn", "_info", "_sid")
-
-    def __init__(self, conn: AioConnection, sid: int, call: _Call, info: MethodInfo) -> None:
-        self._conn = conn
-        self._sid = sid
-        self._call = call
-        self._info = info
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"<aio.RequestSender {self._info.wire_name}>"
+    __slots__ = ()
 
     async def send(self, value: ReqT) -> None:
         """Send one request; see the class docs."""
@@ -176,15 +192,9 @@ class RequestSender(Generic[ReqT]):
                     return
                 self._conn.write(data)
 
-    async def __aenter__(self) -> RequestSender[ReqT]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
 
 @final
-class ResponseReceiver(Generic[RespT]):
+class ResponseReceiver(_Half, Generic[RespT]):
     """The answers of a client- or bidi-stream call.
 
     A client-stream's receiver yields its one RESPONSE, then ends; a bidi-stream's yields
@@ -204,18 +214,11 @@ class ResponseReceiver(Generic[RespT]):
         ClosedResourceError: After :meth:`aclose`, or after the call was cancelled.
     """
 
-    __slots__ = ("_call", "_closed", "_conn", "_delivered", "_info", "_sid")
+    __slots__ = ("_delivered",)
 
     def __init__(self, conn: AioConnection, sid: int, call: _Call, info: MethodInfo) -> None:
-        self._conn = conn
-        self._sid = sid
-        self._call = call
-        self._info = info
-        self._closed = False
+        super().__init__(conn, sid, call, info)
         self._delivered = False  # a client-stream's RESPONSE was returned
-
-    def __repr__(self) -> str:
-        return f"<aio.ResponseReceiver {self._info.wire_name}>"
 
     async def receive(self) -> RespT:
         """The next answer; see the class docs."""
@@ -274,12 +277,6 @@ class ResponseReceiver(Generic[RespT]):
         call = self._call
         if call.frame is None and call.error is None:
             self._conn.cancel_stream(self._sid, call)
-
-    async def __aenter__(self) -> ResponseReceiver[RespT]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 @final
