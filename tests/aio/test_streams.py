@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from trio_micro import aio, rpc
+from trio_micro.protocol import DEFAULT_MAX_FRAME_SIZE, Connection, Role, Settings
 
 from .conftest import ServerThread, run, start_server
 from .services import AioTestService, Answer, Ask
@@ -321,3 +322,78 @@ def test_a_sender_waiting_for_credit_on_a_lost_connection_is_unavailable() -> No
     finally:
         running.stop()
     assert code is rpc.Status.UNAVAILABLE  # the grace period ran out
+
+
+def test_an_item_over_the_servers_frame_size_fails_alone(server: ServerThread) -> None:
+    class Big(Ask):
+        blob: bytes = b"x" * DEFAULT_MAX_FRAME_SIZE
+
+    async def main() -> tuple[rpc.Status, int]:
+        async with (
+            aio.open_channel(server.target) as channel,
+            channel.stub(AioTestService).total() as (send, receive),
+        ):
+            with pytest.raises(rpc.RpcError) as info:
+                await send.send(Big(value=100))
+            await send.send(Ask(value=3))  # the call carries on without it
+            await send.aclose()
+            return info.value.code, (await receive.receive()).value
+
+    assert run(main) == (rpc.Status.RESOURCE_EXHAUSTED, 3)
+
+
+class Uploads(rpc.Service, name="aio.Uploads"):
+    """Only a stub here: the server below is driven by hand."""
+
+    @rpc.client_stream
+    async def put(self, requests: rpc.RequestStream[Answer]) -> Answer:
+        raise NotImplementedError  # pragma: no cover
+
+
+def test_a_sender_waits_while_the_transport_is_paused() -> None:
+    # A server that grants far more credit than the sockets' buffers hold, but stops
+    # reading after the handshake: the sender must stop when the transport's buffer is
+    # full, long before the credit runs out (at most 64 MiB in flight if it did not).
+    credit = 4000
+
+    async def main() -> tuple[bool, bool, int]:
+        done = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = Connection(Role.SERVER, settings=Settings(initial_stream_credit=credit))
+            writer.write(conn.initiate())
+            conn.receive_data(await reader.read(65536))  # the client's HELLO; then no more
+            await done.wait()
+            writer.close()
+
+        listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        async with (
+            listener,
+            aio.open_channel(f"127.0.0.1:{port}") as channel,
+            channel.stub(Uploads).put() as (send, _),
+        ):
+            sent = 0
+
+            async def sender() -> None:
+                nonlocal sent
+                while True:
+                    await send.send(Answer(sent, payload=b"x" * 16384))
+                    sent += 1
+
+            task = asyncio.create_task(sender())
+            last = -1
+            while sent != last:  # until the sender stops making progress
+                last = sent
+                await asyncio.sleep(0.05)
+            paused = (await channel.connection()).paused
+            waiting = not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            done.set()
+            return paused, waiting, sent
+
+    paused, waiting, sent = run(main)
+    assert (paused, waiting) == (True, True)
+    assert sent < credit

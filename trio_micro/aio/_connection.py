@@ -143,6 +143,7 @@ class AioConnection(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._out: list[bytes] = []
+        self.queued = 0  # bytes in _out: written, not handed to the transport yet
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._window = settings.initial_stream_credit
@@ -301,12 +302,14 @@ class AioConnection(asyncio.Protocol):
         if not self._out:
             self.loop.call_soon(self._flush)
         self._out.append(data)
+        self.queued += len(data)
 
     def _flush(self) -> None:
         out = self._out
         if out and self._transport is not None:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
         out.clear()
+        self.queued = 0
 
     # ------------------------------------------------------------ calls
 

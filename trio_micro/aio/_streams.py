@@ -64,6 +64,11 @@ ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
 
 _encode: Final = msgspec.msgpack.Encoder().encode
+# A sender that never has to wait yields after this many items or queued bytes: the
+# batched write then leaves (so the transport can push back) and other tasks run, even
+# when a server grants far more credit than the default 64.
+_RUN_ITEMS: Final = 64
+_RUN_BYTES: Final = 64 * 1024
 
 
 class EndOfChannel(Exception):  # noqa: N818 (trio's name)
@@ -124,8 +129,10 @@ class RequestSender(_Half, Generic[ReqT]):
     """The requests of a client- or bidi-stream call, as the caller sends them.
 
     :meth:`send` waits while the server's credit is used up or the connection's transport
-    is paused (a checkpoint then; otherwise it returns without yielding: credit bounds how
-    far it runs ahead). A task cancelled while it waits re-raises
+    is paused (a checkpoint then). Otherwise it returns without yielding, except once per
+    64 items or 64 KiB sent without waiting, when it yields to the loop (so the queued
+    write leaves, the transport can push back, and other tasks run even if the server
+    grants huge credit). A task cancelled while it waits re-raises
     :exc:`asyncio.CancelledError`; leaving the :class:`StreamCall` block then cancels the
     call. :meth:`aclose` half-closes the call (END); ``async with send:`` does so on exit.
 
@@ -142,7 +149,11 @@ class RequestSender(_Half, Generic[ReqT]):
             sending.
     """
 
-    __slots__ = ()
+    __slots__ = ("_run",)
+
+    def __init__(self, conn: AioConnection, sid: int, call: _Call, info: MethodInfo) -> None:
+        super().__init__(conn, sid, call, info)
+        self._run = 0  # items sent since send() last yielded
 
     async def send(self, value: ReqT) -> None:
         """Send one request; see the class docs."""
@@ -167,8 +178,10 @@ class RequestSender(_Half, Generic[ReqT]):
                 finally:
                     if call.sender is waiter:
                         call.sender = None
+                self._run = 0
             elif conn.paused:
                 await conn.wait_writable()
+                self._run = 0
             else:
                 break
         try:
@@ -178,6 +191,10 @@ class RequestSender(_Half, Generic[ReqT]):
                 raise RpcError(Status.RESOURCE_EXHAUSTED, exc.message) from None
             raise _ended(call) from None  # pragma: no cover - checked just above
         conn.write(data)
+        self._run += 1
+        if self._run >= _RUN_ITEMS or conn.queued >= _RUN_BYTES:
+            self._run = 0
+            await asyncio.sleep(0)
 
     async def aclose(self) -> None:
         """Half-close: tell the server no more requests come (END). Idempotent; does
