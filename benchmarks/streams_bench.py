@@ -19,6 +19,10 @@ the client runs here. Workloads, one connection, the same msgspec payloads every
   that never reads, for ``--memory-seconds``; the server's RSS is sampled at the start and
   the end (flow control holds: it stays flat).
 
+``--aio`` adds the asyncio client (``trio_micro.aio``, on asyncio's own loop and on uvloop)
+as contenders of each workload against the same trio_micro server: the same
+``run_workload`` code drives its stub, since its stream calls have the trio client's shape.
+
 Runs are interleaved (trio_micro, grpcio, trio_micro, ...) and the table shows medians and
 the ratios of medians. grpcio is in the ``bench`` dependency group.
 
@@ -183,13 +187,19 @@ def trio_client(port: int, workload: str, messages: int, round_trips: int) -> tu
 
     async def main() -> tuple[float, float]:
         async with rpc.open_channel(f"127.0.0.1:{port}") as channel:
-            bench = channel.stub(Bench)
-            start = trio.current_time()
-            cpu = time.process_time()
-            count = await run_workload(bench, workload, messages, round_trips)
-            return count / (trio.current_time() - start), time.process_time() - cpu
+            return await timed_workload(channel.stub(Bench), workload, messages, round_trips)
 
     return trio.run(main)
+
+
+async def timed_workload(
+    bench: Bench, workload: str, messages: int, round_trips: int
+) -> tuple[float, float]:
+    """``run_workload``'s items (or round trips) per s and this process's CPU seconds."""
+    start = time.perf_counter()
+    cpu = time.process_time()
+    count = await run_workload(bench, workload, messages, round_trips)
+    return count / (time.perf_counter() - start), time.process_time() - cpu
 
 
 async def run_workload(bench: Bench, workload: str, messages: int, round_trips: int) -> int:
@@ -215,6 +225,26 @@ async def run_workload(bench: Bench, workload: str, messages: int, round_trips: 
             await receive2.receive()
         await send2.aclose()
     return round_trips
+
+
+def aio_client(
+    port: int, workload: str, messages: int, round_trips: int, *, use_uvloop: bool
+) -> tuple[float, float]:
+    """``trio_client``'s run with the asyncio client (``trio_micro.aio``), on asyncio's loop
+    or on uvloop's."""
+    import asyncio
+
+    from trio_micro import aio
+
+    async def main() -> tuple[float, float]:
+        async with aio.open_channel(f"127.0.0.1:{port}") as channel:
+            return await timed_workload(channel.stub(Bench), workload, messages, round_trips)
+
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.run(main())
+    return asyncio.run(main())
 
 
 def grpc_client(port: int, workload: str, messages: int, round_trips: int) -> tuple[float, float]:
@@ -294,6 +324,10 @@ def client_main(kind: str, port: int, workload: str, messages: int, round_trips:
         rate, cpu = trio_client(port, workload, messages, round_trips)
     elif kind == "raw-trio":
         rate, cpu = raw_trio_client(port, round_trips)
+    elif kind in ("aio", "aio-uvloop"):
+        rate, cpu = aio_client(
+            port, workload, messages, round_trips, use_uvloop=kind == "aio-uvloop"
+        )
     else:
         rate, cpu = grpc_client(port, workload, messages, round_trips)
     print(json.dumps({"rate": rate, "cpu": cpu}), flush=True)
@@ -364,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tree", type=Path, action="append", default=[], help="another checkout to compare"
     )
     parser.add_argument(
+        "--aio", action="store_true", help="add the asyncio client (trio_micro.aio) as contenders"
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=["upload", "download", "pingpong"],
@@ -392,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for workload in args.only or ("upload", "download", "pingpong"):
         for label, tree in trees:
             contenders.append((f"{label} {workload}", "trio", tree, servers[label], workload))
+        if args.aio:
+            for kind in ("aio", "aio-uvloop"):
+                key = f"trio_micro.{kind} {workload}"
+                contenders.append((key, kind, None, servers["trio_micro"], workload))
         if workload != "download":
             contenders.append((f"grpcio-aio {workload}", "grpc", None, grpc_server, workload))
     if "pingpong" in (args.only or ["pingpong"]):
@@ -425,6 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {client:.1f} | {server:.1f} |"
         )
     print()
+    for kind in ("aio", "aio-uvloop") if args.aio else ():
+        for workload in ("upload", "download", "pingpong"):
+            over, under = f"trio_micro.{kind} {workload}", f"trio_micro {workload}"
+            if over in med and under in med:
+                print(f"{kind} client vs trio client, {workload}: {med[over] / med[under]:.2f}x")
     for label, _ in trees:
         for what, over, under, target in (
             ("upload vs download", f"{label} upload", f"{label} download", ">= 0.8x"),

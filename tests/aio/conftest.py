@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -14,6 +15,26 @@ import trio
 from trio_micro import rpc
 
 from .services import AioTestService, Probe
+
+T = TypeVar("T")
+BOUND = 30.0  # no test may hang; a real failure shows long before this
+
+
+def run(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    """``asyncio.run(fn())`` (on ``loop_factory``'s loop if given), bounded by BOUND s."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(BOUND):
+            return await fn()
+
+    if loop_factory is None:
+        return asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(bounded())
 
 
 @dataclass

@@ -9,9 +9,7 @@ import socket
 import subprocess
 import sys
 import zlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import msgspec
 import pytest
@@ -28,27 +26,10 @@ from trio_micro.protocol import (
     Settings,
 )
 
-from .conftest import ServerThread, start_server
+from .conftest import ServerThread, run, start_server
 from .services import AioTestService, Answer, Ask
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-BOUND = 30.0  # no test may hang; a real failure shows long before this
-
-
-def run(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(BOUND):
-            return await fn()
-
-    if loop_factory is None:
-        return asyncio.run(bounded())
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(bounded())
 
 
 def test_importing_aio_and_a_service_definition_imports_no_trio() -> None:
@@ -314,7 +295,9 @@ def test_calls_work_under_uvloop(server: ServerThread) -> None:
 
 def test_an_asyncio_program_calls_the_user_service_with_typed_stubs(tmp_path: Path) -> None:
     from examples.user_service.service import (
+        CreateUserRequest,
         GetUserRequest,
+        ImportSummary,
         ListUsersRequest,
         User,
         UserService,
@@ -331,20 +314,26 @@ def test_an_asyncio_program_calls_the_user_service_with_typed_stubs(tmp_path: Pa
             line = server.stdout.readline().decode()  # "serving users on HOST:PORT"
             address = line.split()[-1]
 
-            async def main() -> tuple[User, list[int]]:
+            async def main() -> tuple[User, list[int], ImportSummary]:
                 async with aio.open_channel(address) as channel:
                     users = channel.stub(UserService)
                     async with aio.timeout(10):
                         user = await users.get_user(GetUserRequest(user_id=1))
                         listed = [u.user_id async for u in users.list_users(ListUsersRequest())]
-                return user, listed
+                        async with users.import_users() as (send, receive):
+                            for n in range(3):
+                                await send.send(CreateUserRequest(f"new{n}", f"new{n}@x.org"))
+                            await send.aclose()
+                            summary = await receive.receive()
+                return user, listed, summary
 
-            user, listed = run(main)
+            user, listed, summary = run(main)
         finally:
             server.terminate()
             server.wait(timeout=30)
     assert (type(user), user.user_id) == (User, 1)
     assert listed == [1, 2, 3, 4, 5]
+    assert (summary.imported, summary.first_id, summary.last_id) == (3, 6, 8)
 
 
 def test_calls_beyond_the_servers_stream_limit_wait_for_a_slot() -> None:

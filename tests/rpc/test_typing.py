@@ -15,7 +15,7 @@ PRELUDE = """
 from __future__ import annotations
 from collections.abc import AsyncIterator
 import msgspec
-from trio_micro import rpc
+from trio_micro import aio, rpc
 
 class GetUserRequest(msgspec.Struct):
     user_id: int
@@ -69,6 +69,18 @@ async def good_streams(channel: rpc.Channel) -> int:
         await ask.send(GetUserRequest(user_id=summary.user_id))
         got: list[User] = [u async for u in answers]
     return len(got)
+
+
+async def good_aio(channel: aio.Channel) -> int:
+    users = channel.stub(UserService)  # the same stub types from asyncio
+    user = await users.get_user(GetUserRequest(user_id=1))
+    async with users.import_users() as (send, receive):
+        await send.send(user)
+        await send.aclose()
+        summary: GetUserRequest = await receive.receive()
+    async with users.chat() as (ask, answers):
+        await ask.send(summary)
+        return len([u async for u in answers])
 """
 
 WRONG_STREAM_ITEM = """

@@ -1,4 +1,4 @@
-"""The asyncio channel: typed stubs over one connection, deadlines, response streams.
+"""The asyncio channel: typed stubs over one connection, and server-streams.
 
 A :class:`Channel` keeps one :class:`~._connection.AioConnection` to one server and opens
 a new one when the old one is lost or going away. Its stubs are built from the same
@@ -6,22 +6,16 @@ service definitions as :meth:`trio_micro.rpc.Channel.stub` (``rpc.Service`` and 
 :class:`~trio_micro.rpc.MethodInfo`, prebuilt msgpack decoders included), so a stub is
 typed the same way: mypy sees the service class itself.
 
-Deadlines: asyncio has no public way to read the deadline of an enclosing
-``asyncio.timeout()``, so the deadline a call sends is the one set by :func:`timeout` /
-:func:`timeout_at` (which are ``asyncio.timeout`` plus a context variable; nested ones take
-the earliest). A bare ``asyncio.timeout()`` still ends the call on time: it cancels the
-awaiting task, which sends CANCEL, and the server cancels the handler.
+The deadline a call sends is that of the enclosing :func:`~._deadline.timeout` (see
+:mod:`._deadline`); client- and bidi-stream calls are in :mod:`._streams`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, cast, final
 
 import msgspec
@@ -31,77 +25,15 @@ from trio_micro.protocol import DECODE_ERRORS, DEFAULT_MAX_FRAME_SIZE, Settings,
 from trio_micro.rpc import Endpoint, MethodInfo, RpcError, Service
 
 from ._connection import AioConnection, _Call, connect
+from ._deadline import timeout_ms
+from ._streams import streaming_method
 
-__all__ = ["Channel", "Deadline", "ResponseStream", "open_channel", "timeout", "timeout_at"]
+__all__ = ["Channel", "ResponseStream", "open_channel"]
 
 S = TypeVar("S", bound=Service)
 T = TypeVar("T")
 
 _encode: Final = msgspec.msgpack.Encoder().encode
-# The earliest deadline (loop time) of the enclosing Deadline blocks; inf: none.
-_deadline: Final = contextvars.ContextVar("trio_micro.aio.deadline", default=math.inf)
-
-
-@final
-class Deadline:
-    """``asyncio.timeout()`` whose deadline calls inside it send to the server.
-
-    Made by :func:`timeout` / :func:`timeout_at`. Entering it enters an
-    :class:`asyncio.Timeout` (returned, so ``expired()`` works) and records the deadline
-    for the calls made inside; leaving it restores the outer deadline. Expiry raises
-    :exc:`TimeoutError` like ``asyncio.timeout`` does.
-    """
-
-    __slots__ = ("_timeout", "_token", "_when")
-
-    def __init__(self, when: float | None) -> None:
-        self._when = when
-        self._timeout = asyncio.timeout_at(when)
-        self._token: contextvars.Token[float] | None = None
-
-    async def __aenter__(self) -> asyncio.Timeout:
-        entered = await self._timeout.__aenter__()
-        if self._when is not None and self._when < _deadline.get():
-            self._token = _deadline.set(self._when)
-        return entered
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._token is not None:
-            _deadline.reset(self._token)
-            self._token = None
-        await self._timeout.__aexit__(exc_type, exc, tb)
-
-
-def timeout(delay: float | None) -> Deadline:
-    """``asyncio.timeout(delay)`` whose deadline crosses the wire with the calls inside.
-
-    Not a checkpoint (entering it is). ``None`` sets no deadline.
-
-    Raises:
-        RuntimeError: No running event loop.
-    """
-    if delay is None:
-        return Deadline(None)
-    return Deadline(asyncio.get_running_loop().time() + delay)
-
-
-def timeout_at(when: float | None) -> Deadline:
-    """``asyncio.timeout_at(when)`` (``when`` in ``loop.time()``) whose deadline crosses
-    the wire with the calls inside."""
-    return Deadline(when)
-
-
-def _timeout_ms(loop: asyncio.AbstractEventLoop) -> int | None:
-    deadline = _deadline.get()
-    if deadline == math.inf:
-        return None
-    # Rounded up, so the server's deadline never fires before ours.
-    return max(0, math.ceil((deadline - loop.time()) * 1000))
 
 
 @final
@@ -171,7 +103,9 @@ class Channel:
     def stub(self, service: type[S], *, metadata: dict[str, str] | None = None) -> S:
         """A typed client of ``service`` (an ``rpc.Service`` subclass), as
         :meth:`trio_micro.rpc.Channel.stub`: ``await stub.method(request)`` for unary
-        methods; ``stub.method(request)`` is a :class:`ResponseStream` for server-streams.
+        methods; ``stub.method(request)`` is a :class:`ResponseStream` for server-streams;
+        ``async with stub.method() as (send, receive)`` (a :class:`~._streams.StreamCall`)
+        for client- and bidi-streams.
 
         Raises:
             TypeError: ``service`` is not a Service subclass, or ``metadata`` not a mapping
@@ -182,11 +116,13 @@ class Channel:
         checked = check_str_mapping("metadata", metadata) or None
         proxy = _Stub(service.__rpc_name__)
         for attr, info in service.__rpc_methods__.items():
-            method = (
-                self._unary_method(info, checked)
-                if info.kind == "unary"
-                else self._stream_method(info, checked)
-            )
+            method: Callable[..., object]
+            if info.kind == "unary":
+                method = self._unary_method(info, checked)
+            elif info.kind == "server_stream":
+                method = self._stream_method(info, checked)
+            else:  # client_stream, bidi_stream
+                method = streaming_method(self, info, checked)
             setattr(proxy, attr, method)
         return cast(S, proxy)
 
@@ -204,7 +140,7 @@ class Channel:
             conn = self._conn
             if conn is None or conn.unusable is not None:
                 conn = await self.connection()
-            data = await conn.unary(wire_name, payload, _timeout_ms(conn.loop), metadata)
+            data = await conn.unary(wire_name, payload, timeout_ms(conn.loop), metadata)
             try:
                 return decode(data)
             except DECODE_ERRORS as exc:
@@ -286,7 +222,7 @@ class ResponseStream(Generic[T]):
             try:
                 opened = await self._channel.connection()
                 self._sid, self._call = await opened.open_stream(
-                    self._info.wire_name, _encode(self._req), _timeout_ms(opened.loop), self._meta
+                    self._info.wire_name, _encode(self._req), timeout_ms(opened.loop), self._meta
                 )
                 self._conn = opened
             except BaseException:

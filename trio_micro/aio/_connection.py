@@ -7,7 +7,9 @@ asyncio's callbacks instead of a reader task: :meth:`AioConnection.data_received
 the bytes and dispatches the events it returns; the ``send_*`` methods give the bytes to
 write. There is no task of our own at all. A call is a small :class:`_Call` record keyed by
 stream id, holding the future its caller awaits (unary) or the item deque and waiter of a
-server-stream.
+stream; a client- or bidi-stream's sender parks on a second future (``sender``) while the
+server's credit is used up, resolved by the server's CREDIT or the end of the call
+(:mod:`._streams` does the sending).
 
 Writes are batched: :meth:`AioConnection.write` appends to a list and schedules one flush
 with ``call_soon``, so the REQUESTs of every task that runs in one loop iteration (say the
@@ -20,7 +22,7 @@ Cancellation: a caller cancelled while it awaits its answer (``task.cancel()``, 
 the sans-io state until the server's terminal frame arrives, which is then dropped.
 
 Stream slots: a caller at the server's ``max_concurrent_streams`` waits in a FIFO of
-futures; each terminal frame wakes one. Server-streams keep at most
+futures; each terminal frame wakes one. Server- and bidi-streams keep at most
 ``initial_stream_credit`` items (the server can't send more than it was granted; a server
 that does breaks the protocol and the connection closes) and grant CREDIT back once half
 the window is consumed.
@@ -42,6 +44,7 @@ from trio_micro.protocol import (
     CompressionError,
     Connection,
     ConnectionClosed,
+    Credit,
     End,
     Error,
     ErrorCode,
@@ -66,7 +69,7 @@ _Terminal = Response | End | Error
 _TERMINAL: Final = (Response, End, Error)
 
 
-def _inflated(proto: Connection, payload: Payload) -> bytes:
+def inflated(proto: Connection, payload: Payload) -> bytes:
     """A payload's bytes. This client announces no compression (docs/aio.md), so a
     compressed payload is the server's mistake: its call fails with ``INTERNAL``.
 
@@ -85,14 +88,16 @@ def _inflated(proto: Connection, payload: Payload) -> bytes:
 class _Call:
     """One call in flight: what its caller waits on, and the answer when it comes."""
 
-    __slots__ = ("cancelled", "error", "frame", "future", "items", "unacked", "waiter")
+    __slots__ = ("cancelled", "error", "frame", "future", "items", "sender", "unacked", "waiter")
 
     def __init__(
         self, future: asyncio.Future[bytes] | None, items: collections.deque[Payload] | None
     ) -> None:
         self.future = future  # unary: resolved with the payload or an RpcError
-        self.items = items  # server-stream: payloads not consumed yet
+        self.items = items  # server-/bidi-stream: payloads not consumed yet
         self.waiter: asyncio.Future[None] | None = None  # a stream consumer parked here
+        # A client-/bidi-stream's sender parked for the server's CREDIT (aio._streams).
+        self.sender: asyncio.Future[None] | None = None
         self.frame: _Terminal | None = None
         self.error: RpcError | None = None
         self.unacked = 0  # items consumed but not yet granted back as CREDIT
@@ -104,6 +109,18 @@ class _Call:
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def wake_sender(self) -> None:
+        sender = self.sender
+        if sender is not None:
+            self.sender = None
+            if not sender.done():
+                sender.set_result(None)
+
+    def wake_all(self) -> None:
+        """The call ended: wake its consumer and its sender."""
+        self.wake()
+        self.wake_sender()
 
 
 def local_error(exc: LocalProtocolError) -> RpcError:
@@ -126,6 +143,7 @@ class AioConnection(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._out: list[bytes] = []
+        self.queued = 0  # bytes in _out: written, not handed to the transport yet
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._window = settings.initial_stream_credit
@@ -188,6 +206,10 @@ class AioConnection(asyncio.Protocol):
                 if call is not None and call.items is not None:
                     call.items.append(event.payload)  # type: ignore[union-attr]
                     call.wake()
+            elif kind is Credit:  # for a client-/bidi-stream's sender
+                call = calls.get(event.id)  # type: ignore[union-attr]
+                if call is not None:
+                    call.wake_sender()
             elif kind is Ping:
                 self.write(self.proto.send_pong(event.opaque))  # type: ignore[union-attr]
             elif kind is Hello:
@@ -207,11 +229,11 @@ class AioConnection(asyncio.Protocol):
         future = call.future
         if future is None:  # a stream
             call.frame = frame
-            call.wake()
+            call.wake_all()
         elif not future.done():
             if type(frame) is Response:
                 try:
-                    future.set_result(_inflated(self.proto, frame.payload))
+                    future.set_result(inflated(self.proto, frame.payload))
                 except RpcError as exc:
                     future.set_exception(exc)
             elif type(frame) is Error:
@@ -241,7 +263,7 @@ class AioConnection(asyncio.Protocol):
                 call.future.set_exception(error)
         else:
             call.error = error
-            call.wake()
+            call.wake_all()
 
     def _fail_all(self, error: RpcError) -> None:
         self._mark_unusable(error)
@@ -268,6 +290,11 @@ class AioConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ writing
 
+    @property
+    def paused(self) -> bool:
+        """Whether the transport's buffer is above its high-water mark."""
+        return self._paused
+
     def write(self, data: bytes) -> None:
         """Queue ``data``; everything queued in one loop iteration leaves in one write."""
         if not data or self._transport is None:
@@ -275,14 +302,24 @@ class AioConnection(asyncio.Protocol):
         if not self._out:
             self.loop.call_soon(self._flush)
         self._out.append(data)
+        self.queued += len(data)
 
     def _flush(self) -> None:
         out = self._out
         if out and self._transport is not None:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
         out.clear()
+        self.queued = 0
 
     # ------------------------------------------------------------ calls
+
+    async def wait_writable(self) -> None:
+        """Wait while the transport's buffer is above its high-water mark (a server that
+        stops reading); returns at once otherwise, without a checkpoint."""
+        while self._paused:
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
 
     def _wake_slot(self) -> None:
         while self._slot_waiters:
@@ -301,9 +338,7 @@ class AioConnection(asyncio.Protocol):
             if self.unusable is not None:
                 raise self.unusable
             if self._paused:
-                waiter = self.loop.create_future()
-                self._drain_waiters.append(waiter)
-                await waiter
+                await self.wait_writable()
                 continue
             if self.proto.can_open_stream() and not self._slot_waiters:
                 return
@@ -369,20 +404,27 @@ class AioConnection(asyncio.Protocol):
             raise
 
     async def open_stream(
-        self, method: str, payload: bytes, timeout_ms: int | None, metadata: dict[str, str] | None
+        self,
+        method: str,
+        payload: bytes,
+        timeout_ms: int | None,
+        metadata: dict[str, str] | None,
+        call_type: CallType = CallType.SERVER_STREAM,
     ) -> tuple[int, _Call]:
-        """Send a server-stream REQUEST; return its id and record."""
+        """Send a stream call's REQUEST (server-, client- or bidi-stream); return its id and
+        record. A client-stream's record has no item queue: its answer is one RESPONSE."""
         if self.unusable is not None or self._paused or not self.proto.can_open_stream():
             await self._wait_ready()
-        call = _Call(None, collections.deque())
-        stream_id = self._open(method, payload, CallType.SERVER_STREAM, timeout_ms, metadata, call)
+        call = _Call(None, None if call_type is CallType.CLIENT_STREAM else collections.deque())
+        stream_id = self._open(method, payload, call_type, timeout_ms, metadata, call)
         return stream_id, call
 
     async def next_item(self, stream_id: int, call: _Call) -> bytes | None:
         """The next item's payload; ``None`` at END. Cancellation sends CANCEL.
 
         Raises:
-            RpcError: The server's ERROR, or the connection failed.
+            RpcError: The server's ERROR, or the connection failed; ``CANCELLED`` if the
+                stream was cancelled (:meth:`cancel_stream`) while this waited.
         """
         items = call.items
         assert items is not None
@@ -403,7 +445,7 @@ class AioConnection(asyncio.Protocol):
             if isinstance(payload, bytes):
                 return payload
             try:
-                return _inflated(self.proto, payload)
+                return inflated(self.proto, payload)
             except RpcError:
                 self.cancel_stream(stream_id, call)
                 raise
@@ -412,16 +454,21 @@ class AioConnection(asyncio.Protocol):
         frame = call.frame
         if type(frame) is End:
             return None
+        if frame is None:  # woken by cancel_stream from another task
+            raise RpcError(Status.CANCELLED, "the call was cancelled")
         assert type(frame) is Error
         raise RpcError(frame.code, frame.message, frame.details)
 
     def cancel_stream(self, stream_id: int, call: _Call) -> None:
-        """Give up on a stream: drop its record and send CANCEL (synchronous)."""
+        """Give up on a stream: drop its record and send CANCEL (synchronous). Whoever
+        waits on it (another task's consumer, a sender waiting for credit) wakes up to
+        find the call cancelled."""
         if call.cancelled:
             return
         call.cancelled = True
         if self._calls.pop(stream_id, None) is not None:
             self.write(self.proto.send_cancel(stream_id))
+        call.wake_all()
 
 
 async def connect(
