@@ -69,7 +69,7 @@ bench: $(STAMP)
 # Not part of `make test`. Results stay in mutants/ (a re-run retests only what changed).
 MUTATE_MODULES := \
 	trio_micro.toolkit._ratelimit trio_micro.toolkit._singleflight trio_micro.toolkit._channels \
-	trio_micro.protocol._connection trio_micro.protocol._codec \
+	trio_micro.protocol._connection trio_micro.protocol._codec trio_micro.protocol._compression \
 	trio_micro.rpc._retry trio_micro.rpc._balancing trio_micro.rpc._server_calls \
 	trio_micro.registry._server trio_micro.registry._memory \
 	trio_micro.analysis._sketch

@@ -40,8 +40,10 @@ TESTS_FOR: dict[str, tuple[str, ...]] = {
     "trio_micro.protocol._connection": (
         "tests/protocol/test_connection.py",
         "tests/protocol/test_streams.py",
+        "tests/protocol/test_compression.py",  # the compression glue
     ),
     "trio_micro.protocol._codec": ("tests/protocol/",),
+    "trio_micro.protocol._compression": ("tests/protocol/test_compression.py",),
     "trio_micro.rpc._retry": ("tests/rpc/test_retry.py",),
     "trio_micro.rpc._balancing": ("tests/rpc/test_balancing.py",),
     "trio_micro.rpc._server_calls": (
