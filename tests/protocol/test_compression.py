@@ -427,3 +427,40 @@ def test_a_payload_that_compresses_to_its_own_size_goes_as_it_is() -> None:
     assert even
     compressor = Compressor("zlib", 0, 1 << 20)
     assert compressor(even[0]) == even[0]
+
+
+def test_a_compression_threshold_of_0_compresses_every_payload_that_shrinks() -> None:
+    c = Connection(Role.CLIENT, settings=ZLIB, compression="zlib", compression_threshold=0)
+    s = Connection(Role.SERVER, settings=ZLIB)
+    s.receive_data(c.initiate())
+    c.receive_data(s.initiate())
+    event = request(c, s, b"x" * 64)
+    assert isinstance(event.payload, Ext)
+
+
+def test_a_negative_compression_threshold_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError) as info:
+        Connection(Role.CLIENT, compression_threshold=-1)
+    assert str(info.value) == "compression_threshold must be >= 0, got -1"
+
+
+def client_compressing_with_zlib() -> tuple[Connection, Connection]:
+    c = Connection(Role.CLIENT, settings=ZLIB, compression="zlib")
+    s = Connection(Role.SERVER, settings=ZLIB)
+    s.receive_data(c.initiate())
+    c.receive_data(s.initiate())
+    return c, s
+
+
+def test_the_clients_default_compresses_a_request_without_metadata() -> None:
+    c, s = client_compressing_with_zlib()
+    event = request(c, s, BIG)
+    assert isinstance(event.payload, Ext)
+    assert s.decompress(event.payload) == BIG
+
+
+def test_a_hint_the_server_does_not_accept_leaves_the_request_to_the_clients_default() -> None:
+    c, s = client_compressing_with_zlib()  # the server accepts zlib only
+    event = request(c, s, BIG, metadata={COMPRESSION_HINT: "zstd"})
+    assert isinstance(event.payload, Ext)
+    assert event.payload.code == 1
