@@ -322,10 +322,13 @@ def test_zlib_stops_inflating_one_byte_past_the_limit() -> None:
     assert info.value.status is Status.RESOURCE_EXHAUSTED
 
 
-def test_a_zlib_error_is_named_in_the_message() -> None:
+@pytest.mark.parametrize(
+    ("code", "error"), [(1, zlib.error), (2, zstandard.ZstdError)], ids=["zlib", "zstd"]
+)
+def test_the_codecs_error_is_named_in_the_message(code: int, error: type[Exception]) -> None:
     with pytest.raises(CompressionError) as info:
-        receiver().decompress(Ext(1, b"not zlib at all"))
-    assert isinstance(info.value.__context__, zlib.error)
+        zstd_receiver().decompress(Ext(code, b"garbage"))
+    assert isinstance(info.value.__context__, error)
     assert info.value.message == f"{GARBAGE}{info.value.__context__}"
 
 
@@ -333,13 +336,6 @@ def test_a_truncated_zlib_stream_says_so() -> None:
     with pytest.raises(CompressionError) as info:
         receiver().decompress(Ext(1, zlib.compress(BIG)[:-3]))
     assert info.value.message == f"{GARBAGE}truncated, or followed by trailing bytes"
-
-
-def test_a_zstd_error_is_named_in_the_message() -> None:
-    with pytest.raises(CompressionError) as info:
-        zstd_receiver().decompress(Ext(2, b"garbage"))
-    assert isinstance(info.value.__context__, zstandard.ZstdError)
-    assert info.value.message == f"{GARBAGE}{info.value.__context__}"
 
 
 def test_a_zstd_frame_without_its_size_says_so() -> None:
@@ -429,11 +425,18 @@ def test_a_payload_that_compresses_to_its_own_size_goes_as_it_is() -> None:
     assert compressor(even[0]) == even[0]
 
 
-def test_a_compression_threshold_of_0_compresses_every_payload_that_shrinks() -> None:
-    c = Connection(Role.CLIENT, settings=ZLIB, compression="zlib", compression_threshold=0)
+def client_compressing_with_zlib(
+    threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
+) -> tuple[Connection, Connection]:
+    c = Connection(Role.CLIENT, settings=ZLIB, compression="zlib", compression_threshold=threshold)
     s = Connection(Role.SERVER, settings=ZLIB)
     s.receive_data(c.initiate())
     c.receive_data(s.initiate())
+    return c, s
+
+
+def test_a_compression_threshold_of_0_compresses_every_payload_that_shrinks() -> None:
+    c, s = client_compressing_with_zlib(threshold=0)
     event = request(c, s, b"x" * 64)
     assert isinstance(event.payload, Ext)
 
@@ -442,14 +445,6 @@ def test_a_negative_compression_threshold_is_refused_naming_it() -> None:
     with pytest.raises(ValueError) as info:
         Connection(Role.CLIENT, compression_threshold=-1)
     assert str(info.value) == "compression_threshold must be >= 0, got -1"
-
-
-def client_compressing_with_zlib() -> tuple[Connection, Connection]:
-    c = Connection(Role.CLIENT, settings=ZLIB, compression="zlib")
-    s = Connection(Role.SERVER, settings=ZLIB)
-    s.receive_data(c.initiate())
-    c.receive_data(s.initiate())
-    return c, s
 
 
 def test_the_clients_default_compresses_a_request_without_metadata() -> None:
