@@ -67,9 +67,11 @@ bench: $(STAMP)
 # worker process, each mutant tested by the tests that reach the mutated function. Takes
 # long (see docs/testing.md); `make mutate MUTATE=trio_micro.rpc._retry` runs one module.
 # Not part of `make test`. Results stay in mutants/ (a re-run retests only what changed).
+# --timeout=30: mutmut's own limit is CPU time, so a mutant that deadlocks (asleep, using
+# no CPU) would otherwise wait out the suite's 180 s per test.
 MUTATE_MODULES := \
 	trio_micro.toolkit._ratelimit trio_micro.toolkit._singleflight trio_micro.toolkit._channels \
-	trio_micro.protocol._connection trio_micro.protocol._codec \
+	trio_micro.protocol._connection trio_micro.protocol._codec trio_micro.protocol._compression \
 	trio_micro.rpc._retry trio_micro.rpc._balancing trio_micro.rpc._server_calls \
 	trio_micro.registry._server trio_micro.registry._memory \
 	trio_micro.analysis._sketch
@@ -78,7 +80,8 @@ mutate: $(STAMP)
 	@mkdir -p mutants
 	@for module in $(MUTATE); do \
 		echo "== mutmut: $$module (log: mutants/$$module.log)"; \
-		$(BIN)/mutmut run --max-children 1 "$$module.*" > "mutants/$$module.log" 2>&1 \
+		PYTEST_ADDOPTS="--timeout=30 $$PYTEST_ADDOPTS" \
+			$(BIN)/mutmut run --max-children 1 "$$module.*" > "mutants/$$module.log" 2>&1 \
 			|| { tail -n 30 "mutants/$$module.log"; exit 1; }; \
 	done
 	$(BIN)/python -m tests.mutate_report $(MUTATE)

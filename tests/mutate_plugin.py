@@ -36,14 +36,23 @@ TESTS_FOR: dict[str, tuple[str, ...]] = {
         "tests/toolkit/test_throttle.py",
     ),
     # Not test_streams_state.py: its Hypothesis state machine reaches every method and
-    # takes 6 s, which would make each of the 567 mutants cost that much.
+    # takes 6 s, which would make each of the 646 mutants cost that much.
     "trio_micro.protocol._connection": (
         "tests/protocol/test_connection.py",
         "tests/protocol/test_streams.py",
+        "tests/protocol/test_compression.py",  # the compression glue
     ),
     "trio_micro.protocol._codec": ("tests/protocol/",),
+    "trio_micro.protocol._compression": ("tests/protocol/test_compression.py",),
     "trio_micro.rpc._retry": ("tests/rpc/test_retry.py",),
-    "trio_micro.rpc._balancing": ("tests/rpc/test_balancing.py",),
+    # The success-rate check and the slow-call tracker have their own files; not the
+    # gray-failure tests over channels (a second or more each), only its unit tests.
+    "trio_micro.rpc._balancing": (
+        "tests/rpc/test_balancing.py",
+        "tests/rpc/test_success_rate.py",
+        "tests/rpc/test_gray_failure.py::test_latency_tracker",
+        "tests/rpc/test_gray_failure.py::test_slow_call",
+    ),
     "trio_micro.rpc._server_calls": (
         "tests/rpc/test_server.py",
         "tests/rpc/test_calls.py",

@@ -3,6 +3,7 @@ the bomb limit and bad compressed bytes -- no I/O."""
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import msgspec
@@ -30,6 +31,7 @@ from trio_micro.protocol import (
     Role,
     Settings,
     Status,
+    _compression,
     check_compression,
 )
 
@@ -282,3 +284,178 @@ def test_bad_zstd_data_is_invalid_argument(data: bytes) -> None:
     with pytest.raises(CompressionError) as info:
         zstd_receiver().decompress(Ext(2, data))
     assert info.value.status is Status.INVALID_ARGUMENT
+
+
+# -- exact bounds and messages (the survivors of `make mutate`: docs/testing.md) -------------
+
+GARBAGE = "compressed payload does not inflate: "
+
+
+def test_a_compression_errors_message_is_its_text_and_its_str() -> None:
+    error = CompressionError(Status.INTERNAL, "what went wrong")
+    assert (error.message, str(error)) == ("what went wrong", "what went wrong")
+
+
+def test_a_zlib_bomb_is_too_large_with_the_limit_in_the_message() -> None:
+    with pytest.raises(CompressionError) as info:
+        receiver(16384).decompress(Ext(1, zlib.compress(b"\0" * 20000)))
+    assert info.value.message == (
+        "compressed payload inflates past the receiver's max_frame_size of 16384 bytes"
+    )
+
+
+def test_a_zstd_bomb_is_too_large_with_the_limit_in_the_message() -> None:
+    with pytest.raises(CompressionError) as info:
+        zstd_receiver(16384).decompress(Ext(2, zstandard.ZstdCompressor().compress(b"\0" * 16385)))
+    assert info.value.message == (
+        "compressed payload inflates past the receiver's max_frame_size of 16384 bytes"
+    )
+
+
+def test_zlib_stops_inflating_one_byte_past_the_limit() -> None:
+    # limit + 2 bytes whose checksum is corrupt: inflating at most limit + 1 bytes never
+    # reaches the checksum, so it is "too large", not "does not inflate".
+    data = bytearray(zlib.compress(b"a" * 16386))
+    data[-1] ^= 1
+    with pytest.raises(CompressionError) as info:
+        receiver(16384).decompress(Ext(1, bytes(data)))
+    assert info.value.status is Status.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(1, zlib.error), (2, zstandard.ZstdError)], ids=["zlib", "zstd"]
+)
+def test_the_codecs_error_is_named_in_the_message(code: int, error: type[Exception]) -> None:
+    with pytest.raises(CompressionError) as info:
+        zstd_receiver().decompress(Ext(code, b"garbage"))
+    assert isinstance(info.value.__context__, error)
+    assert info.value.message == f"{GARBAGE}{info.value.__context__}"
+
+
+def test_a_truncated_zlib_stream_says_so() -> None:
+    with pytest.raises(CompressionError) as info:
+        receiver().decompress(Ext(1, zlib.compress(BIG)[:-3]))
+    assert info.value.message == f"{GARBAGE}truncated, or followed by trailing bytes"
+
+
+def test_a_zstd_frame_without_its_size_says_so() -> None:
+    data = zstandard.ZstdCompressor(write_content_size=False).compress(BIG)
+    with pytest.raises(CompressionError) as info:
+        zstd_receiver().decompress(Ext(2, data))
+    assert info.value.message == (
+        f"{GARBAGE}the zstd frame header does not declare its content size"
+    )
+
+
+def test_an_empty_zstd_frame_inflates_to_nothing() -> None:
+    assert zstd_receiver().decompress(Ext(2, zstandard.ZstdCompressor().compress(b""))) == b""
+
+
+def test_exactly_the_limit_inflates_with_zstd() -> None:
+    data = zstandard.ZstdCompressor().compress(b"a" * 16384)
+    assert zstd_receiver(16384).decompress(Ext(2, data)) == b"a" * 16384
+
+
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+def test_compressed_data_in_any_buffer_inflates(buffer: type[bytearray | memoryview]) -> None:
+    assert receiver().decompress(Ext(1, buffer(zlib.compress(BIG)))) == BIG
+
+
+def test_an_encoding_we_did_not_announce_is_named_in_the_message() -> None:
+    with pytest.raises(CompressionError) as info:
+        receiver().decompress(Ext(99, b""))
+    assert info.value.message == "payload compressed with encoding code 99, not accepted"
+
+
+def test_a_compression_name_of_the_wrong_type_is_named_in_the_message() -> None:
+    with pytest.raises(TypeError) as info:
+        check_compression(1)
+    assert str(info.value) == "compression must be a string or None, got 1"
+
+
+def test_an_unknown_compression_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError) as info:
+        check_compression("gzip")
+    assert str(info.value) == "unknown compression 'gzip'; known: none, zstd, zlib"
+
+
+def test_without_the_zstd_extra_asking_for_zstd_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(_compression._COMPRESS, "zstd")
+    monkeypatch.setattr(_compression, "SUPPORTED_COMPRESSION", ("zlib",))
+    with pytest.raises(ValueError) as info:
+        check_compression("zstd")
+    assert str(info.value) == (
+        "unknown compression 'zstd' (pip install trio-micro[zstd]); known: none, zlib"
+    )
+
+
+def test_a_compressor_shows_its_encoding_and_threshold() -> None:
+    assert repr(Compressor("zlib", 1024, 16384)) == "<Compressor zlib threshold=1024>"
+
+
+def test_a_payload_of_exactly_the_threshold_is_compressed() -> None:
+    compressor = Compressor("zlib", 100, 1 << 20)
+    assert isinstance(compressor(b"x" * 100), Ext)
+    assert compressor(b"x" * 99) == b"x" * 99
+
+
+def test_a_payload_of_exactly_the_peers_frame_size_is_compressed() -> None:
+    assert isinstance(Compressor("zlib", 0, 100)(b"x" * 100), Ext)
+
+
+def test_a_payload_over_the_peers_frame_size_is_refused_with_both_sizes() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        Compressor("zlib", 0, 100)(b"x" * 101)
+    assert str(info.value) == (
+        "payload is 101 bytes, over the peer's max_frame_size of 100: it may not inflate "
+        "to that, so compression can't help"
+    )
+
+
+def test_a_payload_that_compresses_to_its_own_size_goes_as_it_is() -> None:
+    # Random bytes grow by zlib's framing; a run of zeros shrinks: some length of the run
+    # makes them even.
+    noise = random.Random(0).randbytes(200)
+    payloads = [noise + bytes(k) for k in range(64)]
+    even = [p for p in payloads if len(zlib.compress(p, 1)) == len(p)]
+    assert even
+    compressor = Compressor("zlib", 0, 1 << 20)
+    assert compressor(even[0]) == even[0]
+
+
+def client_compressing_with_zlib(
+    threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
+) -> tuple[Connection, Connection]:
+    c = Connection(Role.CLIENT, settings=ZLIB, compression="zlib", compression_threshold=threshold)
+    s = Connection(Role.SERVER, settings=ZLIB)
+    s.receive_data(c.initiate())
+    c.receive_data(s.initiate())
+    return c, s
+
+
+def test_a_compression_threshold_of_0_compresses_every_payload_that_shrinks() -> None:
+    c, s = client_compressing_with_zlib(threshold=0)
+    event = request(c, s, b"x" * 64)
+    assert isinstance(event.payload, Ext)
+
+
+def test_a_negative_compression_threshold_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError) as info:
+        Connection(Role.CLIENT, compression_threshold=-1)
+    assert str(info.value) == "compression_threshold must be >= 0, got -1"
+
+
+def test_the_clients_default_compresses_a_request_without_metadata() -> None:
+    c, s = client_compressing_with_zlib()
+    event = request(c, s, BIG)
+    assert isinstance(event.payload, Ext)
+    assert s.decompress(event.payload) == BIG
+
+
+def test_a_hint_the_server_does_not_accept_leaves_the_request_to_the_clients_default() -> None:
+    c, s = client_compressing_with_zlib()  # the server accepts zlib only
+    event = request(c, s, BIG, metadata={COMPRESSION_HINT: "zstd"})
+    assert isinstance(event.payload, Ext)
+    assert event.payload.code == 1

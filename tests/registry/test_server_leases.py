@@ -181,6 +181,15 @@ async def test_a_reopened_watch_hears_no_endpoints_when_the_warmup_ends(
     assert await first_answer(service, ServiceRequest("users", known=True)) == (0, [])
 
 
+async def test_a_registry_servers_warmup_runs_from_when_it_listens(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_registry_server(warmup=5.0) as server:
+        await trio.sleep(3.0)  # no call yet: the warm-up started with the server anyway
+        answer = await first_answer(server.service, ServiceRequest("users", known=True))
+    assert answer == (pytest.approx(2.0), [])
+
+
 @pytest.mark.parametrize(
     ("request_", "warmup"),
     [(ServiceRequest("users"), 5.0), (ServiceRequest("users", known=True), 0.0)],
@@ -194,10 +203,12 @@ async def test_an_unknown_service_is_answered_at_once(
 
 
 def test_a_bad_warmup_is_refused_naming_it() -> None:
-    with pytest.raises(ValueError, match="warmup must be a finite number >= 0"):
+    with pytest.raises(ValueError) as value_error:
         RegistryService(warmup=-1)
-    with pytest.raises(TypeError, match="warmup must be an int or float"):
+    assert str(value_error.value) == "warmup must be a finite number >= 0 (seconds), got -1"
+    with pytest.raises(TypeError) as type_error:
         RegistryService(warmup="5")  # type: ignore[arg-type]
+    assert str(type_error.value) == "warmup must be an int or float (seconds), got '5'"
 
 
 async def resolved(service: RegistryService) -> list[str]:

@@ -179,6 +179,49 @@ def test_latency_tracker_forgets_all_but_the_last_64_calls() -> None:
     assert tracker.threshold == pytest.approx(0.02)
 
 
+def test_latency_tracker_threshold_is_the_upper_median() -> None:
+    tracker = rpc.LatencyTracker(10.0, 0.001)
+    for i in range(16):
+        tracker.add(i + 1.0)
+    assert tracker.threshold == 90.0  # the 9th smallest of 16
+
+
+def test_latency_tracker_recomputes_only_every_16_calls() -> None:
+    tracker = rpc.LatencyTracker(10.0, 0.001)
+    for i in range(16):
+        tracker.add(i + 1.0)
+    for _ in range(15):
+        tracker.add(0.001)  # would move the median at once
+        assert tracker.threshold == 90.0
+
+
+def test_latency_tracker_forgets_the_oldest_call_first() -> None:
+    # 64 calls: the 1st tiny, the 17th huge, then 32 of 1 s and 15 of 3 s; 16 more of 3 s
+    # push out the 1st to 16th. Left: the huge one, 32 of 1 s, 31 of 3 s: the median is
+    # 3 s. Keeping the 1st instead of the 17th would make it 1 s; a window of 65 too.
+    tracker = rpc.LatencyTracker(2.0, 0.001)
+    for latency in [0.5] + [1.0] * 15 + [1000.0] + [1.0] * 32 + [3.0] * 15 + [3.0] * 16:
+        tracker.add(latency)
+    assert tracker.threshold == 6.0
+
+
+def test_slow_call_factor_may_be_one_or_infinite() -> None:
+    assert rpc.OutlierEjection(slow_call_factor=1).slow_call_factor == 1
+    assert rpc.OutlierEjection(slow_call_factor=math.inf).slow_call_factor == math.inf
+
+
+def test_slow_call_factor_is_named_in_the_message() -> None:
+    with pytest.raises(ValueError) as info:
+        rpc.OutlierEjection(slow_call_factor=0)
+    assert str(info.value) == "slow_call_factor must be a number > 0, got 0"
+
+
+def test_slow_call_min_must_be_finite() -> None:
+    with pytest.raises(ValueError) as info:
+        rpc.OutlierEjection(slow_call_min=math.inf)
+    assert str(info.value) == "slow_call_min must be a finite number > 0 (seconds), got inf"
+
+
 @pytest.mark.parametrize("factor", [0.5, 0, -1, float("nan")])
 def test_slow_call_factor_below_one_is_refused(factor: float) -> None:
     with pytest.raises(ValueError, match="slow_call_factor"):

@@ -73,6 +73,11 @@ def test_not_found_counts_by_default_and_ok_cancelled_never() -> None:
     [
         ({"success_rate_ratio": 1.5}, ValueError, "success_rate_ratio must be in [0, 1], got 1.5"),
         (
+            {"success_rate_ratio": "0.5"},
+            TypeError,
+            "success_rate_ratio must be an int or float, got '0.5'",
+        ),
+        (
             {"success_rate_minimum_hosts": 1},
             ValueError,
             "success_rate_minimum_hosts must be >= 2, got 1",
@@ -82,20 +87,53 @@ def test_not_found_counts_by_default_and_ok_cancelled_never() -> None:
             ValueError,
             "success_rate_request_volume must be >= 1, got 0",
         ),
-        ({"error_codes": {NOT_FOUND}}, TypeError, "error_codes must be a frozenset of rpc.Status"),
+        (
+            {"error_codes": {NOT_FOUND}},
+            TypeError,
+            "error_codes must be a frozenset of rpc.Status, got {<Status.NOT_FOUND: 5>}",
+        ),
         (
             {"error_codes": frozenset({5})},
             TypeError,
-            "error_codes must be a frozenset of rpc.Status",
+            "error_codes must be a frozenset of rpc.Status, got frozenset({5})",
         ),
-        ({"error_codes": frozenset({rpc.Status.OK})}, ValueError, "must not hold Status.OK"),
+        (
+            {"error_codes": frozenset({rpc.Status.OK})},
+            ValueError,
+            "error_codes must not hold Status.OK",
+        ),
     ],
 )
 def test_the_success_rate_settings_are_checked(
     kwargs: dict[str, object], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error, match=re.escape(message)):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         rpc.OutlierEjection(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_ratio_of_one_is_allowed_and_judges_by_significance_alone() -> None:
+    # Peers succeed 98%: 90 of 100 is 3 standard deviations (4.2 calls) below 98.
+    policy = rpc.OutlierEjection(success_rate_ratio=1.0)
+    assert policy.rate_outliers([(100, 2), (100, 2), (100, 10)]) == [2]
+
+
+def test_an_endpoint_at_exactly_the_ratio_is_not_an_outlier() -> None:
+    # Peers succeed every time (no spread): 50 of 100 is exactly half, 49 is below.
+    assert POLICY.rate_outliers([(100, 0), (100, 50), (100, 0)]) == []
+    assert POLICY.rate_outliers([(100, 0), (100, 51), (100, 0)]) == [1]
+
+
+def test_an_endpoint_exactly_3_standard_deviations_below_is_not_an_outlier() -> None:
+    # Peers succeed 50%: 100 calls expect 50 successes, 3 standard deviations are 15.
+    policy = rpc.OutlierEjection(success_rate_ratio=1.0)
+    assert policy.rate_outliers([(100, 50), (100, 50), (100, 65)]) == []
+    assert policy.rate_outliers([(100, 50), (100, 50), (100, 66)]) == [2]
+
+
+def test_outliers_are_ordered_by_rate_not_by_successes() -> None:
+    # 20 of 200 (10%) is a lower rate than 10 of 50 (20%), though more successes.
+    counts = [(100, 0), (100, 0), (100, 0), (50, 40), (200, 180)]
+    assert POLICY.rate_outliers(counts) == [4, 3]
 
 
 # ------------------------------------------------------------------ over real servers
