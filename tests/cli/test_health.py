@@ -14,7 +14,7 @@ from tests.rpc.services import TestService
 from trio_micro import rpc
 from trio_micro.cli import main
 from trio_micro.cli._main import build_parser
-from trio_micro.cli._serve import _check_args
+from trio_micro.cli._serve_args import _check_args
 from trio_micro.registry import open_registry_client, open_registry_server
 
 from .test_call import cli, free_port

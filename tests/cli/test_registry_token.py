@@ -11,7 +11,7 @@ import trio
 
 from trio_micro import registry
 from trio_micro.cli._main import build_parser, main
-from trio_micro.cli._serve import _check_args
+from trio_micro.cli._serve_args import _check_args
 
 from .test_tls import SLOW, WAIT, started
 

@@ -26,7 +26,8 @@ from examples.user_service.database import UserDatabase
 from trio_micro import rpc
 from trio_micro.cli import main
 from trio_micro.cli._main import build_parser
-from trio_micro.cli._serve import _check_args, parse_registry_target, resolve_service
+from trio_micro.cli._serve_args import _check_args, parse_registry_target
+from trio_micro.cli._service_spec import resolve_service
 from trio_micro.registry import Endpoint, open_registry_client, open_registry_server
 
 from ._slow_service import SlowService

@@ -8,7 +8,7 @@ import pytest
 
 from trio_micro.cli import main
 from trio_micro.cli._main import build_parser
-from trio_micro.cli._serve import _check_args
+from trio_micro.cli._serve_args import _check_args
 
 SLOW = "tests.cli._slow_service:SlowService"
 

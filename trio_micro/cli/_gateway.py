@@ -92,7 +92,7 @@ def add_gateway_parser(subparsers: Any) -> None:
     parser.add_argument("--port", type=port, default=0, help="TCP port (default: 0, any free port)")
     add_registry_token_argument(parser)
     add_tls_arguments(parser)  # to reach the services (and their registry); HTTP stays plain
-    from ._serve import add_logging_arguments  # (here: _serve imports this module)
+    from ._serve_args import add_logging_arguments  # (here: _serve_args imports us)
 
     add_logging_arguments(parser)
 

@@ -20,12 +20,8 @@ from typing import Any
 from trio_micro.registry import DEFAULT_WARMUP, open_registry_server
 
 from ._common import EXIT_OK, Stopper, epilog, port, run_trio, seconds, usage_error
-from ._serve import (
-    SERVER_SIGNALS_HELP,
-    add_logging_arguments,
-    configure_command_logging,
-    listen_error,
-)
+from ._serve import configure_command_logging, listen_error
+from ._serve_args import SERVER_SIGNALS_HELP, add_logging_arguments
 from ._tls import add_tls_arguments, read_token_file, server_tls
 
 

@@ -34,7 +34,8 @@ from trio_micro import observe, rpc
 from trio_micro.supervise import Supervisor, WorkerMetricsRegistry, WorkerStartError
 
 from ._common import CommandError, Stopper
-from ._serve import ENV_SHARED_PORT, ENV_WORKER_DEBUG, _format_address, _ServeConfig
+from ._serve import ENV_SHARED_PORT, ENV_WORKER_DEBUG
+from ._serve_args import _format_address, _ServeConfig
 
 __all__: list[str] = []  # internal to the cli package
 
