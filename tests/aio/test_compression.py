@@ -17,8 +17,10 @@ from msgspec.msgpack import Ext
 from trio_micro import aio, rpc
 from trio_micro.protocol import (
     SUPPORTED_COMPRESSION,
+    CallType,
     Connection,
     FrameEncoder,
+    Item,
     Request,
     Response,
     Role,
@@ -150,11 +152,58 @@ def test_below_the_threshold_a_request_goes_as_it_is(server: ServerThread) -> No
     assert counter.up > BIG
 
 
+BOMB = Ext(1, zlib.compress(b"\0" * 1024 * 1024, 9))  # 1 MiB of zeros in ~1 KB
+
+
+def hand_driven(first: Ext) -> Callable[..., Awaitable[None]]:
+    """A server whose first call gets ``first`` as its answer (a RESPONSE, or an ITEM on a
+    server-stream), whatever the client announced; later calls get ``Answer(n)``."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(Role.SERVER, settings=Settings(compression=("zlib",)))
+        writer.write(conn.initiate())
+        answered = 0
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, Request):
+                        answered += 1
+                        ok = msgspec.msgpack.encode(Answer(value=answered))
+                        out = first if answered == 1 else ok
+                        if event.call_type is CallType.SERVER_STREAM:
+                            conn.send_item(event.id, ok)  # the state machine's books
+                            frame: Item | Response = Item(event.id, out)
+                        else:
+                            conn.send_response(event.id, ok)
+                            frame = Response(event.id, out)
+                        writer.write(FrameEncoder().encode(frame))
+        finally:
+            writer.close()
+
+    return serve
+
+
+async def fails_then_works(
+    first: Ext, call: Callable[[AioTestService], Awaitable[object]]
+) -> tuple[rpc.RpcError, Answer, bool]:
+    """``call``'s error against :func:`hand_driven`, the next unary call's answer on the
+    same channel, and whether the channel kept its connection."""
+    server = await asyncio.start_server(hand_driven(first), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with aio.open_channel(f"127.0.0.1:{port}", max_frame_size=64 * 1024) as ch:
+            stub = ch.stub(AioTestService)
+            before = await ch.connection()
+            with pytest.raises(rpc.RpcError) as info:
+                await call(stub)
+            answer = await stub.echo(Ask())
+            return info.value, answer, before is await ch.connection()
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "words"),
     [
-        # 1 MiB of zeros in ~1 KB: past the channel's max_frame_size of 64 KiB.
-        (Ext(1, zlib.compress(b"\0" * 1024 * 1024, 9)), rpc.Status.RESOURCE_EXHAUSTED, "past"),
+        (BOMB, rpc.Status.RESOURCE_EXHAUSTED, "past"),  # over max_frame_size (64 KiB)
         (Ext(99, b"?"), rpc.Status.INTERNAL, "not accepted"),  # an encoding nobody announced
         (Ext(1, b"not zlib"), rpc.Status.INTERNAL, "does not inflate"),
     ],
@@ -162,39 +211,27 @@ def test_below_the_threshold_a_request_goes_as_it_is(server: ServerThread) -> No
 def test_a_bad_compressed_answer_fails_only_its_call(
     payload: Ext, status: rpc.Status, words: str
 ) -> None:
-    # A hand-driven server answers the first call with ``payload``: that call fails, and
-    # the next one on the same connection works.
     async def main() -> tuple[rpc.RpcError, Answer, bool]:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            conn = Connection(Role.SERVER, settings=Settings(compression=("zlib",)))
-            writer.write(conn.initiate())
-            answered = 0
-            try:
-                while data := await reader.read(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(event, Request):
-                            answered += 1
-                            ok = msgspec.msgpack.encode(Answer(value=answered))
-                            conn.send_response(event.id, ok)  # the state machine's books
-                            out = payload if answered == 1 else ok
-                            writer.write(FrameEncoder().encode(Response(event.id, out)))
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        async with server:
-            port = server.sockets[0].getsockname()[1]
-            async with aio.open_channel(f"127.0.0.1:{port}", max_frame_size=64 * 1024) as ch:
-                stub = ch.stub(AioTestService)
-                before = await ch.connection()
-                with pytest.raises(rpc.RpcError) as info:
-                    await stub.echo(Ask())
-                answer = await stub.echo(Ask())
-                return info.value, answer, before is await ch.connection()
+        return await fails_then_works(payload, lambda stub: stub.echo(Ask()))
 
     error, answer, same_connection = run(main)
     assert (error.code, answer.value, same_connection) == (status, 2, True)
     assert words in error.message
+
+
+def test_a_bomb_in_a_stream_item_fails_only_that_stream() -> None:
+    async def consume(stub: AioTestService) -> object:
+        return [item async for item in stub.count(Ask(value=1))]
+
+    async def main() -> tuple[rpc.RpcError, Answer, bool]:
+        return await fails_then_works(BOMB, consume)
+
+    error, answer, same_connection = run(main)
+    assert (error.code, answer.value, same_connection) == (
+        rpc.Status.RESOURCE_EXHAUSTED,
+        2,
+        True,
+    )
 
 
 @pytest.mark.parametrize(
