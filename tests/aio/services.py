@@ -16,6 +16,7 @@ from trio_micro import rpc
 class Ask(msgspec.Struct):
     value: int = 0
     size: int = 0
+    blob: bytes = b""  # a request this large; ``count`` sends it back in each item
 
 
 class Answer(msgspec.Struct):
@@ -71,7 +72,7 @@ class AioTestService(rpc.Service, name="aio.Test"):
         self.probe.started.set()
         try:
             for i in range(req.value):
-                yield Answer(i)
+                yield Answer(i, payload=req.blob)
             if req.size:  # then wait for the client to go away
                 await trio.sleep_forever()
         finally:

@@ -8,22 +8,13 @@ import asyncio
 import socket
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
-import msgspec
 import pytest
-from msgspec.msgpack import Ext
 
 from trio_micro import aio, rpc
 from trio_micro.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
-    Connection,
-    FrameEncoder,
-    Request,
-    Response,
-    Role,
-    Settings,
 )
 
 from .conftest import ServerThread, run, start_server
@@ -388,56 +379,3 @@ def test_a_call_on_a_lost_connection_is_unavailable() -> None:
             return info.value.code
 
     assert run(main) is rpc.Status.UNAVAILABLE
-
-
-def test_a_server_that_compresses_answers_the_aio_client_uncompressed() -> None:
-    # The asyncio client announces no encodings, so a server whose default is zlib, or a
-    # call that asks for it in its metadata, still answers it uncompressed.
-    running = start_server(compression="zlib")
-    try:
-
-        async def main() -> Answer:
-            async with aio.open_channel(running.target) as channel:
-                stub = channel.stub(AioTestService, metadata={"tm-compression": "zlib"})
-                return await stub.echo(Ask(value=3, size=64 * 1024))
-
-        answer = run(main)
-        assert (answer.value, len(answer.payload)) == (3, 64 * 1024)
-    finally:
-        running.stop()
-
-
-def test_a_compressed_answer_fails_only_its_call_on_the_aio_client() -> None:
-    # A hand-driven server that compresses its first answer although the asyncio client
-    # announced no encodings: that call fails INTERNAL, the next one on the same
-    # connection works.
-    async def main() -> tuple[rpc.RpcError, Answer]:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            conn = Connection(Role.SERVER, settings=Settings(compression=("zlib",)))
-            writer.write(conn.initiate())
-            answered = 0
-            try:
-                while data := await reader.read(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(event, Request):
-                            answered += 1
-                            ok = msgspec.msgpack.encode(Answer(value=answered))
-                            conn.send_response(event.id, ok)  # the state machine's books
-                            payload = Ext(1, zlib.compress(ok)) if answered == 1 else ok
-                            writer.write(FrameEncoder().encode(Response(event.id, payload)))
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        async with server:
-            port = server.sockets[0].getsockname()[1]
-            async with aio.open_channel(f"127.0.0.1:{port}") as channel:
-                stub = channel.stub(AioTestService)
-                with pytest.raises(rpc.RpcError) as info:
-                    await stub.echo(Ask())
-                return info.value, await stub.echo(Ask())
-
-    error, answer = run(main)
-    assert error.code is rpc.Status.INTERNAL
-    assert "not accepted" in error.message
-    assert answer.value == 2

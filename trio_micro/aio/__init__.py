@@ -27,8 +27,11 @@ bidi-stream (:class:`StreamCall`, the trio client's send/receive pair with the s
 names; :exc:`EndOfChannel`, :exc:`ClosedResourceError` and :exc:`BrokenResourceError`
 stand in for trio's exceptions). A cancelled task sends CANCEL; :func:`timeout` sends its
 deadline (a bare ``asyncio.timeout()`` can't be read, but its cancellation still sends
-CANCEL). One connection to one ``host:port``: no registry targets, balancing, retries,
-interceptors or keepalive pings (the trio channel has them).
+CANCEL). ``open_channel(target, compression="zlib")`` (and ``stub(..., compression=...)``)
+compresses both ways as the trio channel does, through the same protocol core; the HELLO
+announces every encoding this process can inflate. One connection to one ``host:port``:
+no registry targets, balancing, retries, interceptors or keepalive pings (the trio
+channel has them).
 """
 
 from __future__ import annotations

@@ -20,8 +20,17 @@ from typing import Any, Final, Generic, TypeVar, cast, final
 
 import msgspec
 
-from trio_micro._validate import check_seconds, check_str_mapping
-from trio_micro.protocol import DECODE_ERRORS, DEFAULT_MAX_FRAME_SIZE, Settings, Status
+from trio_micro._validate import check_int, check_seconds, check_str_mapping
+from trio_micro.protocol import (
+    COMPRESSION_HINT,
+    DECODE_ERRORS,
+    DEFAULT_COMPRESSION_THRESHOLD,
+    DEFAULT_MAX_FRAME_SIZE,
+    SUPPORTED_COMPRESSION,
+    Settings,
+    Status,
+    check_compression,
+)
 from trio_micro.rpc import Endpoint, MethodInfo, RpcError, Service
 
 from ._connection import AioConnection, _Call, connect
@@ -53,9 +62,14 @@ class Channel:
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
         connect_timeout: float,
+        compression: str | None = None,
+        compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
     ) -> None:
         self.endpoint = endpoint
         self._settings = settings
+        check_compression(compression)  # "none" stays: it turns the server's default off
+        self._compression = compression
+        self._compression_threshold = compression_threshold
         self._ssl = ssl_context
         self._server_hostname = server_hostname
         self._connect_timeout = connect_timeout
@@ -90,6 +104,7 @@ class Channel:
                     ssl_context=self._ssl,
                     server_hostname=self._server_hostname,
                     handshake_timeout=self._connect_timeout,
+                    compression_threshold=self._compression_threshold,
                 )
             return conn
 
@@ -100,20 +115,34 @@ class Channel:
         if self._conn is not None:
             self._conn.close()
 
-    def stub(self, service: type[S], *, metadata: dict[str, str] | None = None) -> S:
+    def stub(
+        self,
+        service: type[S],
+        *,
+        metadata: dict[str, str] | None = None,
+        compression: str | None = None,
+    ) -> S:
         """A typed client of ``service`` (an ``rpc.Service`` subclass), as
         :meth:`trio_micro.rpc.Channel.stub`: ``await stub.method(request)`` for unary
         methods; ``stub.method(request)`` is a :class:`ResponseStream` for server-streams;
         ``async with stub.method() as (send, receive)`` (a :class:`~._streams.StreamCall`)
         for client- and bidi-streams.
 
+        ``compression`` is the encoding of this stub's calls, both ways (``"zlib"``,
+        ``"zstd"`` with the extra, ``"none"``); ``None``: the channel's (docs/rpc.md §16).
+
         Raises:
-            TypeError: ``service`` is not a Service subclass, or ``metadata`` not a mapping
-                of strings.
+            TypeError: ``service`` is not a Service subclass, ``metadata`` not a mapping
+                of strings, or ``compression`` not a string.
+            ValueError: An unknown ``compression``.
         """
         if not (isinstance(service, type) and issubclass(service, Service)):
             raise TypeError(f"stub() takes an rpc.Service subclass, got {service!r}")
         checked = check_str_mapping("metadata", metadata) or None
+        check_compression(compression)
+        choice = self._compression if compression is None else compression
+        if choice is not None:  # the hint the protocol layer compresses by, both ways
+            checked = {**(checked or {}), COMPRESSION_HINT: choice}
         proxy = _Stub(service.__rpc_name__)
         for attr, info in service.__rpc_methods__.items():
             method: Callable[..., object]
@@ -293,6 +322,8 @@ async def open_channel(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
+    compression: str | None = None,
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD,
 ) -> AsyncIterator[Channel]:
     """Open a :class:`Channel` to the server at ``target`` (``"host:port"``) from asyncio.
 
@@ -307,13 +338,27 @@ async def open_channel(
         ssl_context: Connect with TLS (``ssl.create_default_context()`` checks the
             server's certificate against ``server_hostname``, the target's host by default).
         connect_timeout: Seconds for the TCP connect, TLS and HELLO exchange together.
+        compression: The encoding of every call's payloads, both ways (``"zlib"``;
+            ``"zstd"`` with the ``zstd`` extra; ``"none"``), unless a stub says otherwise;
+            ``None`` (the default): none from this side, and the server's own default for
+            its answers. Used only with servers that accept it, and only for payloads of
+            at least ``compression_threshold`` bytes. The channel always accepts every
+            encoding it supports; docs/rpc.md §16.
+        compression_threshold: Requests and stream items shorter than this many bytes are
+            sent uncompressed, whatever the encoding (default 1 KiB,
+            ``protocol.DEFAULT_COMPRESSION_THRESHOLD``; 0: compress every payload that gets
+            smaller). The server's answers follow the server's own threshold.
 
     Raises:
         TypeError / ValueError: A bad ``target`` or option.
         RpcError: ``UNAVAILABLE``: the server can't be reached.
     """
     endpoint = Endpoint.parse(target)
-    settings = Settings(max_frame_size=max_frame_size, initial_stream_credit=initial_stream_credit)
+    settings = Settings(
+        max_frame_size=max_frame_size,
+        initial_stream_credit=initial_stream_credit,
+        compression=SUPPORTED_COMPRESSION,
+    )
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
     channel = Channel(
@@ -322,6 +367,8 @@ async def open_channel(
         ssl_context=ssl_context,
         server_hostname=server_hostname,
         connect_timeout=check_seconds("connect_timeout", connect_timeout, finite=True),
+        compression=compression,
+        compression_threshold=check_int("compression_threshold", compression_threshold, minimum=0),
     )
     try:
         await channel.connection()

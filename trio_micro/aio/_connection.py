@@ -30,6 +30,13 @@ the window is consumed.
 GOAWAY: calls above its ``last_id`` fail with ``UNAVAILABLE`` (never processed), the rest
 finish, and the channel opens a new connection for new calls. A lost connection fails every
 pending call with ``UNAVAILABLE``.
+
+Compression is the sans-io core's, as on the trio client: the HELLO announces what we can
+inflate (``Settings.compression``), a REQUEST whose metadata carries ``tm-compression``
+has its payload and items compressed by ``proto`` (payloads of at least
+``compression_threshold`` bytes), and :func:`inflated` turns a compressed RESPONSE or ITEM
+back into bytes -- a payload that would inflate past our ``max_frame_size`` fails that call
+with ``RESOURCE_EXHAUSTED``, never the connection.
 """
 
 from __future__ import annotations
@@ -70,11 +77,13 @@ _TERMINAL: Final = (Response, End, Error)
 
 
 def inflated(proto: Connection, payload: Payload) -> bytes:
-    """A payload's bytes. This client announces no compression (docs/aio.md), so a
-    compressed payload is the server's mistake: its call fails with ``INTERNAL``.
+    """A payload's bytes, inflated by ``proto`` if the server compressed it (bounded by our
+    ``max_frame_size``). Synchronous.
 
     Raises:
-        RpcError: Why ``proto.decompress`` refused it.
+        RpcError: ``RESOURCE_EXHAUSTED`` if it would inflate past our ``max_frame_size``,
+            ``INTERNAL`` for an encoding we did not announce or garbage. Only this call
+            fails; the connection carries on.
     """
     if isinstance(payload, bytes):
         return payload
@@ -134,10 +143,18 @@ def local_error(exc: LocalProtocolError) -> RpcError:
 class AioConnection(asyncio.Protocol):
     """One connection to a server; made by :func:`connect`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings, peer: str) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        peer: str,
+        compression_threshold: int,
+    ) -> None:
         self.loop = loop
         self.peer = peer
-        self.proto = Connection(Role.CLIENT, settings=settings)
+        self.proto = Connection(
+            Role.CLIENT, settings=settings, compression_threshold=compression_threshold
+        )
         self.handshake: asyncio.Future[None] = loop.create_future()
         self._transport: asyncio.Transport | None = None
         self._calls: dict[int, _Call] = {}
@@ -480,6 +497,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
     handshake_timeout: float,
+    compression_threshold: int,
 ) -> AioConnection:
     """Open a connection and complete the handshake (TLS, then HELLO both ways).
 
@@ -494,7 +512,7 @@ async def connect(
 
     def factory() -> AioConnection:
         nonlocal conn
-        conn = AioConnection(loop, settings, peer)
+        conn = AioConnection(loop, settings, peer, compression_threshold)
         return conn
 
     try:
