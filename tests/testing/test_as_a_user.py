@@ -82,10 +82,14 @@ async def test_the_channel_retries_a_call_refused_as_unavailable(
 async def test_a_dropped_connection_fails_the_call_as_unavailable(
     users: UserService, fault_injector: testing.FaultInjector
 ) -> None:
-    fault_injector.drop_connection(method="get_user", nth=1)
+    # Every get_user, not only the first: get_user is idempotent, so the channel retries a
+    # call whose connection broke, and a retry that found the channel reconnected (the
+    # retry's jittered backoff against the reconnect's) would succeed.
+    fault_injector.drop_connection(method="get_user")
     with pytest.raises(rpc.RpcError) as info:
         await users.get_user(GetUserRequest(user_id=1))
     assert info.value.code is rpc.Status.UNAVAILABLE
+    assert ("users", "get_user") in fault_injector.calls
 
 
 async def test_a_slow_handler_meets_the_deadline_in_mock_time(
