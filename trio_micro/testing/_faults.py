@@ -140,8 +140,12 @@ class FaultInjector:
         """Close every client connection, abruptly, when the matching call reaches the server.
 
         Needs the proxy that :func:`open_service` sets up when given this injector as
-        ``faults``; the call itself then fails with ``UNAVAILABLE`` on the client. Without
-        it, the matching call fails with ``FAILED_PRECONDITION``, saying so.
+        ``faults``; the call itself then fails with ``UNAVAILABLE`` on the client -- unless
+        the channel retries it (a method marked ``idempotent``, see
+        :class:`~trio_micro.rpc.RetryPolicy`) and the retry, on a new connection, is not
+        dropped too: with ``nth=1`` it may then succeed, depending on whether the retry's
+        jittered backoff outlasts the reconnect. Without the proxy, the matching call
+        fails with ``FAILED_PRECONDITION``, saying so.
         """
         _check_nth(nth)
         self._rules.append(_Rule("drop", service=service, method=method, nth=nth))
