@@ -48,7 +48,6 @@ import time
 import timeit
 import zlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -60,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from examples.user_service.database import UserDatabase  # noqa: E402
 from examples.user_service.service import ListUsersRequest, User, UserService  # noqa: E402
-from trio_micro import observe, rpc  # noqa: E402
+from trio_micro import observe, rpc, testing  # noqa: E402
 from trio_micro.protocol import DEFAULT_COMPRESSION_THRESHOLD, SUPPORTED_COMPRESSION  # noqa: E402
 
 USERS = 1000
@@ -96,40 +95,6 @@ class Pages(rpc.Service, name="pages"):
             )
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.up = 0
-        self.down = 0
-
-
-@asynccontextmanager
-async def counting_proxy(port: int) -> AsyncIterator[tuple[int, Counter]]:
-    counter = Counter()
-
-    async def pump(source: trio.SocketStream, sink: trio.SocketStream, up: bool) -> None:
-        try:
-            while data := await source.receive_some(65536):
-                if up:
-                    counter.up += len(data)
-                else:
-                    counter.down += len(data)
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        await sink.aclose()
-
-    async def handle(client: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, client, upstream, True)
-            nursery.start_soon(pump, upstream, client, False)
-
-    async with trio.open_nursery() as nursery:
-        (listener,) = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        yield listener.socket.getsockname()[1], counter
-        nursery.cancel_scope.cancel()
-
-
 async def one_call(channel: rpc.Channel, shape: str) -> int:
     """Make one call of ``shape``; return the users it brought."""
     if shape.startswith("ListUsers"):
@@ -148,10 +113,11 @@ def threshold(shape: str) -> int:
 async def measure(port: int, shape: str, compression: str, seconds: float) -> tuple[int, float]:
     """Bytes on the wire for one call, and calls/s over ``seconds``."""
     options = {"compression": compression, "compression_threshold": threshold(shape)}
-    async with counting_proxy(port) as (proxied, counter):
+    async with testing.open_proxy(("127.0.0.1", port)) as counter:
+        proxied = counter.address[1]
         async with rpc.open_channel(f"127.0.0.1:{proxied}", **options) as ch:  # type: ignore[arg-type]
             assert await one_call(ch, shape) == USERS
-        wire = counter.up + counter.down
+        wire = counter.bytes_up + counter.bytes_down
     async with rpc.open_channel(f"127.0.0.1:{port}", **options) as ch:  # type: ignore[arg-type]
         await one_call(ch, shape)  # connected and warm
         calls = 0

@@ -14,7 +14,7 @@ import pytest
 import trio
 from msgspec.msgpack import Ext
 
-from trio_micro import rpc
+from trio_micro import rpc, testing
 from trio_micro.protocol import (
     COMPRESSION_HINT,
     CallType,
@@ -62,42 +62,12 @@ class Blobs(rpc.Service, name="blobs"):
             await responses.send(item)
 
 
-class Counter:
-    """Bytes through a TCP proxy, each way."""
-
-    def __init__(self) -> None:
-        self.up = 0
-        self.down = 0
-
-
 @asynccontextmanager
-async def proxy(server: rpc.Server) -> AsyncIterator[tuple[str, Counter]]:
-    """A TCP proxy to ``server`` counting the bytes it forwards."""
-    counter = Counter()
-
-    async def pump(source: trio.SocketStream, sink: trio.SocketStream, up: bool) -> None:
-        with trio.move_on_after(30):  # bounded, whatever happens
-            try:
-                while data := await source.receive_some(65536):
-                    if up:
-                        counter.up += len(data)
-                    else:
-                        counter.down += len(data)
-                    await sink.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        await sink.aclose()
-
-    async def handle(client: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream(*server.address)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, client, upstream, True)
-            nursery.start_soon(pump, upstream, client, False)
-
-    async with trio.open_nursery() as nursery:
-        (listener,) = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        yield f"127.0.0.1:{listener.socket.getsockname()[1]}", counter
-        nursery.cancel_scope.cancel()
+async def proxy(server: rpc.Server) -> AsyncIterator[tuple[str, testing.Proxy]]:
+    """A TCP proxy to ``server`` counting the bytes it forwards, and its target."""
+    async with testing.open_proxy(server.address) as counter:
+        host, port = counter.address
+        yield f"{host}:{port}", counter
 
 
 @pytest.fixture
@@ -121,7 +91,7 @@ async def every_shape(stub: Blobs) -> None:
         await send.aclose()
 
 
-async def bytes_moved(server: rpc.Server, **channel: str | None) -> Counter:
+async def bytes_moved(server: rpc.Server, **channel: str | None) -> testing.Proxy:
     async with (
         proxy(server) as (target, counter),
         rpc.open_channel(target, **channel) as ch,  # type: ignore[arg-type]
@@ -133,10 +103,10 @@ async def bytes_moved(server: rpc.Server, **channel: str | None) -> Counter:
 async def test_every_call_shape_compresses_both_ways(server: rpc.Server) -> None:
     plain = await bytes_moved(server)
     zlibbed = await bytes_moved(server, compression="zlib")
-    assert plain.up > 4 * len(TEXT)
-    assert plain.down > 6 * len(TEXT)
-    assert zlibbed.up < plain.up / 10
-    assert zlibbed.down < plain.down / 10
+    assert plain.bytes_up > 4 * len(TEXT)
+    assert plain.bytes_down > 6 * len(TEXT)
+    assert zlibbed.bytes_up < plain.bytes_up / 10
+    assert zlibbed.bytes_down < plain.bytes_down / 10
 
 
 async def test_a_stub_and_a_call_override_the_channels_choice(server: rpc.Server) -> None:
@@ -145,17 +115,17 @@ async def test_a_stub_and_a_call_override_the_channels_choice(server: rpc.Server
         rpc.open_channel(target, compression="zlib") as ch,
     ):
         await ch.stub(Blobs, compression="none").echo(Blob(TEXT))
-        assert counter.down > len(TEXT)
-        before = counter.down
+        assert counter.bytes_down > len(TEXT)
+        before = counter.bytes_down
         await ch.call("blobs/echo", {"data": TEXT}, compression="zlib")
-        assert counter.down - before < len(TEXT) / 10
+        assert counter.bytes_down - before < len(TEXT) / 10
 
 
 async def test_the_servers_default_compresses_answers(server: rpc.Server) -> None:
     async with rpc.open_server([Blobs()], host="127.0.0.1", port=0, compression="zlib") as zs:
         async with proxy(zs) as (target, counter), rpc.open_channel(target) as ch:
             assert await ch.stub(Blobs).echo(Blob(TEXT)) == Blob(TEXT)
-        assert counter.up > len(TEXT) > 10 * counter.down
+        assert counter.bytes_up > len(TEXT) > 10 * counter.bytes_down
 
 
 THRESHOLD = 200  # bytes: our own, far from the default; under 256, one bin8 header
@@ -179,9 +149,9 @@ async def test_a_channels_threshold_decides_which_requests_are_compressed(
         await stub.echo(Blob(b""))  # connected: the handshake's bytes are behind us
         sent = []
         for size in (THRESHOLD - 1, THRESHOLD):
-            before = counter.up
+            before = counter.bytes_up
             await stub.echo(sized(size))
-            sent.append(counter.up - before)
+            sent.append(counter.bytes_up - before)
     under, at = sent
     assert under > THRESHOLD - 1  # as it is
     assert at < under - THRESHOLD / 2  # one byte more, yet 192 times "a" squeezed
@@ -199,9 +169,9 @@ async def test_a_servers_threshold_decides_which_answers_are_compressed() -> Non
         await stub.echo(Blob(b""))
         received = []
         for size in (THRESHOLD - 1, THRESHOLD):
-            before = counter.down
+            before = counter.bytes_down
             assert await stub.echo(sized(size)) == sized(size)
-            received.append(counter.down - before)
+            received.append(counter.bytes_down - before)
     under, at = received
     assert under > THRESHOLD - 1
     assert at < under - THRESHOLD / 2

@@ -46,6 +46,24 @@ async def test_dropping_without_the_proxy_says_what_is_missing() -> None:
     assert repr(faults) == "<testing.FaultInjector rules=1 calls=1>"
 
 
+async def test_a_proxy_counts_the_bytes_each_way_and_cuts_connections() -> None:
+    async with (
+        testing.open_service([TestService()]) as harness,
+        testing.open_proxy(harness.server.address) as proxy,
+    ):
+        host, port = proxy.address
+        async with rpc.open_channel(f"{host}:{port}") as channel:
+            await channel.stub(TestService).empty_call(Empty())
+            # The preface and HELLO, then one REQUEST and one RESPONSE, each way; the
+            # proxy counts what it forwards before forwarding it.
+            up, down = proxy.bytes_up, proxy.bytes_down
+            assert (up > 0, down > 0) == (True, True)
+            await channel.stub(TestService).empty_call(Empty())
+            assert (proxy.bytes_up > up, proxy.bytes_down > down) == (True, True)
+            await proxy.drop()
+            assert proxy.dropped == 1  # the channel's one connection
+
+
 async def test_rules_match_by_service_and_method(autojump_clock: trio.testing.MockClock) -> None:
     faults = testing.FaultInjector()
     faults.delay(5, service="grpc.testing.TestService", method="empty_call")

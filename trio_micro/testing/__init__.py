@@ -6,6 +6,8 @@
   on :func:`structlog.testing.capture_logs`.
 * :class:`FaultInjector`: an interceptor that delays or fails the Nth call, or drops the
   connection; MockClock-friendly.
+* :func:`open_proxy` (:class:`Proxy`): a TCP proxy in front of a server that counts the
+  bytes each way and can cut every connection (what the injector drops through).
 * :class:`~trio_micro.registry.MemoryRegistry`, re-exported: the registry for tests.
 
 The pytest plugin, :mod:`trio_micro.testing.plugin`, turns these into fixtures; it is
@@ -27,22 +29,24 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ..registry import MemoryRegistry
-    from ._faults import FaultInjector
+    from ._faults import FaultInjector, Proxy, open_proxy
     from ._harness import AccessLog, ServiceHarness, capture_access_log, open_service
 
 __all__ = [
     "AccessLog",
     "FaultInjector",
     "MemoryRegistry",
+    "Proxy",
     "ServiceHarness",
     "capture_access_log",
+    "open_proxy",
     "open_service",
 ]
 
 # module -> the names of __all__ it defines
 _MODULES: dict[str, tuple[str, ...]] = {
     "..registry": ("MemoryRegistry",),
-    "._faults": ("FaultInjector",),
+    "._faults": ("FaultInjector", "Proxy", "open_proxy"),
     "._harness": ("AccessLog", "ServiceHarness", "capture_access_log", "open_service"),
 }
 

@@ -7,7 +7,7 @@ that matches a call acts on it. Delays sleep with :func:`trio.sleep`, so under
 :class:`trio.testing.MockClock` (``autojump_clock``) they cost no real time.
 
 Dropping a connection needs the connection, which no interceptor sees: :func:`open_service`
-(given ``faults=``) routes the channel through a :class:`_Proxy` and attaches it to the
+(given ``faults=``) routes the channel through a :class:`Proxy` and attaches it to the
 injector, and a ``drop`` rule closes every connection through it, abruptly (the client
 sees ``UNAVAILABLE``, as after a crashed server).
 """
@@ -95,7 +95,7 @@ class FaultInjector:
 
     def __init__(self) -> None:
         self._rules: list[_Rule] = []
-        self._proxy: _Proxy | None = None
+        self._proxy: Proxy | None = None
         self.calls: list[tuple[str, str]] = []
 
     def __repr__(self) -> str:
@@ -178,13 +178,24 @@ class FaultInjector:
 
 
 @final
-class _Proxy:
-    """Forwards TCP connections from its own port to ``target``; can cut them all."""
+class Proxy:
+    """A TCP proxy in front of ``target``, from :func:`open_proxy`: counts the bytes it
+    forwards each way and can cut every connection (what
+    :meth:`FaultInjector.drop_connection` does).
+
+    Attributes:
+        address: ``(host, port)`` it listens on (127.0.0.1, a free port).
+        bytes_up: Bytes forwarded from clients to ``target`` so far.
+        bytes_down: Bytes forwarded from ``target`` to clients so far.
+        dropped: Connections cut by :meth:`drop`.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self._target = target
         self._scopes: set[trio.CancelScope] = set()
         self.address: tuple[str, int] = ("", 0)
+        self.bytes_up = 0
+        self.bytes_down = 0
         self.dropped = 0
 
     async def drop(self) -> None:
@@ -194,36 +205,53 @@ class _Proxy:
         self.dropped += len(self._scopes)
         await trio.lowlevel.checkpoint()
 
-    async def handle(self, client: trio.SocketStream) -> None:
+    async def _handle(self, client: trio.SocketStream) -> None:
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
                 upstream = await trio.open_tcp_stream(*self._target)
                 async with upstream, trio.open_nursery() as nursery:
-                    nursery.start_soon(_pipe, client, upstream, nursery.cancel_scope)
-                    nursery.start_soon(_pipe, upstream, client, nursery.cancel_scope)
+                    nursery.start_soon(self._pipe, client, upstream, True, nursery.cancel_scope)
+                    nursery.start_soon(self._pipe, upstream, client, False, nursery.cancel_scope)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the server or the client went away: so does the other side
             finally:
                 self._scopes.discard(scope)
                 await trio.aclose_forcefully(client)
 
-
-async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope) -> None:
-    try:
-        while data := await source.receive_some(_CHUNK):
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    done.cancel()  # one side ended: end the other too
+    async def _pipe(
+        self, source: trio.SocketStream, sink: trio.SocketStream, up: bool, done: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await source.receive_some(_CHUNK):
+                if up:
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()  # one side ended: end the other too
 
 
 @asynccontextmanager
-async def _open_proxy(target: tuple[str, int]) -> AsyncIterator[_Proxy]:
-    proxy = _Proxy(target)
+async def open_proxy(target: tuple[str, int]) -> AsyncIterator[Proxy]:
+    """Run a :class:`Proxy` to ``target`` on 127.0.0.1 for the body of an ``async with``.
+
+    ::
+
+        async with testing.open_proxy(server.address) as proxy:
+            host, port = proxy.address
+            async with rpc.open_channel(f"{host}:{port}") as channel: ...
+            print(proxy.bytes_up, proxy.bytes_down)
+
+    Entering is a checkpoint (it listens before the body runs); leaving cuts every
+    connection still open. The body's exception comes out unwrapped.
+    """
+    proxy = Proxy(target)
     async with open_background_nursery() as nursery:
         listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1")
+            functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1")
         )
         proxy.address = tuple(listeners[0].socket.getsockname()[:2])
         try:

@@ -22,7 +22,7 @@ from trio_micro import rpc
 from trio_micro.observe import CALL_EVENTS
 from trio_micro.registry import Registry
 
-from ._faults import FaultInjector, _open_proxy
+from ._faults import FaultInjector, open_proxy
 
 __all__ = ["AccessLog", "ServiceHarness", "capture_access_log", "open_service"]
 
@@ -112,7 +112,7 @@ async def open_service(
         host, port = server.address
         target = f"{host}:{port}"
         if faults is not None:
-            proxy = await stack.enter_async_context(_open_proxy(server.address))
+            proxy = await stack.enter_async_context(open_proxy(server.address))
             faults._proxy = proxy
             stack.callback(setattr, faults, "_proxy", None)
             target = f"{proxy.address[0]}:{proxy.address[1]}"
