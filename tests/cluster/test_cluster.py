@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -149,6 +150,24 @@ def _host(address: str) -> str:
     return address.rpartition(":")[0]
 
 
+def _tail(path: Path, size: int) -> str:
+    """The last ``size`` characters of a text file ('' when there is none)."""
+    return path.read_text(errors="replace")[-size:] if path.exists() else ""
+
+
+def _last_events(path: Path, count: int) -> list[str]:
+    """The last ``count`` records of a JSON log other than per-call ones, as time and event."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") != "users.db.query":
+            events.append(f"{record.get('timestamp', '?')[11:23]} {record.get('event')}")
+    return events[-count:]
+
+
 class Cluster:
     def __init__(self, network: Network, directory: Path) -> None:
         self.network = network
@@ -184,6 +203,50 @@ class Cluster:
             return probe.returncode == 0
 
         wait_for("etcd healthy", healthy, timeout=WAIT, interval=0.2)
+
+    def etcdctl(self, *args: str) -> str:
+        """``etcdctl ARGS`` from the client host: its output, or why it failed."""
+        assert ETCDCTL is not None
+        argv = [ETCDCTL, f"--endpoints={self.etcd_url}", "--command-timeout=2s", *args]
+        try:
+            probe = subprocess.run(
+                ["ip", "netns", "exec", self.client.netns, *argv],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                env={**os.environ, "ETCDCTL_API": "3"},
+            )
+        except subprocess.TimeoutExpired:
+            return "etcdctl timed out"
+        return (probe.stdout + probe.stderr).strip()
+
+    def diagnose(self, load: Load, since: float) -> str:
+        """What a failed wait leaves to read: the load's state and view, what etcd holds,
+        and each replica's processes and last log records (the CI shows only the failure)."""
+        lines = [f"load: exit {load.process.poll()}, stderr: {_tail(load.stderr, 800)!r}"]
+        records = load.records()
+        views = [r for r in records if "endpoints" in r]
+        if views:
+            age = time.monotonic() - float(views[-1]["t"])  # type: ignore[arg-type]
+            lines.append(f"load's last view ({age:.1f} s ago): {views[-1]['endpoints']}")
+        counts: Counter[str] = Counter()
+        for r in records:
+            if "served" in r and r["t"] >= since:  # type: ignore[operator]
+                counts.update(r["served"])  # type: ignore[call-overload]
+        last = [r for r in records if "served" in r][-1:]
+        lines.append(f"answered since the wait began: {dict(counts)}; last tick: {last}")
+        keys = self.etcdctl("get", "--prefix", "--keys-only", "/trio_micro")
+        lines.append(f"etcd keys: {keys!r}")
+        for replica in self.replicas:
+            name, process = replica.host.name, replica.process
+            status = None if process is None else process.poll()
+            stderr = _tail(self.dir / f"{name}.stderr", 300)
+            lines.append(f"{name}: supervisor exit {status}, pids {replica.pids()}, {stderr=}")
+            lines.extend(
+                f"  {log.name}: {_last_events(log, 8)}"
+                for log in sorted(self.dir.glob(f"{name}.worker*.jsonl"))
+            )
+        return "\n".join(lines)
 
 
 RESULTS: dict[str, dict[str, object]] = {}
@@ -248,9 +311,9 @@ def scenario(
     """Break ``victim`` mid-load, wait until the client stops using it, heal, wait until it
     serves again; assert no call failed and record the times to converge."""
     load = Load(cluster, name)
+    start = time.monotonic()
     try:
         everyone = {r.host.address for r in cluster.replicas}
-        start = time.monotonic()
         wait_for("all three replicas answer", lambda: load.serving(start) == everyone, timeout=WAIT)
         broken = time.monotonic()
         fault()
@@ -273,6 +336,8 @@ def scenario(
             timeout=WAIT,
         )
         result = load.finish()
+    except AssertionError as exc:  # a wait ran out: say what the cluster looked like
+        raise AssertionError(f"{exc}\n{cluster.diagnose(load, start)}") from None
     finally:
         load.process.kill()
     assert result["failed"] == 0, result["failures"]
