@@ -54,9 +54,12 @@ class Replica:
         self.host = host
         self.wildcard = wildcard
         self.process: subprocess.Popen[bytes] | None = None
+        self.output = cluster.dir / f"{host.name}.stderr"  # its stdout and stderr
+        self._started_lines = 0
 
     def start(self) -> None:
         c = self.cluster
+        self._started_lines = self._serving_lines()
         argv = [sys.executable, "-m", "trio_micro", "serve", "examples.user_service:UserService"]
         argv += [
             "-o",
@@ -72,8 +75,23 @@ class Replica:
             argv += ["--host", self.host.address]
         argv += ["--port", str(PORT), "--ttl", str(TTL), "--grace", "3", "--no-access-log"]
         argv += ["--log-file", str(c.dir / f"{self.host.name}.jsonl")]
-        with (c.dir / f"{self.host.name}.stderr").open("ab") as log:
+        with self.output.open("ab") as log:
             self.process = self.host.popen(argv, log=log)
+
+    def _serving_lines(self) -> int:
+        text = self.output.read_text(errors="replace") if self.output.exists() else ""
+        return text.count("\nserving users on ") + text.startswith("serving users on ")
+
+    def ready(self) -> bool:
+        """Whether every worker of the last :meth:`start` is ready (registered): the
+        supervisor prints ``serving users on ...`` only then. A replica whose supervisor
+        exited fails the test at once, with its output."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"{self.host.name} exited ({self.process.returncode}): {_tail(self.output, 600)}"
+            )
+        return self._serving_lines() > self._started_lines
 
     def pids(self) -> list[str]:
         """The processes left in this host's namespace."""
@@ -204,6 +222,13 @@ class Cluster:
 
         wait_for("etcd healthy", healthy, timeout=WAIT, interval=0.2)
 
+    def wait_ready(self) -> None:
+        """Wait until every worker of every replica is registered. A scenario that breaks a
+        replica half-started tests something else: a worker whose first registration
+        fails (etcd unreachable) exits, and the supervisor stops the whole replica."""
+        for replica in self.replicas:
+            wait_for(f"{replica.host.name} ready", replica.ready, timeout=WAIT)
+
     def etcdctl(self, *args: str) -> str:
         """``etcdctl ARGS`` from the client host: its output, or why it failed."""
         assert ETCDCTL is not None
@@ -240,7 +265,7 @@ class Cluster:
         for replica in self.replicas:
             name, process = replica.host.name, replica.process
             status = None if process is None else process.poll()
-            stderr = _tail(self.dir / f"{name}.stderr", 300)
+            stderr = _tail(replica.output, 300)
             lines.append(f"{name}: supervisor exit {status}, pids {replica.pids()}, {stderr=}")
             lines.extend(
                 f"  {log.name}: {_last_events(log, 8)}"
@@ -285,6 +310,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.start_etcd()
         for replica in cluster.replicas:
             replica.start()
+        cluster.wait_ready()
         yield cluster
     finally:
         created = {network.switch, *(h.netns for h in network.hosts)}
@@ -310,6 +336,7 @@ def scenario(
 ) -> None:
     """Break ``victim`` mid-load, wait until the client stops using it, heal, wait until it
     serves again; assert no call failed and record the times to converge."""
+    cluster.wait_ready()  # also a replica the previous scenario restarted
     load = Load(cluster, name)
     start = time.monotonic()
     try:
