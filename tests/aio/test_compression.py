@@ -10,24 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
 from msgspec.msgpack import Ext
 
 from trio_micro import aio, rpc
-from trio_micro.protocol import (
-    SUPPORTED_COMPRESSION,
-    CallType,
-    Connection,
-    FrameEncoder,
-    Item,
-    Request,
-    Response,
-    Role,
-    Settings,
-)
+from trio_micro.protocol import SUPPORTED_COMPRESSION
 
-from .conftest import ServerThread, run, start_server
+from .conftest import ServerThread, fails_then_works, run, start_server
 from .services import AioTestService, Answer, Ask
 
 BIG = 64 * 1024  # bytes of b"x": squeezes to well under a tenth with zlib
@@ -153,51 +142,6 @@ def test_below_the_threshold_a_request_goes_as_it_is(server: ServerThread) -> No
 
 
 BOMB = Ext(1, zlib.compress(b"\0" * 1024 * 1024, 9))  # 1 MiB of zeros in ~1 KB
-
-
-def hand_driven(first: Ext) -> Callable[..., Awaitable[None]]:
-    """A server whose first call gets ``first`` as its answer (a RESPONSE, or an ITEM on a
-    server-stream), whatever the client announced; later calls get ``Answer(n)``."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(Role.SERVER, settings=Settings(compression=("zlib",)))
-        writer.write(conn.initiate())
-        answered = 0
-        try:
-            while data := await reader.read(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, Request):
-                        answered += 1
-                        ok = msgspec.msgpack.encode(Answer(value=answered))
-                        out = first if answered == 1 else ok
-                        if event.call_type is CallType.SERVER_STREAM:
-                            conn.send_item(event.id, ok)  # the state machine's books
-                            frame: Item | Response = Item(event.id, out)
-                        else:
-                            conn.send_response(event.id, ok)
-                            frame = Response(event.id, out)
-                        writer.write(FrameEncoder().encode(frame))
-        finally:
-            writer.close()
-
-    return serve
-
-
-async def fails_then_works(
-    first: Ext, call: Callable[[AioTestService], Awaitable[object]]
-) -> tuple[rpc.RpcError, Answer, bool]:
-    """``call``'s error against :func:`hand_driven`, the next unary call's answer on the
-    same channel, and whether the channel kept its connection."""
-    server = await asyncio.start_server(hand_driven(first), "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        async with aio.open_channel(f"127.0.0.1:{port}", max_frame_size=64 * 1024) as ch:
-            stub = ch.stub(AioTestService)
-            before = await ch.connection()
-            with pytest.raises(rpc.RpcError) as info:
-                await call(stub)
-            answer = await stub.echo(Ask())
-            return info.value, answer, before is await ch.connection()
 
 
 @pytest.mark.parametrize(
