@@ -139,7 +139,7 @@ def hand_driven(bad: Ext | bytes, *, nth: int = 1) -> Callable[..., Awaitable[No
 
 
 async def fails_then_works(
-    bad: Ext | bytes, call: Callable[[AioTestService], Awaitable[object]]
+    bad: Ext | bytes, call: Callable[[aio.Channel], Awaitable[object]]
 ) -> tuple[rpc.RpcError, Answer, bool]:
     """``call``'s error against :func:`hand_driven` (``bad`` answering it), the next unary
     call's answer on the same channel, and whether the channel kept its connection."""
@@ -147,9 +147,8 @@ async def fails_then_works(
     async with server:
         port = server.sockets[0].getsockname()[1]
         async with aio.open_channel(f"127.0.0.1:{port}", max_frame_size=64 * 1024) as ch:
-            stub = ch.stub(AioTestService)
             before = await ch.connection()
             with pytest.raises(rpc.RpcError) as info:
-                await call(stub)
-            answer = await stub.echo(Ask())
+                await call(ch)
+            answer = await ch.stub(AioTestService).echo(Ask())
             return info.value, answer, before is await ch.connection()

@@ -133,6 +133,38 @@ def test_a_stub_choice_overrides_the_channels() -> None:
         running.stop()
 
 
+def test_an_untyped_calls_choice_compresses_its_request_and_answer(server: ServerThread) -> None:
+    async def call(channel: aio.Channel) -> object:
+        request = {"value": 3, "size": BIG, "blob": b"y" * BIG}
+        return await channel.call("aio.Test/echo", request, compression="zlib")
+
+    counter, answer = moved(server.target, call)
+    assert answer == {
+        "value": 3,
+        "deadline_ms": -1.0,
+        "metadata": {"tm-compression": "zlib"},
+        "payload": b"x" * BIG,
+    }
+    assert (counter.up < BIG / 10, counter.down < BIG / 10) == (True, True)
+
+
+def test_an_untyped_calls_choice_overrides_the_channels(server: ServerThread) -> None:
+    async def call(channel: aio.Channel) -> object:
+        request = {"blob": b"y" * BIG}
+        await channel.call("aio.Test/echo", request)  # the channel's zlib
+        async with channel.stream_call("aio.Test/total", bidi=False, compression="none") as (
+            send,
+            receive,
+        ):
+            await send.send(request)
+            await send.aclose()
+            await receive.receive()
+        return None
+
+    counter, _ = moved(server.target, call, compression="zlib")
+    assert BIG < counter.up < BIG * 1.2  # one request compressed, one not
+
+
 def test_below_the_threshold_a_request_goes_as_it_is(server: ServerThread) -> None:
     async def call(channel: aio.Channel) -> object:
         return (await channel.stub(AioTestService).echo(Ask(blob=b"y" * BIG))).value
@@ -156,7 +188,7 @@ def test_a_bad_compressed_answer_fails_only_its_call(
     payload: Ext, status: rpc.Status, words: str
 ) -> None:
     async def main() -> tuple[rpc.RpcError, Answer, bool]:
-        return await fails_then_works(payload, lambda stub: stub.echo(Ask()))
+        return await fails_then_works(payload, lambda ch: ch.stub(AioTestService).echo(Ask()))
 
     error, answer, same_connection = run(main)
     assert (error.code, answer.value, same_connection) == (status, 2, True)
@@ -164,8 +196,8 @@ def test_a_bad_compressed_answer_fails_only_its_call(
 
 
 def test_a_bomb_in_a_stream_item_fails_only_that_stream() -> None:
-    async def consume(stub: AioTestService) -> object:
-        return [item async for item in stub.count(Ask(value=1))]
+    async def consume(channel: aio.Channel) -> object:
+        return [item async for item in channel.stub(AioTestService).count(Ask(value=1))]
 
     async def main() -> tuple[rpc.RpcError, Answer, bool]:
         return await fails_then_works(BOMB, consume)
