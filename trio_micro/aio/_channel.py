@@ -32,7 +32,6 @@ from trio_micro._validate import (
     check_str_mapping,
 )
 from trio_micro.protocol import (
-    COMPRESSION_HINT,
     DECODE_ERRORS,
     DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_FRAME_SIZE,
@@ -40,6 +39,7 @@ from trio_micro.protocol import (
     Settings,
     Status,
     check_compression,
+    with_compression_hint,
 )
 from trio_micro.rpc import Endpoint, MethodInfo, RpcError, Service
 
@@ -168,11 +168,7 @@ class Channel:
         call's, else the channel's) when there is one: the protocol layer compresses by
         it, both ways."""
         checked = check_str_mapping("metadata", metadata) or None
-        check_compression(compression)
-        choice = self._compression if compression is None else compression
-        if choice is None:
-            return checked
-        return {**(checked or {}), COMPRESSION_HINT: choice}
+        return with_compression_hint(checked, compression, self._compression)
 
     async def call(
         self,

@@ -26,12 +26,12 @@ from typing import Any, Final, TypeVar, final
 from trio_micro._background import open_background_nursery
 from trio_micro._validate import check_bool, check_encodable, check_int, check_seconds
 from trio_micro.protocol import (
-    COMPRESSION_HINT,
     DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_FRAME_SIZE,
     SUPPORTED_COMPRESSION,
     Settings,
     check_compression,
+    with_compression_hint,
 )
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
@@ -160,11 +160,7 @@ class Channel:
     ) -> dict[str, str] | None:
         """``metadata`` checked, with the compression hint of the call's choice (its own,
         else the channel's) when there is one."""
-        checked = check_metadata(metadata)
-        choice = self._compression if compression is None else _check_choice(compression)
-        if choice is None:
-            return checked
-        return {**(checked or {}), COMPRESSION_HINT: choice}
+        return with_compression_hint(check_metadata(metadata), compression, self._compression)
 
     def stub(
         self,
