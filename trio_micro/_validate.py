@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Final, TypeVar
+
+import msgspec
 
 __all__ = [
     "check_bool",
     "check_callable",
+    "check_encodable",
     "check_int",
     "check_number",
     "check_optional_bool",
@@ -97,6 +101,22 @@ def check_callable(
     """Return ``value`` if it is callable; ``expected`` describes it in the message."""
     if not callable(value):
         raise TypeError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+T = TypeVar("T")
+
+_encode: Final = msgspec.msgpack.Encoder().encode
+
+
+def check_encodable(name: str, value: T) -> T:
+    """Return ``value`` if msgpack can encode it (the request of an untyped call, checked
+    before anything is sent); ``TypeError`` otherwise, also for an int msgpack has no room
+    for. Encodes it once to find out."""
+    try:
+        _encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"cannot encode the {name} {value!r}: {exc}") from None
     return value
 
 

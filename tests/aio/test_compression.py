@@ -10,24 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
 from msgspec.msgpack import Ext
 
 from trio_micro import aio, rpc
-from trio_micro.protocol import (
-    SUPPORTED_COMPRESSION,
-    CallType,
-    Connection,
-    FrameEncoder,
-    Item,
-    Request,
-    Response,
-    Role,
-    Settings,
-)
+from trio_micro.protocol import SUPPORTED_COMPRESSION
 
-from .conftest import ServerThread, run, start_server
+from .conftest import ServerThread, fails_then_works, run, start_server
 from .services import AioTestService, Answer, Ask
 
 BIG = 64 * 1024  # bytes of b"x": squeezes to well under a tenth with zlib
@@ -144,6 +133,38 @@ def test_a_stub_choice_overrides_the_channels() -> None:
         running.stop()
 
 
+def test_an_untyped_calls_choice_compresses_its_request_and_answer(server: ServerThread) -> None:
+    async def call(channel: aio.Channel) -> object:
+        request = {"value": 3, "size": BIG, "blob": b"y" * BIG}
+        return await channel.call("aio.Test/echo", request, compression="zlib")
+
+    counter, answer = moved(server.target, call)
+    assert answer == {
+        "value": 3,
+        "deadline_ms": -1.0,
+        "metadata": {"tm-compression": "zlib"},
+        "payload": b"x" * BIG,
+    }
+    assert (counter.up < BIG / 10, counter.down < BIG / 10) == (True, True)
+
+
+def test_an_untyped_calls_choice_overrides_the_channels(server: ServerThread) -> None:
+    async def call(channel: aio.Channel) -> object:
+        request = {"blob": b"y" * BIG}
+        await channel.call("aio.Test/echo", request)  # the channel's zlib
+        async with channel.stream_call("aio.Test/total", bidi=False, compression="none") as (
+            send,
+            receive,
+        ):
+            await send.send(request)
+            await send.aclose()
+            await receive.receive()
+        return None
+
+    counter, _ = moved(server.target, call, compression="zlib")
+    assert BIG < counter.up < BIG * 1.2  # one request compressed, one not
+
+
 def test_below_the_threshold_a_request_goes_as_it_is(server: ServerThread) -> None:
     async def call(channel: aio.Channel) -> object:
         return (await channel.stub(AioTestService).echo(Ask(blob=b"y" * BIG))).value
@@ -153,51 +174,6 @@ def test_below_the_threshold_a_request_goes_as_it_is(server: ServerThread) -> No
 
 
 BOMB = Ext(1, zlib.compress(b"\0" * 1024 * 1024, 9))  # 1 MiB of zeros in ~1 KB
-
-
-def hand_driven(first: Ext) -> Callable[..., Awaitable[None]]:
-    """A server whose first call gets ``first`` as its answer (a RESPONSE, or an ITEM on a
-    server-stream), whatever the client announced; later calls get ``Answer(n)``."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(Role.SERVER, settings=Settings(compression=("zlib",)))
-        writer.write(conn.initiate())
-        answered = 0
-        try:
-            while data := await reader.read(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, Request):
-                        answered += 1
-                        ok = msgspec.msgpack.encode(Answer(value=answered))
-                        out = first if answered == 1 else ok
-                        if event.call_type is CallType.SERVER_STREAM:
-                            conn.send_item(event.id, ok)  # the state machine's books
-                            frame: Item | Response = Item(event.id, out)
-                        else:
-                            conn.send_response(event.id, ok)
-                            frame = Response(event.id, out)
-                        writer.write(FrameEncoder().encode(frame))
-        finally:
-            writer.close()
-
-    return serve
-
-
-async def fails_then_works(
-    first: Ext, call: Callable[[AioTestService], Awaitable[object]]
-) -> tuple[rpc.RpcError, Answer, bool]:
-    """``call``'s error against :func:`hand_driven`, the next unary call's answer on the
-    same channel, and whether the channel kept its connection."""
-    server = await asyncio.start_server(hand_driven(first), "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        async with aio.open_channel(f"127.0.0.1:{port}", max_frame_size=64 * 1024) as ch:
-            stub = ch.stub(AioTestService)
-            before = await ch.connection()
-            with pytest.raises(rpc.RpcError) as info:
-                await call(stub)
-            answer = await stub.echo(Ask())
-            return info.value, answer, before is await ch.connection()
 
 
 @pytest.mark.parametrize(
@@ -212,7 +188,7 @@ def test_a_bad_compressed_answer_fails_only_its_call(
     payload: Ext, status: rpc.Status, words: str
 ) -> None:
     async def main() -> tuple[rpc.RpcError, Answer, bool]:
-        return await fails_then_works(payload, lambda stub: stub.echo(Ask()))
+        return await fails_then_works(payload, lambda ch: ch.stub(AioTestService).echo(Ask()))
 
     error, answer, same_connection = run(main)
     assert (error.code, answer.value, same_connection) == (status, 2, True)
@@ -220,8 +196,8 @@ def test_a_bad_compressed_answer_fails_only_its_call(
 
 
 def test_a_bomb_in_a_stream_item_fails_only_that_stream() -> None:
-    async def consume(stub: AioTestService) -> object:
-        return [item async for item in stub.count(Ask(value=1))]
+    async def consume(channel: aio.Channel) -> object:
+        return [item async for item in channel.stub(AioTestService).count(Ask(value=1))]
 
     async def main() -> tuple[rpc.RpcError, Answer, bool]:
         return await fails_then_works(BOMB, consume)

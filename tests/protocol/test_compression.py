@@ -33,6 +33,7 @@ from trio_micro.protocol import (
     Status,
     _compression,
     check_compression,
+    with_compression_hint,
 )
 
 from .test_connection import forge
@@ -167,6 +168,20 @@ def test_an_unknown_compression_name_at_the_api_is_a_value_error() -> None:
     with pytest.raises(TypeError):
         check_compression(1)
     assert check_compression("none") is None
+
+
+@pytest.mark.parametrize(
+    ("compression", "default", "expected"),
+    [
+        (None, None, {"k": "v"}),  # no choice: the metadata as it is
+        (None, "zlib", {"k": "v", COMPRESSION_HINT: "zlib"}),  # the channel's
+        ("none", "zlib", {"k": "v", COMPRESSION_HINT: "none"}),  # the call's, "none" too
+    ],
+)
+def test_a_calls_compression_choice_rides_in_its_metadata(
+    compression: str | None, default: str | None, expected: dict[str, str]
+) -> None:
+    assert with_compression_hint({"k": "v"}, compression, default) == expected
 
 
 def test_a_payload_over_the_peers_frame_size_is_refused_even_if_it_would_compress() -> None:

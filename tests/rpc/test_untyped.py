@@ -52,6 +52,18 @@ async def test_call_method_not_a_string(channel: rpc.Channel) -> None:
         await channel.call(42, {})  # type: ignore[arg-type]
 
 
+async def test_untyped_flags_must_be_bools(channel: rpc.Channel) -> None:
+    with pytest.raises(TypeError, match="idempotent"):
+        await channel.call(GET_USER, {}, idempotent="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bidi"):
+        channel.stream_call(GET_USER, bidi="no")  # type: ignore[arg-type]
+
+
+def test_untyped_method_info_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        rpc.MethodInfo.untyped(GET_USER, "sideways")  # type: ignore[arg-type]
+
+
 async def test_call_unencodable_request(channel: rpc.Channel) -> None:
     with pytest.raises(TypeError):
         await channel.call(GET_USER, {"user_id": object()})

@@ -16,6 +16,7 @@
                     await send.send(user)              # waits for the server's credit
                 await send.aclose()                    # half-close (END)
                 print(await receive.receive())         # the one answer
+            print(await channel.call("users/get_user", {"user_id": 1}))  # untyped: dicts
 
     asyncio.run(main())                                # or uvloop.run(main())
 
@@ -27,9 +28,12 @@ bidi-stream (:class:`StreamCall`, the trio client's send/receive pair with the s
 names; :exc:`EndOfChannel`, :exc:`ClosedResourceError` and :exc:`BrokenResourceError`
 stand in for trio's exceptions). A cancelled task sends CANCEL; :func:`timeout` sends its
 deadline (a bare ``asyncio.timeout()`` can't be read, but its cancellation still sends
-CANCEL). ``open_channel(target, compression="zlib")`` (and ``stub(..., compression=...)``)
-compresses both ways as the trio channel does, through the same protocol core; the HELLO
-announces every encoding this process can inflate. One connection to one ``host:port``:
+CANCEL). Untyped calls by name (:meth:`Channel.call`, :meth:`~Channel.call_stream`,
+:meth:`~Channel.stream_call`) are the trio channel's, for programs with no stub class: plain
+values in and out. ``open_channel(target, compression="zlib")`` (and ``stub(...,
+compression=...)`` or a call's ``compression=``) compresses both ways as the trio channel
+does, through the same protocol core; the HELLO announces every encoding this process can
+inflate. One connection to one ``host:port``:
 no registry targets, balancing, retries, interceptors or keepalive pings (the trio
 channel has them).
 """

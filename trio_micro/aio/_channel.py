@@ -1,10 +1,14 @@
-"""The asyncio channel: typed stubs over one connection, and server-streams.
+"""The asyncio channel: typed stubs and untyped calls by name over one connection, and
+server-streams.
 
 A :class:`Channel` keeps one :class:`~._connection.AioConnection` to one server and opens
 a new one when the old one is lost or going away. Its stubs are built from the same
 service definitions as :meth:`trio_micro.rpc.Channel.stub` (``rpc.Service`` and its
 :class:`~trio_micro.rpc.MethodInfo`, prebuilt msgpack decoders included), so a stub is
-typed the same way: mypy sees the service class itself.
+typed the same way: mypy sees the service class itself. The untyped calls by name
+(:meth:`Channel.call`, :meth:`~Channel.call_stream`, :meth:`~Channel.stream_call`) are the
+stubs' own callables and objects made with :meth:`rpc.MethodInfo.untyped
+<trio_micro.rpc.MethodInfo.untyped>`, as on the trio channel.
 
 The deadline a call sends is that of the enclosing :func:`~._deadline.timeout` (see
 :mod:`._deadline`); client- and bidi-stream calls are in :mod:`._streams`.
@@ -14,15 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, Generic, TypeVar, cast, final
 
 import msgspec
 
-from trio_micro._validate import check_int, check_seconds, check_str_mapping
+from trio_micro._validate import (
+    check_bool,
+    check_encodable,
+    check_int,
+    check_seconds,
+    check_str_mapping,
+)
 from trio_micro.protocol import (
-    COMPRESSION_HINT,
     DECODE_ERRORS,
     DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_FRAME_SIZE,
@@ -30,12 +39,13 @@ from trio_micro.protocol import (
     Settings,
     Status,
     check_compression,
+    with_compression_hint,
 )
 from trio_micro.rpc import Endpoint, MethodInfo, RpcError, Service
 
 from ._connection import AioConnection, _Call, connect
 from ._deadline import timeout_ms
-from ._streams import streaming_method
+from ._streams import StreamCall, streaming_method
 
 __all__ = ["Channel", "ResponseStream", "open_channel"]
 
@@ -119,7 +129,7 @@ class Channel:
         self,
         service: type[S],
         *,
-        metadata: dict[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
         compression: str | None = None,
     ) -> S:
         """A typed client of ``service`` (an ``rpc.Service`` subclass), as
@@ -138,11 +148,7 @@ class Channel:
         """
         if not (isinstance(service, type) and issubclass(service, Service)):
             raise TypeError(f"stub() takes an rpc.Service subclass, got {service!r}")
-        checked = check_str_mapping("metadata", metadata) or None
-        check_compression(compression)
-        choice = self._compression if compression is None else compression
-        if choice is not None:  # the hint the protocol layer compresses by, both ways
-            checked = {**(checked or {}), COMPRESSION_HINT: choice}
+        checked = self._metadata(metadata, compression)
         proxy = _Stub(service.__rpc_name__)
         for attr, info in service.__rpc_methods__.items():
             method: Callable[..., object]
@@ -154,6 +160,109 @@ class Channel:
                 method = streaming_method(self, info, checked)
             setattr(proxy, attr, method)
         return cast(S, proxy)
+
+    def _metadata(
+        self, metadata: Mapping[str, str] | None, compression: str | None
+    ) -> dict[str, str] | None:
+        """``metadata`` checked, with the compression hint of the choice (the stub's or
+        call's, else the channel's) when there is one: the protocol layer compresses by
+        it, both ways."""
+        checked = check_str_mapping("metadata", metadata) or None
+        return with_compression_hint(checked, compression, self._compression)
+
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        idempotent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
+    ) -> Any:
+        """Make an untyped unary call by name: ``await channel.call("users/get_user", {...})``.
+
+        :meth:`trio_micro.rpc.Channel.call` for asyncio, for programs that know a method
+        only at run time (gateways, scripts): the request is any msgpack-encodable value --
+        a dict with the request struct's field names -- and the answer comes back as plain
+        dicts, lists and scalars. The server validates the request as for a typed stub (a
+        bad field: ``INVALID_ARGUMENT`` naming it). It is a stub's unary call (the same
+        code path), so the deadline of the enclosing :func:`~trio_micro.aio.timeout` is
+        sent, and a task cancelled while it waits sends CANCEL. Suspends while it waits
+        for the answer (and to connect, if need be).
+
+        Args:
+            method: ``"<service>/<method>"``, as listed by the reflection service.
+            request: The request, e.g. ``{"user_id": 1}``.
+            idempotent: Taken for the trio channel's signature; the asyncio channel never
+                retries, so it changes nothing.
+            metadata: Sent with the call (string pairs).
+            compression: This call's encoding, both ways (``"zlib"``, ``"zstd"`` with the
+                extra, ``"none"``); ``None``: the channel's.
+
+        Raises:
+            RpcError: The server's status (``UNIMPLEMENTED`` for a method it does not
+                have), ``RESOURCE_EXHAUSTED`` for a request over the server's frame size,
+                ``INTERNAL`` for an answer that does not decode, ``UNAVAILABLE`` /
+                ``CANCELLED`` as for stub calls.
+            TypeError: ``method`` is not a string, ``request`` cannot be encoded,
+                ``idempotent`` is not a bool, bad metadata or ``compression`` type.
+            ValueError: ``method`` is not ``"<service>/<method>"``, or an unknown
+                ``compression``.
+        """
+        info = MethodInfo.untyped(method, "unary", idempotent)
+        return await self._unary_method(info, self._metadata(metadata, compression))(request)
+
+    def call_stream(
+        self,
+        method: str,
+        request: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
+    ) -> ResponseStream[Any]:
+        """Open an untyped server-stream call by name; items come back as plain values.
+
+        :meth:`trio_micro.rpc.Channel.call_stream` for asyncio: the counterpart of
+        :meth:`call` for ``@rpc.server_stream`` methods; the result is a
+        :class:`ResponseStream` like a stub's (nothing is sent until it is iterated; an
+        item that does not decode fails this call alone with ``INTERNAL``). Synchronous.
+
+        Raises:
+            TypeError: ``request`` cannot be encoded (checked here, before anything is
+                sent), ``method`` is not a string, or bad metadata or ``compression`` type.
+            ValueError: ``method`` is not ``"<service>/<method>"``, or an unknown
+                ``compression``.
+        """
+        info = MethodInfo.untyped(method, "server_stream")
+        return ResponseStream(
+            self, info, check_encodable("request", request), self._metadata(metadata, compression)
+        )
+
+    def stream_call(
+        self,
+        method: str,
+        *,
+        bidi: bool,
+        metadata: Mapping[str, str] | None = None,
+        compression: str | None = None,
+    ) -> StreamCall[Any, Any]:
+        """Open an untyped client-stream (``bidi=False``) or bidi-stream call by name.
+
+        :meth:`trio_micro.rpc.Channel.stream_call` for asyncio: ``async with
+        channel.stream_call(...) as (send, receive)``, a stub's :class:`StreamCall`
+        sending and receiving plain values (nothing is sent until ``async with``).
+        Synchronous.
+
+        Raises:
+            TypeError: ``bidi`` is not a bool, ``method`` is not a string, or bad metadata
+                or ``compression`` type (an item that can't be encoded: from ``send``).
+            ValueError: ``method`` is not ``"<service>/<method>"``, or an unknown
+                ``compression``.
+        """
+        info = MethodInfo.untyped(
+            method, "bidi_stream" if check_bool("bidi", bidi) else "client_stream"
+        )
+        return StreamCall(self, info, self._metadata(metadata, compression))
 
     def _unary_method(
         self, info: MethodInfo, metadata: dict[str, str] | None

@@ -25,6 +25,7 @@ from ._compression import (
     CompressionError,
     Compressor,
     check_compression,
+    with_compression_hint,
 )
 from ._connection import Connection, Role, StreamState
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -99,6 +100,7 @@ __all__ = [
     "check_compression",
     "client_sends_items",
     "server_sends_items",
+    "with_compression_hint",
 ]
 
 fixup_module_metadata(__name__, {name: globals()[name] for name in __all__})

@@ -45,6 +45,7 @@ __all__ = [
     "CompressionError",
     "Compressor",
     "check_compression",
+    "with_compression_hint",
 ]
 
 #: Wire code (the msgpack ext type) of each encoding this module knows.
@@ -171,6 +172,24 @@ def check_compression(name: object) -> str | None:
         extra = " (pip install trio-micro[zstd])" if name == "zstd" else ""
         raise ValueError(f"unknown compression {name!r}{extra}; known: {known}")
     return name
+
+
+def with_compression_hint(
+    metadata: dict[str, str] | None, compression: str | None, default: str | None
+) -> dict[str, str] | None:
+    """A client call's metadata carrying its compression choice: ``compression``, else the
+    channel's ``default``, as :data:`COMPRESSION_HINT` (``"none"`` is sent too: it turns
+    the server's own default off); ``metadata`` as it is when neither chooses. The one
+    rule of both channels' stubs and calls (``rpc`` and ``aio``).
+
+    Raises:
+        TypeError / ValueError: As :func:`check_compression`, for ``compression``.
+    """
+    check_compression(compression)
+    choice = default if compression is None else compression
+    if choice is None:
+        return metadata
+    return {**(metadata or {}), COMPRESSION_HINT: choice}
 
 
 @final

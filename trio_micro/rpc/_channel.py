@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, final
 
 from trio_micro._background import open_background_nursery
-from trio_micro._validate import check_bool, check_int, check_seconds
+from trio_micro._validate import check_bool, check_encodable, check_int, check_seconds
 from trio_micro.protocol import (
-    COMPRESSION_HINT,
     DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_FRAME_SIZE,
     SUPPORTED_COMPRESSION,
     Settings,
     check_compression,
+    with_compression_hint,
 )
 
 from ._balancing import Balancer, OutlierEjection, PowerOfTwoChoices
@@ -41,15 +41,8 @@ from ._endpoints import ConnectOptions, EndpointPool
 from ._interceptors import ClientInterceptor
 from ._resolver import Resolver, ResolverStatus, resolver_context
 from ._retry import RetryPolicy
-from ._service import Service
-from ._stubs import (
-    ResponseStream,
-    check_metadata,
-    encodable,
-    make_stub,
-    unary_method,
-    untyped,
-)
+from ._service import MethodInfo, Service
+from ._stubs import ResponseStream, check_metadata, make_stub, unary_method
 from ._transport import Endpoint
 
 __all__ = [
@@ -167,11 +160,7 @@ class Channel:
     ) -> dict[str, str] | None:
         """``metadata`` checked, with the compression hint of the call's choice (its own,
         else the channel's) when there is one."""
-        checked = check_metadata(metadata)
-        choice = self._compression if compression is None else _check_choice(compression)
-        if choice is None:
-            return checked
-        return {**(checked or {}), COMPRESSION_HINT: choice}
+        return with_compression_hint(check_metadata(metadata), compression, self._compression)
 
     def stub(
         self,
@@ -229,11 +218,12 @@ class Channel:
         Raises:
             RpcError: The server's status, or ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` /
                 ``CANCELLED`` as for stub calls.
-            TypeError: ``request`` cannot be encoded, or bad metadata.
+            TypeError: ``request`` cannot be encoded, ``idempotent`` is not a bool, or bad
+                metadata.
             ValueError: ``method`` is not ``"<service>/<method>"``, or an unknown
                 ``compression``.
         """
-        info = untyped(method, "unary", idempotent)
+        info = MethodInfo.untyped(method, "unary", idempotent)
         return await unary_method(self._caller, info, self._metadata(metadata, compression))(
             request
         )
@@ -255,9 +245,12 @@ class Channel:
             TypeError: ``request`` cannot be encoded, or bad metadata.
             ValueError: ``method`` is not ``"<service>/<method>"``.
         """
-        info = untyped(method, "server_stream", False)
+        info = MethodInfo.untyped(method, "server_stream")
         return ResponseStream(
-            self._caller, info, encodable(request), self._metadata(metadata, compression)
+            self._caller,
+            info,
+            check_encodable("request", request),
+            self._metadata(metadata, compression),
         )
 
     def stream_call(
@@ -275,10 +268,13 @@ class Channel:
         receiving plain values (nothing is sent until ``async with``).
 
         Raises:
-            TypeError: Bad metadata (a value that can't be encoded: from ``send``).
+            TypeError: ``bidi`` is not a bool, or bad metadata (an item that can't be
+                encoded: from ``send``).
             ValueError: ``method`` is not ``"<service>/<method>"``.
         """
-        info = untyped(method, "bidi_stream" if bidi else "client_stream", False)
+        info = MethodInfo.untyped(
+            method, "bidi_stream" if check_bool("bidi", bidi) else "client_stream"
+        )
         return StreamCall(self._caller, info, self._metadata(metadata, compression))
 
 

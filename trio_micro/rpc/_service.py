@@ -147,11 +147,11 @@ class MethodInfo:
         service: The service's wire name.
         name: The method's name (the Python attribute name).
         wire_name: ``"<service>/<method>"``, the REQUEST frame's ``method``.
-        kind: ``"unary"`` or ``"server_stream"``.
+        kind: ``"unary"``, ``"server_stream"``, ``"client_stream"`` or ``"bidi_stream"``.
         call_type: The matching :class:`~trio_micro.protocol.CallType`.
         idempotent: As given to :func:`unary`.
         request_type: The request ``msgspec.Struct`` type (``object`` for the untyped
-            calls of :meth:`Channel.call <trio_micro.rpc.Channel.call>`).
+            calls of :meth:`Channel.call <trio_micro.rpc.Channel.call>`: :meth:`untyped`).
         response_type: The response type (the item type of a server-stream).
     """
 
@@ -187,6 +187,29 @@ class MethodInfo:
         self.response_type = response_type
         self.decode_request: Callable[[bytes], Any] = msgspec.msgpack.Decoder(request_type).decode
         self.decode_response: Callable[[bytes], Any] = msgspec.msgpack.Decoder(response_type).decode
+
+    @classmethod
+    def untyped(cls, method: str, kind: MethodKind, idempotent: bool = False) -> MethodInfo:
+        """The info of ``"<service>/<method>"`` called by name, with no service class: any
+        request, any answer (both types ``object``, so answers decode to plain dicts,
+        lists and scalars). What the untyped calls of :class:`Channel
+        <trio_micro.rpc.Channel>` and :class:`trio_micro.aio.Channel` (``call``,
+        ``call_stream``, ``stream_call``) are made with.
+
+        Raises:
+            TypeError: ``method`` is not a string, ``idempotent`` not a bool.
+            ValueError: ``method`` is not ``"<service>/<method>"``, or an unknown ``kind``.
+        """
+        if not isinstance(method, str):
+            raise TypeError(f"method must be a str like 'users/get_user', got {method!r}")
+        service, sep, name = method.rpartition("/")
+        if not sep or not service or not name:
+            raise ValueError(f"method must look like '<service>/<method>', got {method!r}")
+        if kind not in _CALL_TYPES:
+            raise ValueError(f"kind must be one of {sorted(_CALL_TYPES)}, got {kind!r}")
+        if not isinstance(idempotent, bool):
+            raise TypeError(f"idempotent must be a bool, got {idempotent!r}")
+        return cls(service, name, kind, idempotent, object, object)
 
     def __repr__(self) -> str:
         return (

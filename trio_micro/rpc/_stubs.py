@@ -7,7 +7,8 @@ channel's client interceptors (:func:`~._interceptors.run_intercepted`) around
 :class:`ResponseStream`, which does the same when it is first iterated and then decodes
 the items as they come. Untyped calls by name (``Channel.call`` / ``call_stream``) use the
 same callables with a :class:`~trio_micro.rpc.MethodInfo` whose types are ``object``
-(:func:`untyped`). Picking connections and retrying is :mod:`._calls`'.
+(:meth:`MethodInfo.untyped <trio_micro.rpc.MethodInfo.untyped>`). Picking connections and
+retrying is :mod:`._calls`'.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ._client_streams import streaming_method
 from ._context import ClientCall
 from ._errors import RpcError
 from ._interceptors import run_intercepted
-from ._service import MethodInfo, MethodKind, Service
+from ._service import MethodInfo, Service
 
 __all__ = ["ResponseStream"]
 
@@ -259,29 +260,6 @@ def _bad_request(info: MethodInfo, request: object) -> TypeError:
     return TypeError(
         f"{info.wire_name} takes a {info.request_type.__name__} request, got {request!r}"
     )
-
-
-def untyped(method: str, kind: MethodKind, idempotent: bool) -> MethodInfo:
-    """The method info of ``"<service>/<method>"`` called by name: any request, any answer.
-
-    Raises:
-        TypeError / ValueError: ``method`` is not such a string.
-    """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a str like 'users/get_user', got {method!r}")
-    service, sep, name = method.rpartition("/")
-    if not sep or not service or not name:
-        raise ValueError(f"method must look like '<service>/<method>', got {method!r}")
-    return MethodInfo(service, name, kind, idempotent, object, object)
-
-
-def encodable(request: Any) -> Any:
-    """Return ``request`` if msgpack can encode it; else raise ``TypeError``."""
-    try:
-        _encode(request)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"cannot encode the request {request!r}: {exc}") from None
-    return request
 
 
 def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
