@@ -12,12 +12,15 @@ in that module, built on these.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Final, TypeVar
 
 import msgspec
 
 __all__ = [
+    "ENCODE_ERRORS",
+    "cannot_encode",
     "check_bool",
     "check_callable",
     "check_encodable",
@@ -108,6 +111,18 @@ T = TypeVar("T")
 
 _encode: Final = msgspec.msgpack.Encoder().encode
 
+#: What msgspec's encoders raise for a value they can't encode: an unsupported type
+#: (``TypeError``), an int outside msgpack's 64 bits (``OverflowError``), a str holding a
+#: lone surrogate (``UnicodeEncodeError``, a ``ValueError``). Catch this around an
+#: ``encode`` (free until it raises) and raise :func:`cannot_encode`.
+ENCODE_ERRORS: Final = (TypeError, ValueError, OverflowError)
+
+
+def cannot_encode(name: str, value: object, exc: BaseException) -> TypeError:
+    """The ``TypeError`` for a ``value`` msgpack can't encode; ``exc`` is what the encoder
+    raised (one of :data:`ENCODE_ERRORS`), ``name`` says what the value is."""
+    return TypeError(f"cannot encode the {name} {reprlib.repr(value)}: {exc}")
+
 
 def check_encodable(name: str, value: T) -> T:
     """Return ``value`` if msgpack can encode it (the request of an untyped call, checked
@@ -115,8 +130,8 @@ def check_encodable(name: str, value: T) -> T:
     for. Encodes it once to find out."""
     try:
         _encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"cannot encode the {name} {value!r}: {exc}") from None
+    except ENCODE_ERRORS as exc:
+        raise cannot_encode(name, value, exc) from None
     return value
 
 

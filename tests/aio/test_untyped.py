@@ -157,6 +157,8 @@ def test_an_item_that_cannot_be_encoded_is_a_type_error_and_the_call_goes_on(
         async with channel.stream_call("aio.Test/total", bidi=False) as (send, receive):
             with pytest.raises(TypeError):
                 await send.send({"value": object()})
+            with pytest.raises(TypeError, match="cannot encode the request item"):
+                await send.send({"value": 2**64})
             await send.send({"value": 5})
             await send.aclose()
             return (await receive.receive())["value"]
@@ -176,6 +178,10 @@ BAD_ARGUMENTS: list[tuple[Callable[[aio.Channel], object], type[Exception], str]
     (lambda ch: ch.call(ECHO, {}, idempotent="yes"), TypeError, "idempotent"),  # type: ignore[arg-type]
     (lambda ch: ch.call_stream(COUNT, {"x": object()}), TypeError, "cannot encode"),
     (lambda ch: ch.call_stream(COUNT, {"x": 2**64}), TypeError, "cannot encode"),
+    (lambda ch: ch.call(ECHO, {"value": 2**64}), TypeError, "cannot encode the request"),
+    (lambda ch: ch.call(ECHO, {"value": "\ud800"}), TypeError, "cannot encode the request"),
+    (lambda ch: ch.stub(AioTestService).echo(Ask(2**64)), TypeError, "aio.Test/echo"),
+    (lambda ch: ch.stub(AioTestService).count(Ask(-(2**63) - 1)).__anext__(), TypeError, "count"),
     (lambda ch: ch.call_stream("/count", {}), ValueError, "<service>/<method>"),
     (lambda ch: ch.stream_call("aio.Test/total", bidi="no"), TypeError, "bidi"),  # type: ignore[arg-type]
     (lambda ch: ch.stream_call(None, bidi=True), TypeError, "method"),  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ from typing import Any, Final, Generic, TypeVar, cast, final
 import msgspec
 
 from trio_micro._validate import (
+    ENCODE_ERRORS,
+    cannot_encode,
     check_bool,
     check_encodable,
     check_int,
@@ -274,7 +276,10 @@ class Channel:
         async def call(request: Any) -> Any:
             if type(request) is not request_type and not isinstance(request, request_type):
                 raise _bad_request(info, request)
-            payload = _encode(request)
+            try:
+                payload = _encode(request)
+            except ENCODE_ERRORS as exc:
+                raise cannot_encode(f"request of {wire_name}", request, exc) from None
             conn = self._conn
             if conn is None or conn.unusable is not None:
                 conn = await self.connection()
@@ -358,9 +363,14 @@ class ResponseStream(Generic[T]):
             raise RpcError(Status.CANCELLED, "the stream was closed")
         if self._call is None:
             try:
+                request = _encode(self._req)
+            except ENCODE_ERRORS as exc:
+                self._done = True
+                raise cannot_encode(f"request of {self._info.wire_name}", self._req, exc) from None
+            try:
                 opened = await self._channel.connection()
                 self._sid, self._call = await opened.open_stream(
-                    self._info.wire_name, _encode(self._req), timeout_ms(opened.loop), self._meta
+                    self._info.wire_name, request, timeout_ms(opened.loop), self._meta
                 )
                 self._conn = opened
             except BaseException:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, fina
 
 import msgspec
 
+from trio_micro._validate import ENCODE_ERRORS, cannot_encode
 from trio_micro.protocol import (
     DECODE_ERRORS,
     Error,
@@ -164,7 +165,10 @@ class RequestSender(_Half, Generic[ReqT]):
             raise TypeError(
                 f"{info.wire_name} takes {info.request_type.__name__} requests, got {value!r}"
             )
-        payload = _encode(value)
+        try:
+            payload = _encode(value)
+        except ENCODE_ERRORS as exc:
+            raise cannot_encode(f"request item of {info.wire_name}", value, exc) from None
         conn, call, sid = self._conn, self._call, self._sid
         proto = conn.proto
         while True:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, final
 import msgspec
 import trio
 
+from trio_micro._validate import ENCODE_ERRORS, cannot_encode
 from trio_micro.protocol import (
     DECODE_ERRORS,
     CallType,
@@ -111,7 +112,10 @@ class RequestSender(trio.abc.SendChannel[ReqT]):
             raise TypeError(
                 f"{info.wire_name} takes {info.request_type.__name__} requests, got {value!r}"
             )
-        payload = _encode(value)
+        try:
+            payload = _encode(value)
+        except ENCODE_ERRORS as exc:
+            raise cannot_encode(f"request item of {info.wire_name}", value, exc) from None
         conn, call, sid = self._conn, self._call, self._sid
         proto = conn.proto
         waited = False

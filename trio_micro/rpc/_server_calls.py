@@ -37,6 +37,7 @@ import msgspec
 import structlog
 import trio
 
+from trio_micro._validate import ENCODE_ERRORS
 from trio_micro.protocol import DECODE_ERRORS, Connection, ErrorCode, LocalProtocolError, Status
 
 from ._admission import Admission
@@ -286,6 +287,8 @@ class CallRunner:
             data = self.proto.send_response(call.stream_id, _encode(result))
         except LocalProtocolError as exc:
             raise _too_large(exc) from None
+        except ENCODE_ERRORS as exc:  # e.g. an int over 64 bits: this call fails alone
+            raise self._crashed(call, exc, "bad response") from None
         self.write_lone(data)
 
     def write_lone(self, data: bytes) -> None:
@@ -353,6 +356,8 @@ class CallRunner:
                     raise RpcError(
                         Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
                     ) from None
+                except ENCODE_ERRORS as exc:  # this call fails alone
+                    raise self._crashed(call, exc, "bad item") from None
         finally:
             self._credit_waiters.pop(sid, None)  # defensive: _wait_credit's abort removes it
             try:

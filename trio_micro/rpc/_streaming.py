@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, overload
 import msgspec
 import trio
 
+from trio_micro._validate import ENCODE_ERRORS, cannot_encode
 from trio_micro.protocol import (
     DECODE_ERRORS,
     CompressionError,
@@ -338,6 +339,8 @@ class ResponseSender(trio.abc.SendChannel[T]):
             raise RpcError(
                 Status.RESOURCE_EXHAUSTED, f"stream item too large: {exc.message}"
             ) from None
+        except ENCODE_ERRORS as exc:
+            raise cannot_encode("response", value, exc) from None
         box = self._box
         if box.waited:  # answers a request we waited for (ping-pong): the client may wait
             box.waited = False

@@ -20,7 +20,7 @@ from typing import Any, Final, Generic, TypeVar, cast, final
 import msgspec
 import trio
 
-from trio_micro._validate import check_str_mapping
+from trio_micro._validate import ENCODE_ERRORS, cannot_encode, check_str_mapping
 from trio_micro.protocol import DECODE_ERRORS, Status
 
 from ._calls import Caller
@@ -67,7 +67,10 @@ def unary_method(
     async def call(request: Any) -> Any:
         if type(request) is not request_type and not isinstance(request, request_type):
             raise _bad_request(info, request)
-        payload = _encode(request)
+        try:
+            payload = _encode(request)
+        except ENCODE_ERRORS as exc:
+            raise cannot_encode(f"request of {wire_name}", request, exc) from None
         if interceptors:
             details = ClientCall(info.service, info.name, "unary", dict(metadata or {}), request)
             box: list[bytes] = []
@@ -160,7 +163,10 @@ class ResponseStream(Generic[T]):
     async def _start(self) -> None:
         caller = self._caller
         info = self._info
-        payload = _encode(self._request)
+        try:
+            payload = _encode(self._request)
+        except ENCODE_ERRORS as exc:
+            raise cannot_encode(f"request of {info.wire_name}", self._request, exc) from None
         await trio.lowlevel.checkpoint_if_cancelled()
         if caller.interceptors:
             details = ClientCall(
