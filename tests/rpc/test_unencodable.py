@@ -32,6 +32,11 @@ class Unencodable(rpc.Service, name="test.Unencodable"):
     async def answer(self, req: Value) -> Value:
         return Value(_chosen(req))
 
+    @rpc.unary
+    async def refuse(self, req: Value) -> Value:
+        # A message built from a file name decoded with os.fsdecode (surrogateescape).
+        raise rpc.RpcError(rpc.Status.NOT_FOUND, "no file b\udcff", {"path\udcff": "\udcff"})
+
     @rpc.server_stream
     async def items(self, req: Value) -> AsyncIterator[Value]:
         yield Value(1)
@@ -105,6 +110,23 @@ async def test_a_handler_answer_that_cannot_be_encoded_fails_its_call_alone(
         assert await stub.answer(Value(-1)) == Value(7)
     crashed = [log["what"] for log in logs if log["event"] == "rpc.handler.crashed"]
     assert crashed == ["bad response"]
+    assert _connection_events(logs) == []
+
+
+async def test_an_error_with_a_lone_surrogate_arrives_escaped_and_fails_its_call_alone(
+    served: Served,
+) -> None:
+    _, channel, _ = served
+    stub = channel.stub(Unencodable)
+    stream = stub.items(Value(-1))
+    assert await stream.__anext__() == Value(1)
+    with capture_logs() as logs:
+        with pytest.raises(rpc.RpcError) as info:
+            await stub.refuse(Value(-1))
+        assert await stream.__anext__() == Value(7)
+    assert info.value.code is rpc.Status.NOT_FOUND
+    assert info.value.message == "no file b\\udcff"
+    assert info.value.details == {"path\\udcff": "\\udcff"}
     assert _connection_events(logs) == []
 
 

@@ -64,6 +64,11 @@ Handler = Callable[[Any], Any]
 Answer = Callable[["CallRunner", ServerCall, MethodInfo, Handler, bytes], Coroutine[Any, Any, None]]
 
 
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 can't hold (lone surrogates) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @final
 class CallRunner:
     """The calls of one connection in progress, and how each one runs; see the module docs.
@@ -152,6 +157,9 @@ class CallRunner:
             data = self.proto.send_error(
                 call.stream_id, Status.RESOURCE_EXHAUSTED, f"error too large: {exc.message}"
             )
+        except ENCODE_ERRORS:  # a lone surrogate (e.g. from os.fsdecode) in the handler's error
+            details = {_utf8(k): _utf8(v) for k, v in error.details.items()}
+            data = self.proto.send_error(call.stream_id, error.code, _utf8(error.message), details)
         self.writer.write(data)
 
     def _cancelled_status(self, call: ServerCall) -> RpcError:
