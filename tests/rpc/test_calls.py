@@ -278,6 +278,39 @@ async def test_server_interceptor_can_reject_and_see_outcome(service: TestServic
     assert outcomes[0][1].startswith("127.0.0.1:")
 
 
+async def test_a_server_interceptor_that_raises_fails_its_call_alone(
+    service: TestService,
+) -> None:
+    """A bug in an interceptor (any exception but RpcError) is that call's INTERNAL, logged;
+    a stream in flight on the same connection goes on, and later calls work."""
+
+    class Buggy:
+        async def intercept(
+            self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]
+        ) -> None:
+            if call.metadata.get("boom"):
+                raise ValueError("interceptor bug")
+            await proceed()
+
+    async with (
+        rpc.open_server([service], host="127.0.0.1", interceptors=[Buggy()]) as server,
+        rpc.open_channel(address(server)) as channel,
+    ):
+        stub = channel.stub(TestService)
+        stream = stub.streaming_output_call(StreamingRequest(2))
+        first = await stream.__anext__()
+        with capture_logs() as logs:
+            with pytest.raises(rpc.RpcError) as info:
+                await channel.stub(TestService, metadata={"boom": "1"}).empty_call(Empty())
+            second = await stream.__anext__()
+            await stub.empty_call(Empty())
+    assert info.value.code is rpc.Status.INTERNAL
+    assert (first.index, second.index) == (0, 1)
+    crashed = [log for log in logs if log["event"] == "rpc.handler.crashed"]
+    assert [log["what"] for log in crashed] == ["interceptor raised"]
+    assert not [log for log in logs if log["event"] == "rpc.connection.crashed"]
+
+
 async def test_client_interceptor_adds_metadata(server: rpc.Server) -> None:
     seen: list[tuple[str, str]] = []
 

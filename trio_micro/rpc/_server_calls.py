@@ -210,7 +210,9 @@ class CallRunner:
         (inside the interceptors, if any) decodes the request, runs the handler and queues
         the RESPONSE or the items; here the outcome becomes the terminal frame: END after
         a stream that succeeded, ERROR after a failure (``CANCELLED`` or
-        ``DEADLINE_EXCEEDED`` when the call's scope was cancelled).
+        ``DEADLINE_EXCEEDED`` when the call's scope was cancelled; ``INTERNAL``, logged,
+        when an interceptor raised something else than ``RpcError``: one call's bug never
+        ends the connection).
         Checkpoints: those of ``answer`` and the interceptors. Cancellation of the whole
         connection propagates without a frame.
 
@@ -237,6 +239,8 @@ class CallRunner:
             if call._scope.cancel_called:  # else the whole connection is closing
                 self._send_error(call, self._cancelled_status(call))
             raise
+        except Exception as exc:  # an interceptor's bug (handlers' are RpcErrors by now)
+            self._send_error(call, self._crashed(call, exc, "interceptor raised"))
         else:
             # A stream's END is queued after the interceptors, so one that fails after
             # proceed() still turns the call into an ERROR.
