@@ -281,6 +281,7 @@ class Server:
             log.error("rpc.connection.crashed", peer=conn.peer, exc_info=exc)
         finally:
             self._connections.discard(conn)
+            self._admission.forget(conn)
             ended = self._ended_refusals
             ended[0] += conn.budget.refused
             ended[1] += conn.runner.refused_stalled

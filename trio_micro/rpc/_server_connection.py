@@ -489,8 +489,9 @@ class ServerConnection:
             )
             return
         admission = self.admission
-        if admission.inflight >= admission.limit:
-            refusal = admission.over_limit(info.service, self.peer, frame.method)
+        calls = self.calls
+        if admission.inflight >= admission.threshold:
+            refusal = admission.over_limit(info.service, len(calls), self, self.peer, frame.method)
             if refusal is not None:
                 self.writer.write(
                     self.proto.send_error(frame.id, refusal.code, refusal.message, refusal.details)
@@ -510,6 +511,10 @@ class ServerConnection:
             self._refuse_buffered(frame, over)
             return
         admission.inflight += 1
+        if not calls:  # its first: one more connection with calls (see Admission)
+            admission.busy += 1
+            if admission.waiting:
+                admission.waiting.pop(self, None)
         workers = self._workers
         assert workers is not None
         worker = workers.acquire()
@@ -533,7 +538,7 @@ class ServerConnection:
             self.local,
             self.identity,
         )
-        self.calls[sid] = call
+        calls[sid] = call
         answer = ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWERS[info.call_type]
         workers.start(worker, self.runner.run(answer, call, info, handler, payload), task_name)
 
@@ -558,6 +563,7 @@ class ServerConnection:
         )
 
     def _no_calls_left(self) -> None:
+        self.admission.busy -= 1
         if self._workers is not None:
             self._workers.trim()
         if self._draining:
