@@ -99,6 +99,25 @@ async def test_a_greedy_connection_cannot_take_the_reserve_from_a_quiet_one(
         service.release.set()
 
 
+async def test_a_quiet_connection_between_calls_keeps_its_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = TestService()
+    async with (
+        _served(service) as server,
+        rpc.open_channel(address(server), retry=None) as greedy_channel,
+        rpc.open_channel(address(server), retry=None) as quiet_channel,
+        trio.open_nursery() as nursery,
+    ):
+        greedy = greedy_channel.stub(TestService)
+        quiet = quiet_channel.stub(TestService)
+        await quiet.empty_call(Empty())  # over: it holds nothing now
+        await _hold(nursery, greedy, service, LIMIT - 1)
+        assert (await _refusal(greedy)).details["fair-share"] == "4"
+        await quiet.empty_call(Empty())
+        service.release.set()
+
+
 async def test_a_connection_refused_at_the_full_server_gets_the_next_free_slot(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -138,7 +157,7 @@ async def _hold_cancelled(scope: trio.CancelScope, service: TestService) -> None
     await _until(lambda: service.running == running - 1)
 
 
-async def test_a_refused_connection_stops_counting_after_waiting_seconds(
+async def test_a_refused_connection_stops_counting_after_recent_seconds(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     service = TestService()
@@ -154,7 +173,7 @@ async def test_a_refused_connection_stops_counting_after_waiting_seconds(
         await _until(lambda: service.running == LIMIT)
         await _refusal(quiet_channel.stub(TestService))
         await _hold_cancelled(one, service)
-        await trio.sleep(Admission.WAITING_SECONDS)
+        await trio.sleep(Admission.RECENT_SECONDS)
         await _hold(nursery, greedy, service, 1)  # alone again: the whole limit
         service.release.set()
 
@@ -201,12 +220,13 @@ async def test_a_dropped_connection_leaves_no_count_behind(
             await nursery.start(_greedy_client, address(server), service)
             async with rpc.open_channel(address(server), retry=None) as refused_channel:
                 await _refusal(refused_channel.stub(TestService))
-                assert len(admission.waiting) == 1
-            await _until(lambda: not admission.waiting)  # forgotten as its connection ended
+                assert len(admission.recent) == 1
+            await _until(lambda: not admission.recent)  # forgotten as its connection ended
             nursery.cancel_scope.cancel()  # the greedy client goes away, calls and all
         await _until(lambda: admission.inflight == 0)
         assert admission.busy == 0
         assert service.running == 0
+        await _until(lambda: not admission.recent)
 
 
 async def test_health_is_admitted_to_a_connection_over_its_share(

@@ -111,31 +111,33 @@ class Admission:
         share     = ceil(limit / contenders)
         threshold = limit - reserve,  reserve = ceil(limit / 8)  (0 at limit 1)
 
-    ``contenders`` counts the connections with calls in flight, plus those refused in
-    the last ``WAITING_SECONDS`` while holding none, plus the caller. So while the server
-    has room every call is admitted as before, and one connection alone may hold the
-    whole limit (its share is the limit); the top ``reserve`` slots go only to
-    connections below their share, so a greedy connection is refused first and a quiet
-    one still finds a slot. Counting the recently refused is what makes a greedy
-    connection that filled the server while it was alone give way: without it, the
-    connection refused at the full server holds nothing, is not seen, and the greedy one
-    takes back every slot that frees up.
+    ``contenders`` counts the connections with calls in flight, plus those that had one
+    or were refused in the last ``RECENT_SECONDS`` (:attr:`recent`), plus the caller.
+    So while the server has room every call is admitted as before, and one connection
+    alone may hold the whole limit (its share is the limit); the top ``reserve`` slots go
+    only to connections below their share, so a greedy connection is refused first and a
+    quiet one still finds a slot. Counting the recent ones is what makes this work for a
+    quiet caller, which holds no call most of the time: counting only connections with
+    calls in flight, the greedy one sees itself alone whenever the quiet one's call has
+    ended or was refused at the full server, and takes back every slot that frees up.
 
     Worst case: a connection at or above its share is admitted only below ``threshold``,
     so once ``threshold`` calls are in flight the last ``reserve`` slots are held by
     connections that were below their share; a caller holding nothing is refused only
-    when all ``limit`` slots are taken, and then counts as a contender for
-    ``WAITING_SECONDS``. Shares are per connection: a peer with k connections gets k
-    shares (``max_connections_per_peer`` bounds k). Slots left idle by the rule are at
+    when all ``limit`` slots are taken, and from then on counts as a contender (until
+    ``RECENT_SECONDS`` pass without a call or a refusal), so the greedy connections get
+    no more of the top slots. Shares are per connection: a peer with k connections gets
+    k shares (``max_connections_per_peer`` bounds k). Slots left idle by the rule are at
     most ``reserve``. A hostile peer raises no bound: ``limit`` is never exceeded, and
-    :attr:`waiting` holds at most one entry per open connection, each dropped when it
-    connects a call, after ``WAITING_SECONDS`` or when the connection ends
-    (:meth:`forget`).
+    :attr:`recent` holds at most one entry per open connection, dropped when it starts a
+    call, after ``RECENT_SECONDS`` or when the connection ends (:meth:`forget`).
 
     The connections increment :attr:`inflight` when they start a call (and :attr:`busy`
-    when it is their first), their call runner decrements them when the call ends;
-    :meth:`over_limit` is called only at :attr:`threshold` or above. A connection's
-    ``held`` is the size of its dict of calls in progress: no per-call allocation.
+    when it is their first, dropping their :attr:`recent` entry), their call runner
+    decrements :attr:`inflight` when the call ends, and the connection :meth:`went_idle`
+    after its last; :meth:`over_limit` is called only at :attr:`threshold` or above. A
+    connection's ``held`` is the size of its dict of calls in progress: no per-call
+    allocation.
 
     Args:
         limit: ``max_inflight``; ``None`` for none.
@@ -152,15 +154,15 @@ class Admission:
         "inflight",
         "limit",
         "max_inflight",
+        "recent",
         "refused",
         "threshold",
         "uncounted",
-        "waiting",
     )
 
-    #: How long a connection refused while holding no call counts as a contender:
-    #: longer than a channel's default retry backoff (at most 1 s).
-    WAITING_SECONDS: Final = 2.0
+    #: How long a connection without calls counts as a contender after its last call or
+    #: refusal: longer than a channel's default retry backoff (at most 1 s).
+    RECENT_SECONDS: Final = 2.0
 
     def __init__(self, limit: int | None, exempt: str | None) -> None:
         self.max_inflight = limit
@@ -171,8 +173,9 @@ class Admission:
         self.inflight = 0
         #: Connections with calls in flight.
         self.busy = 0
-        #: Connection -> when it was last refused holding no call, oldest first.
-        self.waiting: dict[object, float] = {}
+        #: Connections without calls -> when their last call ended or they were refused,
+        #: oldest first (only with a limit).
+        self.recent: dict[object, float] = {}
         # Long-lived calls that don't count against the limit (health watches).
         self.uncounted: Callable[[], int] = lambda: 0
         self.refused = 0
@@ -199,15 +202,15 @@ class Admission:
         if inflight < self.threshold:
             return None
         now = trio.current_time()
-        waiting = self.waiting
-        while waiting:  # drop the oldest entries past WAITING_SECONDS
-            oldest = next(iter(waiting))
-            if waiting[oldest] > now - self.WAITING_SECONDS:
+        recent = self.recent
+        while recent:  # drop the oldest entries past RECENT_SECONDS
+            oldest = next(iter(recent))
+            if recent[oldest] > now - self.RECENT_SECONDS:
                 break
-            del waiting[oldest]
+            del recent[oldest]
         limit = self.max_inflight
         assert limit is not None  # else the threshold is infinite
-        contenders = self.busy + len(waiting) + (held == 0 and conn not in waiting)
+        contenders = self.busy + len(recent) + (held == 0 and conn not in recent)
         share = -(-limit // contenders)
         if inflight < limit:
             if held < share:
@@ -224,8 +227,8 @@ class Admission:
         else:
             refusal = self._refusal
         if held == 0:
-            waiting.pop(conn, None)  # re-inserted: newest last
-            waiting[conn] = now
+            recent.pop(conn, None)  # re-inserted: newest last
+            recent[conn] = now
         self.refused += 1
         self._log.refused(
             peer,
@@ -238,9 +241,16 @@ class Admission:
         )
         return refusal
 
+    def went_idle(self, conn: object) -> None:
+        """The last call of ``conn`` has ended: it stays a contender for a while.
+        Not a checkpoint."""
+        self.busy -= 1
+        if self.max_inflight is not None:
+            self.recent[conn] = trio.current_time()  # not there: dropped at its first call
+
     def forget(self, conn: object) -> None:
         """``conn`` has ended: it is no longer a contender. Not a checkpoint."""
-        self.waiting.pop(conn, None)
+        self.recent.pop(conn, None)
 
 
 def _peer_host(peer: str) -> str:

@@ -513,8 +513,8 @@ class ServerConnection:
         admission.inflight += 1
         if not calls:  # its first: one more connection with calls (see Admission)
             admission.busy += 1
-            if admission.waiting:
-                admission.waiting.pop(self, None)
+            if admission.recent:
+                admission.recent.pop(self, None)
         workers = self._workers
         assert workers is not None
         worker = workers.acquire()
@@ -563,7 +563,7 @@ class ServerConnection:
         )
 
     def _no_calls_left(self) -> None:
-        self.admission.busy -= 1
+        self.admission.went_idle(self)
         if self._workers is not None:
             self._workers.trim()
         if self._draining:
