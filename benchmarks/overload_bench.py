@@ -584,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hold: as probe, the flood's calls holding their slot --hold-ms each",
     )
     parser.add_argument(
-        "--hold-ms", type=float, default=20.0, help="layout hold: how long each flood call holds"
+        "--hold-ms", type=float, default=200.0, help="layout hold: how long each flood call holds"
     )
     parser.add_argument(
         "--base",
