@@ -32,8 +32,9 @@ Who offers the load (``--layout``):
   2026-12-07's last session; kept to compare).
 * ``hold``: as ``probe``, but the flood's calls hold their slot ``--hold-ms`` each and
   cost the server no database work (bidi ``get_users`` streams, half-closed after the
-  hold, no items): one greedy connection that keeps far more calls open than
-  ``max_inflight``, the case fairness between connections is for (docs/rpc.md §14).
+  hold, no items), and as one ends the flood opens another at once (beyond its rate): one
+  greedy connection that keeps far more calls open than ``max_inflight`` and takes back
+  every slot it frees, the case fairness between connections is for (docs/rpc.md §14).
 
 In the ``probe`` and ``hold`` layouts the flood is one connection and the probe another,
 so the probe's refusal rate says how ``max_inflight`` is shared between them.
@@ -157,8 +158,9 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
                 except rpc.RpcError as exc:  # a flood may be under way already
                     if exc.code is not rpc.Status.RESOURCE_EXHAUSTED:
                         raise
+                    # Counted too: a probe the server refuses nearly always would
+                    # otherwise warm up for tens of seconds.
                     await trio.sleep(0.001)
-                    continue
                 warm += 1
             # As serve does once listening: the startup objects leave the collector's
             # full passes, whose pauses would otherwise land in the measured tail.
@@ -220,6 +222,10 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     sock.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
+    # The parent closes our stdin when the probe is done: sending ends then (or after
+    # --seconds), so the flood outlasts the probe's warm-up and measurement however long
+    # the warm-up takes (a probe refused 99% of the time takes long to warm up).
+    selector.register(sys.stdin, selectors.EVENT_READ)
     counts = {"ok": 0, "refused": 0, "deadline": 0, "other": 0, "not_sent": 0}
     hold = args.hold_ms / 1000
     ends: collections.deque[tuple[float, int]] = collections.deque()  # held: (due, id)
@@ -228,6 +234,19 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     refused: list[float] = []
     pending = bytearray()
     sent = 0
+    replaced = 0  # held calls opened at once when one ended, beyond the rate
+
+    def open_one(now: float) -> bytes:
+        stream_id = conn.next_stream_id
+        started_at[stream_id] = now
+        if hold:  # a bidi stream, no items: half-closed after the hold
+            ends.append((now + hold, stream_id))
+            return conn.send_request(
+                stream_id, bidi, b"", call_type=bidi_type, timeout_ms=timeout_ms
+            )
+        request = encode(GetUserRequest(rng.randint(1, USERS)))
+        return conn.send_request(stream_id, method, request, timeout_ms=timeout_ms)
+
     start = time.perf_counter()
     end = start + args.seconds
     closed = False
@@ -239,16 +258,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
         else:
             due = int((now - start) * args.rate)
             while sent < due and conn.can_open_stream():
-                stream_id = conn.next_stream_id
-                if hold:  # a bidi stream, no items: half-closed after the hold
-                    pending += conn.send_request(
-                        stream_id, bidi, b"", call_type=bidi_type, timeout_ms=timeout_ms
-                    )
-                    ends.append((now + hold, stream_id))
-                else:
-                    request = encode(GetUserRequest(rng.randint(1, USERS)))
-                    pending += conn.send_request(stream_id, method, request, timeout_ms=timeout_ms)
-                started_at[stream_id] = now
+                pending += open_one(now)
                 sent += 1
             counts["not_sent"] += due - sent  # every stream slot taken: a caller gives up
             sent = due
@@ -259,7 +269,12 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
         if pending:
             with suppress(BlockingIOError):
                 del pending[: sock.send(pending)]
-        for _ in selector.select(0.001):
+        for key, _ in selector.select(0.001):
+            if key.fileobj is sys.stdin:
+                if not os.read(sys.stdin.fileno(), 4096):
+                    selector.unregister(sys.stdin)
+                    end = min(end, time.perf_counter())
+                continue
             try:
                 data = sock.recv(1 << 20)
             except BlockingIOError:
@@ -269,6 +284,10 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
                 if isinstance(event, (protocol.Response, protocol.End)):
                     counts["ok"] += 1
                     ok.append(received - started_at.pop(event.id))
+                    if hold and received < end and conn.can_open_stream():
+                        # Greedy: a slot it held is free; take it back before anyone.
+                        pending += open_one(received)
+                        replaced += 1
                 elif isinstance(event, protocol.Error):
                     began = started_at.pop(event.id)
                     if event.code is protocol.Status.RESOURCE_EXHAUSTED:
@@ -285,7 +304,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     sock.close()
     counts["deadline"] += len(started_at)  # not answered within a deadline of the end
     return {
-        "sent_rate": (sent - counts["not_sent"]) / args.seconds,
+        "sent_rate": (sent - counts["not_sent"] + replaced) / (end - start),
         **counts,
         "ok_p50_ms": _percentile(ok, 0.5) * 1000,
         "ok_p99_ms": _percentile(ok, 0.99) * 1000,
@@ -387,13 +406,18 @@ def _measure(
         rss: list[int] = []
         flooder = None
         if flood_rate:
-            # The flood starts first and outlasts the probe: every probe call meets it.
+            # The flood starts first and outlasts the probe (told to stop when the probe
+            # has ended, at most 600 s): every probe call meets it.
             hold_ms = args.hold_ms if args.layout == "hold" else 0.0
             command = _client_command(
-                port, client_cpu, flood_rate, args.seconds + 1.5, args.deadline, "flood", hold_ms
+                port, client_cpu, flood_rate, 600.0, args.deadline, "flood", hold_ms
             )
             flooder = subprocess.Popen(
-                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                command,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
             time.sleep(0.5)
         server_cpu_start = _cpu_seconds(pid)
@@ -423,7 +447,7 @@ def _measure(
         result["server_cpu"] = server_cpu_used / elapsed
         result["client_cpu"] = client_cpu_seen / elapsed
         if flooder is not None:
-            out, err = flooder.communicate(timeout=600)
+            out, err = flooder.communicate(timeout=600)  # closes its stdin: the flood ends
             if flooder.returncode:
                 raise RuntimeError(f"flood failed: {err.decode()[-500:]}")
             result["flood"] = json.loads(out.decode().strip().splitlines()[-1])
