@@ -137,7 +137,8 @@ class Admission:
     decrements :attr:`inflight` when the call ends, and the connection :meth:`went_idle`
     after its last; :meth:`over_limit` is called only at :attr:`threshold` or above. A
     connection's ``held`` is the size of its dict of calls in progress: no per-call
-    allocation.
+    allocation. Both count health calls too (a connection holding only a health watch is
+    a contender), though health calls themselves are always admitted.
 
     Args:
         limit: ``max_inflight``; ``None`` for none.
