@@ -184,7 +184,8 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def flood(args: argparse.Namespace) -> dict[str, Any]:
-    """Offer ``args.rate`` calls/s for ``args.seconds`` with the sans-io protocol alone.
+    """Offer ``args.rate`` calls/s with the sans-io protocol alone, until stdin closes (at
+    most ``args.seconds``); with ``args.hold_ms``, calls that hold their slot that long.
 
     No trio, no tasks, no stub: one socket, one :class:`~trio_micro.protocol.Connection`,
     requests sent every millisecond in one write, answers counted as they come. It costs a
