@@ -153,7 +153,6 @@ class Admission:
         "busy",
         "exempt",
         "inflight",
-        "limit",
         "max_inflight",
         "recent",
         "refused",
@@ -167,9 +166,10 @@ class Admission:
 
     def __init__(self, limit: int | None, exempt: str | None) -> None:
         self.max_inflight = limit
-        self.limit: float = math.inf if limit is None else limit
-        reserve = 0 if limit is None or limit == 1 else -(-limit // 8)
-        self.threshold: float = self.limit - reserve
+        #: Where :meth:`over_limit` starts to be asked: ``limit - reserve``.
+        self.threshold: float = (
+            math.inf if limit is None else limit - (0 if limit == 1 else -(-limit // 8))
+        )
         self.exempt = exempt
         self.inflight = 0
         #: Connections with calls in flight.
