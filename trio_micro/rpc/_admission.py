@@ -134,8 +134,10 @@ class Admission:
 
     The connections increment :attr:`inflight` when they start a call (and :attr:`busy`
     when it is their first, dropping their :attr:`recent` entry), their call runner
-    decrements :attr:`inflight` when the call ends, and the connection :meth:`went_idle`
-    after its last; :meth:`over_limit` is called only at :attr:`threshold` or above. A
+    decrements :attr:`inflight` when the call ends, and after its last the connection
+    decrements :attr:`busy` and enters :attr:`recent` with the time (inline: the hot
+    path of a connection making one call at a time); :meth:`over_limit` is called only
+    at :attr:`threshold` or above. A
     connection's ``held`` is the size of its dict of calls in progress: no per-call
     allocation. Both count health calls too (a connection holding only a health watch is
     a contender), though health calls themselves are always admitted.
@@ -241,13 +243,6 @@ class Admission:
             contenders=contenders,
         )
         return refusal
-
-    def went_idle(self, conn: object) -> None:
-        """The last call of ``conn`` has ended: it stays a contender for a while.
-        Not a checkpoint."""
-        self.busy -= 1
-        if self.max_inflight is not None:
-            self.recent[conn] = trio.current_time()  # not there: dropped at its first call
 
     def forget(self, conn: object) -> None:
         """``conn`` has ended: it is no longer a contender. Not a checkpoint."""
