@@ -211,8 +211,9 @@ class ServerConnection:
         self._draining = False
         self._closing = False
         self.last_receive = trio.current_time()
-        # The run's clock: its current_time() costs a fraction of trio.current_time()'s,
-        # which a connection calling one call at a time pays per call (_no_calls_left).
+        # The run's clock: its current_time() costs about half of trio.current_time()'s
+        # (which reaches it through the run context and the runner), and a connection
+        # making one call at a time pays it per call (_no_calls_left).
         self._clock = trio.lowlevel.current_clock()
         self._idle_since = self.last_receive
         self._last_ping = -math.inf
