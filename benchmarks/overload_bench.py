@@ -30,6 +30,17 @@ Who offers the load (``--layout``):
   caller sees, the same way with and without the flood.
 * ``one-client``: one RPC client offers all of 3 C and measures (the layout before
   2026-12-07's last session; kept to compare).
+* ``hold``: as ``probe``, but the flood's calls hold their slot ``--hold-ms`` each and
+  cost the server no database work (bidi ``get_users`` streams, half-closed after the
+  hold, no items), and as one ends the flood opens another at once (beyond its rate): one
+  greedy connection that keeps far more calls open than ``max_inflight`` and takes back
+  every slot it frees, the case fairness between connections is for (docs/rpc.md §14).
+
+In the ``probe`` and ``hold`` layouts the flood is one connection and the probe another,
+so the probe's refusal rate says how ``max_inflight`` is shared between them.
+``--base TREE`` runs every ``max_inflight`` phase a second time with the server from
+another checkout (e.g. the merge base, to compare admission rules), right after the
+first: interleaved, on the same machine state.
 
 The targets compare each run's overload p99 with the same run's unloaded p99 (the
 median of the runs' ratios is reported), so slow drift of the machine between runs
@@ -39,6 +50,7 @@ cancels.
 
     .venv/bin/python benchmarks/overload_bench.py                # 3 runs
     .venv/bin/python benchmarks/overload_bench.py --quick        # a smoke run
+    .venv/bin/python benchmarks/overload_bench.py --layout hold --base ../trio_micro-main
 """
 
 from __future__ import annotations
@@ -146,8 +158,9 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
                 except rpc.RpcError as exc:  # a flood may be under way already
                     if exc.code is not rpc.Status.RESOURCE_EXHAUSTED:
                         raise
+                    # Counted too: a probe the server refuses nearly always would
+                    # otherwise warm up for tens of seconds.
                     await trio.sleep(0.001)
-                    continue
                 warm += 1
             # As serve does once listening: the startup objects leave the collector's
             # full passes, whose pauses would otherwise land in the measured tail.
@@ -171,7 +184,8 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def flood(args: argparse.Namespace) -> dict[str, Any]:
-    """Offer ``args.rate`` calls/s for ``args.seconds`` with the sans-io protocol alone.
+    """Offer ``args.rate`` calls/s with the sans-io protocol alone, until stdin closes (at
+    most ``args.seconds``); with ``args.hold_ms``, calls that hold their slot that long.
 
     No trio, no tasks, no stub: one socket, one :class:`~trio_micro.protocol.Connection`,
     requests sent every millisecond in one write, answers counted as they come. It costs a
@@ -180,6 +194,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     caller sees (the overload comes from elsewhere in production: many clients on other
     machines, none of them saturated).
     """
+    import collections
     import gc
     import random
     import selectors
@@ -192,6 +207,8 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
 
     rng = random.Random(2)
     method = UserService.__rpc_methods__["get_user"].wire_name
+    bidi = UserService.__rpc_methods__["get_users"].wire_name
+    bidi_type = protocol.CallType.BIDI_STREAM
     encode = msgspec.msgpack.Encoder().encode
     timeout_ms = int(args.deadline * 1000)
     conn = protocol.Connection(protocol.Role.CLIENT)
@@ -206,12 +223,31 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     sock.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
+    # The parent closes our stdin when the probe is done: sending ends then (or after
+    # --seconds), so the flood outlasts the probe's warm-up and measurement however long
+    # the warm-up takes (a probe refused 99% of the time takes long to warm up).
+    selector.register(sys.stdin, selectors.EVENT_READ)
     counts = {"ok": 0, "refused": 0, "deadline": 0, "other": 0, "not_sent": 0}
+    hold = args.hold_ms / 1000
+    ends: collections.deque[tuple[float, int]] = collections.deque()  # held: (due, id)
     started_at: dict[int, float] = {}
     ok: list[float] = []
     refused: list[float] = []
     pending = bytearray()
     sent = 0
+    replaced = 0  # held calls opened at once when one ended, beyond the rate
+
+    def open_one(now: float) -> bytes:
+        stream_id = conn.next_stream_id
+        started_at[stream_id] = now
+        if hold:  # a bidi stream, no items: half-closed after the hold
+            ends.append((now + hold, stream_id))
+            return conn.send_request(
+                stream_id, bidi, b"", call_type=bidi_type, timeout_ms=timeout_ms
+            )
+        request = encode(GetUserRequest(rng.randint(1, USERS)))
+        return conn.send_request(stream_id, method, request, timeout_ms=timeout_ms)
+
     start = time.perf_counter()
     end = start + args.seconds
     closed = False
@@ -223,26 +259,36 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
         else:
             due = int((now - start) * args.rate)
             while sent < due and conn.can_open_stream():
-                stream_id = conn.next_stream_id
-                request = encode(GetUserRequest(rng.randint(1, USERS)))
-                pending += conn.send_request(stream_id, method, request, timeout_ms=timeout_ms)
-                started_at[stream_id] = now
+                pending += open_one(now)
                 sent += 1
             counts["not_sent"] += due - sent  # every stream slot taken: a caller gives up
             sent = due
+        while ends and ends[0][0] <= now:
+            stream_id = ends.popleft()[1]
+            if stream_id in started_at:  # else refused already
+                pending += conn.send_end(stream_id)
         if pending:
             with suppress(BlockingIOError):
                 del pending[: sock.send(pending)]
-        for _ in selector.select(0.001):
+        for key, _ in selector.select(0.001):
+            if key.fileobj is sys.stdin:
+                if not os.read(sys.stdin.fileno(), 4096):
+                    selector.unregister(sys.stdin)
+                    end = min(end, time.perf_counter())
+                continue
             try:
                 data = sock.recv(1 << 20)
             except BlockingIOError:
                 continue
             received = time.perf_counter()
             for event in conn.receive_data(data):
-                if isinstance(event, protocol.Response):
+                if isinstance(event, (protocol.Response, protocol.End)):
                     counts["ok"] += 1
                     ok.append(received - started_at.pop(event.id))
+                    if hold and received < end and conn.can_open_stream():
+                        # Greedy: a slot it held is free; take it back before anyone.
+                        pending += open_one(received)
+                        replaced += 1
                 elif isinstance(event, protocol.Error):
                     began = started_at.pop(event.id)
                     if event.code is protocol.Status.RESOURCE_EXHAUSTED:
@@ -259,7 +305,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     sock.close()
     counts["deadline"] += len(started_at)  # not answered within a deadline of the end
     return {
-        "sent_rate": (sent - counts["not_sent"]) / args.seconds,
+        "sent_rate": (sent - counts["not_sent"] + replaced) / (end - start),
         **counts,
         "ok_p50_ms": _percentile(ok, 0.5) * 1000,
         "ok_p99_ms": _percentile(ok, 0.99) * 1000,
@@ -298,7 +344,10 @@ def _rss(pid: int) -> int:
 
 
 @contextmanager
-def _server(db: Path, cpu: int | None, max_inflight: int | None) -> Iterator[tuple[int, int]]:
+def _server(
+    db: Path, cpu: int | None, max_inflight: int | None, tree: Path = ROOT
+) -> Iterator[tuple[int, int]]:
+    """``trio-micro serve`` the user service from checkout ``tree``; yield its pid, port."""
     command = [
         sys.executable, "-m", "trio_micro", "serve", "examples.user_service:UserService",
         "-o", f"db={db}", "-o", f"cache_size={CACHE_SIZE}", "-o", f"threads={THREADS}",
@@ -309,7 +358,7 @@ def _server(db: Path, cpu: int | None, max_inflight: int | None) -> Iterator[tup
         command += ["--max-inflight", str(max_inflight)]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()
@@ -322,11 +371,18 @@ def _server(db: Path, cpu: int | None, max_inflight: int | None) -> Iterator[tup
 
 
 def _client_command(
-    port: int, cpu: int | None, rate: float, seconds: float, deadline: float, role: str = "client"
+    port: int,
+    cpu: int | None,
+    rate: float,
+    seconds: float,
+    deadline: float,
+    role: str = "client",
+    hold_ms: float = 0.0,
 ) -> list[str]:
     command = [
         sys.executable, str(Path(__file__).resolve()), role, "--port", str(port),
         "--rate", str(rate), "--seconds", str(seconds), "--deadline", str(deadline),
+        "--hold-ms", str(hold_ms),
     ]  # fmt: skip
     return command if cpu is None else ["taskset", "-c", str(cpu), *command]
 
@@ -344,18 +400,25 @@ def _measure(
     rate: float,
     args: Any,
     flood_rate: float = 0.0,
+    tree: Path = ROOT,
 ) -> dict[str, Any]:
     server_cpu, client_cpu = cpus if cpus else (None, None)
-    with _server(db, server_cpu, max_inflight) as (pid, port):
+    with _server(db, server_cpu, max_inflight, tree) as (pid, port):
         rss: list[int] = []
         flooder = None
         if flood_rate:
-            # The flood starts first and outlasts the probe: every probe call meets it.
+            # The flood starts first and outlasts the probe (told to stop when the probe
+            # has ended, at most 600 s): every probe call meets it.
+            hold_ms = args.hold_ms if args.layout == "hold" else 0.0
             command = _client_command(
-                port, client_cpu, flood_rate, args.seconds + 1.5, args.deadline, "flood"
+                port, client_cpu, flood_rate, 600.0, args.deadline, "flood", hold_ms
             )
             flooder = subprocess.Popen(
-                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                command,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
             time.sleep(0.5)
         server_cpu_start = _cpu_seconds(pid)
@@ -385,7 +448,7 @@ def _measure(
         result["server_cpu"] = server_cpu_used / elapsed
         result["client_cpu"] = client_cpu_seen / elapsed
         if flooder is not None:
-            out, err = flooder.communicate(timeout=600)
+            out, err = flooder.communicate(timeout=600)  # closes its stdin: the flood ends
             if flooder.returncode:
                 raise RuntimeError(f"flood failed: {err.decode()[-500:]}")
             result["flood"] = json.loads(out.decode().strip().splitlines()[-1])
@@ -413,7 +476,10 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
         + (f"server on core {cpus[0]}, client on core {cpus[1]}" if cpus else "not pinned")
         + f"; {USERS:,} users, cache_size={CACHE_SIZE}, threads={THREADS}, "
         f"deadline {args.deadline:g} s, {args.seconds:g} s per phase, "
-        f"max_inflight={','.join(map(str, args.max_inflight))}; layout {args.layout}; "
+        f"max_inflight={','.join(map(str, args.max_inflight))}; layout {args.layout}"
+        + (f" (hold {args.hold_ms:g} ms)" if args.layout == "hold" else "")
+        + (f"; base server from {args.base}" if args.base else "")
+        + "; "
         f"medians of {args.runs} run(s); "
         f"load average before: {os.getloadavg()[0]:.1f}\n",
         flush=True,
@@ -421,6 +487,8 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     limits = args.max_inflight
     rows: dict[str, list[dict[str, Any]]] = {"unloaded": [], "without": []}
     rows.update({f"with {n}": [] for n in limits})
+    if args.base:
+        rows.update({f"base {n}": [] for n in limits})
     capacities: list[float] = []
     with tempfile.TemporaryDirectory(prefix="overload-") as scratch:
         db = Path(scratch) / "users.db"
@@ -429,15 +497,20 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
             with _server(db, cpus[0] if cpus else None, None) as (_, port):
                 capacity = _client(port, cpus[1] if cpus else None, 0, 3.0, 10.0)["capacity"]
             capacities.append(capacity)
-            phases: list[tuple[str, int | None, float]] = [
-                ("unloaded", None, 0.1 * capacity),
-                ("without", None, 3 * capacity),
-                *((f"with {n}", n, 3 * capacity) for n in limits),
+            phases: list[tuple[str, int | None, float, Path]] = [
+                ("unloaded", None, 0.1 * capacity, ROOT),
+                ("without", None, 3 * capacity, ROOT),
             ]
-            for name, limit, rate in phases:
-                if args.layout == "probe" and name != "unloaded":
+            for n in limits:
+                phases.append((f"with {n}", n, 3 * capacity, ROOT))
+                if args.base:
+                    phases.append((f"base {n}", n, 3 * capacity, args.base))
+            for name, limit, rate, tree in phases:
+                if args.layout != "one-client" and name != "unloaded":
                     # The probe offers what it offers unloaded; the flood the rest of 3 C.
-                    result = _measure(db, cpus, limit, 0.1 * capacity, args, rate - 0.1 * capacity)
+                    result = _measure(
+                        db, cpus, limit, 0.1 * capacity, args, rate - 0.1 * capacity, tree
+                    )
                 else:
                     result = _measure(db, cpus, limit, rate, args)
                 result["rate"] = rate
@@ -451,27 +524,32 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"Capacity (64 in flight, closed loop): {statistics.median(capacities):,.0f} calls/s\n")
     header = (
         "| phase | offered calls/s | sent calls/s | ok | refused | deadline exceeded | "
-        "ok p50 ms | ok p99 ms | refused p50 ms | refused p99 ms | RSS first / last / max MiB | "
-        "server / client CPU |"
+        "refused % | ok p50 ms | ok p99 ms | refused p50 ms | refused p99 ms | "
+        "RSS first / last / max MiB | server / client CPU |"
     )
     print(header)
-    print("|---" * 12 + "|")
-    labels = {
-        "unloaded": "unloaded (0.1 C)",
-        "without": "3 C, no max_inflight",
-        **{f"with {n}": f"3 C, max_inflight={n}" for n in limits},
-    }
+    print("|---" * 13 + "|")
+    labels = {"unloaded": "unloaded (0.1 C)", "without": "3 C, no max_inflight"}
+    for n in limits:
+        labels[f"with {n}"] = f"3 C, max_inflight={n}"
+        if args.base:
+            labels[f"base {n}"] = f"3 C, max_inflight={n}, base"
+    for name in rows:
+        for row in rows[name]:
+            answered = row["ok"] + row["refused"] + row["deadline"] + row["other"]
+            row["refused_share"] = row["refused"] / answered if answered else math.nan
     for name, label in labels.items():
         print(
             f"| {label} | {med(name, 'rate'):,.0f} | {med(name, 'sent_rate'):,.0f} | "
             f"{med(name, 'ok'):,.0f} | {med(name, 'refused'):,.0f} | "
-            f"{med(name, 'deadline'):,.0f} | {med(name, 'ok_p50_ms'):.2f} | "
+            f"{med(name, 'deadline'):,.0f} | {med(name, 'refused_share'):.1%} | "
+            f"{med(name, 'ok_p50_ms'):.2f} | "
             f"{med(name, 'ok_p99_ms'):.2f} | {med(name, 'refused_p50_ms'):.3f} | "
             f"{med(name, 'refused_p99_ms'):.3f} | {med(name, 'rss_first_mib'):.1f} / "
             f"{med(name, 'rss_last_mib'):.1f} / {med(name, 'rss_max_mib'):.1f} | "
             f"{med(name, 'server_cpu'):.0%} / {med(name, 'client_cpu'):.0%} |"
         )
-    if args.layout == "probe":
+    if args.layout != "one-client":
         print("\nThe flood's own view (median of the runs):\n")
         print("| phase | sent calls/s | ok | refused | not sent (1,000 streams open) | "
               "ok p50 / p99 ms | refused p50 / p99 ms |")  # fmt: skip
@@ -489,8 +567,9 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 f"{fmed('ok_p50_ms'):.2f} / {fmed('ok_p99_ms'):.2f} | "
                 f"{fmed('refused_p50_ms'):.3f} / {fmed('refused_p99_ms'):.3f} |"
             )
-    for n in limits:
-        name = f"with {n}"
+    for name in rows:
+        if name in ("unloaded", "without"):
+            continue
         ratios = [
             loaded["ok_p99_ms"] / alone["ok_p99_ms"]
             for loaded, alone in zip(rows[name], rows["unloaded"], strict=True)
@@ -499,7 +578,7 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
         refused = [r["refused_p99_ms"] for r in rows[name]]
         refused_p99 = statistics.median(refused)
         growth = med(name, "rss_max_mib") - med(name, "rss_first_mib")
-        print(f"\n## Targets (issue #14), max_inflight={n}\n")
+        print(f"\n## Targets (issue #14), {labels[name].removeprefix('3 C, ')}\n")
         print(
             f"- admitted p99 within 2x the unloaded p99 (the same run's): "
             f"{'PASS' if ratio <= 2 else 'FAIL'}: {ratio:.2f}x "
@@ -523,10 +602,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("role", nargs="?", default="parent", choices=("parent", "client", "flood"))
     parser.add_argument(
         "--layout",
-        choices=("probe", "one-client"),
+        choices=("probe", "one-client", "hold"),
         default="probe",
         help="probe: a light RPC client measures at 0.1 C while a sans-io flood offers the "
-        "rest of 3 C (default); one-client: one RPC client offers all of it and measures",
+        "rest of 3 C (default); one-client: one RPC client offers all of it and measures; "
+        "hold: as probe, the flood's calls holding their slot --hold-ms each",
+    )
+    parser.add_argument(
+        "--hold-ms", type=float, default=200.0, help="layout hold: how long each flood call holds"
+    )
+    parser.add_argument(
+        "--base",
+        type=lambda text: Path(text).resolve(),
+        help="also run each max_inflight phase with the server from this checkout, interleaved",
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="per overload phase")

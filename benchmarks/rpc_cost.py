@@ -7,8 +7,8 @@ and client in one process over loopback, a tiny msgspec request and response) un
 start-up and imports cancel out. Each source tree is measured in turn, in the order given,
 ``--rounds`` times (interleaved), in each mode: ``plain`` (no interceptor), ``log`` (the
 access-log interceptor), ``noop`` (one interceptor that only proceeds: the chain's own
-cost) and ``ratelimit`` (``rpc.RateLimitInterceptor`` keyed by peer, a rate never
-reached)::
+cost), ``ratelimit`` (``rpc.RateLimitInterceptor`` keyed by peer, a rate never
+reached) and ``maxinflight`` (``max_inflight`` set, never reached: admission's fast path)::
 
     .venv/bin/python benchmarks/rpc_cost.py BEFORE_TREE AFTER_TREE [--rounds 2]
     .venv/bin/python benchmarks/rpc_cost.py TREE --modes plain,noop,ratelimit --in-flight 1 \
@@ -63,8 +63,10 @@ class Users(rpc.Service, name="users"):
         return User(req.user_id, "Ada")
 
 
-async def main(interceptors):
-    async with rpc.open_server([Users()], host="127.0.0.1", interceptors=interceptors) as server:
+async def main(interceptors, max_inflight=None):
+    async with rpc.open_server(
+        [Users()], host="127.0.0.1", interceptors=interceptors, max_inflight=max_inflight
+    ) as server:
         async with rpc.open_channel(f"127.0.0.1:{server.address[1]}") as channel:
             users = channel.stub(Users)
             left = [calls]
@@ -83,6 +85,9 @@ with tempfile.NamedTemporaryFile(suffix=".jsonl") as log:
     if mode == "log":
         observe.configure_logging(format="json", file=log.name, cache_logger_on_first_use=True)
         trio.run(main, [rpc.AccessLogInterceptor()])
+    elif mode == "maxinflight":  # admission control on, its limit never reached
+        observe.configure_logging(format="json", file=log.name, level="warning")
+        trio.run(main, [], 1_000_000)
     else:
         observe.configure_logging(format="json", file=log.name, level="warning")
         interceptors = {
@@ -124,7 +129,9 @@ def main() -> int:
     parser.add_argument("trees", nargs="+", type=Path, help="trio_micro checkouts to compare")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument(
-        "--modes", default="plain,log", help="comma-separated: plain, log, noop, ratelimit"
+        "--modes",
+        default="plain,log",
+        help="comma-separated: plain, log, noop, ratelimit, maxinflight",
     )
     parser.add_argument("--in-flight", type=int, default=64, help="calls at once (default 64)")
     parser.add_argument(

@@ -44,7 +44,8 @@ def add_admission_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="refuse calls beyond N running at once with RESOURCE_EXHAUSTED, at once "
-        "(clients retry elsewhere); default: no limit",
+        "(clients retry elsewhere); near N, a connection holding its fair share of N is "
+        "refused first; default: no limit",
     )
     parser.add_argument(
         "--rate-limit",

@@ -6,7 +6,9 @@ key:
 
 * :class:`Admission` -- the server's ``max_inflight``: a call arriving while that many
   calls run on the whole server is refused before any decoding, interceptor or handler
-  runs. Health calls are always admitted and health watches do not count (a probe must
+  runs; near the limit, so is a call whose connection already holds its fair share of
+  it, so one greedy connection can't take every slot (the rule is in the class docs).
+  Health calls are always admitted and health watches do not count (a probe must
   answer under overload, and a long-lived watch must not eat a call slot).
 * :class:`RateLimitInterceptor` -- a server interceptor over
   :class:`~trio_micro.toolkit.KeyedRateLimiter`: each caller, keyed by its peer's host or
@@ -17,7 +19,8 @@ Both are unlike ``max_concurrent_streams``, which is per connection and makes a 
 *wait* for a slot on its own side: these refuse, so a client sends the call elsewhere.
 
 Retry hint (the error's ``details``): ``refused`` says why (``max_inflight`` /
-``rate_limit``) and that the handler never ran, so a channel with a
+``rate_limit``; ``fair-share``, the connection's share, when a ``max_inflight`` refusal
+was for holding it) and that the handler never ran, so a channel with a
 :class:`~trio_micro.rpc.RetryPolicy` retries it -- any method, not only idempotent ones --
 on another endpoint, within the retry budget. ``retry-after-ms`` says when this server
 expects to accept the same caller again (the next token, for a rate limit; omitted for
@@ -52,6 +55,7 @@ log = structlog.get_logger("rpc")
 
 REFUSED: Final = "refused"  # the details key a client retries on
 RETRY_AFTER_MS: Final = "retry-after-ms"
+FAIR_SHARE: Final = "fair-share"  # a max_inflight refusal at the connection's share
 _LOGS_PER_SECOND: Final = 10
 # Keys longer than this (UTF-8 bytes) are replaced by a digest: a key is held per bucket,
 # and metadata values may be kilobytes long.
@@ -95,10 +99,48 @@ class RefusalLog:
 
 @final
 class Admission:
-    """The server-wide count of calls in flight, and ``max_inflight`` over it.
+    """The server-wide count of calls in flight, and ``max_inflight`` over it, shared
+    fairly between connections.
 
-    The connections increment :attr:`inflight` when they start a call and their call
-    runner decrements it when the call ends; :meth:`refuse` is called only at the limit.
+    The rule, for a call (not a health call) arriving on a connection that holds ``held``
+    calls, with ``inflight`` calls on the whole server (health watches not counted)::
+
+        inflight <  threshold                       -> admitted
+        inflight >= limit                           -> refused (the server is full)
+        otherwise: held < share                     -> admitted, else refused
+        share     = ceil(limit / contenders)
+        threshold = limit - reserve,  reserve = ceil(limit / 8)  (0 at limit 1)
+
+    ``contenders`` counts the connections with calls in flight, plus those that had one
+    or were refused in the last ``RECENT_SECONDS`` (:attr:`recent`), plus the caller.
+    So while the server has room every call is admitted as before, and one connection
+    alone may hold the whole limit (its share is the limit); the top ``reserve`` slots go
+    only to connections below their share, so a greedy connection is refused first and a
+    quiet one still finds a slot. Counting the recent ones is what makes this work for a
+    quiet caller, which holds no call most of the time: counting only connections with
+    calls in flight, the greedy one sees itself alone whenever the quiet one's call has
+    ended or was refused at the full server, and takes back every slot that frees up.
+
+    Worst case: a connection at or above its share is admitted only below ``threshold``,
+    so once ``threshold`` calls are in flight the last ``reserve`` slots are held by
+    connections that were below their share; a caller holding nothing is refused only
+    when all ``limit`` slots are taken, and from then on counts as a contender (until
+    ``RECENT_SECONDS`` pass without a call or a refusal), so the greedy connections get
+    no more of the top slots. Shares are per connection: a peer with k connections gets
+    k shares (``max_connections_per_peer`` bounds k). Slots left idle by the rule are at
+    most ``reserve``. A hostile peer raises no bound: ``limit`` is never exceeded, and
+    :attr:`recent` holds at most one entry per open connection, dropped when it starts a
+    call, after ``RECENT_SECONDS`` or when the connection ends (:meth:`forget`).
+
+    The connections increment :attr:`inflight` when they start a call (and :attr:`busy`
+    when it is their first, dropping their :attr:`recent` entry), their call runner
+    decrements :attr:`inflight` when the call ends, and after its last the connection
+    decrements :attr:`busy` and enters :attr:`recent` with the time (inline: the hot
+    path of a connection making one call at a time); :meth:`over_limit` is called only
+    at :attr:`threshold` or above. A
+    connection's ``held`` is the size of its dict of calls in progress: no per-call
+    allocation. Both count health calls too (a connection holding only a health watch is
+    a contender), though health calls themselves are always admitted.
 
     Args:
         limit: ``max_inflight``; ``None`` for none.
@@ -106,40 +148,105 @@ class Admission:
     """
 
     __slots__ = (
+        "_fair",
+        "_fair_share",
         "_log",
         "_refusal",
+        "busy",
         "exempt",
         "inflight",
-        "limit",
         "max_inflight",
+        "recent",
         "refused",
+        "threshold",
         "uncounted",
     )
 
+    #: How long a connection without calls counts as a contender after its last call or
+    #: refusal: longer than a channel's default retry backoff (at most 1 s).
+    RECENT_SECONDS: Final = 2.0
+
     def __init__(self, limit: int | None, exempt: str | None) -> None:
         self.max_inflight = limit
-        self.limit: float = math.inf if limit is None else limit
+        #: Where :meth:`over_limit` starts to be asked: ``limit - reserve``.
+        self.threshold: float = (
+            math.inf if limit is None else limit - (0 if limit == 1 else -(-limit // 8))
+        )
         self.exempt = exempt
         self.inflight = 0
+        #: Connections with calls in flight.
+        self.busy = 0
+        #: Connections without calls -> when their last call ended or they were refused,
+        #: oldest first (only with a limit).
+        self.recent: dict[object, float] = {}
         # Long-lived calls that don't count against the limit (health watches).
         self.uncounted: Callable[[], int] = lambda: 0
         self.refused = 0
         self._log = RefusalLog("max_inflight")
-        # One error for every refusal: the connection only reads its fields.
+        # One error for every refusal at the full server: the connection only reads its
+        # fields; and the last fair-share refusal (the share changes rarely).
         self._refusal = RpcError(
             Status.RESOURCE_EXHAUSTED,
             f"server at max_inflight ({limit} calls)",
             {REFUSED: "max_inflight"},
         )
+        self._fair = self._refusal
+        self._fair_share = 0
 
-    def over_limit(self, service: str, peer: str, method: str) -> RpcError | None:
-        """At :attr:`inflight` >= the limit: the error refusing the call (one instance,
-        not to be raised or changed), or ``None``. Not a checkpoint."""
-        if service == self.exempt or self.inflight - self.uncounted() < self.limit:
+    def over_limit(
+        self, service: str, held: int, conn: object, peer: str, method: str
+    ) -> RpcError | None:
+        """At :attr:`inflight` >= :attr:`threshold`: the error refusing a call of
+        ``conn``, which holds ``held`` calls (one instance, not to be raised or changed),
+        or ``None`` to admit it. See the class docs. Not a checkpoint."""
+        if service == self.exempt:
             return None
+        inflight = self.inflight - self.uncounted()
+        if inflight < self.threshold:
+            return None
+        now = trio.current_time()
+        recent = self.recent
+        while recent:  # drop the oldest entries past RECENT_SECONDS
+            oldest = next(iter(recent))
+            if recent[oldest] > now - self.RECENT_SECONDS:
+                break
+            del recent[oldest]
+        limit = self.max_inflight
+        assert limit is not None  # else the threshold is infinite
+        contenders = self.busy + len(recent) + (held == 0 and conn not in recent)
+        share = -(-limit // contenders)
+        if inflight < limit:
+            if held < share:
+                return None
+            if share != self._fair_share:
+                self._fair_share = share
+                self._fair = RpcError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"connection at its fair share of max_inflight ({share} of {limit} "
+                    f"calls, {contenders} connections)",
+                    {REFUSED: "max_inflight", FAIR_SHARE: str(share)},
+                )
+            refusal = self._fair
+        else:
+            refusal = self._refusal
+        if held == 0:
+            recent.pop(conn, None)  # re-inserted: newest last
+            recent[conn] = now
         self.refused += 1
-        self._log.refused(peer, method, None, max_inflight=self.max_inflight)
-        return self._refusal
+        self._log.refused(
+            peer,
+            method,
+            None,
+            max_inflight=limit,
+            fair_share=share,
+            connection_calls=held,
+            contenders=contenders,
+        )
+        return refusal
+
+    def forget(self, conn: object) -> None:
+        """``conn`` has ended: it is no longer a contender. Not a checkpoint."""
+        self.recent.pop(conn, None)
 
 
 def _peer_host(peer: str) -> str:

@@ -20,8 +20,9 @@ each REQUEST to a call worker, which runs the call in a context and under a canc
 its own; see those modules.
 
 Admission (:mod:`._admission`): with ``max_inflight``, a REQUEST arriving while that many
-calls run on the whole server is answered ``RESOURCE_EXHAUSTED`` at once by the connection
-that read it. Health (:mod:`._health`): a ``trio_micro.health`` service is served unless
+calls run on the whole server (or, near it, on a connection already holding its fair
+share) is answered ``RESOURCE_EXHAUSTED`` at once by the connection that read it.
+Health (:mod:`._health`): a ``trio_micro.health`` service is served unless
 ``health=False``.
 
 Graceful shutdown (:meth:`Server.shutdown`): the accept loops stop, every health status
@@ -281,6 +282,7 @@ class Server:
             log.error("rpc.connection.crashed", peer=conn.peer, exc_info=exc)
         finally:
             self._connections.discard(conn)
+            self._admission.forget(conn)
             ended = self._ended_refusals
             ended[0] += conn.budget.refused
             ended[1] += conn.runner.refused_stalled
@@ -345,7 +347,10 @@ async def serve(
         max_inflight: Calls the whole server runs at once; a call beyond it is refused at
             once with ``RESOURCE_EXHAUSTED`` (details ``refused=max_inflight``, which a
             channel with a retry policy retries on another endpoint) and logged as
-            ``rpc.call.refused``. Health calls are exempt. ``None``: no limit. Unlike
+            ``rpc.call.refused``. Near the limit (its top eighth) a connection already
+            holding its fair share, ``ceil(max_inflight / connections calling)``, is
+            refused first (details ``fair-share``), so one connection can't take every
+            slot (docs/rpc.md §14). Health calls are exempt. ``None``: no limit. Unlike
             ``max_concurrent_streams``, which makes a client wait, this sheds load.
         max_concurrent_streams: Calls one connection may have running at once; advertised to
             clients, which wait for a free slot.

@@ -211,6 +211,10 @@ class ServerConnection:
         self._draining = False
         self._closing = False
         self.last_receive = trio.current_time()
+        # The run's clock: its current_time() costs about half of trio.current_time()'s
+        # (which reaches it through the run context and the runner), and a connection
+        # making one call at a time pays it per call (_no_calls_left).
+        self._clock = trio.lowlevel.current_clock()
         self._idle_since = self.last_receive
         self._last_ping = -math.inf
         self._ping_strikes = 0
@@ -489,8 +493,9 @@ class ServerConnection:
             )
             return
         admission = self.admission
-        if admission.inflight >= admission.limit:
-            refusal = admission.over_limit(info.service, self.peer, frame.method)
+        calls = self.calls
+        if admission.inflight >= admission.threshold:
+            refusal = admission.over_limit(info.service, len(calls), self, self.peer, frame.method)
             if refusal is not None:
                 self.writer.write(
                     self.proto.send_error(frame.id, refusal.code, refusal.message, refusal.details)
@@ -510,6 +515,10 @@ class ServerConnection:
             self._refuse_buffered(frame, over)
             return
         admission.inflight += 1
+        if not calls:  # its first: one more connection with calls (see Admission)
+            admission.busy += 1
+            if admission.recent:
+                admission.recent.pop(self, None)
         workers = self._workers
         assert workers is not None
         worker = workers.acquire()
@@ -533,7 +542,7 @@ class ServerConnection:
             self.local,
             self.identity,
         )
-        self.calls[sid] = call
+        calls[sid] = call
         answer = ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWERS[info.call_type]
         workers.start(worker, self.runner.run(answer, call, info, handler, payload), task_name)
 
@@ -558,10 +567,14 @@ class ServerConnection:
         )
 
     def _no_calls_left(self) -> None:
+        admission = self.admission
+        admission.busy -= 1  # see Admission: it stays a contender for a while
+        if admission.max_inflight is not None:
+            admission.recent[self] = self._clock.current_time()  # not there: see _on_request
         if self._workers is not None:
             self._workers.trim()
         if self._draining:
             self._read_scope.cancel()
         elif math.isfinite(self.options.idle_timeout):
-            self._idle_since = trio.current_time()
+            self._idle_since = self._clock.current_time()
             self._timer_scope.cancel()  # re-plan: the idle clock starts now
