@@ -278,10 +278,11 @@ class RateLimitInterceptor:
             key = self._peer_key
         else:
             key = _bounded(call.metadata.get(name, ""))
-        # The time the server read the call: one clock read fewer per call.
+        # The time the server read the call: one clock read fewer per call (passed by
+        # position: cheaper than now=, see toolkit._ratelimit).
         now = call.received
         try:
-            self._limiter.acquire_nowait(key, now=now)
+            self._limiter.acquire_nowait(key, 1, now)
         except trio.WouldBlock:
             self._refused += 1
             self._log.refused(call.peer, f"{call.service}/{call.method}", key, now)

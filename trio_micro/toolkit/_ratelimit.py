@@ -11,7 +11,10 @@ takes another token. A request for ``n`` tokens at ``now`` fits iff
 driven by ``trio.testing.MockClock`` in tests.
 
 A caller that already knows the time (a server, from the read that brought the call) may
-pass it as ``acquire_nowait(..., now=t)`` and spare the clock read. Such a ``now`` may be
+pass it as ``acquire_nowait(..., now=t)`` and spare the clock read. ``now`` is not
+keyword-only (Go's ``AllowN`` takes it by position too): a keyword-only parameter keeps
+CPython 3.11 from specializing every call, and a hot path passes it by position, which is
+cheaper than a keyword (benchmarks/RESULTS.md counts both). Such a ``now`` may be
 stale or earlier than one given before, and that is safe: the test above is monotonic in
 ``now``, and the anchor only moves forward (the bucket counts as full, and is re-anchored,
 only when ``now >= tat``, which an earlier ``now`` than the last re-anchoring never is).
@@ -221,7 +224,7 @@ class RateLimiter:
 
     # -- public API -----------------------------------------------------------------
 
-    def acquire_nowait(self, n: int = 1, *, now: float | None = None) -> None:
+    def acquire_nowait(self, n: int = 1, now: float | None = None) -> None:
         """Take ``n`` tokens if they are available right now (Go's ``Allow()``).
 
         Never jumps the queue: while any task waits in `acquire`, this raises
@@ -441,7 +444,7 @@ class KeyedRateLimiter(Generic[KeyT]):
         bucket = buckets[key] = RateLimiter(self._rate, self._burst)
         return bucket
 
-    def acquire_nowait(self, key: KeyT, n: int = 1, *, now: float | None = None) -> None:
+    def acquire_nowait(self, key: KeyT, n: int = 1, now: float | None = None) -> None:
         """Take ``n`` of ``key``'s tokens if available right now; see `RateLimiter`.
 
         Not a checkpoint. Never jumps the queue of tasks waiting on the same key.
