@@ -49,12 +49,13 @@ async def test_now_of_a_wrong_type_is_rejected_with_the_value(make: object, now:
 
 
 @pytest.mark.parametrize("make", LIMITERS)
-@pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf, 10**400])
 async def test_now_that_is_not_finite_is_rejected_and_takes_nothing(
-    make: object, now: float
+    make: object, now: object
 ) -> None:
     limiter = make()  # type: ignore[operator]
-    with pytest.raises(ValueError, match=rf"^now must be a finite number .*, got {now!r}$"):
+    message = rf"^now must be a finite number .*, got {re.escape(repr(now))}$"
+    with pytest.raises(ValueError, match=message):
         take(limiter, now)
     assert limiter.statistics().tokens_admitted == 0
 

@@ -95,9 +95,13 @@ def pacer(max_per_second: object) -> Callable[[], Awaitable[None]] | None:
 def _check_now(now: object) -> float:
     if isinstance(now, bool) or not isinstance(now, int | float):
         raise TypeError(f"now must be an int or float (a trio.current_time()), got {now!r}")
-    if not math.isfinite(now):
+    try:
+        value = float(now)
+    except OverflowError:  # an int beyond any float
+        value = math.inf
+    if not math.isfinite(value):
         raise ValueError(f"now must be a finite number (a trio.current_time()), got {now!r}")
-    return float(now)
+    return value
 
 
 def _check_n(n: object, burst: int) -> int:
