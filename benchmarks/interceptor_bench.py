@@ -14,11 +14,13 @@ measures end to end.
 
 The interceptor takes the time from ``call.received`` (the server's read of the request),
 set here once per round as a server sets it once per read; ``acquire`` reads the clock,
-``acquire_now`` is given the time as the interceptor gives it.
+``acquire_now`` is given it by keyword (``now=t``), ``acquire_at`` by position, as the
+interceptor gives it.
 
 For instruction counts, ``--count STEP N`` runs only one step N times (``empty``,
-``current_time``, ``perf_counter``, ``acquire``, ``acquire_now``, ``intercept``); the
-difference of two runs under valgrind is the step's cost per call, whatever the load::
+``current_time``, ``perf_counter``, ``acquire``, ``acquire_now``, ``acquire_at``,
+``intercept``); the difference of two runs under valgrind is the step's cost per call,
+whatever the load::
 
     for n in 10000 110000; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         .venv/bin/python benchmarks/interceptor_bench.py --count acquire $n; done
@@ -100,6 +102,7 @@ async def _count(step: str, n: int) -> None:
         "perf_counter": time.perf_counter,
         "acquire": lambda: keyed.acquire_nowait("127.0.0.1"),
         "acquire_now": lambda: keyed.acquire_nowait("127.0.0.1", now=now),
+        "acquire_at": lambda: keyed.acquire_nowait("127.0.0.1", 1, now),
         "intercept": lambda: limiter.intercept(call, innermost),  # type: ignore[arg-type]
     }
     run = steps[step]
