@@ -12,9 +12,15 @@ and ``KeyedRateLimiter.acquire_nowait`` alone. No sockets: this is the CPU the i
 adds to each admitted call, which ``rpc_bench.py``'s ``trio_micro_ratelimit`` contender
 measures end to end.
 
+The interceptor takes the time from ``call.received`` (the server's read of the request),
+set here once per round as a server sets it once per read; ``acquire`` reads the clock,
+``acquire_now`` is given it by keyword (``now=t``), ``acquire_at`` by position, as the
+interceptor gives it.
+
 For instruction counts, ``--count STEP N`` runs only one step N times (``empty``,
-``current_time``, ``perf_counter``, ``acquire``, ``intercept``); the difference of two
-runs under valgrind is the step's cost per call, whatever the load::
+``current_time``, ``perf_counter``, ``acquire``, ``acquire_now``, ``acquire_at``,
+``intercept``); the difference of two runs under valgrind is the step's cost per call,
+whatever the load::
 
     for n in 10000 110000; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         .venv/bin/python benchmarks/interceptor_bench.py --count acquire $n; done
@@ -43,6 +49,7 @@ class _Call:
     metadata: ClassVar[dict[str, str]] = {}
     service = "bench"
     method = "echo"
+    received: float | None = None  # set by the bench, as the server sets it per read
 
 
 async def _main() -> None:
@@ -61,6 +68,7 @@ async def _main() -> None:
         for _ in range(CALLS):
             await answer()
         results["direct"].append(time.perf_counter() - start)
+        call.received = trio.current_time()
         start = time.perf_counter()
         for _ in range(CALLS):
             await limiter.intercept(call, innermost)  # type: ignore[arg-type]
@@ -83,6 +91,7 @@ async def _count(step: str, n: int) -> None:
     limiter = rpc.RateLimitInterceptor(1e9, burst=1_000_000)
     keyed = limiter._limiter
     call = _Call()
+    now = call.received = trio.current_time()
 
     def innermost() -> None:
         return None
@@ -92,6 +101,8 @@ async def _count(step: str, n: int) -> None:
         "current_time": trio.current_time,
         "perf_counter": time.perf_counter,
         "acquire": lambda: keyed.acquire_nowait("127.0.0.1"),
+        "acquire_now": lambda: keyed.acquire_nowait("127.0.0.1", now=now),
+        "acquire_at": lambda: keyed.acquire_nowait("127.0.0.1", 1, now),
         "intercept": lambda: limiter.intercept(call, innermost),  # type: ignore[arg-type]
     }
     run = steps[step]

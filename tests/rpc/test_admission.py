@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 import pytest
@@ -14,6 +14,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from trio_micro import rpc
+from trio_micro.rpc._admission import _LOGS_PER_SECOND, RefusalLog
 from trio_micro.rpc._context import ServerCall
 
 from .conftest import address
@@ -210,8 +211,75 @@ def test_rate_limit_interceptor_rejects_bad_arguments(
         rpc.RateLimitInterceptor(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def _call(key: str, peer: str = "10.0.0.1:5") -> ServerCall:
-    return ServerCall("svc", "m", "unary", peer, {"k": key}, float("inf"), 1, trio.CancelScope())
+def _call(key: str, peer: str = "10.0.0.1:5", received: float | None = None) -> ServerCall:
+    return ServerCall(
+        "svc",
+        "m",
+        "unary",
+        peer,
+        {"k": key},
+        float("inf"),
+        1,
+        trio.CancelScope(),
+        "",
+        None,
+        received,
+    )
+
+
+class _Stamps:
+    """An interceptor noting each call's ``received`` and the clock when it runs."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float | None, float]] = []
+
+    def intercept(
+        self, call: ServerCall, proceed: Callable[[], Awaitable[None]]
+    ) -> Awaitable[None]:
+        self.seen.append((call.received, trio.current_time()))
+        return proceed()
+
+
+async def test_the_server_stamps_each_call_with_the_time_it_read_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stamps = _Stamps()
+    async with (
+        rpc.open_server([TestService()], host="127.0.0.1", port=0, interceptors=[stamps]) as server,
+        rpc.open_channel(address(server), retry=None) as channel,
+    ):
+        await trio.sleep(5)
+        sent = trio.current_time()
+        await channel.stub(TestService).empty_call(Empty())
+    [(received, intercepted)] = stamps.seen
+    assert received is not None
+    assert sent <= received <= intercepted
+
+
+async def test_rate_limit_takes_the_time_the_call_was_read_not_the_clock(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    limiter = rpc.RateLimitInterceptor(1, burst=1)
+    assert trio.current_time() == 0  # a clock that stands still
+    await limiter.intercept(_call("", received=100.0), _proceed)
+    with pytest.raises(rpc.RpcError, match="rate limit"):
+        await limiter.intercept(_call("", received=100.5), _proceed)
+    await limiter.intercept(_call("", received=101.0), _proceed)
+    # Read earlier than the refill at 101 (another connection's call, dispatched late).
+    with pytest.raises(rpc.RpcError, match="rate limit"):
+        await limiter.intercept(_call("", received=100.9), _proceed)
+
+
+def test_a_refusal_stamped_in_an_earlier_second_counts_in_the_latest() -> None:
+    refusals = RefusalLog("rate_limit")
+    with capture_logs() as logs:
+        for _ in range(_LOGS_PER_SECOND):
+            refusals.refused("10.0.0.1:5", "svc/m", "k", 7.2)
+        # A call read in the second before: it must not open a new second's budget.
+        refusals.refused("10.0.0.1:5", "svc/m", "k", 6.9)
+        refusals.refused("10.0.0.1:5", "svc/m", "k", 8.0)
+    assert len(logs) == _LOGS_PER_SECOND + 1
+    assert logs[-1]["suppressed"] == 1
 
 
 async def test_rate_limit_by_peer_keys_each_call_by_its_own_host(

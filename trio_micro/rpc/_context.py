@@ -41,6 +41,10 @@ class ServerCall:
             server requires client certificates (mutual TLS, see
             :func:`server_ssl_context`); ``None`` without TLS or without a client
             certificate.
+        received: When the server read the request off the connection, in
+            :func:`trio.current_time` terms: a time the server had already taken, which
+            interceptors may use instead of reading the clock again (the rate limiter
+            does). ``None`` for a call the server did not receive (one built by hand).
     """
 
     __slots__ = (
@@ -53,6 +57,7 @@ class ServerCall:
         "method",
         "peer",
         "peer_identity",
+        "received",
         "server",
         "service",
         "stream_id",
@@ -70,6 +75,7 @@ class ServerCall:
         scope: trio.CancelScope,
         server: str = "",
         peer_identity: PeerIdentity | None = None,
+        received: float | None = None,
     ) -> None:
         self.service = service
         self.method = method
@@ -80,6 +86,7 @@ class ServerCall:
         self.stream_id = stream_id
         self.server = server
         self.peer_identity = peer_identity
+        self.received = received
         self._scope = scope
         self._cancel_requested = False
         self._requests: object = None  # a client-/bidi-stream's inbox (rpc._streaming)

@@ -541,6 +541,7 @@ class ServerConnection:
             scope,
             self.local,
             self.identity,
+            self.last_receive,  # the read that brought this request
         )
         calls[sid] = call
         answer = ANSWER_UNARY if info.call_type is CallType.UNARY else _ANSWERS[info.call_type]

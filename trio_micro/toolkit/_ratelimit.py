@@ -10,6 +10,19 @@ takes another token. A request for ``n`` tokens at ``now`` fits iff
 ``trio.current_time()``, so the limiter has no task, costs nothing when idle, and is
 driven by ``trio.testing.MockClock`` in tests.
 
+A caller that already knows the time (a server, from the read that brought the call) may
+pass it as ``acquire_nowait(..., now=t)`` and spare the clock read. ``now`` is not
+keyword-only (Go's ``AllowN`` takes it by position too): a keyword-only parameter keeps
+CPython 3.11 from specializing every call, and a hot path passes it by position, which is
+cheaper than a keyword (benchmarks/RESULTS.md counts both). Such a ``now`` may be
+stale or earlier than one given before, and that is safe: the test above is monotonic in
+``now``, and the anchor only moves forward (the bucket counts as full, and is re-anchored,
+only when ``now >= tat``, which an earlier ``now`` than the last re-anchoring never is).
+So an earlier ``now`` never refills the bucket; it only finds fewer tokens. In any order
+of ``now``, the calls admitted with a ``now`` in any window of length ``w`` take at most
+``burst + rate * w`` tokens, the bound of a monotonic clock (``tat`` grows by ``n / rate``
+per admission and never passes ``now + burst / rate``).
+
 Exactness. ``tat`` is never accumulated as a float (adding ``0.001`` sixty thousand
 times drifts). It is stored as ``anchor + count / rate``: a float ``anchor`` (the last
 instant the bucket was full and got drained) and an exact integer ``count`` of tokens
@@ -77,6 +90,18 @@ def pacer(max_per_second: object) -> Callable[[], Awaitable[None]] | None:
         return None
     rate = check_number("max_per_second", max_per_second, unit="jobs per second")
     return RateLimiter(rate, burst=1).acquire
+
+
+def _check_now(now: object) -> float:
+    if isinstance(now, bool) or not isinstance(now, int | float):
+        raise TypeError(f"now must be an int or float (a trio.current_time()), got {now!r}")
+    try:
+        value = float(now)
+    except OverflowError:  # an int beyond any float
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValueError(f"now must be a finite number (a trio.current_time()), got {now!r}")
+    return value
 
 
 def _check_n(n: object, burst: int) -> int:
@@ -203,7 +228,7 @@ class RateLimiter:
 
     # -- public API -----------------------------------------------------------------
 
-    def acquire_nowait(self, n: int = 1) -> None:
+    def acquire_nowait(self, n: int = 1, now: float | None = None) -> None:
         """Take ``n`` tokens if they are available right now (Go's ``Allow()``).
 
         Never jumps the queue: while any task waits in `acquire`, this raises
@@ -212,15 +237,25 @@ class RateLimiter:
 
         Args:
             n: Tokens to take, ``1 <= n <= burst``.
+            now: The present as the caller last read it from ``trio.current_time()``,
+                to spare the limiter that read (``None``: it reads the clock). It may be
+                stale or earlier than a ``now`` given before: an earlier time never
+                refills the bucket, it only finds fewer tokens (see the module
+                docstring). A time later than the clock's moves the bucket into the
+                future: don't pass one.
 
         Raises:
             trio.WouldBlock: If the tokens are not available now, or tasks are waiting.
-            TypeError: If ``n`` is not an int.
-            ValueError: If ``n`` < 1 or ``n`` > ``burst``.
+            TypeError: If ``n`` is not an int, or ``now`` not an int or float.
+            ValueError: If ``n`` < 1 or ``n`` > ``burst``, or ``now`` is NaN or infinite.
         """
         if type(n) is not int or not 0 < n <= self._burst:
             _check_n(n, self._burst)  # raises, or accepts an int subclass
-        self._take_nowait(trio.current_time(), n)
+        if now is None:
+            now = trio.current_time()
+        elif type(now) is not float or now - now != 0.0:  # not a float, or inf/NaN
+            now = _check_now(now)  # raises, or accepts an int
+        self._take_nowait(now, n)
 
     def _take_nowait(self, now: float, n: int) -> None:
         """`acquire_nowait` once ``n`` is checked, at ``now`` (shared with `KeyedRateLimiter`)."""
@@ -413,7 +448,7 @@ class KeyedRateLimiter(Generic[KeyT]):
         bucket = buckets[key] = RateLimiter(self._rate, self._burst)
         return bucket
 
-    def acquire_nowait(self, key: KeyT, n: int = 1) -> None:
+    def acquire_nowait(self, key: KeyT, n: int = 1, now: float | None = None) -> None:
         """Take ``n`` of ``key``'s tokens if available right now; see `RateLimiter`.
 
         Not a checkpoint. Never jumps the queue of tasks waiting on the same key.
@@ -421,15 +456,23 @@ class KeyedRateLimiter(Generic[KeyT]):
         Args:
             key: Whose bucket to use; any hashable.
             n: Tokens to take, ``1 <= n <= burst``.
+            now: The present as the caller last read it from ``trio.current_time()``
+                (``None``: read the clock); as in `RateLimiter.acquire_nowait`, stale or
+                earlier times are safe. It also decides which idle keys are forgotten:
+                an earlier time forgets fewer.
 
         Raises:
             trio.WouldBlock: If the tokens are not available now, or tasks are waiting.
-            TypeError: If ``n`` is not an int, or ``key`` is unhashable.
-            ValueError: If ``n`` < 1 or ``n`` > ``burst``.
+            TypeError: If ``n`` is not an int, ``key`` is unhashable, or ``now`` is not
+                an int or float.
+            ValueError: If ``n`` < 1 or ``n`` > ``burst``, or ``now`` is NaN or infinite.
         """
         if type(n) is not int or not 0 < n <= self._burst:
             _check_n(n, self._burst)  # raises, or accepts an int subclass
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
+        elif type(now) is not float or now - now != 0.0:  # not a float, or inf/NaN
+            now = _check_now(now)  # raises, or accepts an int
         self._bucket(key, now)._take_nowait(now, n)
         self._admitted += n
 
