@@ -5,7 +5,7 @@ sent when the caller does -- and the connection's other calls go on."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import msgspec
@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 
 from trio_micro import rpc
 from trio_micro._validate import cannot_encode
+
+from .conftest import RecordOutcomes
 
 BAD_VALUES = [2**64, -(2**63) - 1, "lone \ud800 surrogate", object()]
 
@@ -59,20 +61,9 @@ def _chosen(req: Value) -> object:
     return 7 if req.value < 0 else BAD_VALUES[req.value]
 
 
-class Seen:
-    """A server interceptor counting the calls that reached the server."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def intercept(self, call: rpc.ServerCall, proceed: Callable[[], Awaitable[None]]) -> None:
-        self.calls += 1
-        await proceed()
-
-
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[Unencodable, rpc.Channel, Seen]]:
-    service, seen = Unencodable(), Seen()
+async def served() -> AsyncIterator[tuple[Unencodable, rpc.Channel, RecordOutcomes]]:
+    service, seen = Unencodable(), RecordOutcomes()
     async with (
         rpc.open_server([service], host="127.0.0.1", port=0, interceptors=[seen]) as server,
         rpc.open_channel(f"127.0.0.1:{server.address[1]}") as channel,
@@ -80,7 +71,7 @@ async def served() -> AsyncIterator[tuple[Unencodable, rpc.Channel, Seen]]:
         yield service, channel, seen
 
 
-Served = tuple[Unencodable, rpc.Channel, Seen]
+Served = tuple[Unencodable, rpc.Channel, RecordOutcomes]
 
 
 def _connection_events(logs: list[MutableMapping[str, Any]]) -> list[object]:
@@ -175,7 +166,7 @@ async def test_a_request_that_cannot_be_encoded_is_type_error_before_sending(
         await channel.call("test.Unencodable/answer", {"value": bad})
     with pytest.raises(TypeError, match=r"cannot encode the request of test\.Unencodable/items"):
         await stub.items(Value(bad)).__anext__()
-    assert seen.calls == 0  # nothing was sent
+    assert seen.outcomes == []  # nothing was sent
     assert await stub.answer(Value(-1)) == Value(7)
 
 

@@ -36,7 +36,7 @@ import trio
 
 from .. import rpc
 from ..observe import configure_logging
-from ..protocol import COMPRESSION_HINT, DECODE_ERRORS
+from ..protocol import DECODE_ERRORS, with_compression_hint
 from ._common import (
     EXIT_OK,
     EXIT_STATUS_BASE,
@@ -117,10 +117,7 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, method: bool) -> No
 def call_metadata(args: argparse.Namespace) -> dict[str, str] | None:
     """The call's metadata: the ``--metadata`` pairs, and ``--compress`` as the hint
     (docs/protocol.md §14) that picks the call's encoding both ways."""
-    metadata = dict(args.metadata)
-    if args.compress is not None:
-        metadata[COMPRESSION_HINT] = args.compress
-    return metadata or None
+    return with_compression_hint(dict(args.metadata) or None, args.compress, None)
 
 
 def add_call_parsers(subparsers: Any) -> None:
